@@ -1,0 +1,84 @@
+"""Orbax checkpoints of an experiment under <workdir>/<experiment_name>/checkpoints.
+
+The config that produced the checkpoints is kept beside them as config.json. Restarting with a
+config whose model, dataset or defense differ would silently mix two experiments, so it is
+refused before anything is restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+# Config sections that fix the shape and meaning of the saved state. Changing anything else
+# (epochs, logging, evaluation) keeps the checkpoints usable.
+IDENTITY_SECTIONS = ("model", "dataset", "defense", "seed")
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoints on disk belong to a different experiment."""
+
+
+def experiment_dir(workdir: str, experiment_name: str) -> str:
+  if not experiment_name or os.sep in experiment_name:
+    raise ValueError(f"experiment_name must be a plain directory name; got {experiment_name!r}.")
+  return os.path.join(os.path.abspath(workdir), experiment_name)
+
+
+class ExperimentCheckpoints:
+  """Saves every `save_every_steps` and on request; restores the latest step automatically."""
+
+  def __init__(self, exp_dir: str, config: dict, save_every_steps: int, max_to_keep: int = 2):
+    self.exp_dir = exp_dir
+    os.makedirs(exp_dir, exist_ok=True)
+    self._check_and_write_config(config)
+    options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every_steps),
+                                           max_to_keep=max_to_keep, create=True)
+    self._manager = ocp.CheckpointManager(os.path.join(exp_dir, "checkpoints"), options=options)
+
+  def _check_and_write_config(self, config: dict) -> None:
+    path = os.path.join(self.exp_dir, "config.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        saved = json.load(f)
+      for section in IDENTITY_SECTIONS:
+        if saved.get(section) != config.get(section):
+          raise CheckpointMismatchError(
+              f"{self.exp_dir} holds an experiment with {section}={saved.get(section)!r}, but "
+              f"this run has {section}={config.get(section)!r}. Use another experiment_name "
+              "or workdir, or delete the old directory.")
+    with open(path, "w") as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def restore_latest(self, template: dict) -> Optional[dict]:
+    """The latest saved state, shaped and sharded like `template`; None if nothing is saved."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError) as e:
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self.exp_dir} does not fit this model: {e}") from e
+
+  def save(self, step: int, state: dict, force: bool = False) -> bool:
+    """Saves if `step` is due (every save_every_steps) or `force`; a step already on disk is
+    never written twice."""
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

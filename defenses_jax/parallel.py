@@ -1,0 +1,54 @@
+"""Data parallelism in pmap style, written as jax.jit(jax.shard_map(...)) over a 1-D mesh.
+
+Each device runs the step on its shard of the global batch; gradients (and anything else that
+must agree across devices) are averaged with `lax.pmean` over the `data` axis. Model state is
+replicated (`P()`), batches are split along their leading axis (`P('data')`). Multi-host runs
+build global batch arrays from each host's slice with `jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+REPLICATED = P()
+SHARDED = P(DATA_AXIS)
+
+
+def make_mesh(num_devices: Optional[int] = None) -> Mesh:
+  """A 1-D `data` mesh over all (or the first `num_devices`) devices JAX sees."""
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else num_devices
+  if not 1 <= n <= len(devices):
+    raise ValueError(f"asked for {n} devices but JAX sees {len(devices)}: {devices}.")
+  return jax.make_mesh((n,), (DATA_AXIS,), devices=devices[:n])
+
+
+def check_batch_divisible(global_batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
+  n = mesh.shape[DATA_AXIS]
+  if global_batch_size % n:
+    raise ValueError(f"{what} {global_batch_size} is not divisible by the {n} devices of the "
+                     f"mesh; choose a multiple of {n}.")
+
+
+def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs,
+                  donate_argnums=()) -> Callable:
+  """jit(shard_map(fn)): `fn` sees per-device shards and may use collectives over DATA_AXIS."""
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs),
+                 donate_argnums=donate_argnums)
+
+
+def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """This host's slice of a global batch -> global arrays split over the `data` axis."""
+  sharding = NamedSharding(mesh, SHARDED)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places a pytree on every device of the mesh (model state under data parallelism)."""
+  return jax.device_put(tree, NamedSharding(mesh, REPLICATED))

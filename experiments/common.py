@@ -1,0 +1,63 @@
+"""The config layout every experiment shares; experiment files fill in their own values.
+
+Command-line overrides address these keys (`--config.train.epochs=3`); the config is locked,
+so a misspelt key is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SCALES = ("cpu", "full")
+
+
+def parse_scale(arg) -> str:
+  scale = arg or "cpu"
+  if scale not in SCALES:
+    raise ValueError(f"unknown config scale {scale!r}; use one of {SCALES}, e.g. "
+                     "--config=experiments/standard.py:cpu")
+  return scale
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment_name = ""
+  c.seed = 0
+  c.num_devices = -1  # -1: every device JAX sees.
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "mnist_embedded"
+  c.dataset.train_split = "train"
+  c.dataset.test_split = "test"
+  c.dataset.data_dir = ""  # tfds data_dir; "" for tfds' default.
+  c.dataset.num_train_examples = -1  # -1: all.
+  c.dataset.num_test_examples = -1
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "tt_mnist_cnn"
+  c.model.options = ml_collections.ConfigDict()  # The model's own keyword arguments.
+
+  c.defense = ml_collections.ConfigDict()
+  c.defense.name = "standard"
+  c.defense.options = ml_collections.ConfigDict()  # The defense's own keyword arguments.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 10
+  c.train.batch_size = 128  # Global batch, split over devices and hosts.
+  c.train.optimizer = "adam"
+  c.train.learning_rate = 1e-3
+  c.train.momentum = 0.9  # sgd only.
+  c.train.nesterov = False  # sgd only.
+  c.train.schedule = "constant"
+  c.train.lr_boundary_epochs = ()  # piecewise only.
+  c.train.lr_decay = 0.1  # piecewise only.
+  c.train.l2_weight = 0.0
+  c.train.l2_scope = "conv"
+  c.train.checkpoint_every_steps = 500
+  c.train.log_every_steps = 50
+  c.train.progress = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 500
+  c.eval.every_epochs = 1
+  return c

@@ -1,0 +1,54 @@
+"""Launches an experiment: absl flags + an ml_collections config file -> a library call.
+
+  python launch.py --config=experiments/standard.py:cpu --workdir=runs
+  python launch.py --config=experiments/standard.py:cpu --workdir=runs --mode=eval
+  python launch.py --config=experiments/standard.py:full --workdir=gs://bucket/runs \
+      --config.train.epochs=30 --jax_distributed
+
+Outputs go to <workdir>/<config.experiment_name>/: checkpoints/, config.json, metrics.jsonl,
+results/. A run that finds checkpoints there resumes from the latest one.
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. experiments/standard.py:cpu", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs", "Root directory of all experiments.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: train (resuming) then evaluate; eval: evaluate a checkpoint.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU).")
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", os.path.expanduser("~/.cache/defenses_jax/xla"),
+    "Persistent XLA compilation cache ('' to disable): re-runs skip recompiling.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  import jax  # After flag parsing, so --help stays fast.
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  if _CACHE_DIR.value:
+    jax.config.update("jax_compilation_cache_dir", _CACHE_DIR.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  from defenses_jax import evaluate, train
+  config = _CONFIG.value
+  logging.info("config:\n%s", config)
+  if _MODE.value == "train":
+    result = train.train_and_evaluate(config, _WORKDIR.value)
+  else:
+    result = evaluate.evaluate(config, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

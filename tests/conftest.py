@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny configs and data so every test runs in seconds on two CPU cores.
+
+Tests under tests/multidevice/ need 8 fake CPU devices, which must be configured before JAX
+starts; test_parallel.py runs them in their own pytest process, so they are not collected here.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+collect_ignore = [] if os.environ.get("DEFENSES_JAX_MULTIDEVICE") else ["multidevice"]
+
+import jax  # noqa: E402
+
+# Test models are tiny: XLA's optimisation passes cost more than they save here.
+jax.config.update("jax_disable_most_optimizations", True)
+
+from defenses_jax import data as data_lib  # noqa: E402
+from experiments.common import base_config  # noqa: E402
+
+
+def blob_dataset(n: int, size: int = 12, num_classes: int = 4, seed: int = 0,
+                 name: str = "blobs") -> data_lib.ArrayDataset:
+  """Images whose class is written as a bright square in one quadrant: learnable in a few steps."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, n).astype(np.int32)
+  images = rng.uniform(0.0, 0.3, (n, size, size, 1)).astype(np.float32)
+  half = size // 2
+  for i, label in enumerate(labels):
+    r, c = divmod(int(label), 2)
+    images[i, r * half:(r + 1) * half, c * half:(c + 1) * half, 0] += 0.6
+  return data_lib.ArrayDataset(np.clip(images, 0, 1), labels, num_classes, name)
+
+
+@pytest.fixture
+def blobs():
+  return blob_dataset(96, seed=0), blob_dataset(40, seed=1)
+
+
+def tiny_config(model: str = "lenet", epochs: int = 2, batch_size: int = 16, **train):
+  c = base_config()
+  c.experiment_name = "tiny"
+  c.model.name = model
+  c.train.epochs = epochs
+  c.train.batch_size = batch_size
+  c.train.checkpoint_every_steps = 2
+  c.train.log_every_steps = 2
+  c.train.progress = False
+  c.eval.batch_size = 16
+  for k, v in train.items():
+    setattr(c.train, k, v)
+  return c

@@ -1,0 +1,53 @@
+"""Runs with 8 fake CPU devices (see tests/test_parallel.py, which starts this process)."""
+
+import jax
+import numpy as np
+import optax
+
+from conftest import blob_dataset, tiny_config
+from defenses_jax import data as data_lib
+from defenses_jax import parallel
+from defenses_jax import train as train_lib
+from defenses_jax.defenses import create_defense
+from defenses_jax.models import create_model
+
+
+def _steps(mesh, batches, model, defense, tx, state):
+  step = parallel.data_parallel(
+      train_lib.make_train_step(model, defense, tx, l2_weight=1e-3, l2_scope="all"), mesh,
+      in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
+      out_specs=(parallel.REPLICATED, parallel.REPLICATED))
+  state = parallel.replicate(state, mesh)
+  key = parallel.replicate(jax.random.key(0), mesh)
+  for batch in batches:
+    state, _ = step(state, parallel.shard_batch(batch, mesh), key)
+  return jax.device_get(state.as_dict())
+
+
+def test_eight_devices_match_one_device_on_the_same_global_batch():
+  assert jax.device_count() == 8
+  ds = blob_dataset(64)
+  batches = list(data_lib.train_batches(ds, 32, seed=0, epoch=0))  # 2 steps of 32 = 8 x 4.
+  model = create_model("lenet", 4)  # No BatchNorm or dropout: the step is deterministic.
+  defense = create_defense("standard", 4)
+  tx = optax.sgd(0.1, momentum=0.9)
+  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 64)
+  one = _steps(parallel.make_mesh(1), batches, model, defense, tx, state)
+  eight = _steps(parallel.make_mesh(8), batches, model, defense, tx, state)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one["params"],
+                       jax.device_get(state.params))
+  assert max(jax.tree.leaves(moved)) > 1e-3  # The steps really changed the parameters.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               one["params"], eight["params"])
+
+
+def test_batchnorm_dropout_model_trains_and_resumes_on_eight_devices(tmp_path):
+  blobs = blob_dataset(128), blob_dataset(40, seed=1)
+  config = tiny_config(model="tt_mnist_cnn", epochs=2, batch_size=32, checkpoint_every_steps=3)
+  config.eval.batch_size = 16
+  straight = train_lib.train_and_evaluate(config, str(tmp_path / "a"), datasets=blobs)
+  assert straight["num_devices"] == 8
+  train_lib.train_and_evaluate(config, str(tmp_path / "b"), datasets=blobs, interrupt_at_step=4)
+  resumed = train_lib.train_and_evaluate(config, str(tmp_path / "b"), datasets=blobs)
+  assert resumed["resumed_from_step"] == 3
+  assert resumed["test_accuracy"] == straight["test_accuracy"]

@@ -1,0 +1,44 @@
+"""The command line: config files, locked configs and overrides, as a user types them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import standard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(*args):
+  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_unknown_config_key_is_rejected_before_anything_runs(tmp_path):
+  proc = launch("--config=experiments/standard.py:cpu", f"--workdir={tmp_path}",
+                "--config.train.epochz=3")
+  assert proc.returncode != 0
+  assert "epochz" in proc.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_unknown_scale_is_rejected():
+  with pytest.raises(ValueError, match="scale"):
+    standard.get_config("gpu")
+
+
+def test_launch_trains_then_evaluates_with_overrides(tmp_path):
+  common = ["--config=experiments/standard.py:cpu", f"--workdir={tmp_path}",
+            "--config.train.epochs=1", "--config.dataset.num_train_examples=128",
+            "--config.dataset.num_test_examples=50", "--config.experiment_name=smoke",
+            "--compilation_cache_dir="]
+  proc = launch(*common)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '"test_accuracy"' in proc.stdout
+  proc = launch(*common, "--mode=eval")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '"clean_accuracy"' in proc.stdout
+  for name in ("config.json", "metrics.jsonl", "results/train.json", "results/eval.json"):
+    assert os.path.exists(tmp_path / "smoke" / name), name

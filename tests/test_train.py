@@ -1,0 +1,99 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from defenses_jax import train as train_lib
+from defenses_jax.checkpoint import CheckpointMismatchError
+from defenses_jax.evaluate import NoCheckpointError, evaluate
+
+
+def read_log(workdir, name="tiny"):
+  with open(os.path.join(workdir, name, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_training_lowers_the_loss_and_learns(tmp_path, blobs):
+  config = tiny_config(epochs=6, learning_rate=3e-3)
+  summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  losses = [r["train_loss"] for r in read_log(tmp_path) if "train_loss" in r]
+  assert losses[-1] < 0.5 * losses[0]
+  assert summary["test_accuracy"] >= 0.9
+  assert summary["final_step"] == 6 * 6
+  assert os.path.exists(tmp_path / "tiny" / "results" / "train.json")
+  assert os.path.exists(tmp_path / "tiny" / "config.json")
+
+
+def _final_params(workdir, config, blobs, **kwargs):
+  exp = train_lib.Experiment(config, str(workdir), blobs)
+  ckpt = exp.checkpoints()
+  state = exp.restore_or_init(ckpt)
+  ckpt.close()
+  return jax.device_get(state.as_dict())
+
+
+@pytest.mark.parametrize("interrupt_at", [3, 7])  # Right after a checkpoint, and between two.
+def test_killed_and_resumed_run_ends_with_identical_state(tmp_path, blobs, interrupt_at):
+  # A model with dropout and BatchNorm, so that randomness and running statistics must resume too.
+  config = tiny_config(model="tt_mnist_cnn", epochs=2, checkpoint_every_steps=3)
+  train_lib.train_and_evaluate(config, str(tmp_path / "straight"), datasets=blobs)
+  out = train_lib.train_and_evaluate(config, str(tmp_path / "killed"), datasets=blobs,
+                                     interrupt_at_step=interrupt_at)
+  assert out == {"interrupted_at_step": interrupt_at}
+  resumed = train_lib.train_and_evaluate(config, str(tmp_path / "killed"), datasets=blobs)
+  assert resumed["resumed_from_step"] == 3 * (interrupt_at // 3)
+  straight = _final_params(tmp_path / "straight", config, blobs)
+  again = _final_params(tmp_path / "killed", config, blobs)
+  assert int(again["step"]) == 12
+  jax.tree.map(np.testing.assert_array_equal, straight, again)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, blobs):
+  config = tiny_config(epochs=1)
+  a = train_lib.train_and_evaluate(config, str(tmp_path / "a"), datasets=blobs)
+  b = train_lib.train_and_evaluate(config, str(tmp_path / "b"), datasets=blobs)
+  config.seed = 1
+  c = train_lib.train_and_evaluate(config, str(tmp_path / "c"), datasets=blobs)
+  pa, pb, pc = (_final_params(tmp_path / d, cfg, blobs) for d, cfg in
+                (("a", tiny_config(epochs=1)), ("b", tiny_config(epochs=1)), ("c", config)))
+  jax.tree.map(np.testing.assert_array_equal, pa["params"], pb["params"])
+  assert a["test_accuracy"] == b["test_accuracy"]
+  assert not np.array_equal(pa["params"]["Dense_2"]["kernel"], pc["params"]["Dense_2"]["kernel"])
+
+
+def test_checkpoint_of_another_model_is_refused_before_training(tmp_path, blobs):
+  train_lib.train_and_evaluate(tiny_config(epochs=1), str(tmp_path), datasets=blobs)
+  with pytest.raises(CheckpointMismatchError, match="model"):
+    train_lib.train_and_evaluate(tiny_config(model="tt_mnist_cnn", epochs=1), str(tmp_path),
+                                 datasets=blobs)
+
+
+def test_eval_mode_restores_the_checkpoint(tmp_path, blobs):
+  config = tiny_config(epochs=3, learning_rate=3e-3)
+  with pytest.raises(NoCheckpointError, match="train first"):
+    evaluate(config, str(tmp_path), datasets=blobs)
+  summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  result = evaluate(config, str(tmp_path), datasets=blobs)
+  assert result["step"] == summary["final_step"]
+  assert result["clean_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_batch_size_must_divide_over_devices_and_fit_the_data(tmp_path, blobs):
+  with pytest.raises(ValueError, match="exceeds"):
+    train_lib.train_and_evaluate(tiny_config(batch_size=512), str(tmp_path), datasets=blobs)
+
+
+def test_standard_config_end_to_end_on_the_embedded_default(tmp_path):
+  from experiments import standard
+  config = standard.get_config("cpu")
+  config.train.epochs = 1
+  config.train.progress = False
+  config.dataset.num_train_examples = 256
+  config.dataset.num_test_examples = 100
+  summary = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert summary["final_step"] == 256 // config.train.batch_size
+  assert summary["num_test_examples"] == 100
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
