@@ -45,7 +45,7 @@ class MetricsLog:
     loss, accuracy = float(sums["loss"]) / count, float(sums["correct"]) / count
     self.write(step=step, epoch=epoch, train_loss=loss, train_accuracy=accuracy)
     if bar is not None:
-      bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
+      bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", refresh=False)
     return None
 
 

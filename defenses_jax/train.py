@@ -229,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         accuracy = evaluate_clean(eval_step, state, exp.test_ds, config.eval.batch_size,
                                   exp.mesh)
       log.write(step=step, epoch=epoch + 1, test_accuracy=accuracy)
-      bar.set_postfix(test_acc=f"{accuracy:.4f}")
+      bar.set_postfix(test_acc=f"{accuracy:.4f}", refresh=False)
       summary["test_accuracy"] = accuracy
   seconds_per_step = timer.seconds_per_step(state)
   ckpt.save(step, state.as_dict(), force=True)

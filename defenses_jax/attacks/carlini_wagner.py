@@ -1,0 +1,131 @@
+"""Carlini-Wagner L2 (Carlini & Wagner 2017, "Towards Evaluating the Robustness of Neural
+Networks"), following their reference implementation:
+
+- tanh reparameterisation x' = (tanh(w) + 1) / 2, so x' stays in [0, 1] without clipping;
+- objective ||x' - x||_2^2 + c * max(sign * margin + kappa, 0) minimised with Adam, where the
+  margin masks the reference class out of the max (logits can be negative);
+- one constant c per example, found by binary search: after each outer step, success halves
+  the search interval's upper end, failure raises c x10 until an upper bound exists, then bisects;
+- the perturbation and the Adam state are reset at every outer step;
+- the smallest-L2 successful iterate is kept per example over all steps; with kappa > 0 success
+  means margin >= kappa;
+- early abort per example when its objective stops decreasing (checked every max_iterations/10);
+- examples never successfully attacked are returned unchanged (as the clean input).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from defenses_jax.attacks.norms import distances
+from defenses_jax.attacks.objectives import is_successful, margin, resolve_targets
+from defenses_jax.attacks.wrappers import call_logits
+
+_NO_UPPER_BOUND = 1e10
+# arctanh(+-1) is infinite: the reference code scales by 0.999999 before the arctanh.
+_TANH_SCALE = 0.999999
+
+
+def _to_tanh_space(x):
+  return jnp.arctanh((2.0 * x - 1.0) * _TANH_SCALE)
+
+
+def _from_tanh_space(w):
+  return (jnp.tanh(w) + 1.0) / 2.0  # Strictly inside (0, 1): no clipping, no dead gradients.
+
+
+def _bcast(v, like):
+  return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
+          binary_search_steps: int = 9, max_iterations: int = 1000,
+          learning_rate: float = 1e-2, initial_const: float = 1e-3, abort_early: bool = True,
+          target: str = "none", targets: Optional[jax.Array] = None,
+          return_info: bool = False):
+  """Returns x_adv, or (x_adv, info) with per-example info: success (re-checked on a fresh
+  forward pass of x_adv), l2, and the binary search's final bracket [const_lower, const] (const:
+  the smallest constant that succeeded, or the last one tried if none did)."""
+  key = jax.random.key(0) if key is None else key
+  key, check_key = jax.random.split(key)
+  t = resolve_targets(logits_fn, x, y, target, targets)
+  batch = x.shape[0]
+  w_clean = _to_tanh_space(x)
+  # x as the tanh map reproduces it (within 5e-7); distances are measured from it, as in the
+  # reference code.
+  x_clean = _from_tanh_space(w_clean)
+  check_every = max(max_iterations // 10, 1)
+
+  def objective(w, const, step_key):
+    x_new = _from_tanh_space(w)
+    logits = call_logits(logits_fn, x_new, step_key)
+    l2sq = jnp.sum(jnp.square(x_new - x_clean).reshape(batch, -1), axis=-1)
+    # The reference code's f6: max(Z_y - max_{j != y} Z_j + kappa, 0) = max(kappa - margin, 0).
+    violation = jnp.maximum(kappa - margin(logits, y, t), 0.0)
+    per_example = l2sq + const * violation
+    return jnp.sum(per_example), (per_example, l2sq, logits, x_new)
+
+  grad_fn = jax.grad(objective, has_aux=True)
+
+  def outer_step(carry, outer):
+    const, lower, upper, best_l2, best_x = carry
+    outer_key = jax.random.fold_in(key, outer)
+
+    def inner_cond(state):
+      i, _, _, _, _, active, _, _ = state
+      return (i < max_iterations) & jnp.any(active)
+
+    def inner_body(state):
+      i, w, m, v, prev_obj, active, succeeded, bests = state
+      grad, (obj, l2sq, logits, x_new) = grad_fn(w, const, jax.random.fold_in(outer_key, i))
+      # Track the iterate that was just evaluated (before this Adam update), as the reference
+      # implementation does.
+      success = is_successful(logits, y, t, kappa)
+      b_l2, b_x = bests
+      improved = success & (l2sq < b_l2) & active
+      bests = (jnp.where(improved, l2sq, b_l2), jnp.where(_bcast(improved, x), x_new, b_x))
+      succeeded = succeeded | (success & active)
+      # Adam, frozen for examples that aborted early.
+      beta1, beta2, eps_adam = 0.9, 0.999, 1e-8
+      m_new = beta1 * m + (1 - beta1) * grad
+      v_new = beta2 * v + (1 - beta2) * grad * grad
+      tstep = (i + 1).astype(jnp.float32)
+      update = learning_rate * (m_new / (1 - beta1 ** tstep)) / (
+          jnp.sqrt(v_new / (1 - beta2 ** tstep)) + eps_adam)
+      a = _bcast(active, w)
+      w, m, v = jnp.where(a, w - update, w), jnp.where(a, m_new, m), jnp.where(a, v_new, v)
+      if abort_early:
+        at_check = (i % check_every == 0) & (i > 0)
+        stalled = at_check & (obj > prev_obj * 0.9999)
+        active = active & ~stalled
+        prev_obj = jnp.where(at_check, obj, prev_obj)
+      return i + 1, w, m, v, prev_obj, active, succeeded, bests
+
+    zeros = jnp.zeros_like(w_clean)
+    init = (jnp.zeros((), jnp.int32), w_clean, zeros, zeros, jnp.full((batch,), jnp.inf),
+            jnp.ones((batch,), bool), jnp.zeros((batch,), bool), (best_l2, best_x))
+    _, _, _, _, _, _, succeeded, (best_l2, best_x) = lax.while_loop(inner_cond, inner_body, init)
+    # Binary search on c, per example.
+    upper = jnp.where(succeeded, jnp.minimum(upper, const), upper)
+    lower = jnp.where(succeeded, lower, jnp.maximum(lower, const))
+    bracketed = upper < _NO_UPPER_BOUND
+    const = jnp.where(bracketed, (lower + upper) / 2.0, const * 10.0)
+    return (const, lower, upper, best_l2, best_x), None
+
+  init = (jnp.full((batch,), initial_const), jnp.zeros((batch,)),
+          jnp.full((batch,), _NO_UPPER_BOUND), jnp.full((batch,), jnp.inf), x)
+  (const, lower, upper, _, best_x), _ = lax.scan(outer_step, init, jnp.arange(binary_search_steps))
+  # Re-check on a fresh forward pass; a candidate that no longer succeeds (it can only differ by
+  # float noise) is replaced by the clean input, so failures are always returned as x.
+  success = is_successful(call_logits(logits_fn, best_x, check_key), y, t,
+                          kappa)
+  x_adv = jnp.where(_bcast(success, x), best_x, x)
+  if not return_info:
+    return x_adv
+  return x_adv, {"success": success, "l2": distances(x_adv, x)["l2"],
+                 "const": jnp.where(upper < _NO_UPPER_BOUND, upper, const),
+                 "const_lower": lower}

@@ -1,0 +1,58 @@
+"""Norm balls around the clean input, and the [0, 1] box every adversarial example lies in."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NORMS = ("linf", "l2")
+_TINY = 1e-12
+
+
+def check_norm(norm: str) -> None:
+  if norm not in NORMS:
+    raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}.")
+
+
+def _per_example(v, reduce):
+  return reduce(v.reshape(v.shape[0], -1), axis=-1).reshape((-1,) + (1,) * (v.ndim - 1))
+
+
+def l2_norm(v):
+  """Per-example L2 norm, broadcastable against v."""
+  return jnp.sqrt(_per_example(jnp.square(v), jnp.sum))
+
+
+def distances(x_adv, x) -> dict:
+  d = (x_adv - x).reshape(x.shape[0], -1)
+  return {"l2": jnp.sqrt(jnp.sum(d * d, -1)), "linf": jnp.max(jnp.abs(d), -1)}
+
+
+def project(x_adv, x, eps, norm: str):
+  """The closest point to x_adv in the eps-ball around x, intersected with [0, 1]. Clipping to
+  the box after the ball projection keeps the point in both (the box clip only shrinks |delta|)."""
+  delta = x_adv - x
+  if norm == "linf":
+    delta = jnp.clip(delta, -eps, eps)
+  else:
+    delta = delta * jnp.minimum(1.0, eps / jnp.maximum(l2_norm(delta), _TINY))
+  return jnp.clip(x + delta, 0.0, 1.0)
+
+
+def steepest_ascent(grad, norm: str):
+  """The unit-norm direction of steepest ascent: sign(g) for L-inf, g/||g||_2 for L2."""
+  if norm == "linf":
+    return jnp.sign(grad)
+  return grad / jnp.maximum(l2_norm(grad), _TINY)
+
+
+def random_point_in_ball(key, x, eps, norm: str):
+  """Uniform in the L-inf ball, or uniform in the L2 ball (gaussian direction, radius u^(1/d))."""
+  if norm == "linf":
+    return x + jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+  k_dir, k_rad = jax.random.split(key)
+  direction = jax.random.normal(k_dir, x.shape, x.dtype)
+  direction = direction / jnp.maximum(l2_norm(direction), _TINY)
+  dim = x[0].size
+  radius = eps * jax.random.uniform(k_rad, (x.shape[0],) + (1,) * (x.ndim - 1)) ** (1.0 / dim)
+  return x + radius * direction

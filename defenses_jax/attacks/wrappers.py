@@ -1,0 +1,74 @@
+"""BPDA and EOT: make any gradient attack work against defenses whose gradients are useless.
+
+BPDA (Athalye et al. 2018): keep a non-differentiable (or gradient-masking) operation on the
+forward pass, but differentiate a smooth approximation of it on the backward pass.
+EOT: for a randomised defense, attack the expectation over its randomness. A randomised logits
+function is marked `stochastic` and takes (x, key); every attack draws a fresh key for it at
+each step (see `call_logits`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+BACKWARD_APPROXIMATIONS: dict[str, Callable] = {
+    "identity": lambda x: x,  # BPDA-I: the op is treated as the identity on the way back.
+    "softsign": jax.nn.soft_sign,  # A smooth stand-in for sgn, x / (1 + |x|).
+    "tanh": jnp.tanh,  # Another smooth stand-in for sgn.
+}
+
+
+def bpda(forward: Callable, backward="identity") -> Callable:
+  """forward(x) on the forward pass; the gradient of `backward` (a name above or a callable
+  of the same shape signature) on the backward pass."""
+  if isinstance(backward, str):
+    if backward not in BACKWARD_APPROXIMATIONS:
+      raise ValueError(f"unknown BPDA approximation {backward!r}; choose one of "
+                       f"{sorted(BACKWARD_APPROXIMATIONS)} or pass a function.")
+    backward = BACKWARD_APPROXIMATIONS[backward]
+  approx = backward
+
+  @jax.custom_vjp
+  def op(x):
+    return forward(x)
+
+  def op_fwd(x):
+    return forward(x), x
+
+  def op_bwd(x, g):
+    _, vjp = jax.vjp(approx, x)
+    return vjp(g)
+
+  op.defvjp(op_fwd, op_bwd)
+  return op
+
+
+def stochastic(fn: Callable) -> Callable:
+  """Marks fn(x, key) -> logits as randomised, so attacks pass it a fresh key every call."""
+  fn.stochastic = True
+  return fn
+
+
+def call_logits(logits_fn: Callable, x, key):
+  return logits_fn(x, key) if getattr(logits_fn, "stochastic", False) else logits_fn(x)
+
+
+def eot(random_logits_fn: Callable, num_samples: int) -> Callable:
+  """Expectation over transformation: a stochastic logits function whose output is the mean
+  log-probability over `num_samples` draws of the defense's randomness (vmapped, not looped).
+
+  The cross-entropy of the mean log-probabilities equals the mean cross-entropy, so its gradient
+  is exactly the EOT gradient E[grad CE] for CE-based attacks.
+  """
+  if num_samples < 1:
+    raise ValueError(f"EOT needs num_samples >= 1; got {num_samples}.")
+
+  def averaged(x, key):
+    keys = jax.random.split(key, num_samples)
+    log_probs = jax.vmap(lambda k: jax.nn.log_softmax(random_logits_fn(x, k)))(keys)
+    return jnp.mean(log_probs, axis=0)
+
+  return stochastic(averaged)

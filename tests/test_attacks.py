@@ -1,0 +1,287 @@
+"""Attacks against cases with known answers (linear classifiers have closed-form minimal
+adversarial perturbations), plus the properties every attack must keep."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from defenses_jax import attacks
+from defenses_jax.attacks import objectives
+
+SHAPE = (4, 4, 1)  # 16 pixels.
+
+
+def linear_model(num_classes, seed=0):
+  w = jax.random.normal(jax.random.key(seed), (16, num_classes))
+  b = jax.random.normal(jax.random.key(seed + 100), (num_classes,)) * 0.1
+  fn = lambda x: x.reshape(x.shape[0], -1) @ w + b
+  return fn, w, b
+
+
+def interior_inputs(n, seed=1):
+  # Mid-grey inputs: the minimal perturbations below stay far from the [0, 1] box.
+  return jax.random.uniform(jax.random.key(seed), (n, *SHAPE), minval=0.4, maxval=0.6)
+
+
+def minimal_distances(fn, w, x, dual_norm):
+  """min over j != y of |Z_j - Z_y| / ||w_j - w_y||_dual, the exact minimal perturbation."""
+  logits = fn(x)
+  y = jnp.argmax(logits, -1)
+  gaps = jnp.abs(logits - objectives.class_logit(logits, y)[:, None])
+  diff = w.T[None, :, :] - w.T[y][:, None, :]  # (B, K, 16)
+  norm = jnp.sqrt(jnp.sum(diff ** 2, -1)) if dual_norm == "l2" else jnp.sum(jnp.abs(diff), -1)
+  ratio = jnp.where(jax.nn.one_hot(y, w.shape[1], dtype=bool), jnp.inf, gaps / norm)
+  return y, jnp.min(ratio, -1)
+
+
+@pytest.mark.parametrize("norm,dist_key,dual", [("l2", "l2", "l2"), ("linf", "linf", "l1")])
+def test_deepfool_finds_the_exact_minimal_perturbation_in_one_step(norm, dist_key, dual):
+  fn, w, _ = linear_model(5)
+  x = interior_inputs(8)
+  y, d_star = minimal_distances(fn, w, x, dual)
+  x_adv, info = attacks.deepfool(fn, x, y, norm=norm, return_info=True)
+  assert bool(jnp.all(info["success"]))
+  np.testing.assert_array_equal(info["iterations"], 1)
+  ratio = info[dist_key] / d_star
+  assert bool(jnp.all((ratio >= 1.0) & (ratio <= 1.02 + 1e-3))), ratio
+
+
+def test_cw_l2_comes_within_a_few_percent_of_the_minimal_perturbation():
+  fn, w, _ = linear_model(5)
+  x = interior_inputs(8)
+  y, d_star = minimal_distances(fn, w, x, "l2")
+  x_adv, info = jax.jit(functools.partial(attacks.cw_l2, fn, return_info=True))(x, y)
+  assert bool(jnp.all(info["success"]))
+  ratio = info["l2"] / d_star
+  assert bool(jnp.all((ratio >= 0.999) & (ratio <= 1.05))), ratio
+  assert bool(jnp.all(jnp.argmax(fn(x_adv), -1) != y))
+
+
+def test_cw_binary_search_brackets_the_known_minimal_constant():
+  # Two classes: Z_1 - Z_0 = u.x + c0. Minimising ||d||^2 + c (g - u.d) puts d = c u / 2, which
+  # crosses the boundary exactly when c >= c* = 2 g / ||u||^2. A small Adam rate keeps the
+  # iterates close to that minimiser (any iterate that crosses counts as a success).
+  fn, w, _ = linear_model(2, seed=3)
+  x = interior_inputs(6, seed=4)
+  logits = fn(x)
+  y = jnp.argmax(logits, -1)
+  g = jnp.abs(logits[:, 1] - logits[:, 0])
+  u_norm_sq = jnp.sum((w[:, 1] - w[:, 0]) ** 2)
+  c_star = 2 * g / u_norm_sq
+  _, info = attacks.cw_l2(fn, x, y, binary_search_steps=12, max_iterations=3000,
+                          learning_rate=1e-3, initial_const=1e-3, abort_early=False,
+                          return_info=True)
+  lower, upper = info["const_lower"], info["const"]
+  assert bool(jnp.all(lower <= c_star * 1.03)), (lower, c_star)
+  assert bool(jnp.all(upper >= c_star * 0.97)), (upper, c_star)
+  assert bool(jnp.all(upper - lower <= 0.02 * c_star)), (lower, upper, c_star)
+
+
+def test_cw_with_confidence_reaches_the_margin():
+  fn, _, _ = linear_model(4)
+  x = interior_inputs(6)
+  y = jnp.argmax(fn(x), -1)
+  x_adv, info = attacks.cw_l2(fn, x, y, kappa=2.0, max_iterations=300, return_info=True)
+  assert bool(jnp.all(info["success"]))
+  assert bool(jnp.all(objectives.margin(fn(x_adv), y) >= 2.0))
+
+
+def test_cw_failures_come_back_as_the_clean_input():
+  # A constant model cannot be fooled: every example fails and is returned unchanged.
+  fn = lambda x: jnp.tile(jnp.array([5.0, 0.0, 0.0]), (x.shape[0], 1)) + 0.0 * jnp.sum(x)
+  x = interior_inputs(3)
+  y = jnp.zeros(3, jnp.int32)
+  x_adv, info = attacks.cw_l2(fn, x, y, binary_search_steps=2, max_iterations=20,
+                              return_info=True)
+  assert not bool(jnp.any(info["success"]))
+  np.testing.assert_array_equal(x_adv, x)
+
+
+def test_linf_pgd_reaches_the_analytic_optimum_of_a_linear_model():
+  # For two classes the loss rises monotonically along u = w_other - w_y: the L-inf optimum is
+  # the corner x + eps sign(u).
+  fn, w, _ = linear_model(2, seed=5)
+  x = interior_inputs(6, seed=6)
+  y = jnp.argmax(fn(x), -1)
+  u = (w[:, 1] - w[:, 0])[None, :] * jnp.where(y == 0, 1.0, -1.0)[:, None]
+  corner = x + 0.05 * jnp.sign(u).reshape(x.shape)
+  for loss in ("ce", "margin"):
+    x_adv = attacks.bim(fn, x, y, eps=0.05, n1=10, n2=20, loss=loss)
+    np.testing.assert_allclose(x_adv, corner, atol=1e-6)
+    np.testing.assert_allclose(attacks.fgsm(fn, x, y, eps=0.05, loss=loss), corner, atol=1e-6)
+
+
+def test_l2_pgd_reaches_the_ball_surface_along_the_weight_direction():
+  fn, w, _ = linear_model(2, seed=5)
+  x = interior_inputs(4, seed=6)
+  y = jnp.argmax(fn(x), -1)
+  u = (w[:, 1] - w[:, 0])[None, :] * jnp.where(y == 0, 1.0, -1.0)[:, None]
+  expected = x + (0.1 * u / jnp.linalg.norm(u, axis=-1, keepdims=True)).reshape(x.shape)
+  x_adv = attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.03, steps=10,
+                      norm="l2", random_start=False)
+  np.testing.assert_allclose(x_adv, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "cw_l2"])
+def test_targeted_attacks_land_on_their_target(attack):
+  fn, _, _ = linear_model(4)
+  x = interior_inputs(8)
+  y = jnp.argmax(fn(x), -1)
+  targets = (y + 1) % 4
+  if attack == "pgd":
+    x_adv = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60,
+                        target="given", targets=targets)
+  else:
+    x_adv = attacks.cw_l2(fn, x, y, max_iterations=300, target="given", targets=targets)
+  np.testing.assert_array_equal(jnp.argmax(fn(x_adv), -1), targets)
+
+
+def test_least_likely_pgd_targets_the_argmin_class():
+  fn, _, _ = linear_model(4)
+  x = interior_inputs(8)
+  y = jnp.argmax(fn(x), -1)
+  x_adv = attacks.ll_pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60)
+  np.testing.assert_array_equal(jnp.argmax(fn(x_adv), -1), jnp.argmin(fn(x), -1))
+
+
+def tiny_cnn():
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (3, 3))(x))
+      return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+  net = Net()
+  x = jax.random.uniform(jax.random.key(7), (10, 6, 6, 1))
+  params = net.init(jax.random.key(8), x)
+  fn = lambda z: net.apply(params, z)
+  return fn, x, jnp.argmax(fn(x), -1)
+
+
+ALL_ATTACKS = {
+    "fgsm_linf": lambda fn, x, y, k: attacks.fgsm(fn, x, y, k, eps=0.1),
+    "fgsm_l2": lambda fn, x, y, k: attacks.fgsm(fn, x, y, k, eps=0.5, norm="l2"),
+    "bim": lambda fn, x, y, k: attacks.bim(fn, x, y, k, eps=0.1, n1=5, n2=8),
+    "madry": lambda fn, x, y, k: attacks.madry(fn, x, y, k, eps=0.1, n1=5, n2=8, restarts=2),
+    "pgd_l2": lambda fn, x, y, k: attacks.pgd(fn, x, y, k, eps=0.5, step_size=0.1, steps=8,
+                                              norm="l2", loss="margin"),
+    "cw_l2": lambda fn, x, y, k: attacks.cw_l2(fn, x, y, k, binary_search_steps=3,
+                                               max_iterations=30),
+    "deepfool_l2": lambda fn, x, y, k: attacks.deepfool(fn, x, y, k),
+    "deepfool_linf": lambda fn, x, y, k: attacks.deepfool(fn, x, y, k, norm="linf"),
+}
+BALLS = {"fgsm_linf": ("linf", 0.1), "fgsm_l2": ("l2", 0.5), "bim": ("linf", 0.1),
+         "madry": ("linf", 0.1), "pgd_l2": ("l2", 0.5)}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_ATTACKS))
+def test_outputs_stay_in_the_box_and_the_ball_and_jit_agrees(name):
+  fn, x, y = tiny_cnn()
+  run = functools.partial(ALL_ATTACKS[name], fn)
+  x_adv = run(x, y, jax.random.key(0))
+  assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  if name in BALLS:
+    norm, eps = BALLS[name]
+    assert bool(jnp.all(attacks.distances(x_adv, x)[norm] <= eps * (1 + 1e-5)))
+  np.testing.assert_allclose(jax.jit(run)(x, y, jax.random.key(0)), x_adv, atol=1e-5)
+
+
+def test_more_pgd_steps_and_restarts_never_lower_the_success_rate():
+  fn, x, y = tiny_cnn()
+  success = {}
+  for steps in (0, 2, 5, 20):
+    x_adv = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=steps)
+    success[steps] = np.asarray(attacks.is_successful(fn(x_adv), y))
+  for fewer, more in ((0, 2), (2, 5), (5, 20)):
+    assert np.all(success[more] >= success[fewer])  # Per example, not just on average.
+  assert success[20].sum() > success[0].sum()
+  one = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=1)
+  three = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=3)
+  assert np.all(np.asarray(attacks.is_successful(fn(three), y)) >=
+                np.asarray(attacks.is_successful(fn(one), y)))
+
+
+@pytest.mark.parametrize("name", ["pgd", "cw_l2", "deepfool"])
+def test_unbounded_attacks_fool_an_undefended_model(name):
+  fn, x, y = tiny_cnn()
+  if name == "pgd":
+    x_adv = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.1, steps=50)
+  elif name == "cw_l2":
+    x_adv = attacks.cw_l2(fn, x, y, binary_search_steps=5, max_iterations=200)
+  else:
+    x_adv = attacks.deepfool(fn, x, y)
+  assert float(jnp.mean(attacks.is_successful(fn(x_adv), y))) == 1.0
+
+
+def test_vmap_over_examples_matches_the_batched_call():
+  fn, x, y = tiny_cnn()
+  batched = attacks.bim(fn, x, y, eps=0.1, n1=5, n2=6)
+  single = jax.vmap(lambda xi, yi: attacks.bim(fn, xi[None], yi[None], eps=0.1, n1=5,
+                                               n2=6)[0])(x, y)
+  np.testing.assert_allclose(single, batched, atol=1e-6)
+
+
+def test_deepfool_freezes_examples_once_they_are_fooled():
+  fn, x, y = tiny_cnn()
+  one, info_one = attacks.deepfool(fn, x, y, max_iter=1, return_info=True)
+  many, info_many = attacks.deepfool(fn, x, y, max_iter=50, return_info=True)
+  done_early = np.asarray(info_one["success"])
+  assert done_early.any()
+  np.testing.assert_array_equal(np.asarray(many)[done_early], np.asarray(one)[done_early])
+  np.testing.assert_array_equal(np.asarray(info_many["iterations"])[done_early], 1)
+
+
+def test_bpda_uses_the_approximation_only_on_the_backward_pass():
+  quantise = lambda z: jnp.round(z * 4) / 4  # Zero gradient almost everywhere.
+  op = attacks.bpda(quantise, "identity")
+  z = jnp.array([0.1, 0.3, 0.6])
+  np.testing.assert_allclose(op(z), quantise(z))
+  np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(op(v) * 2.0))(z), 2.0)
+  sign_op = attacks.bpda(jnp.sign, "tanh")
+  np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(sign_op(v)))(z), 1 - jnp.tanh(z) ** 2,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="approximation"):
+    attacks.bpda(jnp.sign, "sigmoid")
+
+
+def test_bpda_lets_pgd_through_a_quantising_defense():
+  fn, w, _ = linear_model(2, seed=5)
+  defended = lambda x: fn(jnp.round(x * 8) / 8)  # Gradient masking: its gradient is zero.
+  through = lambda x: fn(attacks.bpda(lambda z: jnp.round(z * 8) / 8)(x))
+  x = interior_inputs(8, seed=6)
+  y = jnp.argmax(defended(x), -1)
+  masked = attacks.bim(defended, x, y, eps=0.3, n1=10, n2=20)
+  np.testing.assert_array_equal(masked, x)  # No gradient, no movement.
+  x_adv = attacks.bim(through, x, y, eps=0.3, n1=10, n2=20)
+  assert float(jnp.mean(attacks.is_successful(defended(x_adv), y))) == 1.0
+
+
+def test_eot_averages_the_gradient_over_the_randomness():
+  fn, w, _ = linear_model(3)
+  noisy = lambda x, key: fn(x + 0.05 * jax.random.normal(key, x.shape))
+  x = interior_inputs(4)
+  y = jnp.argmax(fn(x), -1)
+  expected = attacks.eot(noisy, 4096)
+  grad_of = lambda lf, key: jax.grad(
+      lambda z: jnp.sum(objectives.cross_entropy(lf(z, key), y)))(x)
+  g1, g2 = grad_of(expected, jax.random.key(1)), grad_of(expected, jax.random.key(2))
+  # Two independent 4096-sample estimates agree closely; single draws do not.
+  assert float(jnp.max(jnp.abs(g1 - g2))) < 0.05 * float(jnp.max(jnp.abs(g1)))
+  x_adv = attacks.pgd(expected, x, y, jax.random.key(0), eps=0.3, step_size=0.05, steps=20)
+  assert float(jnp.mean(attacks.is_successful(fn(x_adv), y))) == 1.0
+
+
+def test_bad_attack_parameters_are_rejected():
+  fn, x, y = tiny_cnn()
+  with pytest.raises(ValueError, match="norm"):
+    attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.1, steps=1, norm="l1")
+  with pytest.raises(ValueError, match="targets"):
+    attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.1, steps=1, target="given")
+  with pytest.raises(ValueError, match="unknown attack"):
+    attacks.get_attack("pgdd")
