@@ -172,6 +172,8 @@ ALL_ATTACKS = {
                                               norm="l2", loss="margin"),
     "cw_l2": lambda fn, x, y, k: attacks.cw_l2(fn, x, y, k, binary_search_steps=3,
                                                max_iterations=30),
+    "cw_linf": lambda fn, x, y, k: attacks.cw_linf(fn, x, y, k, max_iterations=20,
+                                                   max_total_iterations=300),
     "deepfool_l2": lambda fn, x, y, k: attacks.deepfool(fn, x, y, k),
     "deepfool_linf": lambda fn, x, y, k: attacks.deepfool(fn, x, y, k, norm="linf"),
 }
@@ -285,3 +287,15 @@ def test_bad_attack_parameters_are_rejected():
     attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.1, steps=1, target="given")
   with pytest.raises(ValueError, match="unknown attack"):
     attacks.get_attack("pgdd")
+
+
+def test_cw_linf_comes_close_to_the_minimal_linf_perturbation():
+  fn, w, _ = linear_model(5)
+  x = interior_inputs(6)
+  y, d_star = minimal_distances(fn, w, x, "l1")
+  x_adv, info = jax.jit(functools.partial(attacks.cw_linf, fn, max_total_iterations=20000,
+                                          return_info=True))(x, y)
+  assert bool(jnp.all(info["success"]))
+  ratio = info["linf"] / d_star
+  assert bool(jnp.all((ratio >= 0.999) & (ratio <= 1.1))), ratio
+  assert bool(jnp.all(jnp.argmax(fn(x_adv), -1) != y))

@@ -11,6 +11,7 @@ adaptive surrogate. To compile, close over the parameters inside a jitted functi
 """
 
 from defenses_jax.attacks.carlini_wagner import cw_l2
+from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.norms import distances, project
@@ -24,6 +25,7 @@ ATTACKS = {
     "madry": madry,
     "ll_pgd": ll_pgd,
     "cw_l2": cw_l2,
+    "cw_linf": cw_linf,
     "deepfool": deepfool,
 }
 
@@ -34,6 +36,6 @@ def get_attack(name: str):
   return ATTACKS[name]
 
 
-__all__ = ["ATTACKS", "bim", "bpda", "cw_l2", "deepfool", "distances", "eot", "fgsm",
+__all__ = ["ATTACKS", "bim", "bpda", "cw_l2", "cw_linf", "deepfool", "distances", "eot", "fgsm",
            "get_attack", "is_successful", "ll_pgd", "madry", "margin", "pgd", "project",
            "stochastic"]

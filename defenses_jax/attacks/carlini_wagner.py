@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from defenses_jax.attacks.norms import distances
+from defenses_jax.attacks.norms import distances, per_example
 from defenses_jax.attacks.objectives import is_successful, margin, resolve_targets
 from defenses_jax.attacks.wrappers import call_logits
 
@@ -30,16 +30,25 @@ _NO_UPPER_BOUND = 1e10
 _TANH_SCALE = 0.999999
 
 
-def _to_tanh_space(x):
+def to_tanh_space(x):
   return jnp.arctanh((2.0 * x - 1.0) * _TANH_SCALE)
 
 
-def _from_tanh_space(w):
+def from_tanh_space(w):
   return (jnp.tanh(w) + 1.0) / 2.0  # Strictly inside (0, 1): no clipping, no dead gradients.
 
 
-def _bcast(v, like):
-  return v.reshape((-1,) + (1,) * (like.ndim - 1))
+def adam_step(w, m, v, grad, count, learning_rate, active):
+  """One Adam step (TF/Kingma defaults) per example; `count` is each example's step number
+  (from 1), since examples restart their optimiser at different times. Inactive examples keep
+  their parameters and moments."""
+  beta1, beta2, eps = 0.9, 0.999, 1e-8
+  m_new = beta1 * m + (1 - beta1) * grad
+  v_new = beta2 * v + (1 - beta2) * grad * grad
+  t = per_example(count.astype(jnp.float32), w)
+  update = learning_rate * (m_new / (1 - beta1 ** t)) / (jnp.sqrt(v_new / (1 - beta2 ** t)) + eps)
+  a = per_example(active, w)
+  return jnp.where(a, w - update, w), jnp.where(a, m_new, m), jnp.where(a, v_new, v)
 
 
 def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
@@ -54,20 +63,20 @@ def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
   key, check_key = jax.random.split(key)
   t = resolve_targets(logits_fn, x, y, target, targets)
   batch = x.shape[0]
-  w_clean = _to_tanh_space(x)
+  w_clean = to_tanh_space(x)
   # x as the tanh map reproduces it (within 5e-7); distances are measured from it, as in the
   # reference code.
-  x_clean = _from_tanh_space(w_clean)
+  x_clean = from_tanh_space(w_clean)
   check_every = max(max_iterations // 10, 1)
 
   def objective(w, const, step_key):
-    x_new = _from_tanh_space(w)
+    x_new = from_tanh_space(w)
     logits = call_logits(logits_fn, x_new, step_key)
     l2sq = jnp.sum(jnp.square(x_new - x_clean).reshape(batch, -1), axis=-1)
     # The reference code's f6: max(Z_y - max_{j != y} Z_j + kappa, 0) = max(kappa - margin, 0).
     violation = jnp.maximum(kappa - margin(logits, y, t), 0.0)
-    per_example = l2sq + const * violation
-    return jnp.sum(per_example), (per_example, l2sq, logits, x_new)
+    losses = l2sq + const * violation
+    return jnp.sum(losses), (losses, l2sq, logits, x_new)
 
   grad_fn = jax.grad(objective, has_aux=True)
 
@@ -87,17 +96,10 @@ def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
       success = is_successful(logits, y, t, kappa)
       b_l2, b_x = bests
       improved = success & (l2sq < b_l2) & active
-      bests = (jnp.where(improved, l2sq, b_l2), jnp.where(_bcast(improved, x), x_new, b_x))
+      bests = (jnp.where(improved, l2sq, b_l2), jnp.where(per_example(improved, x), x_new, b_x))
       succeeded = succeeded | (success & active)
       # Adam, frozen for examples that aborted early.
-      beta1, beta2, eps_adam = 0.9, 0.999, 1e-8
-      m_new = beta1 * m + (1 - beta1) * grad
-      v_new = beta2 * v + (1 - beta2) * grad * grad
-      tstep = (i + 1).astype(jnp.float32)
-      update = learning_rate * (m_new / (1 - beta1 ** tstep)) / (
-          jnp.sqrt(v_new / (1 - beta2 ** tstep)) + eps_adam)
-      a = _bcast(active, w)
-      w, m, v = jnp.where(a, w - update, w), jnp.where(a, m_new, m), jnp.where(a, v_new, v)
+      w, m, v = adam_step(w, m, v, grad, jnp.full((batch,), i + 1), learning_rate, active)
       if abort_early:
         at_check = (i % check_every == 0) & (i > 0)
         stalled = at_check & (obj > prev_obj * 0.9999)
@@ -123,7 +125,7 @@ def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
   # float noise) is replaced by the clean input, so failures are always returned as x.
   success = is_successful(call_logits(logits_fn, best_x, check_key), y, t,
                           kappa)
-  x_adv = jnp.where(_bcast(success, x), best_x, x)
+  x_adv = jnp.where(per_example(success, x), best_x, x)
   if not return_info:
     return x_adv
   return x_adv, {"success": success, "l2": distances(x_adv, x)["l2"],

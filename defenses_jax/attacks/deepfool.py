@@ -21,10 +21,6 @@ from defenses_jax.attacks.wrappers import call_logits
 _TINY = 1e-8
 
 
-def _bcast(v, like):
-  return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
 def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
              overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
              return_info: bool = False):
@@ -72,11 +68,11 @@ def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
                                  axis=0)[0]
     scale = (jnp.abs(f_best) + 1e-4) / (norm_best + _TINY)
     if norm == "l2":
-      r = _bcast(scale / (norm_best + _TINY), x) * w_best
+      r = norms.per_example(scale / (norm_best + _TINY), x) * w_best
     else:
-      r = _bcast(scale, x) * jnp.sign(w_best)
-    r_total = r_total + jnp.where(_bcast(active, x), r, 0.0)
-    xi = jnp.where(_bcast(active, x), jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0), xi)
+      r = norms.per_example(scale, x) * jnp.sign(w_best)
+    r_total = r_total + jnp.where(norms.per_example(active, x), r, 0.0)
+    xi = jnp.where(norms.per_example(active, x), jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0), xi)
     return i + 1, xi, r_total, active, iterations + active.astype(jnp.int32)
 
   def cond(state):

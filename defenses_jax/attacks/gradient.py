@@ -33,10 +33,6 @@ def _is_better(success, loss, best_success, best_loss):
   return (success & ~best_success) | ((success == best_success) & (loss > best_loss))
 
 
-def _select(mask, a, b):
-  return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-
-
 def fgsm(logits_fn: Callable, x, y, key=None, *, eps: float, norm: str = "linf",
          loss: str = "ce", target: str = "none", targets: Optional[jax.Array] = None):
   """Fast Gradient (Sign) Method: one step of size eps along the steepest-ascent direction."""
@@ -72,7 +68,7 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
       bx, bl, bs = best
       success = is_successful(logits_k, y, t)
       better = _is_better(success, loss_k, bs, bl)
-      return _select(better, xk, bx), jnp.where(better, loss_k, bl), bs | success
+      return jnp.where(norms.per_example(better, xk), xk, bx), jnp.where(better, loss_k, bl), bs | success
 
     def step(k, state):
       xk, best = state

@@ -14,6 +14,11 @@ def check_norm(norm: str) -> None:
     raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}.")
 
 
+def per_example(v, like):
+  """Reshapes a per-example vector (B,) to broadcast against a batch shaped like `like`."""
+  return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
 def _per_example(v, reduce):
   return reduce(v.reshape(v.shape[0], -1), axis=-1).reshape((-1,) + (1,) * (v.ndim - 1))
 
