@@ -166,7 +166,8 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return steps
 
 
-def _host_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
+def host_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  """The rows of each global batch that belong to this host."""
   if global_batch_size % process_count:
     raise DataError(f"global batch size {global_batch_size} is not divisible by the "
                     f"{process_count} hosts.")
@@ -182,7 +183,7 @@ def train_batches(ds: ArrayDataset, global_batch_size: int, seed: int, epoch: in
   Yields dicts with `image` (B, H, W, C) float32, `label` (B,) int32, `index` (B,) int32.
   """
   order = epoch_permutation(len(ds), seed, epoch)
-  rows = _host_slice(global_batch_size, process_index, process_count)
+  rows = host_rows(global_batch_size, process_index, process_count)
   for step in range(start_step, steps_per_epoch(len(ds), global_batch_size)):
     idx = order[step * global_batch_size:(step + 1) * global_batch_size][rows]
     yield {"image": ds.images[idx], "label": ds.labels[idx], "index": idx.astype(np.int32)}
@@ -194,7 +195,7 @@ def eval_batches(ds: ArrayDataset, global_batch_size: int, *, process_index: int
 
   Padding keeps every batch the same shape, so evaluation compiles once.
   """
-  rows = _host_slice(global_batch_size, process_index, process_count)
+  rows = host_rows(global_batch_size, process_index, process_count)
   n = len(ds)
   for start in range(0, n, global_batch_size):
     idx = np.arange(start, start + global_batch_size)

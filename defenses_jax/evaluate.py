@@ -1,36 +1,215 @@
-"""Evaluation of a trained experiment from its checkpoint.
+"""Evaluation of a trained experiment: clean accuracy, robustness under each configured attack
+and threat model, worst case over attacks, sanity checks, and the paper-style report.
 
-Currently: clean accuracy of the deployed classifier (defense.class_logits) on the test split.
-Robustness under attacks and threat models builds on this (see the evaluation-harness issue).
+    python launch.py --config=experiments/standard.py:cpu --workdir=runs --mode=eval
+
+Results land in <workdir>/<experiment_name>/results/: eval.json, eval.md and figures.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from defenses_jax.train import Experiment, evaluate_clean, write_json
+from defenses_jax import metrics, report, sanity
+from defenses_jax.attacks import norms
+from defenses_jax.progress import progress_bar
+from defenses_jax.threat_models import (STEP_PARAMS, AttackSpec, logits_builder,
+                                        make_attack_runner, make_predictor, noise_like,
+                                        parse_attack_specs, run_over_dataset)
+from defenses_jax.train import Experiment, evaluate_clean, inference_logits_fn, write_json
+
+NUM_EXAMPLE_IMAGES = 6  # Per attack, for the example grid.
 
 
 class NoCheckpointError(FileNotFoundError):
   """Evaluation was asked for an experiment that has not been trained."""
 
 
+class _Trained:
+  """An experiment restored from its latest checkpoint."""
+
+  def __init__(self, config, workdir, datasets=None):
+    self.exp = Experiment(config, workdir, datasets)
+    ckpt = self.exp.checkpoints()
+    if ckpt.latest_step() is None:
+      ckpt.close()
+      raise NoCheckpointError(f"no checkpoint under {self.exp.exp_dir}/checkpoints; train first "
+                              "with --mode=train (same --config and --workdir).")
+    self.state = self.exp.restore_or_init(ckpt)
+    ckpt.close()
+
+
+def _load_source(workdir: str, name: str, target: Experiment, datasets) -> _Trained:
+  path = os.path.join(os.path.abspath(workdir), name, "config.json")
+  if not os.path.exists(path):
+    raise NoCheckpointError(f"transfer source {name!r} not found at {path}; train it first.")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.dataset.name != target.config.dataset.name:
+    raise ValueError(f"transfer source {name!r} was trained on {config.dataset.name}, the target "
+                     f"on {target.config.dataset.name}.")
+  config.dataset.num_test_examples = target.config.dataset.num_test_examples
+  return _Trained(config, workdir, datasets)
+
+
+class _Evaluator:
+  """Runs attacks on the attacked subset of the test set and scores the deployed classifier."""
+
+  def __init__(self, trained: _Trained, attack_ds, batch_size: int, seed: int):
+    self.trained, self.ds, self.batch_size = trained, attack_ds, batch_size
+    exp = trained.exp
+    self.mesh = exp.mesh
+    predictor = make_predictor(exp.model, exp.defense, exp.mesh)
+    s = trained.state
+    self.predict = lambda x: predictor(s.params, s.batch_stats, x)
+    self.key = jax.random.key(seed)
+    self.labels = self.ds.labels
+
+  def clean_correct(self) -> np.ndarray:
+    out = run_over_dataset(self.ds, self.batch_size, self.mesh,
+                           lambda b, n: self.predict(b["image"]))
+    return np.concatenate(out) == self.labels
+
+  def attack(self, spec: AttackSpec, source: Optional[_Trained], progress=None):
+    """(x_adv, adversarial-correctness) over the attacked subset."""
+    crafted_on = source or self.trained
+    threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
+    build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense)
+    runner = make_attack_runner(spec, build, self.mesh)
+    s = crafted_on.state
+
+    def one_batch(batch, number):
+      x_adv = runner(s.params, s.batch_stats, batch["image"], batch["label"],
+                     jax.random.fold_in(self.key, number))
+      return {"x_adv": x_adv, "pred": self.predict(x_adv)}
+
+    out = run_over_dataset(self.ds, self.batch_size, self.mesh, one_batch, progress)
+    x_adv = np.concatenate([o["x_adv"] for o in out])
+    return x_adv, np.concatenate([o["pred"] for o in out]) == self.labels
+
+  def noise_correct(self, eps: float, norm: str, num: int) -> np.ndarray:
+    x = jnp.asarray(self.ds.images[:num])
+    noisy = noise_like(jax.random.fold_in(self.key, 10**6), x, eps, norm)
+    return np.asarray(self.predict_host(noisy)) == self.labels[:num]
+
+  def predict_host(self, x):
+    s, exp = self.trained.state, self.trained.exp
+    return jnp.argmax(exp.defense.class_logits(
+        inference_logits_fn(exp.model, s.params, s.batch_stats)(x)), -1)
+
+
+def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_correct, cfg):
+  """Carlini et al. 2019 checks on the first `cfg.num_examples` attacked examples."""
+  n = min(cfg.num_examples, len(ev.ds))
+  sub = _Evaluator(ev.trained, ev.ds.take(n), ev.batch_size, seed=1)
+  sub_clean = clean_correct[:n]
+  s, exp = ev.trained.state, ev.trained.exp
+  records = [sanity.gradients_are_informative(
+      lambda z: exp.defense.class_logits(inference_logits_fn(exp.model, s.params,
+                                                             s.batch_stats)(z)),
+      jnp.asarray(sub.ds.images), jnp.asarray(sub.ds.labels))]
+  unbounded = AttackSpec("unbounded", "PGD, eps = 1 (whole box)", "pgd", "white_box",
+                         {"eps": 1.0, "step_size": 0.05, "steps": cfg.unbounded_steps,
+                          "random_start": False, "loss": "margin"})
+  _, adv_correct = sub.attack(unbounded, None)
+  success = float(np.mean(~adv_correct[sub_clean])) if sub_clean.any() else 1.0
+  records.append(sanity.unbounded_attack_succeeds(success))
+  for spec in specs:
+    if spec.threat_model == "transfer":
+      continue
+    if spec.attack in STEP_PARAMS:
+      param = STEP_PARAMS[spec.attack]
+      accuracy_at = lambda steps, spec=spec, param=param: float(np.mean(
+          sub.attack(spec.with_params(**{param: steps}), None)[1] & sub_clean))
+      records.append(sanity.more_steps_do_not_help(spec.label, accuracy_at,
+                                                   int(spec.params[param])))
+    if "eps" in spec.params:
+      noise_acc = float(np.mean(sub.noise_correct(spec.params["eps"],
+                                                  spec.params.get("norm", "linf"), n) & sub_clean))
+      attack_acc = float(np.mean(per_attack_correct[spec.key][:n] & sub_clean))
+      records.append(sanity.noise_weaker_than_attack(spec.label, attack_acc, noise_acc))
+  for spec in specs:
+    if spec.threat_model != "transfer":
+      continue
+    for other in specs:
+      if (other.threat_model == "white_box" and other.attack == spec.attack
+          and other.params == spec.params):
+        records.append(sanity.transfer_not_stronger(
+            spec.label, results[spec.key]["robust_accuracy"], other.label,
+            results[other.key]["robust_accuracy"]))
+  return records
+
+
+def _eps_sweep(ev: _Evaluator, specs, cfg, clean_correct):
+  spec = next((s for s in specs if s.key == cfg.attack), None)
+  if spec is None:
+    raise ValueError(f"eval.eps_sweep.attack {cfg.attack!r} is not one of eval.attacks.")
+  n = min(cfg.num_examples, len(ev.ds))
+  sub = _Evaluator(ev.trained, ev.ds.take(n), ev.batch_size, seed=2)
+  points = []
+  for eps in cfg.eps_values:
+    changes = {"eps": float(eps)}
+    if spec.attack in ("pgd", "ll_pgd") and "step_size" in spec.params:
+      # Keep the step a fixed fraction of the budget, as the papers' Name(n1, n2) notation does.
+      changes["step_size"] = spec.params["step_size"] * float(eps) / spec.params["eps"]
+    correct = sub.attack(spec.with_params(**changes), None)[1] & clean_correct[:n]
+    points.append({"eps": float(eps), "robust_accuracy": float(np.mean(correct))})
+  return {"attack": spec.key, "label": spec.label, "num_examples": n, "points": points}
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              datasets: Optional[tuple] = None) -> dict:
-  exp = Experiment(config, workdir, datasets)
-  ckpt = exp.checkpoints()
-  if ckpt.latest_step() is None:
-    ckpt.close()
-    raise NoCheckpointError(f"no checkpoint under {exp.exp_dir}/checkpoints; train first "
-                            "with --mode=train (same --config and --workdir).")
-  state = exp.restore_or_init(ckpt)
-  ckpt.close()
-  accuracy = evaluate_clean(exp.eval_step(), state, exp.test_ds, config.eval.batch_size,
-                            exp.mesh)
-  results = {"experiment_name": config.experiment_name, "step": int(state.step),
-             "num_test_examples": len(exp.test_ds), "clean_accuracy": accuracy}
-  write_json(os.path.join(exp.exp_dir, "results", "eval.json"), results)
-  return results
+  trained = _Trained(config, workdir, datasets)
+  exp = trained.exp
+  specs = parse_attack_specs(config.eval.attacks, exp.defense)
+  sources = {spec.source_experiment: _load_source(workdir, spec.source_experiment, exp, datasets)
+             for spec in specs if spec.threat_model == "transfer"}
+  attack_ds = exp.test_ds.take(config.eval.num_attack_examples)
+  ev = _Evaluator(trained, attack_ds, config.eval.batch_size, config.seed)
+  clean_accuracy = evaluate_clean(exp.eval_step(), trained.state, exp.test_ds,
+                                  config.eval.batch_size, exp.mesh)
+  clean_correct = ev.clean_correct()
+  results, per_attack_correct, examples = {}, {}, {}
+  bar = progress_bar(len(specs) * len(attack_ds), enabled=config.train.progress,
+                     description=f"{config.experiment_name} attacks")
+  for spec in specs:
+    bar.set_description(f"{config.experiment_name}: {spec.label}")
+    x_adv, adv_correct = ev.attack(spec, sources.get(spec.source_experiment), bar)
+    d = norms.distances(jnp.asarray(x_adv), jnp.asarray(attack_ds.images))
+    results[spec.key] = {
+        "label": spec.label, "attack": spec.attack, "threat_model": spec.threat_model,
+        "params": spec.params, "source_experiment": spec.source_experiment,
+        **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
+                             np.asarray(d["l2"]), np.asarray(d["linf"]))}
+    per_attack_correct[spec.key] = adv_correct
+    examples[spec.label] = x_adv[:NUM_EXAMPLE_IMAGES]
+  bar.close()
+  summary = {
+      "experiment_name": config.experiment_name, "step": int(trained.state.step),
+      "dataset": config.dataset.name, "num_test_examples": len(exp.test_ds),
+      "num_attack_examples": len(attack_ds), "clean_accuracy": clean_accuracy,
+      "clean_accuracy_attacked_subset": float(np.mean(clean_correct)), "attacks": results,
+      "worst_case_robust_accuracy": metrics.worst_case_accuracy(
+          clean_correct, per_attack_correct.values()) if specs else None,
+  }
+  if config.eval.sanity.enabled and specs:
+    checks = _sanity_checks(ev, specs, results, per_attack_correct, clean_correct,
+                            config.eval.sanity)
+    summary["sanity"] = checks
+    summary["sanity_passed"] = all(c["status"] == sanity.PASS for c in checks)
+  if config.eval.eps_sweep.attack:
+    summary["eps_sweep"] = _eps_sweep(ev, specs, config.eval.eps_sweep, clean_correct)
+  summary["paper"] = config.paper.to_dict()
+  results_dir = os.path.join(exp.exp_dir, "results")
+  write_json(os.path.join(results_dir, "eval.json"), summary)
+  if jax.process_index() == 0:
+    report.write_report(summary, results_dir, clean_images=attack_ds.images[:NUM_EXAMPLE_IMAGES],
+                        adversarial_images=examples)
+  return summary

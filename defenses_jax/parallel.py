@@ -35,11 +35,15 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh, what: str = "batch
                      f"mesh; choose a multiple of {n}.")
 
 
-def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs,
-                  donate_argnums=()) -> Callable:
-  """jit(shard_map(fn)): `fn` sees per-device shards and may use collectives over DATA_AXIS."""
-  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs),
-                 donate_argnums=donate_argnums)
+def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=(),
+                  check_vma: bool = True) -> Callable:
+  """jit(shard_map(fn)): `fn` sees per-device shards and may use collectives over DATA_AXIS.
+
+  check_vma=False is for per-example code without collectives (attacks): their loop carries
+  start replicated and become per-device, which the varying-axes type check would reject.
+  """
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                               check_vma=check_vma), donate_argnums=donate_argnums)
 
 
 def shard_batch(local_batch: dict, mesh: Mesh) -> dict:

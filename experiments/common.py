@@ -59,5 +59,29 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500
-  c.eval.every_epochs = 1
+  c.eval.every_epochs = 1  # Clean test accuracy during training.
+  c.eval.num_attack_examples = -1  # Attacks run on the first N test images (-1: all).
+  # key -> {attack, label, threat_model, params, source_experiment}; see threat_models.py.
+  c.eval.attacks = ml_collections.ConfigDict()
+  c.eval.sanity = ml_collections.ConfigDict()
+  c.eval.sanity.enabled = True
+  c.eval.sanity.num_examples = 100  # The checks rerun attacks on this many attacked images.
+  c.eval.sanity.unbounded_steps = 100
+  c.eval.eps_sweep = ml_collections.ConfigDict()
+  c.eval.eps_sweep.attack = ""  # A key of eval.attacks; "" for no sweep.
+  c.eval.eps_sweep.eps_values = ()
+  c.eval.eps_sweep.num_examples = 100
+
+  # The paper's numbers for the report: {source, clean_accuracy, robust_accuracy: {key: value}}.
+  c.paper = ml_collections.ConfigDict()
+  c.paper.source = ""
+  c.paper.clean_accuracy = None
+  c.paper.robust_accuracy = ml_collections.ConfigDict()
   return c
+
+
+def attack(name: str, label: str, threat_model: str = "white_box", source_experiment: str = "",
+           **params) -> dict:
+  """One entry of config.eval.attacks."""
+  return {"attack": name, "label": label, "threat_model": threat_model, "params": params,
+          "source_experiment": source_experiment}

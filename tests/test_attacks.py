@@ -299,3 +299,15 @@ def test_cw_linf_comes_close_to_the_minimal_linf_perturbation():
   ratio = info["linf"] / d_star
   assert bool(jnp.all((ratio >= 0.999) & (ratio <= 1.1))), ratio
   assert bool(jnp.all(jnp.argmax(fn(x_adv), -1) != y))
+
+
+def test_cross_entropy_gradient_stays_accurate_on_confident_logits():
+  # A confidently classified input: p_y = 1 - 1e-7. The gradient of CE w.r.t. the logits is
+  # p - onehot(y); in float32, -log_softmax gets the y entry wrong by up to ~50% here.
+  logits = jnp.array([[17.0, 0.5, -3.0, 1.0]], jnp.float32)
+  y = jnp.array([0])
+  p = np.exp(np.float64([17.0, 0.5, -3.0, 1.0]) - np.logaddexp.reduce([17.0, 0.5, -3.0, 1.0]))
+  exact = p - np.eye(4)[0]
+  grad = jax.grad(lambda z: jnp.sum(objectives.cross_entropy(z, y)))(logits)[0]
+  np.testing.assert_allclose(np.asarray(grad, np.float64), exact, rtol=1e-4)
+  np.testing.assert_allclose(objectives.cross_entropy(logits, y), -np.log(p[0]), rtol=1e-3)

@@ -37,8 +37,15 @@ def test_launch_trains_then_evaluates_with_overrides(tmp_path):
   proc = launch(*common)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"test_accuracy"' in proc.stdout
-  proc = launch(*common, "--mode=eval")
+  # The config's paper attacks, cut to a few images and iterations.
+  proc = launch(*common, "--mode=eval", "--config.eval.batch_size=10",
+                "--config.eval.num_attack_examples=10", "--config.eval.sanity.num_examples=10",
+                "--config.eval.sanity.unbounded_steps=5", "--config.eval.eps_sweep.attack=",
+                "--config.eval.attacks.cw_l2_k0.params.max_iterations=5",
+                "--config.eval.attacks.cw_l2_k40.params.max_iterations=5",
+                "--config.eval.attacks.cw_linf_k0.params.max_total_iterations=10")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"clean_accuracy"' in proc.stdout
-  for name in ("config.json", "metrics.jsonl", "results/train.json", "results/eval.json"):
+  for name in ("config.json", "metrics.jsonl", "results/train.json", "results/eval.json",
+               "results/eval.md", "results/examples.png"):
     assert os.path.exists(tmp_path / "smoke" / name), name

@@ -23,11 +23,16 @@ _TINY = 1e-8
 
 def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
              overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
-             return_info: bool = False):
+             box_aware: bool = True, return_info: bool = False):
   """Returns x_adv, or (x_adv, info) with info = {success, iterations, l2, linf} per example.
 
   `y` is not used: DeepFool moves away from the clean prediction (an input the model already
   misclassifies is returned unchanged). It is accepted for the common attack signature.
+
+  box_aware=False is the reference behaviour (the step is computed as if the image were
+  unbounded, then clipped). On images with many saturated pixels (MNIST) most of such a step is
+  clipped away and DeepFool creeps towards the boundary without crossing it; box_aware=True
+  (default) removes the pixels held at a bound from each linearised step.
   """
   del y
   norms.check_norm(norm)
@@ -55,6 +60,10 @@ def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
     active = active & (jnp.argmax(logits, -1) == original)
     f = values[:, 1:] - values[:, :1]  # (B, k-1): logit gaps to the reference class.
     w = grads[1:] - grads[:1]  # (k-1, B, ...)
+    if box_aware:
+      # Steps go along +w (raising f towards 0). Pixels already at a bound of [0, 1] cannot move
+      # further out, so they drop out of the linearised problem instead of absorbing the step.
+      w = jnp.where(((xi <= 0.0) & (w < 0)) | ((xi >= 1.0) & (w > 0)), 0.0, w)
     w_flat = w.reshape(k - 1, batch, -1)
     if norm == "l2":
       w_norm = jnp.sqrt(jnp.sum(w_flat * w_flat, -1)).T  # (B, k-1)
@@ -71,8 +80,12 @@ def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
       r = norms.per_example(scale / (norm_best + _TINY), x) * w_best
     else:
       r = norms.per_example(scale, x) * jnp.sign(w_best)
-    r_total = r_total + jnp.where(norms.per_example(active, x), r, 0.0)
-    xi = jnp.where(norms.per_example(active, x), jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0), xi)
+    moving = norms.per_example(active, x)
+    r_total = r_total + jnp.where(moving, r, 0.0)
+    x_next = jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0)
+    if box_aware:  # Keep the accumulated step equal to what the clipped image really moved.
+      r_total = (x_next - x) / (1.0 + overshoot)
+    xi = jnp.where(moving, x_next, xi)
     return i + 1, xi, r_total, active, iterations + active.astype(jnp.int32)
 
   def cond(state):

@@ -51,3 +51,25 @@ def test_batchnorm_dropout_model_trains_and_resumes_on_eight_devices(tmp_path):
   resumed = train_lib.train_and_evaluate(config, str(tmp_path / "b"), datasets=blobs)
   assert resumed["resumed_from_step"] == 3
   assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+
+def test_evaluation_on_eight_devices_matches_one_device(tmp_path):
+  import ml_collections
+  from defenses_jax.evaluate import evaluate
+  from experiments.common import attack
+  blobs = blob_dataset(128), blob_dataset(40, seed=1)
+  config = tiny_config(epochs=2, batch_size=32)
+  config.eval.num_attack_examples = 32
+  config.eval.sanity.enabled = False
+  config.eval.attacks = ml_collections.ConfigDict({
+      "pgd": attack("pgd", "PGD", eps=0.3, step_size=0.05, steps=5, random_start=False),
+      "deepfool": attack("deepfool", "DeepFool"),
+      "cw": attack("cw_l2", "CW", binary_search_steps=2, max_iterations=20)})
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  eight = evaluate(config, str(tmp_path), datasets=blobs)
+  config.num_devices = 1
+  one = evaluate(config, str(tmp_path), datasets=blobs)
+  for key in ("pgd", "deepfool", "cw"):
+    assert eight["attacks"][key]["robust_accuracy"] == one["attacks"][key]["robust_accuracy"]
+    np.testing.assert_allclose(eight["attacks"][key]["median_l2"], one["attacks"][key]["median_l2"],
+                               rtol=1e-4)

@@ -1,0 +1,145 @@
+"""Results JSON -> a paper-style markdown table (our number beside the paper's) and figures."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import numpy as np
+
+from defenses_jax import metrics
+
+
+def _pct(value) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "-"
+  return f"{100 * value:.1f}%"
+
+
+def _num(value) -> str:
+  return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _differs(ours, paper, tolerance: float = 0.05) -> str:
+  """Marks cells where we and the paper disagree by more than `tolerance` (absolute)."""
+  if paper is None or ours is None:
+    return ""
+  return " (differs)" if abs(ours - paper) > tolerance else ""
+
+
+def markdown_table(summary: dict) -> str:
+  paper = summary.get("paper") or {}
+  paper_robust = paper.get("robust_accuracy") or {}
+  lines = [f"# {summary['experiment_name']}: robustness ({summary['dataset']})", ""]
+  if paper.get("source"):
+    lines.append(f"Paper numbers: {paper['source']}.")
+  lines.append(f"Clean accuracy: ours {_pct(summary['clean_accuracy'])} on "
+               f"{summary['num_test_examples']} test images; paper "
+               f"{_pct(paper.get('clean_accuracy'))}. Attacks run on the first "
+               f"{summary['num_attack_examples']} test images (clean accuracy there "
+               f"{_pct(summary['clean_accuracy_attacked_subset'])}).")
+  lines += ["", "| Attack | Threat model | Robust accuracy (ours) | Paper | Attack success | "
+            "Median L2 | Median L-inf |", "|---|---|---|---|---|---|---|"]
+  for key, r in summary["attacks"].items():
+    theirs = paper_robust.get(key)
+    threat = r["threat_model"] + (f" from {r['source_experiment']}" if r["source_experiment"]
+                                  else "")
+    lines.append(f"| {r['label']} | {threat} | {_pct(r['robust_accuracy'])}"
+                 f"{_differs(r['robust_accuracy'], theirs)} | {_pct(theirs)} | "
+                 f"{_pct(r['attack_success_rate'])} | {_num(r['median_l2'])} | "
+                 f"{_num(r['median_linf'])} |")
+  for key, value in paper_robust.items():  # Paper rows we did not run stay visible.
+    if key not in summary["attacks"]:
+      lines.append(f"| {key} | - | not run | {_pct(value)} | - | - | - |")
+  if summary.get("worst_case_robust_accuracy") is not None:
+    lines += ["", f"Worst case over all attacks (per example): "
+              f"{_pct(summary['worst_case_robust_accuracy'])}."]
+  if summary.get("sanity"):
+    verdict = "all passed" if summary["sanity_passed"] else "WARNINGS: do not trust this table"
+    lines += ["", f"## Sanity checks (Carlini et al. 2019): {verdict}", ""]
+    lines += [f"- [{c['status']}] {c['check']}: {c['detail']}" for c in summary["sanity"]]
+  if summary.get("eps_sweep"):
+    sweep = summary["eps_sweep"]
+    lines += ["", f"## {sweep['label']}: robust accuracy vs eps ({sweep['num_examples']} images)",
+              "", "| eps | " + " | ".join(f"{p['eps']:g}" for p in sweep["points"]) + " |",
+              "|---" * (len(sweep["points"]) + 1) + "|",
+              "| robust accuracy | " + " | ".join(_pct(p["robust_accuracy"])
+                                             for p in sweep["points"]) + " |"]
+  return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")  # Files only; no display needed (servers, CI, Colab all work).
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_eps_sweep(sweep: dict, path: str) -> None:
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  eps = [p["eps"] for p in sweep["points"]]
+  ax.plot(eps, [p["robust_accuracy"] for p in sweep["points"]], marker="o")
+  ax.set(xlabel="eps", ylabel="robust accuracy", ylim=(-0.02, 1.02), title=sweep["label"])
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_roc(curves: dict, path: str) -> None:
+  """curves: label -> (clean_scores, adversarial_scores); one ROC curve per label."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4, 4))
+  for label, (clean, adv) in curves.items():
+    fpr, tpr = metrics.roc_curve(clean, adv)
+    ax.plot(fpr, tpr, label=f"{label} (AUC {metrics.roc_auc(clean, adv):.3f})")
+  ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+  ax.set(xlabel="false positive rate", ylabel="detection rate", xlim=(0, 1), ylim=(0, 1.01))
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_examples(clean: np.ndarray, adversarial: dict, path: str) -> None:
+  """One row of clean images, then per attack a row of adversarial images and a row of
+  (amplified) differences."""
+  plt = _pyplot()
+  n = len(clean)
+  rows = 1 + 2 * len(adversarial)
+  fig, axes = plt.subplots(rows, n, figsize=(1.3 * n, 1.35 * rows), squeeze=False)
+  show = lambda ax, img, **kw: (ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, **kw),
+                                ax.set_xticks([]), ax.set_yticks([]))
+  for j in range(n):
+    show(axes[0, j], clean[j], cmap="gray", vmin=0, vmax=1)
+  axes[0, 0].set_ylabel("clean", fontsize=7)
+  for i, (label, x_adv) in enumerate(adversarial.items()):
+    diff = x_adv - clean
+    scale = max(float(np.abs(diff).max()), 1e-8)
+    for j in range(n):
+      show(axes[1 + 2 * i, j], np.clip(x_adv[j], 0, 1), cmap="gray", vmin=0, vmax=1)
+      show(axes[2 + 2 * i, j], (diff[j] / scale + 1) / 2, cmap="seismic", vmin=0, vmax=1)
+    axes[1 + 2 * i, 0].set_ylabel(label[:18], fontsize=6)
+    axes[2 + 2 * i, 0].set_ylabel("no change" if scale < 1e-6 else f"diff x{1 / scale:.0f}",
+                                  fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(summary: dict, results_dir: str, clean_images: Optional[np.ndarray] = None,
+                 adversarial_images: Optional[dict] = None) -> dict:
+  """Writes eval.md and the figures next to eval.json; returns {artifact: path}."""
+  os.makedirs(results_dir, exist_ok=True)
+  paths = {"table": os.path.join(results_dir, "eval.md")}
+  with open(paths["table"], "w") as f:
+    f.write(markdown_table(summary))
+  if summary.get("eps_sweep"):
+    paths["eps_sweep"] = os.path.join(results_dir, "robust_accuracy_vs_eps.png")
+    plot_eps_sweep(summary["eps_sweep"], paths["eps_sweep"])
+  if clean_images is not None and adversarial_images:
+    paths["examples"] = os.path.join(results_dir, "examples.png")
+    plot_examples(np.asarray(clean_images), adversarial_images, paths["examples"])
+  return paths

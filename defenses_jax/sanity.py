@@ -1,0 +1,86 @@
+"""Sanity checks from Carlini et al. 2019, "On Evaluating Adversarial Robustness" (section 5),
+run beside every robustness evaluation. Each returns a record with status 'pass' or 'warn' and
+the numbers behind it; a 'warn' means the evaluation, not the defense, is in doubt.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from defenses_jax.attacks.objectives import cross_entropy
+
+PASS, WARN = "pass", "warn"
+# Robust accuracies are fractions of (at least) a few hundred examples: differences below this
+# are noise, not evidence.
+TOLERANCE = 0.01
+
+
+def _record(name: str, ok: bool, detail: str, **numbers) -> dict:
+  return {"check": name, "status": PASS if ok else WARN, "detail": detail, **numbers}
+
+
+def more_steps_do_not_help(attack_name: str, robust_accuracy_at: Callable[[int], float],
+                           steps: int, factor: int = 4) -> dict:
+  """An iterative attack run `factor` times longer must not leave *more* examples robust."""
+  base, longer = robust_accuracy_at(steps), robust_accuracy_at(steps * factor)
+  ok = longer <= base + TOLERANCE
+  return _record("more_steps", ok,
+                 f"{attack_name}: robust accuracy {base:.4f} at {steps} steps, {longer:.4f} at "
+                 f"{steps * factor}" + ("" if ok else ": more iterations helped the defense, so "
+                                        "the attack has not converged or is broken"),
+                 attack=attack_name, steps=steps, robust_accuracy=base,
+                 longer_steps=steps * factor, longer_robust_accuracy=longer)
+
+
+def unbounded_attack_succeeds(success_rate: float, minimum: float = 0.99) -> dict:
+  """With an unlimited budget (eps covering the whole [0, 1] box) every input can be turned into
+  any other; an attack that still fails is blocked by masked or broken gradients."""
+  ok = success_rate >= minimum
+  return _record("unbounded", ok,
+                 f"unbounded PGD success rate {success_rate:.4f}" +
+                 ("" if ok else f" < {minimum}: gradients are masked or the attack is broken"),
+                 success_rate=success_rate)
+
+
+def transfer_not_stronger(transfer_name: str, transfer_accuracy: float, white_box_name: str,
+                          white_box_accuracy: float) -> dict:
+  """A transfer (black-box) attack must not beat the white-box attack of the same kind: if it
+  does, the white-box attack is not using the gradients it has."""
+  ok = transfer_accuracy >= white_box_accuracy - TOLERANCE
+  return _record("transfer_not_stronger", ok,
+                 f"{transfer_name} (transfer) robust accuracy {transfer_accuracy:.4f} vs "
+                 f"{white_box_name} (white-box) {white_box_accuracy:.4f}" +
+                 ("" if ok else ": transfer beats white-box, so white-box gradients mislead"),
+                 attack=transfer_name, white_box_attack=white_box_name,
+                 robust_accuracy=transfer_accuracy, white_box_robust_accuracy=white_box_accuracy)
+
+
+def noise_weaker_than_attack(attack_name: str, attack_accuracy: float,
+                             noise_accuracy: float) -> dict:
+  """Random noise of the attack's size must hurt less than the attack."""
+  ok = noise_accuracy >= attack_accuracy - TOLERANCE
+  return _record("noise_weaker", ok,
+                 f"{attack_name}: robust accuracy {attack_accuracy:.4f}, under random noise of the "
+                 f"same norm {noise_accuracy:.4f}" + ("" if ok else ": noise beats the attack, "
+                                                      "which is not following useful gradients"),
+                 attack=attack_name, robust_accuracy=attack_accuracy,
+                 noise_accuracy=noise_accuracy)
+
+
+def gradients_are_informative(logits_fn: Callable, x, y, max_zero_fraction: float = 0.05) -> dict:
+  """The gradient of the loss at the inputs must be finite and, for most examples, non-zero
+  (zero gradients are the signature of gradient masking: shattered or saturated gradients)."""
+
+  grads = jax.grad(lambda z: jnp.sum(cross_entropy(logits_fn(z), y)))(x)
+  flat = np.asarray(grads).reshape(x.shape[0], -1)
+  nan_fraction = float(np.mean(~np.isfinite(flat).all(axis=1)))
+  zero_fraction = float(np.mean(np.abs(flat).max(axis=1) == 0))
+  ok = nan_fraction == 0 and zero_fraction <= max_zero_fraction
+  return _record("gradients", ok,
+                 f"{zero_fraction:.1%} of examples have an all-zero input gradient, "
+                 f"{nan_fraction:.1%} a non-finite one" + ("" if ok else ": gradient masking"),
+                 zero_fraction=zero_fraction, nan_fraction=nan_fraction)

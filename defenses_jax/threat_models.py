@@ -1,0 +1,156 @@
+"""Attack specifications from a config, the threat model each attack works under, and the
+batched, data-parallel runner that applies it to a test set.
+
+Threat models (papers 002 appendix D, 003 section 2.2):
+- white_box: the attacker differentiates the defense as deployed (`defense.class_logits`);
+- gray_box: the attacker has the underlying network but not the defense (its raw logits);
+- adaptive: an attack built for this defense (`defense.adaptive_logits`, where it defines one);
+- transfer: examples are crafted white-box on a *source* experiment (a substitute, e.g. the
+  unsecured classifier or a distilled proxy) and then fed to the defense.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from jax import lax
+
+from defenses_jax import attacks as attacks_lib
+from defenses_jax.attacks import norms
+from defenses_jax import data as data_lib
+from defenses_jax import parallel
+from defenses_jax.train import variables
+
+THREAT_MODELS = ("white_box", "gray_box", "adaptive", "transfer")
+# The parameter that sets how long an iterative attack runs, for the "more steps" sanity check.
+STEP_PARAMS = {"pgd": "steps", "ll_pgd": "steps", "bim": "n2", "madry": "n2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  key: str  # Config key, e.g. "pgd".
+  label: str  # Row label in tables, e.g. "PGD (40 x 0.01, eps 0.3)".
+  attack: str  # Name in attacks.ATTACKS.
+  threat_model: str
+  params: dict
+  source_experiment: str = ""  # transfer only.
+
+  @property
+  def fn(self) -> Callable:
+    return attacks_lib.get_attack(self.attack)
+
+  def with_params(self, **changes) -> "AttackSpec":
+    return dataclasses.replace(self, params={**self.params, **changes})
+
+
+def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
+  """Validates every attack of `config.eval.attacks` before any compute is spent."""
+  specs = []
+  for key, entry in attacks_config.items():
+    entry = dict(entry)
+    unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment"}
+    if unknown:
+      raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
+    name = entry.get("attack", key)
+    fn = attacks_lib.get_attack(name)
+    params = dict(entry.get("params", {}))
+    accepted = set(inspect.signature(fn).parameters) - {"logits_fn", "x", "y", "key"}
+    if set(params) - accepted:
+      raise ValueError(f"eval.attacks.{key}: attack {name!r} does not take "
+                       f"{sorted(set(params) - accepted)}; it takes {sorted(accepted)}.")
+    threat = entry.get("threat_model", "white_box")
+    if threat not in THREAT_MODELS:
+      raise ValueError(f"eval.attacks.{key}: unknown threat_model {threat!r}; choose one of "
+                       f"{THREAT_MODELS}.")
+    if threat == "adaptive" and not hasattr(defense, "adaptive_logits"):
+      raise ValueError(f"eval.attacks.{key}: defense {defense.name!r} defines no adaptive attack.")
+    source = entry.get("source_experiment", "")
+    if (threat == "transfer") != bool(source):
+      raise ValueError(f"eval.attacks.{key}: a transfer attack needs source_experiment (the "
+                       "substitute's experiment name in the same workdir), and only it does.")
+    specs.append(AttackSpec(key=key, label=entry.get("label", key), attack=name,
+                            threat_model=threat, params=params, source_experiment=source))
+  return specs
+
+
+def logits_builder(threat_model: str, model, defense) -> Callable:
+  """(params, batch_stats) -> the logits function the attacker differentiates."""
+
+  def build(params, batch_stats):
+    network = lambda z: model.apply(variables(params, batch_stats), z, train=False)
+    if threat_model == "gray_box":
+      return network
+    if threat_model == "adaptive":
+      return lambda z: defense.adaptive_logits(network(z))
+    return lambda z: defense.class_logits(network(z))  # white_box, and transfer on its source.
+
+  return build
+
+
+def make_attack_runner(spec: AttackSpec, build_logits: Callable, mesh) -> Callable:
+  """jit(shard_map(...)): (params, batch_stats, x, y, key) -> x_adv, each device attacking its
+  shard of the batch with its own random stream."""
+  fn, params = spec.fn, spec.params
+
+  def per_device(model_params, batch_stats, x, y, key):
+    key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
+    return fn(build_logits(model_params, batch_stats), x, y, key, **params)
+
+  return parallel.data_parallel(
+      per_device, mesh, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
+                                  parallel.SHARDED, parallel.REPLICATED),
+      out_specs=parallel.SHARDED, check_vma=False)
+
+
+def make_predictor(model, defense, mesh) -> Callable:
+  """(params, batch_stats, x) -> the deployed classifier's predictions, data-parallel."""
+
+  def per_device(model_params, batch_stats, x):
+    logits = model.apply(variables(model_params, batch_stats), x, train=False)
+    return defense.class_logits(logits).argmax(-1)
+
+  return parallel.data_parallel(per_device, mesh,
+                                in_specs=(parallel.REPLICATED, parallel.REPLICATED,
+                                          parallel.SHARDED),
+                                out_specs=parallel.SHARDED)
+
+
+def to_host(a) -> np.ndarray:
+  """A (possibly multi-host) global array as one numpy array on every host."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+  return np.asarray(a)
+
+
+def run_over_dataset(ds: data_lib.ArrayDataset, batch_size: int, mesh,
+                     fn: Callable[[dict, int], Any], progress=None) -> list:
+  """Applies fn(sharded_batch, batch_number) to every batch of the dataset (the last one padded,
+  so that everything compiles once) and returns each output with the padding rows removed.
+  Outputs are pytrees of arrays with a leading batch axis."""
+  outputs = []
+  rows = data_lib.host_rows(batch_size, jax.process_index(), jax.process_count())
+  for number, batch in enumerate(data_lib.eval_batches(ds, batch_size)):
+    keep = batch.pop("mask").astype(bool)
+    local = {k: v[rows] for k, v in batch.items()}
+    out = fn(parallel.shard_batch(local, mesh), number)
+    outputs.append(jax.tree.map(lambda a: to_host(a)[keep], out))
+    if progress is not None:
+      progress.update(int(keep.sum()))
+  return outputs
+
+
+def noise_like(key, x, eps: float, norm: str):
+  """Random noise of the attack's size: a random corner of the L-inf ball (the largest noise of
+  that norm) or a random direction on the L2 sphere; clipped to [0, 1]."""
+  if norm == "linf":
+    noise = eps * jax.random.rademacher(key, x.shape, x.dtype)
+  else:
+    direction = jax.random.normal(key, x.shape, x.dtype)
+    noise = eps * direction / norms.l2_norm(direction)
+  return (x + noise).clip(0.0, 1.0)
+
