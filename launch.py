@@ -38,10 +38,12 @@ def main(argv):
   if _CACHE_DIR.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE_DIR.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from defenses_jax import evaluate, train
+  from defenses_jax import distill, evaluate, train
   config = _CONFIG.value
   logging.info("config:\n%s", config)
-  if _MODE.value == "train":
+  if _MODE.value == "train" and config.distill.teacher:
+    result = distill.distill_proxy(config, _WORKDIR.value)
+  elif _MODE.value == "train":
     result = train.train_and_evaluate(config, _WORKDIR.value)
   else:
     result = evaluate.evaluate(config, _WORKDIR.value)

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 
 # Config sections that fix the shape and meaning of the saved state. Changing anything else
 # (epochs, logging, evaluation) keeps the checkpoints usable.
-IDENTITY_SECTIONS = ("model", "dataset", "defense", "seed")
+IDENTITY_SECTIONS = ("model", "dataset", "defense", "seed", "distill")
 
 
 class CheckpointMismatchError(ValueError):

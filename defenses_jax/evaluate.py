@@ -8,7 +8,6 @@ Results land in <workdir>/<experiment_name>/results/: eval.json, eval.md and fig
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -23,46 +22,17 @@ from defenses_jax.progress import progress_bar
 from defenses_jax.threat_models import (STEP_PARAMS, AttackSpec, logits_builder,
                                         make_attack_runner, make_predictor, noise_like,
                                         parse_attack_specs, run_over_dataset)
-from defenses_jax.train import Experiment, evaluate_clean, inference_logits_fn, write_json
+from defenses_jax.restore import (  # noqa: F401 (NoCheckpointError is part of this API)
+    NoCheckpointError, TrainedExperiment, load_experiment)
+from defenses_jax.train import evaluate_clean, inference_logits_fn, write_json
 
 NUM_EXAMPLE_IMAGES = 6  # Per attack, for the example grid.
-
-
-class NoCheckpointError(FileNotFoundError):
-  """Evaluation was asked for an experiment that has not been trained."""
-
-
-class _Trained:
-  """An experiment restored from its latest checkpoint."""
-
-  def __init__(self, config, workdir, datasets=None):
-    self.exp = Experiment(config, workdir, datasets)
-    ckpt = self.exp.checkpoints()
-    if ckpt.latest_step() is None:
-      ckpt.close()
-      raise NoCheckpointError(f"no checkpoint under {self.exp.exp_dir}/checkpoints; train first "
-                              "with --mode=train (same --config and --workdir).")
-    self.state = self.exp.restore_or_init(ckpt)
-    ckpt.close()
-
-
-def _load_source(workdir: str, name: str, target: Experiment, datasets) -> _Trained:
-  path = os.path.join(os.path.abspath(workdir), name, "config.json")
-  if not os.path.exists(path):
-    raise NoCheckpointError(f"transfer source {name!r} not found at {path}; train it first.")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.dataset.name != target.config.dataset.name:
-    raise ValueError(f"transfer source {name!r} was trained on {config.dataset.name}, the target "
-                     f"on {target.config.dataset.name}.")
-  config.dataset.num_test_examples = target.config.dataset.num_test_examples
-  return _Trained(config, workdir, datasets)
 
 
 class _Evaluator:
   """Runs attacks on the attacked subset of the test set and scores the deployed classifier."""
 
-  def __init__(self, trained: _Trained, attack_ds, batch_size: int, seed: int):
+  def __init__(self, trained: TrainedExperiment, attack_ds, batch_size: int, seed: int):
     self.trained, self.ds, self.batch_size = trained, attack_ds, batch_size
     exp = trained.exp
     self.mesh = exp.mesh
@@ -77,7 +47,7 @@ class _Evaluator:
                            lambda b, n: self.predict(b["image"]))
     return np.concatenate(out) == self.labels
 
-  def attack(self, spec: AttackSpec, source: Optional[_Trained], progress=None):
+  def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment], progress=None):
     """(x_adv, adversarial-correctness) over the attacked subset."""
     crafted_on = source or self.trained
     threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
@@ -166,10 +136,11 @@ def _eps_sweep(ev: _Evaluator, specs, cfg, clean_correct):
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              datasets: Optional[tuple] = None) -> dict:
-  trained = _Trained(config, workdir, datasets)
+  trained = TrainedExperiment(config, workdir, datasets)
   exp = trained.exp
   specs = parse_attack_specs(config.eval.attacks, exp.defense)
-  sources = {spec.source_experiment: _load_source(workdir, spec.source_experiment, exp, datasets)
+  sources = {spec.source_experiment: load_experiment(workdir, spec.source_experiment, config,
+                                                    datasets)
              for spec in specs if spec.threat_model == "transfer"}
   attack_ds = exp.test_ds.take(config.eval.num_attack_examples)
   ev = _Evaluator(trained, attack_ds, config.eval.batch_size, config.seed)

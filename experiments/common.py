@@ -41,6 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.defense.name = "standard"
   c.defense.options = ml_collections.ConfigDict()  # The defense's own keyword arguments.
 
+  # A proxy for black-box attacks: train on the predictions of this (already trained) experiment
+  # of the same workdir instead of the true labels. "" for ordinary training.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""
+
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10
   c.train.batch_size = 128  # Global batch, split over devices and hosts.

@@ -12,8 +12,8 @@ from defenses_jax.evaluate import evaluate
 from experiments.common import attack
 
 
-def eval_config(name="tiny", attacks=None, **train):
-  c = tiny_config(epochs=4, learning_rate=3e-3, **train)
+def eval_config(name="tiny", attacks=None, epochs=4, **train):
+  c = tiny_config(epochs=epochs, learning_rate=3e-3, **train)
   c.experiment_name = name
   c.eval.num_attack_examples = 32
   c.eval.sanity.num_examples = 16
@@ -85,3 +85,25 @@ def test_bad_attack_specs_fail_before_any_attack_runs(tmp_path, blobs, entry, me
   train_lib.train_and_evaluate(eval_config(), str(tmp_path), datasets=blobs)
   with pytest.raises(ValueError, match=message):
     evaluate(config, str(tmp_path), datasets=blobs)
+
+
+def test_distilled_proxy_learns_the_teachers_labels_and_serves_as_transfer_source(tmp_path,
+                                                                                 blobs):
+  from defenses_jax.distill import distill_proxy
+  from defenses_jax.restore import NoCheckpointError
+  proxy = eval_config("proxy")
+  proxy.distill.teacher = "teacher"
+  with pytest.raises(NoCheckpointError, match="teacher"):
+    distill_proxy(proxy, str(tmp_path), datasets=blobs)
+  train_lib.train_and_evaluate(eval_config("teacher", epochs=1), str(tmp_path), datasets=blobs)
+  out = distill_proxy(proxy, str(tmp_path), datasets=blobs)
+  assert out["teacher"] == "teacher" and 0.0 < out["teacher_train_accuracy"] <= 1.0
+  # A teacher trained for one epoch is wrong on some training images; the proxy learns its
+  # labels, not the truth.
+  config = eval_config(attacks={"transfer": attack(
+      "fgsm", "FGSM from proxy", threat_model="transfer", source_experiment="proxy", eps=0.3)})
+  config.experiment_name = "teacher"
+  config.train.epochs = 1
+  config.eval.sanity.enabled = False
+  result = evaluate(config, str(tmp_path), datasets=blobs)
+  assert 0.0 <= result["attacks"]["transfer"]["robust_accuracy"] <= 1.0
