@@ -46,7 +46,8 @@ class ExperimentCheckpoints:
       with open(path) as f:
         saved = json.load(f)
       for section in IDENTITY_SECTIONS:
-        if saved.get(section) != config.get(section):
+        # A section missing from the saved config predates it, so it held the default.
+        if section in saved and saved[section] != config.get(section):
           raise CheckpointMismatchError(
               f"{self.exp_dir} holds an experiment with {section}={saved.get(section)!r}, but "
               f"this run has {section}={config.get(section)!r}. Use another experiment_name "

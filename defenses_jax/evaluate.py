@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from defenses_jax import data as data_lib
 from defenses_jax import metrics, report, sanity
 from defenses_jax.attacks import norms
 from defenses_jax.progress import progress_bar
@@ -65,14 +66,12 @@ class _Evaluator:
     return x_adv, np.concatenate([o["pred"] for o in out]) == self.labels
 
   def noise_correct(self, eps: float, norm: str, num: int) -> np.ndarray:
-    x = jnp.asarray(self.ds.images[:num])
-    noisy = noise_like(jax.random.fold_in(self.key, 10**6), x, eps, norm)
-    return np.asarray(self.predict_host(noisy)) == self.labels[:num]
-
-  def predict_host(self, x):
-    s, exp = self.trained.state, self.trained.exp
-    return jnp.argmax(exp.defense.class_logits(
-        inference_logits_fn(exp.model, s.params, s.batch_stats)(x)), -1)
+    """Correctness under random noise of the attack's size, on the first `num` examples."""
+    x = noise_like(jax.random.fold_in(self.key, 10**6), jnp.asarray(self.ds.images[:num]), eps,
+                   norm)
+    noisy = data_lib.ArrayDataset(np.asarray(x), self.labels[:num], self.ds.num_classes, "noisy")
+    out = run_over_dataset(noisy, self.batch_size, self.mesh, lambda b, n: self.predict(b["image"]))
+    return np.concatenate(out) == self.labels[:num]
 
 
 def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_correct, cfg):

@@ -97,3 +97,15 @@ def test_standard_config_end_to_end_on_the_embedded_default(tmp_path):
   assert summary["final_step"] == 256 // config.train.batch_size
   assert summary["num_test_examples"] == 100
   assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+def test_checkpoints_from_before_a_config_section_existed_still_resume(tmp_path, blobs):
+  config = tiny_config(epochs=1)
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  path = tmp_path / "tiny" / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["distill"]  # As written by a version without distillation.
+  path.write_text(json.dumps(saved))
+  config.train.epochs = 2
+  out = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  assert out["resumed_from_step"] == 6
