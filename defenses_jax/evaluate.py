@@ -8,6 +8,7 @@ Results land in <workdir>/<experiment_name>/results/: eval.json, eval.md and fig
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Optional
 
@@ -97,8 +98,10 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
       param = STEP_PARAMS[spec.attack]
       accuracy_at = lambda steps, spec=spec, param=param: float(np.mean(
           sub.attack(spec.with_params(**{param: steps}), None)[1] & sub_clean))
+      default_steps = inspect.signature(spec.fn).parameters[param].default
       records.append(sanity.more_steps_do_not_help(spec.label, accuracy_at,
-                                                   int(spec.params[param])))
+                                                   int(spec.params.get(param, default_steps)),
+                                                   cfg.more_steps_factor))
     if "eps" in spec.params:
       noise_acc = float(np.mean(sub.noise_correct(spec.params["eps"],
                                                   spec.params.get("norm", "linf"), n) & sub_clean))

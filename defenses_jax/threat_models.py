@@ -27,7 +27,8 @@ from defenses_jax.train import variables
 
 THREAT_MODELS = ("white_box", "gray_box", "adaptive", "transfer")
 # The parameter that sets how long an iterative attack runs, for the "more steps" sanity check.
-STEP_PARAMS = {"pgd": "steps", "ll_pgd": "steps", "bim": "n2", "madry": "n2"}
+STEP_PARAMS = {"pgd": "steps", "ll_pgd": "steps", "bim": "n2", "madry": "n2",
+               "cw_l2": "max_iterations", "cw_linf": "max_total_iterations"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.sanity.enabled = True
   c.eval.sanity.num_examples = 100  # The checks rerun attacks on this many attacked images.
   c.eval.sanity.unbounded_steps = 100
+  c.eval.sanity.more_steps_factor = 4  # Iterative attacks are rerun this many times longer.
   c.eval.eps_sweep = ml_collections.ConfigDict()
   c.eval.eps_sweep.attack = ""  # A key of eval.attacks; "" for no sweep.
   c.eval.eps_sweep.eps_values = ()

@@ -37,7 +37,8 @@ def get_config(arg=None):
     # CPU budget: attacks on 128 test images, Carlini-Wagner with fewer iterations.
     c.eval.batch_size = 128
     c.eval.num_attack_examples = 128
-    c.eval.sanity.num_examples = 64
+    c.eval.sanity.num_examples = 32
+    c.eval.sanity.more_steps_factor = 2
     c.eval.eps_sweep.num_examples = 64
     cw_l2 = dict(binary_search_steps=4, max_iterations=100)
     cw_linf = dict(max_iterations=100, max_total_iterations=500)

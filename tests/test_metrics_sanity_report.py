@@ -50,11 +50,15 @@ def test_robustness_and_worst_case_over_attacks():
   assert out["median_l2"] == 1.0  # Only the successful example's distance counts.
 
 
-def test_more_steps_check_warns_when_longer_attacks_do_worse():
+def test_more_steps_check_warns_on_broken_and_on_unconverged_attacks():
   weakening = {10: 0.20, 40: 0.45}.__getitem__  # Robust accuracy rises with steps: broken.
-  assert sanity.more_steps_do_not_help("pgd", weakening, 10)["status"] == sanity.WARN
-  converging = {10: 0.30, 40: 0.22}.__getitem__
-  assert sanity.more_steps_do_not_help("pgd", converging, 10)["status"] == sanity.PASS
+  record = sanity.more_steps_do_not_help("pgd", weakening, 10)
+  assert record["status"] == sanity.WARN and "broken" in record["detail"]
+  still_falling = {10: 0.30, 40: 0.22}.__getitem__  # Not converged at 10 steps.
+  record = sanity.more_steps_do_not_help("pgd", still_falling, 10)
+  assert record["status"] == sanity.WARN and "not converged" in record["detail"]
+  converged = {10: 0.30, 40: 0.295}.__getitem__
+  assert sanity.more_steps_do_not_help("pgd", converged, 10)["status"] == sanity.PASS
 
 
 def test_gradient_check_catches_a_model_with_zero_gradients():
