@@ -75,10 +75,17 @@ class _Evaluator:
     return np.concatenate(out) == self.labels[:num]
 
 
+def _subset(ev: _Evaluator, n: int, seed: int) -> _Evaluator:
+  """The first n attacked examples, in batches no larger than needed (padding costs compute)."""
+  devices = ev.mesh.shape["data"]
+  batch = min(ev.batch_size, -(-n // devices) * devices)
+  return _Evaluator(ev.trained, ev.ds.take(n), batch, seed)
+
+
 def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_correct, cfg):
   """Carlini et al. 2019 checks on the first `cfg.num_examples` attacked examples."""
   n = min(cfg.num_examples, len(ev.ds))
-  sub = _Evaluator(ev.trained, ev.ds.take(n), ev.batch_size, seed=1)
+  sub = _subset(ev, n, seed=1)
   sub_clean = clean_correct[:n]
   s, exp = ev.trained.state, ev.trained.exp
   records = [sanity.gradients_are_informative(
@@ -124,7 +131,7 @@ def _eps_sweep(ev: _Evaluator, specs, cfg, clean_correct):
   if spec is None:
     raise ValueError(f"eval.eps_sweep.attack {cfg.attack!r} is not one of eval.attacks.")
   n = min(cfg.num_examples, len(ev.ds))
-  sub = _Evaluator(ev.trained, ev.ds.take(n), ev.batch_size, seed=2)
+  sub = _subset(ev, n, seed=2)
   points = []
   for eps in cfg.eps_values:
     changes = {"eps": float(eps)}
