@@ -108,12 +108,13 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
       default_steps = inspect.signature(spec.fn).parameters[param].default
       records.append(sanity.more_steps_do_not_help(spec.label, accuracy_at,
                                                    int(spec.params.get(param, default_steps)),
-                                                   cfg.more_steps_factor))
+                                                   cfg.more_steps_factor, num_examples=n))
     if "eps" in spec.params:
       noise_acc = float(np.mean(sub.noise_correct(spec.params["eps"],
                                                   spec.params.get("norm", "linf"), n) & sub_clean))
       attack_acc = float(np.mean(per_attack_correct[spec.key][:n] & sub_clean))
-      records.append(sanity.noise_weaker_than_attack(spec.label, attack_acc, noise_acc))
+      records.append(sanity.noise_weaker_than_attack(spec.label, attack_acc, noise_acc,
+                                                     num_examples=n))
   for spec in specs:
     if spec.threat_model != "transfer":
       continue
@@ -158,7 +159,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   clean_correct = ev.clean_correct()
   results, per_attack_correct, examples = {}, {}, {}
   bar = progress_bar(len(specs) * len(attack_ds), enabled=config.train.progress,
-                     description=f"{config.experiment_name} attacks")
+                     description=f"{config.experiment_name} attacks", unit="image")
   for spec in specs:
     bar.set_description(f"{config.experiment_name}: {spec.label}")
     x_adv, adv_correct = ev.attack(spec, sources.get(spec.source_experiment), bar)

@@ -13,11 +13,12 @@ import jax
 from tqdm.auto import tqdm
 
 
-def progress_bar(total: int, initial: int = 0, enabled: bool = True, description: str = ""):
+def progress_bar(total: int, initial: int = 0, enabled: bool = True, description: str = "",
+                 unit: str = "step"):
   """A tqdm bar on the first host only (other hosts would print duplicates)."""
   interactive = sys.stderr.isatty()
   # In log files (batch jobs, CI) a line every 30 s is plenty; a terminal redraws in place.
-  return tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True,
+  return tqdm(total=total, initial=initial, desc=description, unit=unit, dynamic_ncols=True,
               mininterval=0.1 if interactive else 30.0,
               disable=not enabled or jax.process_index() != 0, file=sys.stderr)
 

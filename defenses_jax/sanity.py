@@ -14,9 +14,13 @@ import numpy as np
 from defenses_jax.attacks.objectives import cross_entropy
 
 PASS, WARN = "pass", "warn"
-# Robust accuracies are fractions of (at least) a few hundred examples: differences below this
-# are noise, not evidence.
+# Differences in robust accuracy below this are noise, not evidence.
 TOLERANCE = 0.01
+
+
+def tolerance(num_examples=None) -> float:
+  """TOLERANCE, widened so that one example's difference on a small subset never counts."""
+  return TOLERANCE if not num_examples else max(TOLERANCE, 1.5 / num_examples)
 
 
 def _record(name: str, ok: bool, detail: str, **numbers) -> dict:
@@ -24,7 +28,7 @@ def _record(name: str, ok: bool, detail: str, **numbers) -> dict:
 
 
 def more_steps_do_not_help(attack_name: str, robust_accuracy_at: Callable[[int], float],
-                           steps: int, factor: int = 4) -> dict:
+                           steps: int, factor: int = 4, num_examples=None) -> dict:
   """Run the attack `factor` times longer. Robust accuracy must not rise (the attack would be
   broken), and should not fall much either: if it keeps falling, the attack had not converged
   and the reported robust accuracy overestimates the defense."""
@@ -33,10 +37,11 @@ def more_steps_do_not_help(attack_name: str, robust_accuracy_at: Callable[[int],
                  longer_steps=steps * factor, longer_robust_accuracy=longer)
   detail = (f"{attack_name}: robust accuracy {base:.4f} at {steps} iterations, {longer:.4f} at "
             f"{steps * factor}")
-  if longer > base + TOLERANCE:
+  tol = tolerance(num_examples)
+  if longer > base + tol:
     return _record("more_steps", False, detail + ": more iterations helped the defense, so the "
                    "attack is broken", **numbers)
-  if longer < base - TOLERANCE:
+  if longer < base - tol:
     return _record("more_steps", False, detail + ": not converged, so the reported robust "
                    "accuracy overestimates the defense; run the attack longer", **numbers)
   return _record("more_steps", True, detail, **numbers)
@@ -65,10 +70,10 @@ def transfer_not_stronger(transfer_name: str, transfer_accuracy: float, white_bo
                  robust_accuracy=transfer_accuracy, white_box_robust_accuracy=white_box_accuracy)
 
 
-def noise_weaker_than_attack(attack_name: str, attack_accuracy: float,
-                             noise_accuracy: float) -> dict:
+def noise_weaker_than_attack(attack_name: str, attack_accuracy: float, noise_accuracy: float,
+                             num_examples=None) -> dict:
   """Random noise of the attack's size must hurt less than the attack."""
-  ok = noise_accuracy >= attack_accuracy - TOLERANCE
+  ok = noise_accuracy >= attack_accuracy - tolerance(num_examples)
   return _record("noise_weaker", ok,
                  f"{attack_name}: robust accuracy {attack_accuracy:.4f}, under random noise of the "
                  f"same norm {noise_accuracy:.4f}" + ("" if ok else ": noise beats the attack, "

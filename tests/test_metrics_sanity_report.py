@@ -59,6 +59,11 @@ def test_more_steps_check_warns_on_broken_and_on_unconverged_attacks():
   assert record["status"] == sanity.WARN and "not converged" in record["detail"]
   converged = {10: 0.30, 40: 0.295}.__getitem__
   assert sanity.more_steps_do_not_help("pgd", converged, 10)["status"] == sanity.PASS
+  # On 32 examples, one example (3.1%) is not evidence; two are.
+  one_example = {10: 1 / 32, 40: 0.0}.__getitem__
+  assert sanity.more_steps_do_not_help("cw", one_example, 10, num_examples=32)["status"] == "pass"
+  two_examples = {10: 2 / 32, 40: 0.0}.__getitem__
+  assert sanity.more_steps_do_not_help("cw", two_examples, 10, num_examples=32)["status"] == "warn"
 
 
 def test_gradient_check_catches_a_model_with_zero_gradients():
