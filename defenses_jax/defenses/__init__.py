@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from defenses_jax.defenses.base import Defense
 from defenses_jax.defenses.standard import StandardTraining
+from defenses_jax.defenses.target_training import AdversarialTraining, TargetTraining
 
 DEFENSES = {
     "standard": StandardTraining,
+    "target_training": TargetTraining,
+    "adversarial_training": AdversarialTraining,
 }
 
 
@@ -19,4 +22,5 @@ def create_defense(name: str, num_classes: int, **options) -> Defense:
     raise ValueError(f"defense {name!r} does not take options {sorted(options)}: {e}") from e
 
 
-__all__ = ["DEFENSES", "Defense", "StandardTraining", "create_defense"]
+__all__ = ["DEFENSES", "AdversarialTraining", "Defense", "StandardTraining", "TargetTraining",
+           "create_defense"]
