@@ -53,3 +53,18 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
   loss = jnp.sum(per_example * weights) / jnp.maximum(count, 1.0)
   correct = jnp.sum((jnp.argmax(logits, -1) == labels) * weights)
   return loss, {"loss": loss * count, "correct": correct, "count": count}
+
+
+class CrossEntropyDefense:
+  """Shared by defenses that keep no state of their own and train with weighted cross-entropy
+  on the batch they build (standard, Target Training, Adversarial Training)."""
+
+  def init_state(self, num_train_examples: int, image_shape: tuple):
+    return {}
+
+  def loss(self, outputs, train_batch):
+    return weighted_cross_entropy(outputs["logits"], train_batch["label"], train_batch["weight"])
+
+
+def unit_weighted(images: jax.Array, labels: jax.Array) -> dict:
+  return {"image": images, "label": labels, "weight": jnp.ones(labels.shape, jnp.float32)}

@@ -5,29 +5,21 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
-from defenses_jax.defenses.base import weighted_cross_entropy
+from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
 
 
 @dataclasses.dataclass(frozen=True)
-class StandardTraining:
+class StandardTraining(CrossEntropyDefense):
   num_classes: int
   name: str = "standard"
 
   def output_width(self) -> int:
     return self.num_classes
 
-  def init_state(self, num_train_examples: int, image_shape: tuple):
-    return {}
-
   def training_batch(self, batch, key, logits_fn, defense_state):
     del key, logits_fn
-    weights = jnp.ones(batch["label"].shape, jnp.float32)
-    return {"image": batch["image"], "label": batch["label"], "weight": weights}, defense_state
-
-  def loss(self, outputs, train_batch):
-    return weighted_cross_entropy(outputs["logits"], train_batch["label"], train_batch["weight"])
+    return unit_weighted(batch["image"], batch["label"]), defense_state
 
   def class_logits(self, logits: jax.Array) -> jax.Array:
     return logits

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax import attacks
-from defenses_jax.defenses.base import weighted_cross_entropy
+from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
 
 
 def merged_class_logits(logits: jax.Array, num_classes: int) -> jax.Array:
@@ -41,7 +41,7 @@ def _adversarial(attack: str, attack_params: dict, logits_fn, batch, key):
 
 
 @dataclasses.dataclass(frozen=True)
-class TargetTraining:
+class TargetTraining(CrossEntropyDefense):
   num_classes: int
   attack: str = ""  # "" : Algorithm 1 (duplicates); an attack name: Algorithm 3.
   attack_params: Optional[dict] = None
@@ -54,22 +54,15 @@ class TargetTraining:
   def output_width(self) -> int:
     return 2 * self.num_classes
 
-  def init_state(self, num_train_examples: int, image_shape: tuple):
-    return {}
-
   def training_batch(self, batch, key, logits_fn, defense_state):
     if self.attack:
       # The attacker of Algorithm 3 sees the 2k-class network and the true label.
       second = _adversarial(self.attack, self.attack_params or {}, logits_fn, batch, key)
     else:
       second = batch["image"]
-    images = jnp.concatenate([batch["image"], second])
-    labels = jnp.concatenate([batch["label"], batch["label"] + self.num_classes])
-    return {"image": images, "label": labels,
-            "weight": jnp.ones(labels.shape, jnp.float32)}, defense_state
-
-  def loss(self, outputs, train_batch):
-    return weighted_cross_entropy(outputs["logits"], train_batch["label"], train_batch["weight"])
+    return unit_weighted(jnp.concatenate([batch["image"], second]),
+                         jnp.concatenate([batch["label"], batch["label"] + self.num_classes])
+                         ), defense_state
 
   def class_logits(self, logits: jax.Array) -> jax.Array:
     return merged_class_logits(logits, self.num_classes)
@@ -79,7 +72,7 @@ class TargetTraining:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdversarialTraining:
+class AdversarialTraining(CrossEntropyDefense):
   """Algorithm 2: the batch plus adversarial examples of a named attack, with their true labels."""
 
   num_classes: int
@@ -93,17 +86,10 @@ class AdversarialTraining:
   def output_width(self) -> int:
     return self.num_classes
 
-  def init_state(self, num_train_examples: int, image_shape: tuple):
-    return {}
-
   def training_batch(self, batch, key, logits_fn, defense_state):
     x_adv = _adversarial(self.attack, self.attack_params or {}, logits_fn, batch, key)
-    labels = jnp.concatenate([batch["label"], batch["label"]])
-    return {"image": jnp.concatenate([batch["image"], x_adv]), "label": labels,
-            "weight": jnp.ones(labels.shape, jnp.float32)}, defense_state
-
-  def loss(self, outputs, train_batch):
-    return weighted_cross_entropy(outputs["logits"], train_batch["label"], train_batch["weight"])
+    return unit_weighted(jnp.concatenate([batch["image"], x_adv]),
+                         jnp.concatenate([batch["label"], batch["label"]])), defense_state
 
   def class_logits(self, logits: jax.Array) -> jax.Array:
     return logits
