@@ -25,7 +25,10 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
   n = len(devices) if num_devices is None else num_devices
   if not 1 <= n <= len(devices):
     raise ValueError(f"asked for {n} devices but JAX sees {len(devices)}: {devices}.")
-  return jax.make_mesh((n,), (DATA_AXIS,), devices=devices[:n])
+  # Auto axis types: arrays outside shard_map (evaluation, sanity gradients) are placed by the
+  # compiler; newer JAX defaults to Explicit sharding types, which pooling gradients reject.
+  return jax.make_mesh((n,), (DATA_AXIS,), devices=devices[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
@@ -39,8 +42,8 @@ def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=
                   check_vma: bool = True) -> Callable:
   """jit(shard_map(fn)): `fn` sees per-device shards and may use collectives over DATA_AXIS.
 
-  check_vma=False is for per-example code without collectives (attacks): their loop carries
-  start replicated and become per-device, which the varying-axes type check would reject.
+  With check_vma (the default) JAX types every value as replicated or varying over devices;
+  attacks mark their loop carries accordingly (attacks.norms.varying_like).
   """
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                                check_vma=check_vma), donate_argnums=donate_argnums)
@@ -56,3 +59,11 @@ def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree on every device of the mesh (model state under data parallelism)."""
   return jax.device_put(tree, NamedSharding(mesh, REPLICATED))
+
+
+def place(tree: Any, specs: Any, mesh: Mesh) -> Any:
+  """Places a pytree on the mesh; `specs` is a pytree prefix of PartitionSpecs (P() replicates,
+  P('data') splits the leading axis over the devices)."""
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                           is_leaf=lambda x: isinstance(x, P))
+  return jax.device_put(tree, shardings)

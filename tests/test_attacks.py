@@ -311,3 +311,33 @@ def test_cross_entropy_gradient_stays_accurate_on_confident_logits():
   grad = jax.grad(lambda z: jnp.sum(objectives.cross_entropy(z, y)))(logits)[0]
   np.testing.assert_allclose(np.asarray(grad, np.float64), exact, rtol=1e-4)
   np.testing.assert_allclose(objectives.cross_entropy(logits, y), -np.log(p[0]), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("fgsm", dict(eps=0.1)), ("pgd", dict(eps=0.1, step_size=0.02, steps=3)),
+    ("bim", dict(eps=0.1, n1=2, n2=3)), ("madry", dict(eps=0.1, n1=2, n2=3)),
+    ("ll_pgd", dict(eps=0.1, step_size=0.02, steps=3)),
+    ("cw_l2", dict(binary_search_steps=2, max_iterations=5)),
+    ("cw_linf", dict(max_iterations=3, max_total_iterations=10)),
+    ("deepfool", dict(max_iter=3))])
+def test_every_attack_runs_inside_a_data_parallel_step(name, params):
+  """Defenses run attacks inside their shard_map train step, whose varying-axes typing rejects
+  loop carries that start replicated and become per-device."""
+  from defenses_jax import parallel
+  _, w, b = linear_model(5)
+  x = interior_inputs(8)
+  y = jnp.argmax(x.reshape(8, -1) @ w + b, -1)
+
+  def per_device(w, b, x, y, key):
+    fn = lambda z: z.reshape(z.shape[0], -1) @ w + b
+    return attacks.get_attack(name)(fn, x, y, key, **params)
+
+  mesh = parallel.make_mesh(1)
+  step = parallel.data_parallel(per_device, mesh, in_specs=(parallel.REPLICATED,) * 2 + (
+      parallel.SHARDED,) * 2 + (parallel.REPLICATED,), out_specs=parallel.SHARDED)
+  key = jax.random.key(0)
+  fn = lambda z: z.reshape(z.shape[0], -1) @ w + b
+  sharded = parallel.shard_batch({"x": x, "y": y}, mesh)
+  np.testing.assert_allclose(step(parallel.replicate(w, mesh), parallel.replicate(b, mesh),
+                                  sharded["x"], sharded["y"], key),
+                             attacks.get_attack(name)(fn, x, y, key, **params), atol=1e-5)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from defenses_jax.attacks.norms import distances, per_example
+from defenses_jax.attacks.norms import distances, per_example, varying_like
 from defenses_jax.attacks.objectives import is_successful, margin, resolve_targets
 from defenses_jax.attacks.wrappers import call_logits
 
@@ -110,7 +110,8 @@ def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
     zeros = jnp.zeros_like(w_clean)
     init = (jnp.zeros((), jnp.int32), w_clean, zeros, zeros, jnp.full((batch,), jnp.inf),
             jnp.ones((batch,), bool), jnp.zeros((batch,), bool), (best_l2, best_x))
-    _, _, _, _, _, _, succeeded, (best_l2, best_x) = lax.while_loop(inner_cond, inner_body, init)
+    _, _, _, _, _, _, succeeded, (best_l2, best_x) = lax.while_loop(inner_cond, inner_body,
+                                                                     varying_like(init, x))
     # Binary search on c, per example.
     upper = jnp.where(succeeded, jnp.minimum(upper, const), upper)
     lower = jnp.where(succeeded, lower, jnp.maximum(lower, const))
@@ -120,7 +121,8 @@ def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
 
   init = (jnp.full((batch,), initial_const), jnp.zeros((batch,)),
           jnp.full((batch,), _NO_UPPER_BOUND), jnp.full((batch,), jnp.inf), x)
-  (const, lower, upper, _, best_x), _ = lax.scan(outer_step, init, jnp.arange(binary_search_steps))
+  (const, lower, upper, _, best_x), _ = lax.scan(outer_step, varying_like(init, x),
+                                                 jnp.arange(binary_search_steps))
   # Re-check on a fresh forward pass; a candidate that no longer succeeds (it can only differ by
   # float noise) is replaced by the clean input, so failures are always returned as x.
   success = is_successful(call_logits(logits_fn, best_x, check_key), y, t,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from defenses_jax.attacks.carlini_wagner import adam_step, from_tanh_space, to_tanh_space
-from defenses_jax.attacks.norms import distances, per_example
+from defenses_jax.attacks.norms import distances, per_example, varying_like
 from defenses_jax.attacks.objectives import is_successful, margin, resolve_targets
 from defenses_jax.attacks.wrappers import call_logits
 
@@ -83,7 +83,7 @@ def cw_linf(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
               const=jnp.full((batch,), initial_const), done=jnp.zeros((batch,), bool),
               best=x, found=jnp.zeros((batch,), bool))
   final = lax.while_loop(lambda s: (s["i"] < max_total_iterations) & ~jnp.all(s["done"]),
-                         body, init)
+                         body, varying_like(init, x))
   success = is_successful(call_logits(logits_fn, final["best"], check_key), y, t, kappa)
   x_adv = jnp.where(per_example(success, x), final["best"], x)
   if not return_info:

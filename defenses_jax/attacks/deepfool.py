@@ -49,7 +49,8 @@ def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
 
   def candidate_logits_and_grads(xi, step_key):
     logits, vjp = jax.vjp(lambda z: call_logits(logits_fn, z, step_key), xi)
-    cotangents = jax.nn.one_hot(classes.T, num_classes, dtype=logits.dtype)  # (k, B, K)
+    cotangents = norms.match_varying(  # (k, B, K), typed like the logits (see varying_like).
+        jax.nn.one_hot(classes.T, num_classes, dtype=logits.dtype), logits)
     (grads,) = jax.vmap(vjp)(cotangents)  # (k, B, ...): gradient of each candidate's logit.
     values = jnp.take_along_axis(logits, classes, axis=-1)  # (B, k)
     return logits, values, grads
@@ -94,7 +95,7 @@ def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
 
   init = (jnp.zeros((), jnp.int32), x, jnp.zeros_like(x), jnp.ones((batch,), bool),
           jnp.zeros((batch,), jnp.int32))
-  _, x_adv, _, _, iterations = lax.while_loop(cond, step, init)
+  _, x_adv, _, _, iterations = lax.while_loop(cond, step, norms.varying_like(init, x))
   if not return_info:
     return x_adv
   success = jnp.argmax(call_logits(logits_fn, x_adv, check_key), -1) != original

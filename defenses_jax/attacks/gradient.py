@@ -85,7 +85,8 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
     return best, None
 
   init = (x, jnp.full(x.shape[:1], -jnp.inf), jnp.zeros(x.shape[:1], bool))
-  (best_x, _, _), _ = lax.scan(one_restart, init, jax.random.split(key, restarts))
+  (best_x, _, _), _ = lax.scan(one_restart, norms.varying_like(init, x),
+                               jax.random.split(key, restarts))
   return best_x
 
 

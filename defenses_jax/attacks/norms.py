@@ -19,6 +19,33 @@ def per_example(v, like):
   return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
+def varying_like(carry, x):
+  """Loop carries built from constants, marked as varying over the same devices as the batch x.
+
+  Inside a data-parallel step (shard_map with its varying-axes typing, as in a defense's train
+  step) a per-example constant such as jnp.zeros(batch) is "replicated" while the loop body
+  turns it into a function of the device's shard; the loop would then reject its own carry.
+  Outside shard_map this is the identity. Only per-example leaves (leading axis = batch) change.
+  """
+  return jax.tree.map(
+      lambda v: match_varying(v, x) if jnp.ndim(v) >= 1 and jnp.shape(v)[0] == x.shape[0] else v,
+      carry)
+
+
+def match_varying(v, like):
+  """v, marked as varying over every manual mesh axis `like` varies over (see varying_like)."""
+  missing = tuple(a for a in _varying_axes(like) if a not in _varying_axes(v))
+  return jax.lax.pcast(v, missing, to="varying") if missing else v
+
+
+def _varying_axes(v) -> frozenset:
+  """The manual mesh axes v varies over (`.vma` before JAX 0.9, `.mat.varying` in 0.10)."""
+  aval = jax.typeof(v)
+  if hasattr(aval, "vma"):
+    return aval.vma
+  return getattr(getattr(aval, "mat", None), "varying", frozenset())
+
+
 def _per_example(v, reduce):
   return reduce(v.reshape(v.shape[0], -1), axis=-1).reshape((-1,) + (1,) * (v.ndim - 1))
 
