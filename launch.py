@@ -2,6 +2,7 @@
 
   python launch.py --config=experiments/standard.py:cpu --workdir=runs
   python launch.py --config=experiments/standard.py:cpu --workdir=runs --mode=eval
+  python launch.py --config=experiments/target_training.py:cpu --workdir=runs  # a paper's tables
   python launch.py --config=experiments/standard.py:full --workdir=gs://bucket/runs \
       --config.train.epochs=30 --jax_distributed
 
@@ -18,8 +19,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/standard.py:cpu", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Root directory of all experiments.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train: train (resuming) then evaluate; eval: evaluate a checkpoint.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "report"],
+    "train: train (resuming) then evaluate clean accuracy (a paper suite: also the attacks and "
+    "tables); eval: evaluate checkpoints under the config's attacks; report: a suite's tables "
+    "from existing results.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU).")
 _CACHE_DIR = flags.DEFINE_string(
@@ -38,10 +42,14 @@ def main(argv):
   if _CACHE_DIR.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE_DIR.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from defenses_jax import distill, evaluate, train
+  from defenses_jax import distill, evaluate, suite, train
   config = _CONFIG.value
   logging.info("config:\n%s", config)
-  if _MODE.value == "train" and config.distill.teacher:
+  if suite.is_suite(config):
+    result = suite.run_suite(config, _WORKDIR.value, _MODE.value)
+  elif _MODE.value == "report":
+    raise app.UsageError("--mode=report is for paper suites (e.g. experiments/target_training.py)")
+  elif _MODE.value == "train" and config.distill.teacher:
     result = distill.distill_proxy(config, _WORKDIR.value)
   elif _MODE.value == "train":
     result = train.train_and_evaluate(config, _WORKDIR.value)

@@ -29,6 +29,14 @@ def experiment_dir(workdir: str, experiment_name: str) -> str:
   return os.path.join(os.path.abspath(workdir), experiment_name)
 
 
+def latest_checkpoint_step(workdir: str, experiment_name: str) -> Optional[int]:
+  """The newest saved step of an experiment, read from the directory names (no restore)."""
+  directory = os.path.join(experiment_dir(workdir, experiment_name), "checkpoints")
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(
+      directory) else []
+  return max(steps) if steps else None
+
+
 class ExperimentCheckpoints:
   """Saves every `save_every_steps` and on request; restores the latest step automatically."""
 

@@ -157,13 +157,16 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """Training drops the last partial batch so every step has the same (static) shape."""
+def steps_per_epoch(num_examples: int, global_batch_size: int, replays: int = 1) -> int:
+  """Training drops the last partial batch so every step has the same (static) shape; each
+  batch is trained on `replays` times in a row (Free-Adv)."""
   steps = num_examples // global_batch_size
   if steps == 0:
     raise DataError(f"global batch size {global_batch_size} exceeds the {num_examples} "
                     "training examples; lower --config.train.batch_size.")
-  return steps
+  if replays < 1:
+    raise DataError(f"train.replays must be >= 1; got {replays}.")
+  return steps * replays
 
 
 def host_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
@@ -176,17 +179,22 @@ def host_rows(global_batch_size: int, process_index: int, process_count: int) ->
 
 
 def train_batches(ds: ArrayDataset, global_batch_size: int, seed: int, epoch: int, *,
-                  start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict]:
-  """This host's part of each shuffled training batch of one epoch, from `start_step` on.
+                  start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                  replays: int = 1) -> Iterator[dict]:
+  """This host's part of each shuffled training batch of one epoch, from `start_step` on (steps
+  count replays: with `replays` = m every batch comes m times in a row).
 
-  Yields dicts with `image` (B, H, W, C) float32, `label` (B,) int32, `index` (B,) int32.
+  Yields dicts with `image` (B, H, W, C) float32, `label` (B,) int32, `index` (B,) int32 (the
+  examples' positions in the dataset) and `epoch` (B,) int32 (defenses that keep per-example
+  state across epochs, like SIM-Adv, need it inside the compiled step).
   """
   order = epoch_permutation(len(ds), seed, epoch)
   rows = host_rows(global_batch_size, process_index, process_count)
-  for step in range(start_step, steps_per_epoch(len(ds), global_batch_size)):
-    idx = order[step * global_batch_size:(step + 1) * global_batch_size][rows]
-    yield {"image": ds.images[idx], "label": ds.labels[idx], "index": idx.astype(np.int32)}
+  for step in range(start_step, steps_per_epoch(len(ds), global_batch_size, replays)):
+    base = step // replays
+    idx = order[base * global_batch_size:(base + 1) * global_batch_size][rows]
+    yield {"image": ds.images[idx], "label": ds.labels[idx], "index": idx.astype(np.int32),
+           "epoch": np.full(idx.shape, epoch, np.int32)}
 
 
 def eval_batches(ds: ArrayDataset, global_batch_size: int, *, process_index: int = 0,

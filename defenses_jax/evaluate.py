@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from defenses_jax import data as data_lib
-from defenses_jax import metrics, report, sanity
+from defenses_jax import crafted, metrics, report, sanity
 from defenses_jax.attacks import norms
 from defenses_jax.progress import progress_bar
 from defenses_jax.threat_models import (STEP_PARAMS, AttackSpec, logits_builder,
@@ -50,7 +50,18 @@ class _Evaluator:
     return np.concatenate(out) == self.labels
 
   def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment], progress=None):
-    """(x_adv, adversarial-correctness) over the attacked subset."""
+    """(x_adv, adversarial-correctness, path of reused examples or None) over the attacked
+    subset."""
+    if source is not None:
+      saved = crafted.find(source.exp.exp_dir, spec.attack, spec.params, int(source.state.step),
+                           self.labels)
+      if saved is not None:
+        x_adv = saved[0]
+        pred = run_over_dataset(data_lib.ArrayDataset(x_adv, self.labels, self.ds.num_classes,
+                                                      "crafted"),
+                                self.batch_size, self.mesh, lambda b, n: self.predict(b["image"]),
+                                progress)
+        return x_adv, np.concatenate(pred) == self.labels, saved[1]
     crafted_on = source or self.trained
     threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense)
@@ -64,7 +75,7 @@ class _Evaluator:
 
     out = run_over_dataset(self.ds, self.batch_size, self.mesh, one_batch, progress)
     x_adv = np.concatenate([o["x_adv"] for o in out])
-    return x_adv, np.concatenate([o["pred"] for o in out]) == self.labels
+    return x_adv, np.concatenate([o["pred"] for o in out]) == self.labels, None
 
   def noise_correct(self, eps: float, norm: str, num: int) -> np.ndarray:
     """Correctness under random noise of the attack's size, on the first `num` examples."""
@@ -73,6 +84,38 @@ class _Evaluator:
     noisy = data_lib.ArrayDataset(np.asarray(x), self.labels[:num], self.ds.num_classes, "noisy")
     out = run_over_dataset(noisy, self.batch_size, self.mesh, lambda b, n: self.predict(b["image"]))
     return np.concatenate(out) == self.labels[:num]
+
+
+class RobustnessMonitor:
+  """Robust accuracy of the current training state under one configured attack, on the first
+  `eval.monitor.num_examples` test images: called after every epoch, so that single-step
+  methods' catastrophic overfitting (robust accuracy collapsing during training) is visible."""
+
+  def __init__(self, config: ml_collections.ConfigDict, exp):
+    key = config.eval.monitor.attack
+    specs = {s.key: s for s in parse_attack_specs(config.eval.attacks, exp.defense)}
+    if key not in specs or specs[key].threat_model == "transfer":
+      raise ValueError(f"eval.monitor.attack {key!r} must name a non-transfer attack of "
+                       f"eval.attacks ({sorted(specs)}).")
+    spec = specs[key]
+    self.ds = exp.test_ds.take(config.eval.monitor.num_examples)
+    self.batch_size = min(config.eval.batch_size, -(-len(self.ds) // exp.mesh.shape["data"]) *
+                          exp.mesh.shape["data"])
+    self.mesh = exp.mesh
+    self.runner = make_attack_runner(spec, logits_builder(spec.threat_model, exp.model,
+                                                          exp.defense), exp.mesh)
+    self.predictor = make_predictor(exp.model, exp.defense, exp.mesh)
+    self.key = jax.random.key(config.seed + 2)
+
+  def __call__(self, state) -> float:
+    def one_batch(batch, number):
+      x_adv = self.runner(state.params, state.batch_stats, batch["image"], batch["label"],
+                          jax.random.fold_in(self.key, number))
+      return self.predictor(state.params, state.batch_stats, x_adv)
+
+    predictions = np.concatenate(run_over_dataset(self.ds, self.batch_size, self.mesh,
+                                                  one_batch))
+    return float(np.mean(predictions == self.ds.labels))
 
 
 def _subset(ev: _Evaluator, n: int, seed: int) -> _Evaluator:
@@ -95,13 +138,13 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
   unbounded = AttackSpec("unbounded", "PGD, eps = 1 (whole box)", "pgd", "white_box",
                          {"eps": 1.0, "step_size": 0.05, "steps": cfg.unbounded_steps,
                           "random_start": False, "loss": "margin"})
-  _, adv_correct = sub.attack(unbounded, None)
+  _, adv_correct, _ = sub.attack(unbounded, None)
   success = float(np.mean(~adv_correct[sub_clean])) if sub_clean.any() else 1.0
   records.append(sanity.unbounded_attack_succeeds(success))
   for spec in specs:
     if spec.threat_model == "transfer":
       continue
-    if spec.attack in STEP_PARAMS:
+    if spec.attack in STEP_PARAMS and spec.threat_model in cfg.more_steps_threat_models:
       param = STEP_PARAMS[spec.attack]
       accuracy_at = lambda steps, spec=spec, param=param: float(np.mean(
           sub.attack(spec.with_params(**{param: steps}), None)[1] & sub_clean))
@@ -158,18 +201,24 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   config.eval.batch_size, exp.mesh)
   clean_correct = ev.clean_correct()
   results, per_attack_correct, examples = {}, {}, {}
+  results_dir = os.path.join(exp.exp_dir, "results")
   bar = progress_bar(len(specs) * len(attack_ds), enabled=config.train.progress,
                      description=f"{config.experiment_name} attacks", unit="image")
   for spec in specs:
     bar.set_description(f"{config.experiment_name}: {spec.label}")
-    x_adv, adv_correct = ev.attack(spec, sources.get(spec.source_experiment), bar)
+    x_adv, adv_correct, reused = ev.attack(spec, sources.get(spec.source_experiment), bar)
     d = norms.distances(jnp.asarray(x_adv), jnp.asarray(attack_ds.images))
     results[spec.key] = {
         "label": spec.label, "attack": spec.attack, "threat_model": spec.threat_model,
         "params": spec.params, "source_experiment": spec.source_experiment,
+        "reused_examples": reused and os.path.relpath(reused, workdir),
         **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
                              np.asarray(d["l2"]), np.asarray(d["linf"]))}
     per_attack_correct[spec.key] = adv_correct
+    if config.eval.save_adversarial_examples and spec.threat_model == "white_box" and (
+        jax.process_index() == 0):
+      crafted.save(results_dir, spec.key, spec.attack, spec.params, int(trained.state.step),
+                   x_adv, attack_ds.labels)
     examples[spec.label] = x_adv[:NUM_EXAMPLE_IMAGES]
   bar.close()
   summary = {
@@ -188,7 +237,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.eval.eps_sweep.attack:
     summary["eps_sweep"] = _eps_sweep(ev, specs, config.eval.eps_sweep, clean_correct)
   summary["paper"] = config.paper.to_dict()
-  results_dir = os.path.join(exp.exp_dir, "results")
+  summary["eval_config"] = config.eval.to_dict()  # Lets a suite tell a stale result from a current one.
   write_json(os.path.join(results_dir, "eval.json"), summary)
   if jax.process_index() == 0:
     report.write_report(summary, results_dir, clean_images=attack_ds.images[:NUM_EXAMPLE_IMAGES],

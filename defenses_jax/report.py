@@ -11,7 +11,7 @@ import numpy as np
 from defenses_jax import metrics
 
 
-def _pct(value) -> str:
+def pct(value) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return "-"
   return f"{100 * value:.1f}%"
@@ -21,7 +21,7 @@ def _num(value) -> str:
   return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def _differs(ours, paper, tolerance: float = 0.05) -> str:
+def differs_marker(ours, paper, tolerance: float = 0.05) -> str:
   """Marks cells where we and the paper disagree by more than `tolerance` (absolute)."""
   if paper is None or ours is None:
     return ""
@@ -34,27 +34,27 @@ def markdown_table(summary: dict) -> str:
   lines = [f"# {summary['experiment_name']}: robustness ({summary['dataset']})", ""]
   if paper.get("source"):
     lines.append(f"Paper numbers: {paper['source']}.")
-  lines.append(f"Clean accuracy: ours {_pct(summary['clean_accuracy'])} on "
+  lines.append(f"Clean accuracy: ours {pct(summary['clean_accuracy'])} on "
                f"{summary['num_test_examples']} test images; paper "
-               f"{_pct(paper.get('clean_accuracy'))}. Attacks run on the first "
+               f"{pct(paper.get('clean_accuracy'))}. Attacks run on the first "
                f"{summary['num_attack_examples']} test images (clean accuracy there "
-               f"{_pct(summary['clean_accuracy_attacked_subset'])}).")
+               f"{pct(summary['clean_accuracy_attacked_subset'])}).")
   lines += ["", "| Attack | Threat model | Robust accuracy (ours) | Paper | Attack success | "
             "Median L2 | Median L-inf |", "|---|---|---|---|---|---|---|"]
   for key, r in summary["attacks"].items():
     theirs = paper_robust.get(key)
     threat = r["threat_model"] + (f" from {r['source_experiment']}" if r["source_experiment"]
                                   else "")
-    lines.append(f"| {r['label']} | {threat} | {_pct(r['robust_accuracy'])}"
-                 f"{_differs(r['robust_accuracy'], theirs)} | {_pct(theirs)} | "
-                 f"{_pct(r['attack_success_rate'])} | {_num(r['median_l2'])} | "
+    lines.append(f"| {r['label']} | {threat} | {pct(r['robust_accuracy'])}"
+                 f"{differs_marker(r['robust_accuracy'], theirs)} | {pct(theirs)} | "
+                 f"{pct(r['attack_success_rate'])} | {_num(r['median_l2'])} | "
                  f"{_num(r['median_linf'])} |")
   for key, value in paper_robust.items():  # Paper rows we did not run stay visible.
     if key not in summary["attacks"]:
-      lines.append(f"| {key} | - | not run | {_pct(value)} | - | - | - |")
+      lines.append(f"| {key} | - | not run | {pct(value)} | - | - | - |")
   if summary.get("worst_case_robust_accuracy") is not None:
     lines += ["", f"Worst case over all attacks (per example): "
-              f"{_pct(summary['worst_case_robust_accuracy'])}."]
+              f"{pct(summary['worst_case_robust_accuracy'])}."]
   if summary.get("sanity"):
     verdict = "all passed" if summary["sanity_passed"] else "WARNINGS: do not trust this table"
     lines += ["", f"## Sanity checks (Carlini et al. 2019): {verdict}", ""]
@@ -64,12 +64,12 @@ def markdown_table(summary: dict) -> str:
     lines += ["", f"## {sweep['label']}: robust accuracy vs eps ({sweep['num_examples']} images)",
               "", "| eps | " + " | ".join(f"{p['eps']:g}" for p in sweep["points"]) + " |",
               "|---" * (len(sweep["points"]) + 1) + "|",
-              "| robust accuracy | " + " | ".join(_pct(p["robust_accuracy"])
+              "| robust accuracy | " + " | ".join(pct(p["robust_accuracy"])
                                              for p in sweep["points"]) + " |"]
   return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def pyplot():
   import matplotlib
   matplotlib.use("Agg")  # Files only; no display needed (servers, CI, Colab all work).
   import matplotlib.pyplot as plt
@@ -77,7 +77,7 @@ def _pyplot():
 
 
 def plot_eps_sweep(sweep: dict, path: str) -> None:
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(4.5, 3.2))
   eps = [p["eps"] for p in sweep["points"]]
   ax.plot(eps, [p["robust_accuracy"] for p in sweep["points"]], marker="o")
@@ -90,7 +90,7 @@ def plot_eps_sweep(sweep: dict, path: str) -> None:
 
 def plot_roc(curves: dict, path: str) -> None:
   """curves: label -> (clean_scores, adversarial_scores); one ROC curve per label."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(4, 4))
   for label, (clean, adv) in curves.items():
     fpr, tpr = metrics.roc_curve(clean, adv)
@@ -106,7 +106,7 @@ def plot_roc(curves: dict, path: str) -> None:
 def plot_examples(clean: np.ndarray, adversarial: dict, path: str) -> None:
   """One row of clean images, then per attack a row of adversarial images and a row of
   (amplified) differences."""
-  plt = _pyplot()
+  plt = pyplot()
   n = len(clean)
   rows = 1 + 2 * len(adversarial)
   fig, axes = plt.subplots(rows, n, figsize=(1.3 * n, 1.35 * rows), squeeze=False)

@@ -104,7 +104,7 @@ def make_attack_runner(spec: AttackSpec, build_logits: Callable, mesh) -> Callab
   return parallel.data_parallel(
       per_device, mesh, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
                                   parallel.SHARDED, parallel.REPLICATED),
-      out_specs=parallel.SHARDED, check_vma=False)
+      out_specs=parallel.SHARDED)
 
 
 def make_predictor(model, defense, mesh) -> Callable:

@@ -53,12 +53,23 @@ def inference_logits_fn(model, params, batch_stats):
   return lambda x: model.apply(variables(params, batch_stats), x, train=False)
 
 
-def init_train_state(model, defense: Defense, tx, key, image_shape, num_train_examples):
+def init_train_state(model, defense: Defense, tx, key, image_shape, num_train_examples,
+                     batch_size):
   v = model.init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = v["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=v.get("batch_stats", {}), opt_state=tx.init(params),
-                    defense_state=defense.init_state(num_train_examples, image_shape))
+                    defense_state=defense.init_state(num_train_examples, image_shape,
+                                                     batch_size))
+
+
+def state_specs(defense: Defense) -> TrainState:
+  """How the train state lies on the devices: replicated, except defense state a defense shards
+  over the data axis (per-example buffers: each device holds a block of rows)."""
+  specs = getattr(defense, "state_specs", lambda: parallel.REPLICATED)()
+  return TrainState(step=parallel.REPLICATED, params=parallel.REPLICATED,
+                    batch_stats=parallel.REPLICATED, opt_state=parallel.REPLICATED,
+                    defense_state=specs)
 
 
 def make_train_step(model, defense: Defense, tx, l2_weight: float, l2_scope: str):
@@ -74,20 +85,29 @@ def make_train_step(model, defense: Defense, tx, l2_weight: float, l2_scope: str
     train_batch, defense_state = defense.training_batch(batch, batch_key, logits_fn,
                                                         state.defense_state)
 
-    def loss_fn(params):
+    def loss_fn(params, images):
       (logits, embedding), mutated = model.apply(
-          variables(params, state.batch_stats), train_batch["image"], train=True,
+          variables(params, state.batch_stats), images, train=True,
           return_embedding=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-      loss, sums = defense.loss({"logits": logits, "embedding": embedding}, train_batch)
+      outputs = {"logits": logits, "embedding": embedding}
+      loss, sums = defense.loss(outputs, train_batch)
       if l2_weight:
         loss = loss + l2_weight * l2_penalty(params, l2_scope)
-      return loss, (sums, mutated.get("batch_stats", {}))
+      return loss, (sums, mutated.get("batch_stats", {}), outputs)
 
     # Differentiate a per-device ("varying") copy of the replicated parameters, so that each
     # device gets its own gradient and the average below is explicit, as under pmap. (The
     # gradient with respect to the replicated value itself would already be summed over devices.)
     local_params = lax.pcast(state.params, parallel.DATA_AXIS, to="varying")
-    grads, (sums, batch_stats) = jax.grad(loss_fn, has_aux=True)(local_params)
+    # Free-Adv-style defenses reuse the input gradient of this same backward pass.
+    wants_input_gradient = getattr(defense, "needs_input_gradient", False)
+    gradients, (sums, batch_stats, outputs) = jax.grad(
+        loss_fn, argnums=(0, 1) if wants_input_gradient else (0,), has_aux=True)(
+            local_params, train_batch["image"])
+    grads = gradients[0]
+    input_grad = gradients[1] if wants_input_gradient else None
+    if hasattr(defense, "after_step"):
+      defense_state = defense.after_step(defense_state, train_batch, outputs, input_grad)
     grads = lax.pmean(grads, parallel.DATA_AXIS)
     batch_stats = lax.pmean(batch_stats, parallel.DATA_AXIS)
     sums = lax.psum(sums, parallel.DATA_AXIS)
@@ -145,7 +165,8 @@ class Experiment:
           f"{test_ds.image_shape}, classes {train_ds.num_classes} vs {test_ds.num_classes}.")
     self.train_ds = train_ds.take(ds_cfg.num_train_examples)
     self.test_ds = test_ds.take(ds_cfg.num_test_examples)
-    self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), config.train.batch_size)
+    self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), config.train.batch_size,
+                                                    config.train.replays)
     self.total_steps = self.steps_per_epoch * config.train.epochs
     self.defense = create_defense(config.defense.name, self.train_ds.num_classes,
                                   **config.defense.options.to_dict())
@@ -154,10 +175,13 @@ class Experiment:
     self.tx = create_optimizer(config.train, self.steps_per_epoch)
 
   def initial_state(self) -> TrainState:
+    devices = self.mesh.shape[parallel.DATA_AXIS]
+    # Per-example buffers are split into equal blocks over the devices: round the rows up.
+    rows = -(-len(self.train_ds) // devices) * devices
     state = init_train_state(self.model, self.defense, self.tx,
                              jax.random.key(self.config.seed), self.train_ds.image_shape,
-                             len(self.train_ds))
-    return parallel.replicate(state, self.mesh)
+                             rows, self.config.train.batch_size)
+    return parallel.place(state, state_specs(self.defense), self.mesh)
 
   def checkpoints(self) -> ExperimentCheckpoints:
     return ExperimentCheckpoints(self.exp_dir, self.config.to_dict(),
@@ -191,11 +215,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   start_step = int(state.step)
+  specs = state_specs(exp.defense)
   train_step = parallel.data_parallel(
       make_train_step(exp.model, exp.defense, exp.tx, config.train.l2_weight,
                       config.train.l2_scope),
-      exp.mesh, in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
-      out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
+      exp.mesh, in_specs=(specs, parallel.SHARDED, parallel.REPLICATED),
+      out_specs=(specs, parallel.REPLICATED), donate_argnums=(0,))
   eval_step = exp.eval_step()
   base_key = parallel.replicate(jax.random.key(config.seed + 1), exp.mesh)
   log = MetricsLog(os.path.join(exp.exp_dir, "metrics.jsonl"))
@@ -205,11 +230,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = start_step
   sums = None
   timer = StepTimer()
+  monitor = None
+  if config.eval.monitor.attack:  # Robust accuracy every epoch (catastrophic overfitting).
+    from defenses_jax.evaluate import RobustnessMonitor  # evaluate imports this module.
+    monitor = RobustnessMonitor(config, exp)
   for epoch in range(start_step // exp.steps_per_epoch, config.train.epochs):
     for batch in data_lib.train_batches(
         exp.train_ds, config.train.batch_size, config.seed, epoch,
         start_step=step - epoch * exp.steps_per_epoch, process_index=jax.process_index(),
-        process_count=jax.process_count()):
+        process_count=jax.process_count(), replays=config.train.replays):
       state, step_sums = train_step(state, parallel.shard_batch(batch, exp.mesh), base_key)
       sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
       step += 1
@@ -228,7 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       with timer.paused(state):
         accuracy = evaluate_clean(eval_step, state, exp.test_ds, config.eval.batch_size,
                                   exp.mesh)
-      log.write(step=step, epoch=epoch + 1, test_accuracy=accuracy)
+        robust = {} if monitor is None else {"robust_accuracy": monitor(state)}
+      log.write(step=step, epoch=epoch + 1, test_accuracy=accuracy, **robust)
       bar.set_postfix(test_acc=f"{accuracy:.4f}", refresh=False)
       summary["test_accuracy"] = accuracy
   seconds_per_step = timer.seconds_per_step(state)
@@ -240,7 +270,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                               config.eval.batch_size, exp.mesh)
   summary.update(final_step=step, num_devices=exp.mesh.shape[parallel.DATA_AXIS],
                  num_train_examples=len(exp.train_ds), num_test_examples=len(exp.test_ds),
-                 seconds_per_step=seconds_per_step)
+                 seconds_per_step=seconds_per_step,
+                 # Steady-state time of the whole training (compilation and evaluation
+                 # excluded), comparable between methods and unaffected by resumption.
+                 training_seconds=None if seconds_per_step is None else
+                 seconds_per_step * exp.total_steps)
   write_json(os.path.join(exp.exp_dir, "results", "train.json"), summary)
   return summary
 

@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.lr_decay = 0.1  # piecewise only.
   c.train.l2_weight = 0.0
   c.train.l2_scope = "conv"
+  c.train.replays = 1  # Train on each batch this many times in a row (Free-Adv's m).
   c.train.checkpoint_every_steps = 500
   c.train.log_every_steps = 50
   c.train.progress = True
@@ -68,11 +69,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_attack_examples = -1  # Attacks run on the first N test images (-1: all).
   # key -> {attack, label, threat_model, params, source_experiment}; see threat_models.py.
   c.eval.attacks = ml_collections.ConfigDict()
+  # Robust accuracy under one of eval.attacks after every epoch, in metrics.jsonl ("" for none).
+  c.eval.monitor = ml_collections.ConfigDict()
+  c.eval.monitor.attack = ""
+  c.eval.monitor.num_examples = 256
   c.eval.sanity = ml_collections.ConfigDict()
   c.eval.sanity.enabled = True
   c.eval.sanity.num_examples = 100  # The checks rerun attacks on this many attacked images.
   c.eval.sanity.unbounded_steps = 100
   c.eval.sanity.more_steps_factor = 4  # Iterative attacks are rerun this many times longer.
+  # Which attacks get the (costly) more-steps check: by default all but transfer.
+  c.eval.sanity.more_steps_threat_models = ("white_box", "gray_box", "adaptive")
+  # White-box adversarial examples go to results/adversarial/ (transfer evaluations reuse them).
+  c.eval.save_adversarial_examples = True
   c.eval.eps_sweep = ml_collections.ConfigDict()
   c.eval.eps_sweep.attack = ""  # A key of eval.attacks; "" for no sweep.
   c.eval.eps_sweep.eps_values = ()
@@ -91,3 +100,16 @@ def attack(name: str, label: str, threat_model: str = "white_box", source_experi
   """One entry of config.eval.attacks."""
   return {"attack": name, "label": label, "threat_model": threat_model, "params": params,
           "source_experiment": source_experiment}
+
+
+def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) -> tuple[str, str]:
+  """'cpu' | 'full' | '<dataset>_cpu' | '<dataset>_full' -> (dataset, scale)."""
+  arg = arg or "cpu"
+  dataset, _, scale = arg.rpartition("_")
+  dataset = dataset or default_dataset
+  if dataset not in datasets or scale not in SCALES:
+    choices = [f"{d}_{s}" for d in datasets for s in SCALES]
+    raise ValueError(f"unknown config argument {arg!r} (dataset and scale); use 'cpu', 'full' "
+                     f"or one of {choices}, "
+                     "e.g. --config=experiments/target_training.py:mnist_cpu")
+  return dataset, scale

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from defenses_jax.defenses.base import Defense
 from defenses_jax.defenses.standard import StandardTraining
-from defenses_jax.defenses.target_training import AdversarialTraining, TargetTraining
+from defenses_jax.defenses.adversarial_training import AdversarialTraining
+from defenses_jax.defenses.atda import ATDA
+from defenses_jax.defenses.free_adv import FreeAdv
+from defenses_jax.defenses.sim_adv import SimAdv
+from defenses_jax.defenses.target_training import TargetTraining
 
 DEFENSES = {
     "standard": StandardTraining,
     "target_training": TargetTraining,
     "adversarial_training": AdversarialTraining,
+    "sim_adv": SimAdv,
+    "free_adv": FreeAdv,
+    "atda": ATDA,
 }
 
 
@@ -22,5 +29,5 @@ def create_defense(name: str, num_classes: int, **options) -> Defense:
     raise ValueError(f"defense {name!r} does not take options {sorted(options)}: {e}") from e
 
 
-__all__ = ["DEFENSES", "AdversarialTraining", "Defense", "StandardTraining", "TargetTraining",
-           "create_defense"]
+__all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Defense", "FreeAdv", "SimAdv",
+           "StandardTraining", "TargetTraining", "create_defense"]

@@ -24,8 +24,16 @@ class Defense(Protocol):
   def output_width(self) -> int:
     """Width of the network's last layer (k, or 2k for Target Training)."""
 
-  def init_state(self, num_train_examples: int, image_shape: tuple) -> Any:
-    """The defense's own training state (a pytree; {} if none), checkpointed with the rest."""
+  def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int) -> Any:
+    """The defense's own training state (a pytree; {} if none), checkpointed with the rest.
+
+    Optional companions: `state_specs()` (a PartitionSpec prefix of this state; default
+    replicated: per-example buffers use P('data') and are split into equal blocks of rows over
+    the devices, num_train_examples being rounded up to a multiple of their number) and
+    `after_step(state, train_batch, outputs, input_grad)` (runs inside the step after the
+    backward pass; `input_grad`, the loss gradient with respect to the training images, is
+    computed only for defenses with `needs_input_gradient = True`).
+    """
 
   def training_batch(self, batch: dict, key: jax.Array, logits_fn: LogitsFn,
                      defense_state: Any) -> tuple[dict, Any]:
@@ -59,7 +67,7 @@ class CrossEntropyDefense:
   """Shared by defenses that keep no state of their own and train with weighted cross-entropy
   on the batch they build (standard, Target Training, Adversarial Training)."""
 
-  def init_state(self, num_train_examples: int, image_shape: tuple):
+  def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int):
     return {}
 
   def loss(self, outputs, train_batch):

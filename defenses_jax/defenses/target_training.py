@@ -1,5 +1,4 @@
-"""Target Training (paper 000) and its Adversarial Training baseline (Kurakin et al.; paper 000
-Algorithm 2).
+"""Target Training (paper 000); its Adversarial Training baseline is in adversarial_training.py.
 
 Target Training trains a network with 2k outputs. Algorithm 1 (against attacks that minimise
 the perturbation): each batch is the batch plus its duplicate labelled y + k. Algorithm 3
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax import attacks
+from defenses_jax.defenses.adversarial_training import adversarial_examples
 from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
 
 
@@ -31,13 +31,6 @@ def summed_pair_logits(logits: jax.Array, num_classes: int) -> jax.Array:
   """The paper's adaptive attack (section 5): an extra layer whose output i is the sum of the
   network's outputs i and i + k."""
   return logits[..., :num_classes] + logits[..., num_classes:]
-
-
-def _adversarial(attack: str, attack_params: dict, logits_fn, batch, key):
-  """Adversarial examples of the batch under `attack`, with gradients stopped: they are data."""
-  x_adv = attacks.get_attack(attack)(logits_fn, batch["image"], batch["label"], key,
-                                     **attack_params)
-  return jax.lax.stop_gradient(x_adv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +50,7 @@ class TargetTraining(CrossEntropyDefense):
   def training_batch(self, batch, key, logits_fn, defense_state):
     if self.attack:
       # The attacker of Algorithm 3 sees the 2k-class network and the true label.
-      second = _adversarial(self.attack, self.attack_params or {}, logits_fn, batch, key)
+      second = adversarial_examples(self.attack, self.attack_params or {}, logits_fn, batch, key)
     else:
       second = batch["image"]
     return unit_weighted(jnp.concatenate([batch["image"], second]),
@@ -69,27 +62,3 @@ class TargetTraining(CrossEntropyDefense):
 
   def adaptive_logits(self, logits: jax.Array) -> jax.Array:
     return summed_pair_logits(logits, self.num_classes)
-
-
-@dataclasses.dataclass(frozen=True)
-class AdversarialTraining(CrossEntropyDefense):
-  """Algorithm 2: the batch plus adversarial examples of a named attack, with their true labels."""
-
-  num_classes: int
-  attack: str = "fgsm"
-  attack_params: Optional[dict] = None
-  name: str = "adversarial_training"
-
-  def __post_init__(self):
-    attacks.get_attack(self.attack)
-
-  def output_width(self) -> int:
-    return self.num_classes
-
-  def training_batch(self, batch, key, logits_fn, defense_state):
-    x_adv = _adversarial(self.attack, self.attack_params or {}, logits_fn, batch, key)
-    return unit_weighted(jnp.concatenate([batch["image"], x_adv]),
-                         jnp.concatenate([batch["label"], batch["label"]])), defense_state
-
-  def class_logits(self, logits: jax.Array) -> jax.Array:
-    return logits

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from conftest import blob_dataset, tiny_config
 from defenses_jax import data as data_lib
@@ -31,7 +32,7 @@ def test_eight_devices_match_one_device_on_the_same_global_batch():
   model = create_model("lenet", 4)  # No BatchNorm or dropout: the step is deterministic.
   defense = create_defense("standard", 4)
   tx = optax.sgd(0.1, momentum=0.9)
-  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 64)
+  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 64, 32)
   one = _steps(parallel.make_mesh(1), batches, model, defense, tx, state)
   eight = _steps(parallel.make_mesh(8), batches, model, defense, tx, state)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one["params"],
@@ -73,3 +74,28 @@ def test_evaluation_on_eight_devices_matches_one_device(tmp_path):
     assert eight["attacks"][key]["robust_accuracy"] == one["attacks"][key]["robust_accuracy"]
     np.testing.assert_allclose(eight["attacks"][key]["median_l2"], one["attacks"][key]["median_l2"],
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("defense,options", [
+    ("sim_adv", {"eps": 0.3, "n1": 2, "n2": 3}), ("free_adv", {"eps": 0.1})])
+def test_sharded_defense_state_on_eight_devices_matches_one_device(tmp_path, defense, options):
+  """SIM-Adv's per-example buffer (split in row blocks over the devices) and Free-Adv's
+  batch-shaped perturbation end the same on 8 devices as on 1."""
+  blobs = blob_dataset(128), blob_dataset(40, seed=1)
+  finals = []
+  for devices in (1, 8):
+    config = tiny_config(epochs=2, batch_size=32)
+    config.num_devices = devices
+    config.defense.name = defense
+    config.defense.options = options
+    workdir = str(tmp_path / str(devices))
+    train_lib.train_and_evaluate(config, workdir, datasets=blobs)
+    exp = train_lib.Experiment(config, workdir, blobs)
+    ckpt = exp.checkpoints()
+    finals.append(jax.device_get(exp.restore_or_init(ckpt).as_dict()))
+    ckpt.close()
+  one, eight = finals
+  assert np.abs(one["defense_state"]["perturbation"]).max() > 0.05
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               {k: one[k] for k in ("params", "defense_state")},
+               {k: eight[k] for k in ("params", "defense_state")})

@@ -1,0 +1,114 @@
+"""A suite's tables (see suite.py): each cell looked up in its member's results, our number beside
+the paper's, cells whose evaluation failed a sanity check marked."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from defenses_jax import report, sanity
+
+NOT_RUN = "not run"
+UNTRUSTED = "(!)"  # A sanity check failed for this cell's evaluation.
+
+
+def training_time_cell(spec: str, training: dict) -> Optional[float]:
+  """'<member>:time' (training seconds) or '<member>:time_ratio:<other member>'."""
+  member, _, key = spec.partition(":")
+  seconds = lambda name: (training.get(name) or {}).get("training_seconds")
+  if key == "time":
+    return seconds(member)
+  other = key.partition(":")[2]
+  if seconds(member) is None or not seconds(other):
+    return None
+  return seconds(member) / seconds(other)
+
+
+def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> dict:
+  if spec in ("", NOT_RUN):
+    return {"source": spec, "ours": None, "paper": paper, "status": spec or "no entry"}
+  member, _, key = spec.partition(":")
+  if key == "time" or key.startswith("time_ratio:"):
+    value = training_time_cell(spec, training)
+    return {"source": spec, "ours": value, "paper": paper,
+            "status": "missing" if value is None else "ok"}
+  summary = results.get(member)
+  if summary is None:
+    return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
+  if key == "clean":
+    return {"source": spec, "ours": summary["clean_accuracy"], "paper": paper, "status": "ok"}
+  if key not in summary["attacks"]:
+    return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
+  result = summary["attacks"][key]
+  warnings = [c["detail"] for c in summary.get("sanity", []) if c["status"] == sanity.WARN and
+              result["label"] in (c.get("attack", result["label"]), c.get("white_box_attack"))]
+  return {"source": spec, "ours": result["robust_accuracy"], "paper": paper,
+          "status": "warn" if warnings else "ok", "warnings": warnings,
+          "attack_success_rate": result["attack_success_rate"],
+          "median_l2": result["median_l2"], "median_linf": result["median_linf"]}
+
+
+def fill_tables(tables_config, results: dict, training: Optional[dict] = None) -> list[dict]:
+  """The configured tables with every cell looked up in `results` ({member: eval summary}) and
+  `training` ({member: train summary}, for training-time cells)."""
+  filled = []
+  for table_id in tables_config.order:
+    t = tables_config[table_id]
+    rows = [{"label": label,
+             "cells": [_cell(spec, value, results, training or {})
+                       for spec, value in zip(cells, paper)]}
+            for label, cells, paper in t.rows]
+    filled.append({"id": table_id, "title": t.title, "note": t.get("note", ""),
+                   "row_header": t.get("row_header", "Attack"),
+                   "formats": list(t.get("formats", ("pct",) * len(t.columns))),
+                   "columns": list(t.columns), "rows": rows})
+  return filled
+
+
+def _format(value, kind: str) -> str:
+  if value is None:
+    return "-"
+  return {"pct": report.pct, "seconds": lambda v: f"{v:.1f} s",
+          "ratio": lambda v: f"{v:.2f}x"}[kind](value)
+
+
+def _ours(cell: dict, kind: str = "pct") -> str:
+  if cell["status"] == NOT_RUN:
+    return NOT_RUN
+  if cell["status"] == "missing":
+    return "missing"
+  if cell["ours"] is None:
+    return "-"
+  mark = f" {UNTRUSTED}" if cell["status"] == "warn" else ""
+  differs = report.differs_marker(cell["ours"], cell["paper"]) if kind == "pct" else ""
+  return _format(cell["ours"], kind) + differs + mark
+
+
+def markdown(description: str, tables: list[dict], results: dict) -> str:
+  lines = [f"# {description}", ""]
+  lines += ["| Member | Step | Clean accuracy | Attacked images | Sanity checks |",
+            "|---|---|---|---|---|"]
+  for name, s in results.items():
+    if s is None:
+      lines.append(f"| {name} | - | - | - | not evaluated |")
+      continue
+    checks = s.get("sanity") or []
+    warned = sum(c["status"] == sanity.WARN for c in checks)
+    verdict = (f"{warned} of {len(checks)} warn" if warned else f"all {len(checks)} pass"
+               ) if checks else "not run"
+    lines.append(f"| {name} | {s['step']} | {report.pct(s['clean_accuracy'])} | "
+                 f"{s['num_attack_examples']} | {verdict} |")
+  lines += ["", "Each cell: ours, then the paper's. \"(differs)\": more than 5 points apart. "
+            f"\"{UNTRUSTED}\": a sanity check (Carlini et al. 2019) failed for this evaluation; "
+            "see the member's results/eval.md.", ""]
+  for t in tables:
+    lines += [f"## {t['title']}", ""]
+    if t["note"]:
+      lines += [t["note"], ""]
+    header = [t["row_header"]] + [f"{c} ({who})" for c in t["columns"] for who in ("ours", "paper")]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in t["rows"]:
+      cells = [x for c, kind in zip(row["cells"], t["formats"])
+               for x in (_ours(c, kind), _format(c["paper"], kind))]
+      lines.append("| " + " | ".join([row["label"]] + cells) + " |")
+    lines.append("")
+  return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""A paper's experiment as one run: train every model its tables need, evaluate each under its
+attacks, and write the paper's tables with our numbers beside the paper's.
+
+A suite config (e.g. experiments/target_training.py) holds
+  suite_name, description,
+  members: {experiment_name: an ordinary experiment config},
+  order:   the members in the order to train and evaluate them (transfer sources first),
+  tables:  {order: (table ids), <id>: {title, note, columns, rows: ((label, cells, paper), ...)}}
+where a cell is '<member>:<result key>' (a key of that member's eval.attacks, or 'clean'),
+'not run' (the paper reports an attack this library lacks) or '' (no entry in the paper).
+
+Re-running resumes: training from each member's last checkpoint, evaluation skips members whose
+results/eval.json matches their current checkpoint and eval config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import jax
+import ml_collections
+
+from defenses_jax import (defenses, distill, evaluate, paper_tables, suite_figures,
+                          threat_models, train)
+from defenses_jax.checkpoint import latest_checkpoint_step
+
+MODES = ("train", "eval", "report")
+
+
+def is_suite(config: ml_collections.ConfigDict) -> bool:
+  return "members" in config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Every table cell names a member and a result that member will produce; checked before any
+  training starts."""
+  members = config.members
+  if set(config.order) != set(members.keys()):
+    raise ValueError(f"suite {config.suite_name}: order {sorted(config.order)} must list exactly "
+                     f"the members {sorted(members.keys())}.")
+  for name in config.order:
+    if members[name].experiment_name != name:
+      raise ValueError(f"suite member {name!r} has experiment_name "
+                       f"{members[name].experiment_name!r}; they must match.")
+  for position, name in enumerate(config.order):
+    member = members[name]
+    defense = defenses.create_defense(member.defense.name, num_classes=10,
+                                      **member.defense.options)
+    for spec in threat_models.parse_attack_specs(member.eval.attacks, defense):
+      if spec.source_experiment and spec.source_experiment not in config.order[:position]:
+        raise ValueError(f"suite member {name!r}: transfer source {spec.source_experiment!r} "
+                         "must be a member listed before it in order.")
+  for table_id in config.tables.order:
+    table = config.tables[table_id]
+    for label, cells, paper in table.rows:
+      if len(cells) != len(table.columns) or len(paper) != len(table.columns):
+        raise ValueError(f"{table_id}, row {label!r}: {len(table.columns)} columns but "
+                         f"{len(cells)} cells and {len(paper)} paper numbers.")
+      for cell in cells:
+        if cell in ("", paper_tables.NOT_RUN):
+          continue
+        member, _, key = cell.partition(":")
+        if member not in members:
+          raise ValueError(f"{table_id}, row {label!r}: unknown member {member!r}.")
+        if key.startswith("time_ratio:") and key.partition(":")[2] not in members:
+          raise ValueError(f"{table_id}, row {label!r}: unknown member in {key!r}.")
+        if (key not in ("clean", "time") and not key.startswith("time_ratio:")
+            and key not in members[member].eval.attacks):
+          raise ValueError(f"{table_id}, row {label!r}: member {member!r} has no attack {key!r} "
+                           f"in its eval.attacks ({sorted(members[member].eval.attacks.keys())}).")
+
+
+def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "train",
+              datasets: Optional[tuple] = None) -> dict:
+  """mode: 'train' (train, evaluate, report), 'eval' (evaluate trained members, report) or
+  'report' (tables from existing results)."""
+  if mode not in MODES:
+    raise ValueError(f"unknown suite mode {mode!r}; choose one of {MODES}.")
+  validate(config)
+  members = [config.members[name] for name in config.order]
+  if mode == "train":
+    for i, member in enumerate(members):
+      _announce(f"[{i + 1}/{len(members)}] training {member.experiment_name}")
+      if member.distill.teacher:
+        distill.distill_proxy(member, workdir, datasets)
+      else:
+        train.train_and_evaluate(member, workdir, datasets)
+  if mode in ("train", "eval"):
+    for i, member in enumerate(members):
+      if _evaluation_is_current(member, workdir):
+        _announce(f"[{i + 1}/{len(members)}] {member.experiment_name}: evaluation up to date")
+        continue
+      _announce(f"[{i + 1}/{len(members)}] evaluating {member.experiment_name}")
+      evaluate.evaluate(member, workdir, datasets)
+  results = {name: _load_eval(workdir, name) for name in config.order}
+  training = {name: _load_json(workdir, name, "train.json") for name in config.order}
+  tables = paper_tables.fill_tables(config.tables, results, training)
+  out_dir = os.path.join(os.path.abspath(workdir), config.suite_name)
+  figures = {}
+  if "figures" in config:
+    figures = suite_figures.make_figures(config, workdir, out_dir, datasets,
+                                         compute=mode != "report")
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    markdown = paper_tables.markdown(config.description, tables, results)
+    markdown += "".join(f"\n![{name}]({os.path.basename(path)})\n" for name, path in
+                        figures.items())
+    with open(os.path.join(out_dir, "tables.md"), "w") as f:
+      f.write(markdown)
+    train.write_json(os.path.join(out_dir, "tables.json"), {"suite": config.suite_name,
+                                                            "tables": tables})
+    print(markdown)
+  return {"suite": config.suite_name, "tables": os.path.join(out_dir, "tables.md")}
+
+
+def _announce(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _load_json(workdir: str, name: str, filename: str) -> Optional[dict]:
+  path = os.path.join(os.path.abspath(workdir), name, "results", filename)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _load_eval(workdir: str, name: str) -> Optional[dict]:
+  return _load_json(workdir, name, "eval.json")
+
+
+def _evaluation_is_current(member: ml_collections.ConfigDict, workdir: str) -> bool:
+  """eval.json exists for the member's latest checkpoint and was made with this eval config."""
+  previous = _load_eval(workdir, member.experiment_name)
+  if previous is None:
+    return False
+  same_config = previous.get("eval_config") == json.loads(json.dumps(member.eval.to_dict()))
+  return same_config and previous.get("step") == latest_checkpoint_step(
+      workdir, member.experiment_name)

@@ -1,0 +1,101 @@
+"""A suite's figures (config.figures): computed once per trained member, cached as JSON beside
+the tables, drawn as PNG.
+
+Kinds:
+  rho_steps       paper 001 Figure 3: rho of BIM(n, n) over n        (eps, n_values)
+  rho_iteration   paper 001 Figure 4: rho of BIM(n1, n2)'s iterates  (eps, n1, n2)
+  training_curves clean and monitored robust accuracy after every epoch (from metrics.jsonl)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from defenses_jax import rho
+from defenses_jax.checkpoint import latest_checkpoint_step
+from defenses_jax.report import pyplot
+from defenses_jax.restore import TrainedExperiment
+
+KINDS = ("rho_steps", "rho_iteration", "training_curves")
+
+
+def _training_curve(workdir: str, name: str) -> dict:
+  path = os.path.join(os.path.abspath(workdir), name, "metrics.jsonl")
+  epochs, clean, robust = [], [], []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        if "test_accuracy" in record:
+          epochs.append(record["epoch"])
+          clean.append(record["test_accuracy"])
+          robust.append(record.get("robust_accuracy"))
+  return {"epoch": epochs, "test_accuracy": clean, "robust_accuracy": robust}
+
+
+def _compute(kind: str, fig, member_config, workdir: str, datasets) -> dict:
+  if kind == "training_curves":
+    return _training_curve(workdir, member_config.experiment_name)
+  trained = TrainedExperiment(member_config, workdir, datasets)
+  batch = member_config.eval.batch_size
+  if kind == "rho_steps":
+    return rho.rho_vs_steps(trained, fig.eps, fig.n_values, fig.num_examples, batch)
+  return rho.rho_vs_iteration(trained, fig.eps, fig.n1, fig.n2, fig.num_examples, batch)
+
+
+def _plot(kind: str, title: str, data: dict, path: str) -> None:
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, d in data.items():
+    if kind == "training_curves":
+      ax.plot(d["epoch"], d["test_accuracy"], "--", label=f"{name} clean")
+      if any(r is not None for r in d["robust_accuracy"]):
+        ax.plot(d["epoch"], d["robust_accuracy"], "-o", ms=3, label=f"{name} robust")
+    else:
+      x = d["n"] if kind == "rho_steps" else d["iteration"]
+      ax.plot(x, d["rho"], "-o", ms=3, label=name)
+  ax.set_xlabel({"rho_steps": "n1 = n2", "rho_iteration": "iteration",
+                 "training_curves": "epoch"}[kind])
+  ax.set_ylabel("accuracy" if kind == "training_curves" else "rho")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: bool = True) -> dict:
+  """{figure id: png path}. Cached results are reused while the spec and the members'
+  checkpoints are unchanged; with compute=False only cached ones are drawn."""
+  drawn = {}
+  for fig_id in config.figures.order:
+    fig = config.figures[fig_id]
+    if fig.kind not in KINDS:
+      raise ValueError(f"figures.{fig_id}: unknown kind {fig.kind!r}; choose one of {KINDS}.")
+    cache = os.path.join(out_dir, f"{fig_id}.json")
+    spec = json.loads(json.dumps(fig.to_dict()))
+    steps = {name: latest_checkpoint_step(workdir, name) for name in fig.members}
+    cached = None
+    if os.path.exists(cache):
+      with open(cache) as f:
+        cached = json.load(f)
+    fresh = cached is not None and cached["spec"] == spec and cached["steps"] == steps
+    if not fresh and fig.kind != "training_curves" and not compute:
+      continue
+    if fresh and fig.kind != "training_curves":
+      data = cached["data"]
+    else:
+      data = {name: _compute(fig.kind, fig, config.members[name], workdir, datasets)
+              for name in fig.members}
+    if jax.process_index() == 0:
+      os.makedirs(out_dir, exist_ok=True)
+      with open(cache, "w") as f:
+        json.dump({"spec": spec, "steps": steps, "data": data}, f, indent=2)
+      path = os.path.join(out_dir, f"{fig_id}.png")
+      _plot(fig.kind, fig.title, data, path)
+      drawn[fig_id] = path
+  return drawn

@@ -1,0 +1,140 @@
+"""Paper suites: a tiny run of the Target Training suite end to end (every member trained and
+evaluated, tables filled), resumption, and bad suite configs rejected before any training."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import blob_dataset
+from defenses_jax import data as data_lib
+from defenses_jax import suite
+from experiments import sim_adv, target_training
+
+
+def shrink(member):
+  """The member's code path on tiny data: one epoch, attacks cut to a few iterations."""
+  member.train.epochs = 1
+  member.train.replays = min(member.train.replays, 2)
+  member.eval.monitor.num_examples = 8
+  member.train.batch_size = 16
+  member.train.progress = False
+  member.eval.batch_size = 8
+  member.eval.num_attack_examples = 8
+  member.eval.sanity.enabled = False
+  member.eval.eps_sweep.attack = ""
+  cuts = {"max_iterations": 3, "binary_search_steps": 1, "max_total_iterations": 6,
+          "max_iter": 3, "steps": 2, "n2": 2, "restarts": 2}
+  for entry in member.eval.attacks.values():
+    for name, value in cuts.items():
+      if name in entry.params:
+        entry.params[name] = value
+  options = member.defense.options
+  if "attack_params" in options:
+    for name, value in cuts.items():
+      if name in options.attack_params:
+        options.attack_params[name] = value
+
+
+def tiny_suite(arg="cpu", module=target_training):
+  config = module.get_config(arg)
+  for name in config.order:
+    shrink(config.members[name])
+  if "figures" in config:
+    for fig_id in config.figures.order:
+      fig = config.figures[fig_id]
+      for field, value in (("num_examples", 8), ("n_values", (1, 2)), ("n1", 2), ("n2", 3)):
+        if field in fig:
+          fig[field] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("suite"))
+  datasets = (blob_dataset(64, num_classes=10, seed=0), blob_dataset(16, num_classes=10, seed=1))
+  config = tiny_suite()
+  out = suite.run_suite(config, workdir, "train", datasets)
+  return config, workdir, datasets, out
+
+
+def test_suite_trains_evaluates_and_writes_every_table(suite_run):
+  config, workdir, _, out = suite_run
+  with open(os.path.join(workdir, config.suite_name, "tables.json")) as f:
+    tables = json.load(f)["tables"]
+  assert [t["id"] for t in tables] == list(config.tables.order)
+  markdown = open(out["tables"]).read()
+  for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 7"):
+    assert title in markdown
+  cells = [c for t in tables for r in t["rows"] for c in r["cells"]]
+  # Every cell that names a result found it; ZOO and UAP stay visible as "not run".
+  assert not [c for c in cells if c["status"] == "missing"]
+  assert sum(c["status"] == "not run" for c in cells) == 5
+  assert all(0.0 <= c["ours"] <= 1.0 for c in cells if c["status"] == "ok")
+  table_7 = next(t for t in tables if t["id"] == "table_7")
+  assert table_7["rows"][0]["cells"][2]["paper"] == pytest.approx(0.991)
+
+
+def test_transfer_reuses_the_sources_saved_examples(suite_run):
+  config, workdir, _, _ = suite_run
+  source = config.order[0]
+  saved = np.load(os.path.join(workdir, source, "results", "adversarial", "cw_l2_k0.npz"))
+  assert saved["x_adv"].shape == (8, 12, 12, 1)
+  with open(os.path.join(workdir, "tt_mnist_cpu", "results", "eval.json")) as f:
+    transfer = json.load(f)["attacks"]["cw_l2_k0_transfer"]
+  assert transfer["reused_examples"] == os.path.join(source, "results", "adversarial",
+                                                     "cw_l2_k0.npz")
+
+
+def test_rerun_skips_finished_members_and_reevaluates_changed_ones(suite_run, capsys):
+  config, workdir, datasets, _ = suite_run
+  capsys.readouterr()
+  suite.run_suite(config, workdir, "eval", datasets)
+  printed = capsys.readouterr().out
+  assert printed.count("evaluation up to date") == len(config.order)
+  config.members.at_fgsm_mnist_cpu.eval.attacks.fgsm_wb.params.eps = 0.2
+  suite.run_suite(config, workdir, "eval", datasets)
+  assert "evaluating at_fgsm_mnist_cpu" in capsys.readouterr().out
+
+
+def test_bad_suite_configs_fail_before_training(tmp_path):
+  config = target_training.get_config("cpu")
+  config.tables.table_1.rows = (("CW", ("tt_mnist_cpu:nope", "", ""), (None,) * 3),)
+  with pytest.raises(ValueError, match="no attack 'nope'"):
+    suite.run_suite(config, str(tmp_path))
+  config = target_training.get_config("cpu")
+  config.members.tt_mnist_cpu.eval.attacks.cw_l2_k0_paper.params.kappaa = 1.0
+  with pytest.raises(ValueError, match="kappaa"):
+    suite.run_suite(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_cifar_configs_are_consistent():
+  for arg in ("cifar10_cpu", "cifar10_full", "full"):
+    suite.validate(target_training.get_config(arg))
+  with pytest.raises(ValueError, match="mnist_cpu"):
+    target_training.get_config("svhn_cpu")
+
+
+def test_sim_adv_suite_writes_tables_timings_and_figures(tmp_path):
+  datasets = (blob_dataset(64, num_classes=10, seed=0), blob_dataset(16, num_classes=10, seed=1))
+  config = tiny_suite("cpu", sim_adv)
+  out = suite.run_suite(config, str(tmp_path), "train", datasets)
+  suite_dir = tmp_path / config.suite_name
+  with open(suite_dir / "tables.json") as f:
+    tables = {t["id"]: t for t in json.load(f)["tables"]}
+  cells = [c for t in tables.values() for r in t["rows"] for c in r["cells"]]
+  assert not [c for c in cells if c["status"] == "missing"]
+  bim_row = tables["table_5"]["rows"][3]["cells"]
+  assert bim_row[0]["ours"] > 0 and bim_row[1]["ours"] == pytest.approx(1.0)
+  assert bim_row[1]["paper"] == pytest.approx(1.0)
+  for fig_id in config.figures.order:
+    assert (suite_dir / f"{fig_id}.png").exists(), fig_id
+  with open(suite_dir / "figure_4_rho_iterations.json") as f:
+    rho = json.load(f)["data"]
+  assert all(len(d["rho"]) == 4 for d in rho.values())  # Iterates 0..n2 with n2 = 3.
+  with open(suite_dir / "training_curves.json") as f:
+    curves = json.load(f)["data"]
+  assert all(d["robust_accuracy"] and None not in d["robust_accuracy"] for d in curves.values())
+  assert "Table 5" in open(out["tables"]).read()
