@@ -37,6 +37,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Every table cell names a member and a result that member will produce; checked before any
   training starts."""
   members = config.members
+  if config.suite_name in members:
+    raise ValueError(f"suite_name {config.suite_name!r} is also a member's name; their "
+                     "directories would collide.")
   if set(config.order) != set(members.keys()):
     raise ValueError(f"suite {config.suite_name}: order {sorted(config.order)} must list exactly "
                      f"the members {sorted(members.keys())}.")

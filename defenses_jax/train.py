@@ -262,6 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       bar.set_postfix(test_acc=f"{accuracy:.4f}", refresh=False)
       summary["test_accuracy"] = accuracy
   seconds_per_step = timer.seconds_per_step(state)
+  if seconds_per_step is None:  # Nothing (or one step) left to train: keep the earlier timing.
+    seconds_per_step = _previous_summary(exp.exp_dir).get("seconds_per_step")
   ckpt.save(step, state.as_dict(), force=True)
   ckpt.close()
   bar.close()
@@ -277,6 +279,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  seconds_per_step * exp.total_steps)
   write_json(os.path.join(exp.exp_dir, "results", "train.json"), summary)
   return summary
+
+
+def _previous_summary(exp_dir: str) -> dict:
+  path = os.path.join(exp_dir, "results", "train.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -29,7 +29,8 @@ _T5 = {"mnist": (234.75, 319.56, 293.22, 866.76), "fashion_mnist": (308.5, 422.4
        "cifar10": (25923.5, 33011.6, 26692.4, 111372.6)}
 
 
-def paper_001_tables(dataset: str, name) -> dict:
+def paper_001_tables(dataset: str, name, lr_members: dict) -> dict:
+  """`name(method)` -> member name; `lr_members` {learning rate: SIM-Adv member} for Table 4."""
   iterative = "BIM(4,20)" if dataset == "cifar10" else "BIM(10,40)"
   madry = "Madry(4,20)" if dataset == "cifar10" else "Madry(10,40)"
   rows3 = tuple(
@@ -39,9 +40,9 @@ def paper_001_tables(dataset: str, name) -> dict:
   rows3 += (("PGD-100, 5 restarts (beyond the paper)",
              tuple(f"{name(m)}:pgd_restarts" for m in _METHODS), (None,) * 6),)
   rows4 = tuple(
-      (label, tuple(f"{name(member)}:{key}" for key in ("fgsm", "bim", "madry")), paper)
-      for label, member, paper in zip(("learning rate 1e-3", "learning rate 1e-4"),
-                                      ("sim_adv_highlr", "sim_adv"), _T4[dataset]))
+      (f"learning rate {rate:g}", tuple(f"{lr_members[rate]}:{key}"
+                                        for key in ("fgsm", "bim", "madry")), paper)
+      for rate, paper in zip((1e-3, 1e-4), _T4[dataset]))
   timed = ("free_adv", "atda", "sim_adv", "bim_adv")
   bim_seconds = _T5[dataset][3]
   rows5 = tuple(

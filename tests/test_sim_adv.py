@@ -71,6 +71,10 @@ def test_sim_adv_run_resumes_exactly_including_the_buffer(tmp_path, blobs):
     ckpt.close()
     return jax.device_get(state.as_dict())
 
+  assert resumed["training_seconds"] > 0
+  # Re-running a finished experiment keeps the timing of the run that trained it.
+  again_summary = train_lib.train_and_evaluate(config, str(tmp_path / "killed"), datasets=blobs)
+  assert again_summary["seconds_per_step"] == resumed["seconds_per_step"]
   straight, again = final(tmp_path / "straight"), final(tmp_path / "killed")
   buffer = straight["defense_state"]["perturbation"]
   assert buffer.shape == (96, 12, 12, 1) and np.abs(buffer).max() == pytest.approx(0.3)
