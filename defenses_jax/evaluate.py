@@ -21,9 +21,9 @@ from defenses_jax import data as data_lib
 from defenses_jax import crafted, metrics, report, sanity
 from defenses_jax.attacks import norms
 from defenses_jax.progress import progress_bar
-from defenses_jax.threat_models import (STEP_PARAMS, AttackSpec, logits_builder,
-                                        make_attack_runner, make_predictor, noise_like,
-                                        parse_attack_specs, run_over_dataset)
+from defenses_jax.threat_models import (STEP_PARAMS, AttackSpec, adversarial_correct,
+                                        logits_builder, make_attack_runner, make_predictor,
+                                        noise_like, parse_attack_specs, run_over_dataset)
 from defenses_jax.restore import (  # noqa: F401 (NoCheckpointError is part of this API)
     NoCheckpointError, TrainedExperiment, load_experiment)
 from defenses_jax.train import evaluate_clean, inference_logits_fn, write_json
@@ -108,14 +108,8 @@ class RobustnessMonitor:
     self.key = jax.random.key(config.seed + 2)
 
   def __call__(self, state) -> float:
-    def one_batch(batch, number):
-      x_adv = self.runner(state.params, state.batch_stats, batch["image"], batch["label"],
-                          jax.random.fold_in(self.key, number))
-      return self.predictor(state.params, state.batch_stats, x_adv)
-
-    predictions = np.concatenate(run_over_dataset(self.ds, self.batch_size, self.mesh,
-                                                  one_batch))
-    return float(np.mean(predictions == self.ds.labels))
+    return float(np.mean(adversarial_correct(self.runner, self.predictor, state, self.ds,
+                                             self.batch_size, self.mesh, self.key)))
 
 
 def _subset(ev: _Evaluator, n: int, seed: int) -> _Evaluator:

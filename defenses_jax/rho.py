@@ -17,8 +17,8 @@ from jax import lax
 from defenses_jax import parallel
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import cross_entropy
-from defenses_jax.threat_models import make_attack_runner, make_predictor, run_over_dataset
-from defenses_jax.threat_models import AttackSpec, logits_builder
+from defenses_jax.threat_models import (AttackSpec, adversarial_correct, logits_builder,
+                                        make_attack_runner, make_predictor, run_over_dataset)
 from defenses_jax.train import variables
 
 
@@ -39,12 +39,11 @@ def bim_trajectory_correct(logits_fn, x, y, eps: float, n1: int, n2: int) -> jax
 
 
 def _error_rate(trained, spec: AttackSpec, ds, batch_size: int, key) -> float:
-  exp, s = trained.exp, trained.state
+  exp = trained.exp
   runner = make_attack_runner(spec, logits_builder("white_box", exp.model, exp.defense), exp.mesh)
   predictor = make_predictor(exp.model, exp.defense, exp.mesh)
-  out = run_over_dataset(ds, batch_size, exp.mesh, lambda b, n: predictor(
-      s.params, s.batch_stats, runner(s.params, s.batch_stats, b["image"], b["label"], key)))
-  return float(np.mean(np.concatenate(out) != ds.labels))
+  return 1.0 - float(np.mean(adversarial_correct(runner, predictor, trained.state, ds,
+                                                 batch_size, exp.mesh, key)))
 
 
 def rho_vs_steps(trained, eps: float, n_values, num_examples: int, batch_size: int) -> dict:

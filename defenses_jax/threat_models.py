@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -143,6 +143,19 @@ def run_over_dataset(ds: data_lib.ArrayDataset, batch_size: int, mesh,
     if progress is not None:
       progress.update(int(keep.sum()))
   return outputs
+
+
+def adversarial_correct(runner: Callable, predictor: Callable, state, ds: data_lib.ArrayDataset,
+                        batch_size: int, mesh, key) -> np.ndarray:
+  """Per example of `ds`: is the deployed classifier (`predictor`) still right on the attack's
+  (`runner`, from make_attack_runner) output? `state` holds params and batch_stats."""
+
+  def one_batch(batch, number):
+    x_adv = runner(state.params, state.batch_stats, batch["image"], batch["label"],
+                   jax.random.fold_in(key, number))
+    return predictor(state.params, state.batch_stats, x_adv)
+
+  return np.concatenate(run_over_dataset(ds, batch_size, mesh, one_batch)) == ds.labels
 
 
 def noise_like(key, x, eps: float, norm: str):

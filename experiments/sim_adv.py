@@ -72,7 +72,6 @@ def get_config(arg=None):
 
 
 def member_config(dataset: str, scale: str, method: str, defense: str, options: dict):
-  eps = EPS[dataset]
   c = base_config()
   c.experiment_name = f"{method}_{dataset}_{scale}"
   c.defense.name = defense

@@ -3,7 +3,6 @@
 import json
 
 import ml_collections
-import numpy as np
 import pytest
 
 from conftest import tiny_config

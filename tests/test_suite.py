@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from conftest import blob_dataset
-from defenses_jax import data as data_lib
 from defenses_jax import suite
 from experiments import sim_adv, target_training
 

@@ -56,7 +56,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, blobs):
   a = train_lib.train_and_evaluate(config, str(tmp_path / "a"), datasets=blobs)
   b = train_lib.train_and_evaluate(config, str(tmp_path / "b"), datasets=blobs)
   config.seed = 1
-  c = train_lib.train_and_evaluate(config, str(tmp_path / "c"), datasets=blobs)
+  train_lib.train_and_evaluate(config, str(tmp_path / "c"), datasets=blobs)
   pa, pb, pc = (_final_params(tmp_path / d, cfg, blobs) for d, cfg in
                 (("a", tiny_config(epochs=1)), ("b", tiny_config(epochs=1)), ("c", config)))
   jax.tree.map(np.testing.assert_array_equal, pa["params"], pb["params"])

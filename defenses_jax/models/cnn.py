@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Callable
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 # PyTorch-style running-average momentum: the statistics settle within a few hundred steps,
 # which matters for the short cpu-scale runs.
