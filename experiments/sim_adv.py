@@ -2,7 +2,7 @@
 robust accuracy (catastrophic overfitting) beyond the paper. One command trains every method,
 evaluates it and writes the tables with the paper's numbers beside ours:
 
-cpu  (2 CPU cores, offline, embedded MNIST subset, LeNet, 20 epochs; about 40 minutes):
+cpu  (2 CPU cores, offline, embedded MNIST subset, LeNet, 20 epochs; about 50 minutes):
   python launch.py --config=experiments/sim_adv.py:cpu --workdir=runs
 full (GPU/TPU, tfds): `:mnist_full`, `:fashion_mnist_full` (LeNet), `:cifar10_full` (ResNet-20)
   python launch.py --config=experiments/sim_adv.py:fashion_mnist_full --workdir=runs
@@ -85,7 +85,7 @@ def member_config(dataset: str, scale: str, method: str, defense: str, options: 
     if dataset != "mnist":  # No embedded copy: a subset of tfds' (download once).
       c.dataset.num_train_examples, c.dataset.num_test_examples = 4000, 1000
     # One SIM(10,20) cycle; BIM(10,30)-Adv costs 31 forward-backward passes per step, which
-    # makes it most of this scale's ~40 minutes on 2 CPU cores.
+    # makes it (with Madry-Adv) two thirds of this scale's training time on 2 CPU cores.
     epochs, c.train.batch_size = 20, 64
     c.train.checkpoint_every_steps = 500
     c.eval.batch_size = 500
