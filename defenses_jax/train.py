@@ -210,6 +210,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `interrupt_at_step` stops abruptly after that global step, with no final checkpoint, as a
   preempted job would; tests use it to check that resuming loses nothing.
   """
+  return train(config, workdir, datasets, interrupt_at_step)[1]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, datasets: Optional[tuple] = None,
+          interrupt_at_step: Optional[int] = None) -> tuple[TrainState, dict]:
+  """`train_and_evaluate` that also returns the final TrainState as it is in memory (so that a
+  resumed run can be checked against an uninterrupted one without going through the restore
+  path under test)."""
   exp = Experiment(config, workdir, datasets)
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
@@ -249,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if interrupt_at_step is not None and step >= interrupt_at_step:
         ckpt.close()
         bar.close()
-        return {"interrupted_at_step": step}
+        return state, {"interrupted_at_step": step}
     if sums is not None:
       sums = log.write_train(step, epoch, jax.device_get(sums), bar)
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.epochs:
@@ -277,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  training_seconds=None if seconds_per_step is None else
                  seconds_per_step * exp.total_steps)
   write_json(os.path.join(exp.exp_dir, "results", "train.json"), summary)
-  return summary
+  return state, summary
 
 
 def _previous_summary(exp_dir: str) -> dict:

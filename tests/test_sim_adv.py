@@ -42,14 +42,19 @@ def test_sim_buffer_takes_one_step_per_epoch_and_restarts_every_n2_epochs():
   state = defense.init_state(n, (4, 4, 1), 4)
   direction = np.where(labels[:, None] == 0, 1.0, -1.0) * np.sign(np.asarray(w))[None]
   for epoch in range(2 * N2 + 2):
+    steps_since_restart = epoch % N2 + 1
+    expected = min(steps_since_restart, N1) * EPS / N1 * direction
     for half in (np.arange(0, n, 2), np.arange(1, n, 2)):  # Two batches per epoch.
       batch = {"image": images[half], "label": labels[half], "index": half.astype(np.int32),
                "epoch": np.full(half.shape, epoch, np.int32)}
       train_batch, state = run_training_batch(defense, state, batch, fn)
       # The batch trains on its clean images and their new adversarial versions.
-      np.testing.assert_array_equal(np.asarray(train_batch["image"])[:len(half)], images[half])
-    steps_since_restart = epoch % N2 + 1
-    expected = min(steps_since_restart, N1) * EPS / N1 * direction
+      trained_on = np.asarray(train_batch["image"]).reshape(2 * len(half), -1)
+      np.testing.assert_array_equal(trained_on[:len(half)], images[half].reshape(len(half), -1))
+      np.testing.assert_allclose(trained_on[len(half):], 0.5 + expected[half], atol=1e-6,
+                                 err_msg=f"epoch {epoch}: adversarial half")
+      np.testing.assert_array_equal(np.asarray(train_batch["label"]),
+                                    np.concatenate([labels[half]] * 2))
     np.testing.assert_allclose(np.asarray(state["perturbation"]).reshape(n, -1), expected,
                                atol=1e-6, err_msg=f"epoch {epoch}")
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from defenses_jax import attacks
 from defenses_jax import train as train_lib
 from defenses_jax.defenses import create_defense
 from defenses_jax.defenses.target_training import merged_class_logits, summed_pair_logits
@@ -23,20 +22,38 @@ def test_algorithm_1_duplicates_the_batch_with_labels_shifted_by_k():
   assert defense.output_width() == 6
 
 
-def test_algorithm_3_and_adversarial_training_add_attacked_copies():
-  w = jax.random.normal(jax.random.key(0), (4, 6))
-  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w
-  batch = {"image": jnp.full((2, 2, 2, 1), 0.5), "label": jnp.array([1, 2])}
-  params = {"eps": 0.1}
-  tt = create_defense("target_training", 3, attack="fgsm", attack_params=params)
-  out, _ = tt.training_batch(batch, jax.random.key(0), logits_fn, {})
-  expected_adv = attacks.fgsm(logits_fn, batch["image"], batch["label"], jax.random.key(0),
-                              eps=0.1)
-  np.testing.assert_allclose(out["image"][2:], expected_adv)
-  np.testing.assert_array_equal(out["label"], [1, 2, 4, 5])
-  at = create_defense("adversarial_training", 6, attack="fgsm", attack_params=params)
-  out, _ = at.training_batch(batch, jax.random.key(0), logits_fn, {})
-  np.testing.assert_array_equal(out["label"], [1, 2, 1, 2])
+def numpy_fgsm(x, labels, w, eps):
+  """FGSM on logits = x . w, computed by hand: the cross-entropy's input gradient is
+  w (softmax(z) - onehot(y)), and the step is eps times its sign, clipped to [0, 1]."""
+  flat = x.reshape(x.shape[0], -1).astype(np.float64)
+  z = flat @ w
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  grad = (p - np.eye(w.shape[1])[labels]) @ w.T
+  return np.clip(flat + eps * np.sign(grad), 0.0, 1.0).reshape(x.shape)
+
+
+@pytest.mark.parametrize("name,num_classes,label_offset", [
+    ("target_training", 3, 3),  # Algorithm 3: the attacked copies are labelled y + k.
+    ("adversarial_training", 6, 0),
+    ("atda", 6, 0),
+])
+def test_the_second_half_of_the_batch_is_the_attack_output(name, num_classes, label_offset):
+  w = np.asarray(jax.random.normal(jax.random.key(0), (4, 6)), np.float64)
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ jnp.asarray(w, jnp.float32)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.4, 0.6, (3, 2, 2, 1)).astype(np.float32)
+  labels = np.array([1, 2, 0])
+  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+  options = {"eps": 0.1} if name == "atda" else {"attack": "fgsm",
+                                                  "attack_params": {"eps": 0.1}}
+  defense = create_defense(name, num_classes, **options)
+  state = defense.init_state(3, (2, 2, 1), 3)
+  out, _ = defense.training_batch(batch, jax.random.key(0), logits_fn, state)
+  np.testing.assert_array_equal(out["image"][:3], images)
+  # The attacker (of Algorithm 3 too) sees the whole network and the true label.
+  np.testing.assert_allclose(out["image"][3:], numpy_fgsm(images, labels, w, 0.1), atol=1e-6)
+  np.testing.assert_array_equal(out["label"], np.concatenate([labels, labels + label_offset]))
   with pytest.raises(ValueError, match="unknown attack"):
     create_defense("target_training", 3, attack="pgdd")
 
@@ -66,3 +83,54 @@ def test_tiny_end_to_end_runs(tmp_path, blobs, defense, options):
   config.defense.options = ml_collections.ConfigDict(options)
   summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   assert summary["test_accuracy"] >= 0.5  # 4 classes: chance is 0.25.
+
+
+# A network whose class scores do not depend on the input: logits = bias of the last layer.
+# argmax of p_0..p_3 is class 0, but p_1 + p_5 = 2 e^1.5 > e^2 + e^0 = p_0 + p_4, so the deployed
+# Target Training classifier, argmax_i (p_i + p_{i+4}), answers class 1.
+CONSTANT_LOGITS = np.array([2.0, 1.5, 0.0, 0.0, 0.0, 1.5, 0.0, 0.0], np.float32)
+
+
+def test_every_call_site_uses_the_merged_deployed_classifier(tmp_path):
+  from conftest import blob_dataset
+  from defenses_jax import data as data_lib
+  from defenses_jax.evaluate import RobustnessMonitor, evaluate
+  from defenses_jax.threat_models import logits_builder
+  from experiments.common import attack
+
+  ones = lambda ds: data_lib.ArrayDataset(ds.images, np.ones_like(ds.labels), 4, ds.name)
+  datasets = ones(blob_dataset(32, seed=0)), ones(blob_dataset(16, seed=1))  # Every label is 1.
+  config = tiny_config(epochs=1)
+  config.defense.name = "target_training"
+  config.eval.num_attack_examples = 16
+  config.eval.sanity.enabled = False
+  config.eval.attacks = ml_collections.ConfigDict(
+      {"fgsm": attack("fgsm", "FGSM", eps=0.3), "pgd": attack("pgd", "PGD", eps=0.3,
+                                                                 step_size=0.1, steps=2)})
+  config.eval.monitor.attack = "pgd"
+  config.eval.monitor.num_examples = 16
+  exp = train_lib.Experiment(config, str(tmp_path), datasets)
+  state = exp.initial_state()
+  params = jax.device_get(state.params)
+  params["Dense_2"]["kernel"] = np.zeros_like(params["Dense_2"]["kernel"])
+  params["Dense_2"]["bias"] = CONSTANT_LOGITS
+  state = state.replace(params=params, step=jnp.ones((), jnp.int32))
+  ckpt = exp.checkpoints()
+  ckpt.save(1, state.as_dict(), force=True)
+  ckpt.close()
+
+  # Clean accuracy during training (the eval step).
+  assert train_lib.evaluate_clean(exp.eval_step(), state, exp.test_ds, 16, exp.mesh) == 1.0
+  # The white-box attacker differentiates log(p_i + p_{i+k}); the gray-box one the raw logits.
+  x = jnp.asarray(datasets[1].images[:2])
+  p = np.exp(CONSTANT_LOGITS) / np.exp(CONSTANT_LOGITS).sum()
+  white = logits_builder("white_box", exp.model, exp.defense)(params, state.batch_stats)(x)
+  np.testing.assert_allclose(white, np.log(p[:4] + p[4:])[None].repeat(2, 0), rtol=1e-5)
+  gray = logits_builder("gray_box", exp.model, exp.defense)(params, state.batch_stats)(x)
+  np.testing.assert_allclose(gray, CONSTANT_LOGITS[None].repeat(2, 0), rtol=1e-6)
+  # The robustness monitor and the evaluation's predictor score the merged class.
+  assert RobustnessMonitor(config, exp)(state) == 1.0
+  out = evaluate(config, str(tmp_path), datasets=datasets)
+  assert out["clean_accuracy"] == 1.0 and out["clean_accuracy_attacked_subset"] == 1.0
+  assert out["attacks"]["fgsm"]["robust_accuracy"] == 1.0
+  assert out["attacks"]["pgd"]["robust_accuracy"] == 1.0

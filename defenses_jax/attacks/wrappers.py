@@ -60,8 +60,10 @@ def eot(random_logits_fn: Callable, num_samples: int) -> Callable:
   """Expectation over transformation: a stochastic logits function whose output is the mean
   log-probability over `num_samples` draws of the defense's randomness (vmapped, not looped).
 
-  The cross-entropy of the mean log-probabilities equals the mean cross-entropy, so its gradient
-  is exactly the EOT gradient E[grad CE] for CE-based attacks.
+  The output's entry y, E[log p_y], has exactly the EOT gradient of the loss -log p_y. The
+  attacks' cross-entropy re-normalises its input (softmax of the averaged log-probabilities),
+  so for them this is the cross-entropy of the normalised geometric-mean classifier: close to,
+  but not the same as, E[CE] (they differ where the draws disagree on the class).
   """
   if num_samples < 1:
     raise ValueError(f"EOT needs num_samples >= 1; got {num_samples}.")

@@ -1,5 +1,6 @@
 """Runs with 8 fake CPU devices (see tests/test_parallel.py, which starts this process)."""
 
+import chex
 import jax
 import numpy as np
 import optax
@@ -46,12 +47,38 @@ def test_batchnorm_dropout_model_trains_and_resumes_on_eight_devices(tmp_path):
   blobs = blob_dataset(128), blob_dataset(40, seed=1)
   config = tiny_config(model="tt_mnist_cnn", epochs=2, batch_size=32, checkpoint_every_steps=3)
   config.eval.batch_size = 16
-  straight = train_lib.train_and_evaluate(config, str(tmp_path / "a"), datasets=blobs)
-  assert straight["num_devices"] == 8
-  train_lib.train_and_evaluate(config, str(tmp_path / "b"), datasets=blobs, interrupt_at_step=4)
-  resumed = train_lib.train_and_evaluate(config, str(tmp_path / "b"), datasets=blobs)
-  assert resumed["resumed_from_step"] == 3
-  assert resumed["test_accuracy"] == straight["test_accuracy"]
+  straight, summary = train_lib.train(config, str(tmp_path / "a"), datasets=blobs)
+  assert summary["num_devices"] == 8
+  straight = jax.device_get(straight.as_dict())
+  train_lib.train(config, str(tmp_path / "b"), datasets=blobs, interrupt_at_step=4)
+  resumed, summary = train_lib.train(config, str(tmp_path / "b"), datasets=blobs)
+  assert summary["resumed_from_step"] == 3
+  resumed = jax.device_get(resumed.as_dict())
+  # Every field, against the uninterrupted run's in-memory state (not read back through the
+  # restore path under test): params, BatchNorm statistics, optimizer moments, step.
+  for field in sorted(straight):
+    chex.assert_trees_all_equal(straight[field], resumed[field],
+                                custom_message=f"TrainState.{field}")
+
+
+def test_batchnorm_running_statistics_are_averaged_over_devices():
+  """Eight devices that each hold the same 4 examples must end the step with the running
+  statistics of one device on those 4 examples: the devices' statistics are averaged (pmean),
+  not summed or maxed. BatchNorm runs before either dropout layer of this model, so the
+  statistics of one step do not depend on the dropout masks (which differ per device)."""
+  shard = blob_dataset(4, seed=3)
+  model = create_model("tt_mnist_cnn", 4)
+  defense = create_defense("standard", 4)
+  tx = optax.sgd(0.1)
+  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 4, 4)
+  one_batch = {"image": shard.images, "label": shard.labels, "index": np.arange(4, dtype=np.int32)}
+  eight_batch = {k: np.concatenate([v] * 8) for k, v in one_batch.items()}
+  one = _steps(parallel.make_mesh(1), [one_batch], model, defense, tx, state)
+  eight = _steps(parallel.make_mesh(8), [eight_batch], model, defense, tx, state)
+  before = jax.device_get(state.batch_stats)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one["batch_stats"], before)
+  assert min(jax.tree.leaves(moved)) > 1e-4  # The step really updated every statistic.
+  chex.assert_trees_all_close(one["batch_stats"], eight["batch_stats"], rtol=1e-5, atol=1e-6)
 
 
 def test_evaluation_on_eight_devices_matches_one_device(tmp_path):

@@ -1,0 +1,265 @@
+"""Mutation check: does the test suite notice when the library is wrong?
+
+Each mutation below is a small semantic bug (a sign flip, a dropped projection, a wrong label
+offset, a state field that is not restored, a sanity check that cannot fail, ...), applied to a
+scratch copy of the repository; the tests that should catch it run against that copy. A
+mutation is *caught* when those tests fail, *survived* when they pass. The score is the fraction
+caught. This is not part of the pytest run (it takes about 20 minutes on 2 CPU cores):
+
+    .venv/bin/python tests/mutation_check.py                 # all mutations, 2 at a time
+    .venv/bin/python tests/mutation_check.py --only pgd,eot  # names containing these
+    .venv/bin/python tests/mutation_check.py --list
+
+First the selected tests run on the unmutated copy: they must pass, or the score would mean
+nothing. A mutation whose text no longer occurs exactly once in its file is reported as stale
+(the code moved: update the mutation), and makes the run exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IGNORED = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.pyc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  path: str  # Relative to the repository root.
+  old: str  # Must occur exactly once in the file.
+  new: str
+  tests: tuple  # pytest arguments (files, node ids, or "-k" expressions) that should catch it.
+  why: str = ""
+
+
+_T = "tests/"
+MUTATIONS = (
+    # The eleven bugs that once passed every test (issue: "Tests that catch the bugs that matter").
+    Mutation("pgd_returns_last_iterate", "defenses_jax/attacks/gradient.py",
+             "better = _is_better(success, loss_k, bs, bl)", "better = jnp.ones_like(bs)",
+             (_T + "test_attacks.py",), "PGD keeps its last iterate, not its best"),
+    Mutation("eot_one_fixed_draw", "defenses_jax/attacks/wrappers.py",
+             "keys = jax.random.split(key, num_samples)",
+             "keys = jax.vmap(lambda _: key)(jnp.arange(num_samples))",
+             (_T + "test_attacks.py",), "every EOT sample uses the same noise"),
+    Mutation("deepfool_without_overshoot", "defenses_jax/attacks/deepfool.py",
+             "x_next = jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0)",
+             "x_next = jnp.clip(x + r_total, 0.0, 1.0)", (_T + "test_attacks.py",)),
+    Mutation("batchnorm_stats_psum", "defenses_jax/train.py",
+             "batch_stats = lax.pmean(batch_stats, parallel.DATA_AXIS)",
+             "batch_stats = lax.psum(batch_stats, parallel.DATA_AXIS)",
+             (_T + "test_parallel.py",)),
+    Mutation("batchnorm_stats_pmax", "defenses_jax/train.py",
+             "batch_stats = lax.pmean(batch_stats, parallel.DATA_AXIS)",
+             "batch_stats = lax.pmax(batch_stats, parallel.DATA_AXIS)",
+             (_T + "test_parallel.py",)),
+    Mutation("opt_state_not_restored", "defenses_jax/train.py",
+             "return state if restored is None else TrainState(**restored)",
+             "return state if restored is None else TrainState(**{**restored, "
+             "'opt_state': state.opt_state})",
+             (_T + "test_train.py", _T + "test_parallel.py")),
+    Mutation("batch_stats_not_restored", "defenses_jax/train.py",
+             "return state if restored is None else TrainState(**restored)",
+             "return state if restored is None else TrainState(**{**restored, "
+             "'batch_stats': state.batch_stats})",
+             (_T + "test_train.py", _T + "test_parallel.py")),
+    Mutation("sim_adv_trains_on_clean_twice", "defenses_jax/defenses/sim_adv.py",
+             "x_adv = jnp.clip(x + delta, 0.0, 1.0)", "x_adv = x", (_T + "test_sim_adv.py",)),
+    Mutation("target_training_predicts_with_p_i_only", "defenses_jax/defenses/target_training.py",
+             "return merged_class_logits(logits, self.num_classes)",
+             "return jax.nn.log_softmax(logits)[..., :self.num_classes]",
+             (_T + "test_target_training.py",)),
+    Mutation("adversarial_training_second_half_clean",
+             "defenses_jax/defenses/adversarial_training.py",
+             'jnp.concatenate([batch["image"], x_adv])',
+             'jnp.concatenate([batch["image"], batch["image"]])',
+             (_T + "test_target_training.py",)),
+    Mutation("more_steps_check_reruns_same_steps", "defenses_jax/evaluate.py",
+             "cfg.more_steps_factor, num_examples=n))", "1, num_examples=n))",
+             (_T + "test_evaluate.py",)),
+    Mutation("unbounded_check_always_succeeds", "defenses_jax/evaluate.py",
+             "records.append(sanity.unbounded_attack_succeeds(success))",
+             "records.append(sanity.unbounded_attack_succeeds(1.0))", (_T + "test_evaluate.py",)),
+    Mutation("suite_tables_never_mark_untrusted", "defenses_jax/paper_tables.py",
+             'mark = f" {UNTRUSTED}" if cell["status"] == "warn" else ""', 'mark = ""',
+             (_T + "test_evaluate.py", _T + "test_suite.py")),
+    Mutation("proxy_trains_on_true_labels", "defenses_jax/distill.py",
+             "data_lib.ArrayDataset(train_ds.images, labels,",
+             "data_lib.ArrayDataset(train_ds.images, train_ds.labels,",
+             (_T + "test_evaluate.py",)),
+    # Our own: signs, projections, label offsets, skipped updates.
+    Mutation("cross_entropy_sign", "defenses_jax/attacks/objectives.py",
+             "jax.nn.logsumexp(others, axis=-1) - class_logit(logits, classes))",
+             "class_logit(logits, classes) - jax.nn.logsumexp(others, axis=-1))",
+             (_T + "test_attacks.py",)),
+    Mutation("margin_sign", "defenses_jax/attacks/objectives.py",
+             "return max_other_logit(logits, labels) - class_logit(logits, labels)",
+             "return class_logit(logits, labels) - max_other_logit(logits, labels)",
+             (_T + "test_attacks.py",)),
+    Mutation("targeted_loss_sign", "defenses_jax/attacks/objectives.py",
+             "else -cross_entropy(logits, targets)", "else cross_entropy(logits, targets)",
+             (_T + "test_attacks.py",)),
+    Mutation("linf_projection_dropped", "defenses_jax/attacks/norms.py",
+             "delta = jnp.clip(delta, -eps, eps)", "delta = delta", (_T + "test_attacks.py",)),
+    Mutation("l2_projection_dropped", "defenses_jax/attacks/norms.py",
+             "delta = delta * jnp.minimum(1.0, eps / jnp.maximum(l2_norm(delta), _TINY))",
+             "delta = delta", (_T + "test_attacks.py",)),
+    Mutation("box_clip_dropped", "defenses_jax/attacks/norms.py",
+             "return jnp.clip(x + delta, 0.0, 1.0)", "return x + delta",
+             (_T + "test_attacks.py",)),
+    Mutation("fgsm_descends", "defenses_jax/attacks/gradient.py",
+             "return norms.project(x + eps * norms.steepest_ascent(grad, norm), x, eps, norm)",
+             "return norms.project(x - eps * norms.steepest_ascent(grad, norm), x, eps, norm)",
+             (_T + "test_attacks.py",)),
+    Mutation("cw_binary_search_inverted", "defenses_jax/attacks/carlini_wagner.py",
+             "upper = jnp.where(succeeded, jnp.minimum(upper, const), upper)",
+             "upper = jnp.where(~succeeded, jnp.minimum(upper, const), upper)",
+             (_T + "test_attacks.py",)),
+    Mutation("cw_kappa_ignored", "defenses_jax/attacks/carlini_wagner.py",
+             "violation = jnp.maximum(kappa - margin(logits, y, t), 0.0)",
+             "violation = jnp.maximum(-margin(logits, y, t), 0.0)", (_T + "test_attacks.py",)),
+    Mutation("target_training_label_offset", "defenses_jax/defenses/target_training.py",
+             'batch["label"] + self.num_classes]', 'batch["label"] + self.num_classes - 1]',
+             (_T + "test_target_training.py",)),
+    Mutation("sim_adv_restarts_every_n1", "defenses_jax/defenses/sim_adv.py",
+             'batch["epoch"] % self.n2 == 0', 'batch["epoch"] % self.n1 == 0',
+             (_T + "test_sim_adv.py",)),
+    Mutation("sim_adv_buffer_not_written", "defenses_jax/defenses/sim_adv.py",
+             'state = {"perturbation": scatter_rows(defense_state["perturbation"], '
+             'batch["index"], delta)}', "state = defense_state", (_T + "test_sim_adv.py",)),
+    Mutation("free_adv_descends", "defenses_jax/defenses/free_adv.py",
+             "+ step * jnp.sign(input_grad)", "- step * jnp.sign(input_grad)",
+             (_T + "test_sim_adv.py",)),
+    Mutation("atda_center_update_sign", "defenses_jax/defenses/atda.py",
+             "return centers - beta * diff / (1.0 + counts[:, None])",
+             "return centers + beta * diff / (1.0 + counts[:, None])", (_T + "test_sim_adv.py",)),
+    Mutation("gradients_summed_over_devices", "defenses_jax/train.py",
+             "grads = lax.pmean(grads, parallel.DATA_AXIS)",
+             "grads = lax.psum(grads, parallel.DATA_AXIS)", (_T + "test_parallel.py",)),
+    Mutation("defense_state_not_updated", "defenses_jax/train.py",
+             "defense_state=defense_state)\n    return new_state, sums",
+             "defense_state=state.defense_state)\n    return new_state, sums",
+             (_T + "test_sim_adv.py",)),
+    Mutation("robust_accuracy_counts_clean_errors", "defenses_jax/metrics.py",
+             '"robust_accuracy": float(np.mean(adv_correct & clean_correct)),',
+             '"robust_accuracy": float(np.mean(adv_correct)),',
+             (_T + "test_metrics_sanity_report.py", _T + "test_evaluate.py")),
+    Mutation("detector_threshold_off_by_one", "defenses_jax/metrics.py",
+             "threshold = clean[allowed - 1]", "threshold = clean[allowed]",
+             (_T + "test_metrics_sanity_report.py",)),
+    Mutation("l2_penalty_on_biases", "defenses_jax/optim.py",
+             'if getattr(path[-1], "key", None) == "kernel" and p.ndim >= min_ndim]',
+             "if p.ndim >= 1]", (_T + "test_train.py",)),
+    Mutation("same_randomness_every_step", "defenses_jax/train.py",
+             "key = jax.random.fold_in(base_key, state.step)", "key = base_key",
+             (_T + "test_train.py",)),
+    Mutation("eval_ignores_padding_mask", "defenses_jax/train.py",
+             '"count": jnp.sum(batch["mask"])}', '"count": batch["mask"].shape[0] * 1.0}',
+             (_T + "test_train.py",)),
+)
+
+
+def _copy_repo(destination: str) -> None:
+  shutil.copytree(ROOT, destination, ignore=IGNORED)
+
+
+def _apply(root: str, m: Mutation) -> str:
+  """Applies `m` in the copy at `root`; returns the original text of the file."""
+  path = os.path.join(root, m.path)
+  with open(path) as f:
+    text = f.read()
+  if text.count(m.old) != 1:
+    raise LookupError(f"{m.name}: the text to mutate occurs {text.count(m.old)} times in "
+                      f"{m.path}; the code moved, update the mutation.")
+  with open(path, "w") as f:
+    f.write(text.replace(m.old, m.new))
+  return text
+
+
+def _pytest(root: str, tests: tuple, timeout: int) -> tuple[str, float, str]:
+  """('passed' | 'failed' | 'timeout', seconds, last output lines)."""
+  start = time.time()
+  env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+  try:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                           *tests], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return "timeout", time.time() - start, ""
+  tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+  return ("passed" if proc.returncode == 0 else "failed"), time.time() - start, tail
+
+
+def _run_one(m: Mutation, scratch: str, timeout: int) -> dict:
+  root = os.path.join(scratch, m.name)
+  _copy_repo(root)
+  try:
+    _apply(root, m)
+  except LookupError as e:
+    return {"name": m.name, "status": "stale", "seconds": 0.0, "detail": str(e)}
+  outcome, seconds, tail = _pytest(root, m.tests, timeout)
+  shutil.rmtree(root, ignore_errors=True)
+  status = {"failed": "caught", "passed": "survived", "timeout": "timeout"}[outcome]
+  return {"name": m.name, "status": status, "seconds": round(seconds, 1), "tests": m.tests,
+          "detail": tail.splitlines()[-1] if tail else ""}
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--only", default="", help="comma-separated parts of mutation names")
+  parser.add_argument("--jobs", type=int, default=2)
+  parser.add_argument("--timeout", type=int, default=1200, help="seconds per mutation")
+  parser.add_argument("--json", default="", help="also write the results here")
+  parser.add_argument("--list", action="store_true")
+  args = parser.parse_args()
+  chosen = [m for m in MUTATIONS
+            if not args.only or any(part in m.name for part in args.only.split(","))]
+  if args.list or not chosen:
+    for m in MUTATIONS:
+      print(f"{m.name:45s} {m.path}  ->  {' '.join(m.tests)}")
+    return 0 if chosen else 2
+  with tempfile.TemporaryDirectory(prefix="mutation_check_") as scratch:
+    baseline_root = os.path.join(scratch, "baseline")
+    _copy_repo(baseline_root)
+    tests = tuple(sorted({t for m in chosen for t in m.tests}))
+    print(f"baseline: {' '.join(tests)} on the unmutated copy ...", flush=True)
+    outcome, seconds, tail = _pytest(baseline_root, tests, args.timeout * 2)
+    if outcome != "passed":
+      print(f"the unmutated tests do not pass ({outcome}, {seconds:.0f} s):\n{tail}")
+      return 2
+    print(f"baseline passed in {seconds:.0f} s; {len(chosen)} mutations, {args.jobs} at a time",
+          flush=True)
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+      futures = [pool.submit(_run_one, m, scratch, args.timeout) for m in chosen]
+      for future in concurrent.futures.as_completed(futures):
+        r = future.result()
+        results.append(r)
+        print(f"  {r['status']:9s} {r['name']:45s} {r['seconds']:6.0f} s  {r.get('detail', '')}",
+              flush=True)
+  order = {m.name: i for i, m in enumerate(MUTATIONS)}
+  results.sort(key=lambda r: order[r["name"]])
+  caught = sum(r["status"] in ("caught", "timeout") for r in results)
+  survived = [r["name"] for r in results if r["status"] == "survived"]
+  stale = [r["name"] for r in results if r["status"] == "stale"]
+  print(f"\nmutation score: {caught}/{len(results)} caught"
+        + (f"; survived: {', '.join(survived)}" if survived else "")
+        + (f"; stale (update them): {', '.join(stale)}" if stale else ""))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"caught": caught, "total": len(results), "results": results}, f, indent=2)
+  return 1 if stale else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
