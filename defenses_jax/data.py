@@ -131,8 +131,12 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> ArrayDat
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
   except Exception as e:  # tfds raises several error types for missing or unprepared data.
-    raise DataError(f"could not load tfds dataset {name!r} split {split!r}: {e}. For offline "
-                    f"use, prepare it first (tfds build {name}) and pass --config.dataset.data_dir.") from e
+    # Not `tfds build`: its command line needs apache_beam, which is not in requirements.txt.
+    raise DataError(
+        f"could not load tfds dataset {name!r} split {split!r}: {e}. For offline use, prepare "
+        "it once on a machine with network access: python -c \"import tensorflow_datasets as "
+        f"tfds; tfds.builder('{name}', data_dir='DIR').download_and_prepare()\", then pass "
+        "--config.dataset.data_dir=DIR.") from e
   images, labels = [], []
   # Chunked iteration rather than batch_size=-1, which needs a known cardinality.
   for chunk in tfds.as_numpy(ds.batch(8192)):

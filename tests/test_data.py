@@ -102,3 +102,38 @@ def test_batch_larger_than_dataset_is_rejected(blobs):
   train, _ = blobs
   with pytest.raises(data_lib.DataError, match="batch size"):
     next(data_lib.train_batches(train, 128, seed=0, epoch=0))
+
+
+def test_a_prepared_tfds_dataset_loads_from_disk(tmp_path, monkeypatch):
+  """The full-scale path for real: tfds prepares MNIST into a data_dir (its own builder code;
+  only the download is replaced by local files in MNIST's format) and load_dataset reads the
+  prepared files back. Mocked tfds never touches this code, which once failed in the pinned
+  environment on a missing dependency (importlib_resources)."""
+  from tensorflow_datasets.image_classification import mnist
+  rng = np.random.default_rng(0)
+  sizes = {"train": 24, "test": 8}
+  files = {}
+  for split, n in sizes.items():
+    pixels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    files[f"{split}_data"] = tmp_path / f"{split}-images-idx3-ubyte"
+    files[f"{split}_data"].write_bytes(b"\0" * 16 + pixels.tobytes())  # 16-byte idx header.
+    files[f"{split}_labels"] = tmp_path / f"{split}-labels-idx1-ubyte"
+    files[f"{split}_labels"].write_bytes(b"\0" * 8 + labels.tobytes())  # 8-byte idx header.
+    sizes[split] = (n, pixels, labels)
+  monkeypatch.setattr(mnist, "_TRAIN_EXAMPLES", 24)
+  monkeypatch.setattr(mnist, "_TEST_EXAMPLES", 8)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      lambda self, urls: {k: str(files[k]) for k in urls})
+  data_dir = str(tmp_path / "tfds")
+  tfds.builder("mnist", data_dir=data_dir).download_and_prepare()
+  for split, (n, pixels, labels) in sizes.items():
+    ds = data_lib.load_dataset("mnist", split, data_dir)
+    assert len(ds) == n and ds.image_shape == (28, 28, 1)
+    # tfds shuffles the records when it writes them: compare as (image, label) pairs, images
+    # being the files' pixels scaled to [0, 1].
+    written = sorted(zip((p.tobytes() for p in pixels), labels.tolist()))
+    read = sorted(zip((np.round(i[..., 0] * 255).astype(np.uint8).tobytes() for i in ds.images),
+                      ds.labels.tolist()))
+    assert read == written
+    assert ds.images.dtype == np.float32 and ds.images.max() <= 1.0
