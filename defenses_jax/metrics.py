@@ -73,7 +73,11 @@ def roc_curve(clean_scores, adversarial_scores) -> tuple[np.ndarray, np.ndarray]
 
 
 def threshold_at_fpr(clean_scores, fpr: float = 0.05) -> float:
-  """The smallest threshold flagging at most `fpr` of the clean inputs (score >= threshold)."""
+  """A threshold flagging at most `fpr` of the clean inputs (flagged: score >= threshold).
+
+  It is the lowest clean score still flagged (the (1 - fpr) quantile of the clean scores): of the
+  thresholds that flag the same clean inputs, the highest, so an adversarial score that falls
+  between two clean scores is never credited to the detector by the choice of threshold."""
   if not 0.0 <= fpr < 1.0:
     raise ValueError(f"false-positive rate must be in [0, 1); got {fpr}.")
   clean = np.sort(np.asarray(clean_scores, np.float64))[::-1]

@@ -27,6 +27,12 @@ def test_threshold_fixed_on_clean_data_flags_at_most_the_target_rate():
   t = metrics.threshold_at_fpr(with_ties, 0.05)  # Flagging the ten tied 1.0s would be 10%.
   assert np.mean(with_ties >= t) <= 0.05
   assert metrics.threshold_at_fpr(clean, 0.0) > clean.max()
+  # Any threshold in (94, 95] flags the same five clean inputs; the convention is the clean
+  # score itself (the (1 - fpr) quantile), so an adversarial score of 94.5 is not detected.
+  assert metrics.threshold_at_fpr(clean, 0.05) == 95.0
+  out = metrics.detection(clean, np.array([94.5, 95.0]), threshold=95.0,
+                          adv_correct=np.zeros(2, bool), clean_correct=np.ones(100, bool))
+  assert out["detection_rate"] == 0.5
 
 
 def test_detection_metrics_at_a_fixed_threshold():
@@ -46,6 +52,9 @@ def test_robustness_and_worst_case_over_attacks():
   assert metrics.worst_case_accuracy(clean, [a, b]) == pytest.approx(2 / 5)
   out = metrics.robustness(clean, a, clean & ~a, l2=np.arange(5.0), linf=np.ones(5))
   assert out["robust_accuracy"] == pytest.approx(3 / 5)
+  # A clean error stays an error, however the attacked input is classified.
+  assert metrics.robustness(clean, b, clean & ~b, l2=np.zeros(5), linf=np.zeros(5))[
+      "robust_accuracy"] == pytest.approx(3 / 5)
   assert out["attack_success_rate"] == pytest.approx(1 / 4)
   assert out["median_l2"] == 1.0  # Only the successful example's distance counts.
 

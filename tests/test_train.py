@@ -3,13 +3,16 @@ import os
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import tiny_config
 from defenses_jax import train as train_lib
 from defenses_jax.checkpoint import CheckpointMismatchError
 from defenses_jax.evaluate import NoCheckpointError, evaluate
+from defenses_jax.optim import l2_penalty
 
 
 def read_log(workdir, name="tiny"):
@@ -128,3 +131,40 @@ def test_checkpoints_from_before_a_config_section_existed_still_resume(tmp_path,
   config.train.epochs = 2
   out = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   assert out["resumed_from_step"] == 6
+
+
+def test_each_step_draws_new_randomness_and_the_same_step_the_same():
+  """Dropout masks (and attacks' random starts) come from fold_in(key, step): the same state
+  and batch at another step count must train differently, and at the same one identically."""
+  from conftest import blob_dataset
+  from defenses_jax import parallel
+  from defenses_jax.defenses import create_defense
+  from defenses_jax.models import create_model
+  model = create_model("tt_mnist_cnn", 4)  # Dropout 0.25 and 0.5.
+  defense = create_defense("standard", 4)
+  tx = optax.sgd(0.1)
+  mesh = parallel.make_mesh(1)
+  step = parallel.data_parallel(
+      train_lib.make_train_step(model, defense, tx, l2_weight=0.0, l2_scope="all"), mesh,
+      in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
+      out_specs=(parallel.REPLICATED, parallel.REPLICATED))
+  ds = blob_dataset(8)
+  batch = parallel.shard_batch({"image": ds.images, "label": ds.labels,
+                                "index": np.arange(8, dtype=np.int32)}, mesh)
+  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 8, 8)
+  key = jax.random.key(1)
+  params = lambda at_step: jax.device_get(
+      step(state.replace(step=jnp.asarray(at_step, jnp.int32)), batch, key)[0].params)
+  chex.assert_trees_all_equal(params(0), params(0))
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_equal(params(0), params(1))
+
+
+def test_l2_penalty_sums_squared_kernels_of_its_scope_only():
+  params = {"Conv_0": {"kernel": np.full((3, 3, 1, 2), 2.0), "bias": np.full(2, 5.0)},
+            "BatchNorm_0": {"scale": np.full(2, 7.0), "bias": np.full(2, 3.0)},
+            "Dense_0": {"kernel": np.full((4, 3), 1.0), "bias": np.full(3, 9.0)}}
+  assert float(l2_penalty(params, "conv")) == pytest.approx(18 * 4.0)
+  assert float(l2_penalty(params, "all")) == pytest.approx(18 * 4.0 + 12 * 1.0)
+  with pytest.raises(ValueError, match="l2_scope"):
+    l2_penalty(params, "everything")

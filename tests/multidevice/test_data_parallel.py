@@ -62,23 +62,28 @@ def test_batchnorm_dropout_model_trains_and_resumes_on_eight_devices(tmp_path):
 
 
 def test_batchnorm_running_statistics_are_averaged_over_devices():
-  """Eight devices that each hold the same 4 examples must end the step with the running
-  statistics of one device on those 4 examples: the devices' statistics are averaged (pmean),
-  not summed or maxed. BatchNorm runs before either dropout layer of this model, so the
-  statistics of one step do not depend on the dropout masks (which differ per device)."""
-  shard = blob_dataset(4, seed=3)
+  """As under pmap, each device normalises with its own shard's statistics and the running
+  statistics are then averaged over the devices. So after one step on 8 devices they must equal
+  the average of eight 1-device steps, one on each shard (not their sum or maximum). BatchNorm
+  runs before either dropout layer of this model, so one step's statistics do not depend on the
+  dropout masks (which differ per device)."""
+  ds = blob_dataset(32, seed=3)
   model = create_model("tt_mnist_cnn", 4)
   defense = create_defense("standard", 4)
   tx = optax.sgd(0.1)
-  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 4, 4)
-  one_batch = {"image": shard.images, "label": shard.labels, "index": np.arange(4, dtype=np.int32)}
-  eight_batch = {k: np.concatenate([v] * 8) for k, v in one_batch.items()}
-  one = _steps(parallel.make_mesh(1), [one_batch], model, defense, tx, state)
-  eight = _steps(parallel.make_mesh(8), [eight_batch], model, defense, tx, state)
+  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 32, 32)
+  batch = {"image": ds.images, "label": ds.labels, "index": np.arange(32, dtype=np.int32)}
+  eight = _steps(parallel.make_mesh(8), [batch], model, defense, tx, state)
+  one_mesh = parallel.make_mesh(1)
+  per_shard = [_steps(one_mesh, [{k: v[4 * i:4 * i + 4] for k, v in batch.items()}], model,
+                      defense, tx, state)["batch_stats"] for i in range(8)]
+  expected = jax.tree.map(lambda *shards: np.mean(shards, axis=0), *per_shard)
   before = jax.device_get(state.batch_stats)
-  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one["batch_stats"], before)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), expected, before)
   assert min(jax.tree.leaves(moved)) > 1e-4  # The step really updated every statistic.
-  chex.assert_trees_all_close(one["batch_stats"], eight["batch_stats"], rtol=1e-5, atol=1e-6)
+  spread = jax.tree.map(lambda *shards: np.ptp(shards, axis=0).max(), *per_shard)
+  assert min(jax.tree.leaves(spread)) > 1e-4  # The shards differ, so mean != max != sum.
+  chex.assert_trees_all_close(eight["batch_stats"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_evaluation_on_eight_devices_matches_one_device(tmp_path):
