@@ -9,18 +9,15 @@ CW returns an all-zero image for them, which is scored as a failure). Times excl
 Fast attacks are timed as the median of several calls.
 
   pip install -r benchmarks/requirements.txt
-  python benchmarks/attacks.py --workdir=runs   # every attack: 128 images, 32 for CW 9 x 1000
-  python benchmarks/attacks.py --workdir=runs --attacks=fgsm,pgd40 --num_images=256
+  python -m benchmarks.attacks --workdir=runs   # every attack: 128 images, 32 for CW 9 x 1000
+  python -m benchmarks.attacks --workdir=runs --attacks=fgsm,pgd40 --num_images=256
 """
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Where the standard cpu experiment lives.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 128, "Batch size (one batch is attacked).")
@@ -36,8 +33,10 @@ EPS = 0.3  # MNIST L-inf budget of paper 000 (FGSM eps 0.3; PGD 40 steps of 0.01
 
 
 def our_attacks():
+  """name -> (logits_fn, x, y, key) -> x_adv (each attack's info dropped)."""
   from defenses_jax import attacks
-  return {
+  adversarial_only = lambda attack: lambda f, x, y, k: attack(f, x, y, k)[0]
+  return {name: adversarial_only(attack) for name, attack in {
       "fgsm": lambda f, x, y, k: attacks.fgsm(f, x, y, k, eps=EPS),
       "pgd40": lambda f, x, y, k: attacks.pgd(f, x, y, k, eps=EPS, step_size=0.01, steps=40,
                                               random_start=False),
@@ -46,7 +45,7 @@ def our_attacks():
                                                       max_iterations=100),
       "cw_l2_9x1000": lambda f, x, y, k: attacks.cw_l2(f, x, y, k, binary_search_steps=9,
                                                        max_iterations=1000),
-  }
+  }.items()}
 
 
 def foolbox_attacks():
@@ -69,9 +68,11 @@ def load_model_and_batch(workdir, num_images):
   import jax
   import jax.numpy as jnp
   from defenses_jax import train as train_lib
+  from defenses_jax.defenses import Network
+  from defenses_jax.experiment import Experiment, variables
   from experiments import standard
   config = standard.get_config("cpu")
-  exp = train_lib.Experiment(config, workdir)
+  exp = Experiment(config, workdir)
   ckpt = exp.checkpoints()
   if ckpt.latest_step() is None or ckpt.latest_step() < exp.total_steps:
     ckpt.close()
@@ -80,7 +81,7 @@ def load_model_and_batch(workdir, num_images):
     ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   ckpt.close()
-  logits_fn = jax.jit(train_lib.inference_logits_fn(exp.model, state.params, state.batch_stats))
+  logits_fn = jax.jit(Network(exp.model, variables(state.params, state.batch_stats)))
   x, y = jnp.asarray(exp.test_ds.images), jnp.asarray(exp.test_ds.labels)
   correct = jnp.argmax(logits_fn(x), -1) == y
   x, y = x[correct][:num_images], y[correct][:num_images]

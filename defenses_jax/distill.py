@@ -21,7 +21,8 @@ def teacher_labels(teacher, ds: data_lib.ArrayDataset, batch_size: int) -> np.nd
   exp, state = teacher.exp, teacher.state
   predict = make_predictor(exp.model, exp.defense, exp.mesh)
   out = run_over_dataset(ds, batch_size, exp.mesh,
-                         lambda b, n: predict(state.params, state.batch_stats, b["image"]))
+                         lambda b, n: predict(state.params, state.batch_stats, b["image"],
+                                              jax.random.fold_in(jax.random.key(0), n)))
   return np.concatenate(out).astype(np.int32)
 
 

@@ -21,12 +21,14 @@ from defenses_jax import data as data_lib
 from defenses_jax import crafted, metrics, report, sanity
 from defenses_jax.attacks import norms
 from defenses_jax.progress import progress_bar
-from defenses_jax.threat_models import (STEP_PARAMS, AttackSpec, adversarial_correct,
+from defenses_jax.threat_models import (AttackSpec, adversarial_correct,
                                         logits_builder, make_attack_runner, make_predictor,
                                         noise_like, parse_attack_specs, run_over_dataset)
 from defenses_jax.restore import (  # noqa: F401 (NoCheckpointError is part of this API)
     NoCheckpointError, TrainedExperiment, load_experiment)
-from defenses_jax.train import evaluate_clean, inference_logits_fn, write_json
+from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.experiment import evaluate_clean
+from defenses_jax.progress import write_json
 
 NUM_EXAMPLE_IMAGES = 6  # Per attack, for the example grid.
 
@@ -40,13 +42,16 @@ class _Evaluator:
     self.mesh = exp.mesh
     predictor = make_predictor(exp.model, exp.defense, exp.mesh)
     s = trained.state
-    self.predict = lambda x: predictor(s.params, s.batch_stats, x)
     self.key = jax.random.key(seed)
+    # Batch `number` of any pass over a dataset draws the same randomness (randomised defenses).
+    predict_key = jax.random.fold_in(self.key, 2**20)
+    self.predict = lambda x, number: predictor(s.params, s.batch_stats, x,
+                                               jax.random.fold_in(predict_key, number))
     self.labels = self.ds.labels
 
   def clean_correct(self) -> np.ndarray:
     out = run_over_dataset(self.ds, self.batch_size, self.mesh,
-                           lambda b, n: self.predict(b["image"]))
+                           lambda b, n: self.predict(b["image"], n))
     return np.concatenate(out) == self.labels
 
   def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment], progress=None):
@@ -59,8 +64,8 @@ class _Evaluator:
         x_adv = saved[0]
         pred = run_over_dataset(data_lib.ArrayDataset(x_adv, self.labels, self.ds.num_classes,
                                                       "crafted"),
-                                self.batch_size, self.mesh, lambda b, n: self.predict(b["image"]),
-                                progress)
+                                self.batch_size, self.mesh,
+                                lambda b, n: self.predict(b["image"], n), progress)
         return x_adv, np.concatenate(pred) == self.labels, saved[1]
     crafted_on = source or self.trained
     threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
@@ -71,7 +76,7 @@ class _Evaluator:
     def one_batch(batch, number):
       x_adv = runner(s.params, s.batch_stats, batch["image"], batch["label"],
                      jax.random.fold_in(self.key, number))
-      return {"x_adv": x_adv, "pred": self.predict(x_adv)}
+      return {"x_adv": x_adv, "pred": self.predict(x_adv, number)}
 
     out = run_over_dataset(self.ds, self.batch_size, self.mesh, one_batch, progress)
     x_adv = np.concatenate([o["x_adv"] for o in out])
@@ -82,7 +87,8 @@ class _Evaluator:
     x = noise_like(jax.random.fold_in(self.key, 10**6), jnp.asarray(self.ds.images[:num]), eps,
                    norm)
     noisy = data_lib.ArrayDataset(np.asarray(x), self.labels[:num], self.ds.num_classes, "noisy")
-    out = run_over_dataset(noisy, self.batch_size, self.mesh, lambda b, n: self.predict(b["image"]))
+    out = run_over_dataset(noisy, self.batch_size, self.mesh,
+                           lambda b, n: self.predict(b["image"], n))
     return np.concatenate(out) == self.labels[:num]
 
 
@@ -125,10 +131,10 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
   sub = _subset(ev, n, seed=1)
   sub_clean = clean_correct[:n]
   s, exp = ev.trained.state, ev.trained.exp
+  white_box = logits_builder("white_box", exp.model, exp.defense)(s.params, s.batch_stats)
   records = [sanity.gradients_are_informative(
-      lambda z: exp.defense.class_logits(inference_logits_fn(exp.model, s.params,
-                                                             s.batch_stats)(z)),
-      jnp.asarray(sub.ds.images), jnp.asarray(sub.ds.labels))]
+      lambda z: call_logits(white_box, z, ev.key), jnp.asarray(sub.ds.images),
+      jnp.asarray(sub.ds.labels))]
   unbounded = AttackSpec("unbounded", "PGD, eps = 1 (whole box)", "pgd", "white_box",
                          {"eps": 1.0, "step_size": 0.05, "steps": cfg.unbounded_steps,
                           "random_start": False, "loss": "margin"})
@@ -138,8 +144,8 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
   for spec in specs:
     if spec.threat_model == "transfer":
       continue
-    if spec.attack in STEP_PARAMS and spec.threat_model in cfg.more_steps_threat_models:
-      param = STEP_PARAMS[spec.attack]
+    param = spec.info.budget_param
+    if param and spec.threat_model in cfg.more_steps_threat_models:
       accuracy_at = lambda steps, spec=spec, param=param: float(np.mean(
           sub.attack(spec.with_params(**{param: steps}), None)[1] & sub_clean))
       default_steps = inspect.signature(spec.fn).parameters[param].default
@@ -148,7 +154,7 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
                                                    cfg.more_steps_factor, num_examples=n))
     if "eps" in spec.params:
       noise_acc = float(np.mean(sub.noise_correct(spec.params["eps"],
-                                                  spec.params.get("norm", "linf"), n) & sub_clean))
+                                                  spec.info.norm_of(spec.params), n) & sub_clean))
       attack_acc = float(np.mean(per_attack_correct[spec.key][:n] & sub_clean))
       records.append(sanity.noise_weaker_than_attack(spec.label, attack_acc, noise_acc,
                                                      num_examples=n))

@@ -79,3 +79,12 @@ class StepTimer:
       return None
     jax.block_until_ready(state)
     return (time.perf_counter() - self._start - self._paused) / steps
+
+
+def write_json(path: str, payload: dict) -> None:
+  """A results file (indented, sorted keys), written by process 0 only."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import ml_collections
 
-from defenses_jax.train import Experiment
+from defenses_jax.experiment import Experiment
 
 
 class NoCheckpointError(FileNotFoundError):

@@ -19,7 +19,6 @@ from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import cross_entropy
 from defenses_jax.threat_models import (AttackSpec, adversarial_correct, logits_builder,
                                         make_attack_runner, make_predictor, run_over_dataset)
-from defenses_jax.train import variables
 
 
 def bim_trajectory_correct(logits_fn, x, y, eps: float, n1: int, n2: int) -> jax.Array:
@@ -63,9 +62,8 @@ def rho_vs_iteration(trained, eps: float, n1: int, n2: int, num_examples: int,
   ds = exp.test_ds.take(num_examples)
 
   def per_device(params, batch_stats, x, y):
-    network = lambda z: exp.defense.class_logits(
-        exp.model.apply(variables(params, batch_stats), z, train=False))
-    return bim_trajectory_correct(network, x, y, eps, n1, n2).T  # (B, n2 + 1)
+    deployed = logits_builder("white_box", exp.model, exp.defense)(params, batch_stats)
+    return bim_trajectory_correct(deployed, x, y, eps, n1, n2).T  # (B, n2 + 1)
 
   fn = parallel.data_parallel(per_device, exp.mesh, in_specs=(parallel.REPLICATED,) * 2 + (
       parallel.SHARDED,) * 2, out_specs=parallel.SHARDED)

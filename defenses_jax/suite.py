@@ -25,6 +25,7 @@ import ml_collections
 from defenses_jax import (defenses, distill, evaluate, paper_tables, suite_figures,
                           threat_models, train)
 from defenses_jax.checkpoint import latest_checkpoint_step
+from defenses_jax.progress import write_json
 
 MODES = ("train", "eval", "report")
 
@@ -112,7 +113,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
                         figures.items())
     with open(os.path.join(out_dir, "tables.md"), "w") as f:
       f.write(markdown)
-    train.write_json(os.path.join(out_dir, "tables.json"), {"suite": config.suite_name,
+    write_json(os.path.join(out_dir, "tables.json"), {"suite": config.suite_name,
                                                             "tables": tables})
     print(markdown)
   return {"suite": config.suite_name, "tables": os.path.join(out_dir, "tables.md")}

@@ -2,9 +2,10 @@
 batched, data-parallel runner that applies it to a test set.
 
 Threat models (papers 002 appendix D, 003 section 2.2):
-- white_box: the attacker differentiates the defense as deployed (`defense.class_logits`);
+- white_box: the attacker differentiates the defense as deployed (`defense.deployed`);
 - gray_box: the attacker has the underlying network but not the defense (its raw logits);
 - adaptive: an attack built for this defense (`defense.adaptive_logits`, where it defines one);
+(each defense says what its attacker differentiates: `defense.attack_target`)
 - transfer: examples are crafted white-box on a *source* experiment (a substitute, e.g. the
   unsecured classifier or a distilled proxy) and then fed to the defense.
 """
@@ -23,12 +24,9 @@ from defenses_jax import attacks as attacks_lib
 from defenses_jax.attacks import norms
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
-from defenses_jax.train import variables
+from defenses_jax.defenses.base import THREAT_MODELS, Network
+from defenses_jax.experiment import variables
 
-THREAT_MODELS = ("white_box", "gray_box", "adaptive", "transfer")
-# The parameter that sets how long an iterative attack runs, for the "more steps" sanity check.
-STEP_PARAMS = {"pgd": "steps", "ll_pgd": "steps", "bim": "n2", "madry": "n2",
-               "cw_l2": "max_iterations", "cw_linf": "max_total_iterations"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +39,12 @@ class AttackSpec:
   source_experiment: str = ""  # transfer only.
 
   @property
+  def info(self) -> attacks_lib.AttackInfo:
+    return attacks_lib.attack_info(self.attack)
+
+  @property
   def fn(self) -> Callable:
-    return attacks_lib.get_attack(self.attack)
+    return self.info.fn
 
   def with_params(self, **changes) -> "AttackSpec":
     return dataclasses.replace(self, params={**self.params, **changes})
@@ -67,7 +69,7 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
     if threat not in THREAT_MODELS:
       raise ValueError(f"eval.attacks.{key}: unknown threat_model {threat!r}; choose one of "
                        f"{THREAT_MODELS}.")
-    if threat == "adaptive" and not hasattr(defense, "adaptive_logits"):
+    if threat == "adaptive" and not defense.has_adaptive_attack:
       raise ValueError(f"eval.attacks.{key}: defense {defense.name!r} defines no adaptive attack.")
     source = entry.get("source_experiment", "")
     if (threat == "transfer") != bool(source):
@@ -79,15 +81,11 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
 
 
 def logits_builder(threat_model: str, model, defense) -> Callable:
-  """(params, batch_stats) -> the logits function the attacker differentiates."""
+  """(params, batch_stats) -> the logits function the attacker differentiates (transfer:
+  the white-box target of the source it is crafted on)."""
 
   def build(params, batch_stats):
-    network = lambda z: model.apply(variables(params, batch_stats), z, train=False)
-    if threat_model == "gray_box":
-      return network
-    if threat_model == "adaptive":
-      return lambda z: defense.adaptive_logits(network(z))
-    return lambda z: defense.class_logits(network(z))  # white_box, and transfer on its source.
+    return defense.attack_target(threat_model, Network(model, variables(params, batch_stats)))
 
   return build
 
@@ -99,7 +97,7 @@ def make_attack_runner(spec: AttackSpec, build_logits: Callable, mesh) -> Callab
 
   def per_device(model_params, batch_stats, x, y, key):
     key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
-    return fn(build_logits(model_params, batch_stats), x, y, key, **params)
+    return fn(build_logits(model_params, batch_stats), x, y, key, **params)[0]
 
   return parallel.data_parallel(
       per_device, mesh, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
@@ -108,15 +106,17 @@ def make_attack_runner(spec: AttackSpec, build_logits: Callable, mesh) -> Callab
 
 
 def make_predictor(model, defense, mesh) -> Callable:
-  """(params, batch_stats, x) -> the deployed classifier's predictions, data-parallel."""
+  """(params, batch_stats, x, key) -> the deployed classifier's predictions, data-parallel
+  (`key`: a randomised defense's draws; each device folds in its index)."""
 
-  def per_device(model_params, batch_stats, x):
-    logits = model.apply(variables(model_params, batch_stats), x, train=False)
-    return defense.class_logits(logits).argmax(-1)
+  def per_device(model_params, batch_stats, x, key):
+    key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
+    net = Network(model, variables(model_params, batch_stats))
+    return defense.deployed(net, x, key).class_logits.argmax(-1)
 
   return parallel.data_parallel(per_device, mesh,
                                 in_specs=(parallel.REPLICATED, parallel.REPLICATED,
-                                          parallel.SHARDED),
+                                          parallel.SHARDED, parallel.REPLICATED),
                                 out_specs=parallel.SHARDED)
 
 
@@ -151,9 +151,9 @@ def adversarial_correct(runner: Callable, predictor: Callable, state, ds: data_l
   (`runner`, from make_attack_runner) output? `state` holds params and batch_stats."""
 
   def one_batch(batch, number):
-    x_adv = runner(state.params, state.batch_stats, batch["image"], batch["label"],
-                   jax.random.fold_in(key, number))
-    return predictor(state.params, state.batch_stats, x_adv)
+    batch_key = jax.random.fold_in(key, number)
+    x_adv = runner(state.params, state.batch_stats, batch["image"], batch["label"], batch_key)
+    return predictor(state.params, state.batch_stats, x_adv, jax.random.fold_in(batch_key, 1))
 
   return np.concatenate(run_over_dataset(ds, batch_size, mesh, one_batch)) == ds.labels
 

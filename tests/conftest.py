@@ -5,15 +5,11 @@ starts; test_parallel.py runs them in their own pytest process, so they are not 
 """
 
 import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
-
+# The repository root is on sys.path through pyproject.toml's [tool.pytest.ini_options].
 collect_ignore = [] if os.environ.get("DEFENSES_JAX_MULTIDEVICE") else ["multidevice"]
 
 import jax  # noqa: E402

@@ -42,14 +42,14 @@ def test_deepfool_finds_the_exact_minimal_perturbation_in_one_step(norm, dist_ke
   fn, w, _ = linear_model(5)
   x = interior_inputs(8)
   y, d_star = minimal_distances(fn, w, x, dual)
-  x_adv, info = attacks.deepfool(fn, x, y, norm=norm, return_info=True)
+  x_adv, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm)
   assert bool(jnp.all(info["success"]))
   np.testing.assert_array_equal(info["iterations"], 1)
   ratio = info[dist_key] / d_star
   # One linearised step lands on the boundary; the overshoot (0.02 by default, as the
   # reference) then scales it by 1.02. Pinned, so that a dropped overshoot (ratio 1.0) fails.
   np.testing.assert_allclose(ratio, 1.02, rtol=1e-3)
-  _, info = attacks.deepfool(fn, x, y, norm=norm, overshoot=0.1, return_info=True)
+  _, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm, overshoot=0.1)
   np.testing.assert_allclose(info[dist_key] / d_star, 1.1, rtol=1e-3)
 
 
@@ -57,7 +57,7 @@ def test_cw_l2_comes_within_a_few_percent_of_the_minimal_perturbation():
   fn, w, _ = linear_model(5)
   x = interior_inputs(8)
   y, d_star = minimal_distances(fn, w, x, "l2")
-  x_adv, info = jax.jit(functools.partial(attacks.cw_l2, fn, return_info=True))(x, y)
+  x_adv, info = jax.jit(functools.partial(attacks.cw_l2, fn))(x, y, jax.random.key(0))
   assert bool(jnp.all(info["success"]))
   ratio = info["l2"] / d_star
   assert bool(jnp.all((ratio >= 0.999) & (ratio <= 1.05))), ratio
@@ -75,9 +75,9 @@ def test_cw_binary_search_brackets_the_known_minimal_constant():
   g = jnp.abs(logits[:, 1] - logits[:, 0])
   u_norm_sq = jnp.sum((w[:, 1] - w[:, 0]) ** 2)
   c_star = 2 * g / u_norm_sq
-  _, info = attacks.cw_l2(fn, x, y, binary_search_steps=12, max_iterations=3000,
-                          learning_rate=1e-3, initial_const=1e-3, abort_early=False,
-                          return_info=True)
+  _, info = attacks.cw_l2(fn, x, y, jax.random.key(0), binary_search_steps=12,
+                          max_iterations=3000, learning_rate=1e-3, initial_const=1e-3,
+                          abort_early=False)
   lower, upper = info["const_lower"], info["const"]
   assert bool(jnp.all(lower <= c_star * 1.03)), (lower, c_star)
   assert bool(jnp.all(upper >= c_star * 0.97)), (upper, c_star)
@@ -88,7 +88,7 @@ def test_cw_with_confidence_reaches_the_margin():
   fn, _, _ = linear_model(4)
   x = interior_inputs(6)
   y = jnp.argmax(fn(x), -1)
-  x_adv, info = attacks.cw_l2(fn, x, y, kappa=2.0, max_iterations=300, return_info=True)
+  x_adv, info = attacks.cw_l2(fn, x, y, jax.random.key(0), kappa=2.0, max_iterations=300)
   assert bool(jnp.all(info["success"]))
   assert bool(jnp.all(objectives.margin(fn(x_adv), y) >= 2.0))
 
@@ -98,8 +98,8 @@ def test_cw_failures_come_back_as_the_clean_input():
   fn = lambda x: jnp.tile(jnp.array([5.0, 0.0, 0.0]), (x.shape[0], 1)) + 0.0 * jnp.sum(x)
   x = interior_inputs(3)
   y = jnp.zeros(3, jnp.int32)
-  x_adv, info = attacks.cw_l2(fn, x, y, binary_search_steps=2, max_iterations=20,
-                              return_info=True)
+  x_adv, info = attacks.cw_l2(fn, x, y, jax.random.key(0), binary_search_steps=2,
+                              max_iterations=20)
   assert not bool(jnp.any(info["success"]))
   np.testing.assert_array_equal(x_adv, x)
 
@@ -113,9 +113,10 @@ def test_linf_pgd_reaches_the_analytic_optimum_of_a_linear_model():
   u = (w[:, 1] - w[:, 0])[None, :] * jnp.where(y == 0, 1.0, -1.0)[:, None]
   corner = x + 0.05 * jnp.sign(u).reshape(x.shape)
   for loss in ("ce", "margin"):
-    x_adv = attacks.bim(fn, x, y, eps=0.05, n1=10, n2=20, loss=loss)
+    x_adv, _ = attacks.bim(fn, x, y, jax.random.key(0), eps=0.05, n1=10, n2=20, loss=loss)
     np.testing.assert_allclose(x_adv, corner, atol=1e-6)
-    np.testing.assert_allclose(attacks.fgsm(fn, x, y, eps=0.05, loss=loss), corner, atol=1e-6)
+    x_fgsm, _ = attacks.fgsm(fn, x, y, jax.random.key(0), eps=0.05, loss=loss)
+    np.testing.assert_allclose(x_fgsm, corner, atol=1e-6)
 
 
 def test_l2_pgd_reaches_the_ball_surface_along_the_weight_direction():
@@ -124,7 +125,7 @@ def test_l2_pgd_reaches_the_ball_surface_along_the_weight_direction():
   y = jnp.argmax(fn(x), -1)
   u = (w[:, 1] - w[:, 0])[None, :] * jnp.where(y == 0, 1.0, -1.0)[:, None]
   expected = x + (0.1 * u / jnp.linalg.norm(u, axis=-1, keepdims=True)).reshape(x.shape)
-  x_adv = attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.03, steps=10,
+  x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.03, steps=10,
                       norm="l2", random_start=False)
   np.testing.assert_allclose(x_adv, expected, atol=1e-5)
 
@@ -136,10 +137,11 @@ def test_targeted_attacks_land_on_their_target(attack):
   y = jnp.argmax(fn(x), -1)
   targets = (y + 1) % 4
   if attack == "pgd":
-    x_adv = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60,
+    x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60,
                         target="given", targets=targets)
   else:
-    x_adv = attacks.cw_l2(fn, x, y, max_iterations=300, target="given", targets=targets)
+    x_adv, _ = attacks.cw_l2(fn, x, y, jax.random.key(0), max_iterations=300, target="given",
+                             targets=targets)
   np.testing.assert_array_equal(jnp.argmax(fn(x_adv), -1), targets)
 
 
@@ -147,7 +149,7 @@ def test_least_likely_pgd_targets_the_argmin_class():
   fn, _, _ = linear_model(4)
   x = interior_inputs(8)
   y = jnp.argmax(fn(x), -1)
-  x_adv = attacks.ll_pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60)
+  x_adv, _ = attacks.ll_pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60)
   np.testing.assert_array_equal(jnp.argmax(fn(x_adv), -1), jnp.argmin(fn(x), -1))
 
 
@@ -189,26 +191,31 @@ BALLS = {"fgsm_linf": ("linf", 0.1), "fgsm_l2": ("l2", 0.5), "bim": ("linf", 0.1
 def test_outputs_stay_in_the_box_and_the_ball_and_jit_agrees(name):
   fn, x, y = tiny_cnn()
   run = functools.partial(ALL_ATTACKS[name], fn)
-  x_adv = run(x, y, jax.random.key(0))
+  x_adv, info = run(x, y, jax.random.key(0))
   assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+  # Every attack reports success as a fresh forward pass sees it, and its distances.
+  np.testing.assert_array_equal(info["success"], np.argmax(fn(x_adv), -1) != y)
+  np.testing.assert_allclose(info["linf"], np.abs(x_adv - x).reshape(10, -1).max(-1), atol=1e-6)
+  np.testing.assert_allclose(info["l2"], np.sqrt(((x_adv - x) ** 2).reshape(10, -1).sum(-1)),
+                             rtol=1e-5, atol=1e-6)
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   if name in BALLS:
     norm, eps = BALLS[name]
     assert bool(jnp.all(attacks.distances(x_adv, x)[norm] <= eps * (1 + 1e-5)))
-  np.testing.assert_allclose(jax.jit(run)(x, y, jax.random.key(0)), x_adv, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(run)(x, y, jax.random.key(0))[0], x_adv, atol=1e-5)
 
 
 def test_more_pgd_steps_and_restarts_never_lower_the_success_rate():
   fn, x, y = tiny_cnn()
   success = {}
   for steps in (0, 2, 5, 20):
-    x_adv = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=steps)
+    x_adv, _ = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=steps)
     success[steps] = np.asarray(attacks.is_successful(fn(x_adv), y))
   for fewer, more in ((0, 2), (2, 5), (5, 20)):
     assert np.all(success[more] >= success[fewer])  # Per example, not just on average.
   assert success[20].sum() > success[0].sum()
-  one = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=1)
-  three = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=3)
+  one, _ = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=1)
+  three, _ = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=3)
   assert np.all(np.asarray(attacks.is_successful(fn(three), y)) >=
                 np.asarray(attacks.is_successful(fn(one), y)))
 
@@ -217,26 +224,27 @@ def test_more_pgd_steps_and_restarts_never_lower_the_success_rate():
 def test_unbounded_attacks_fool_an_undefended_model(name):
   fn, x, y = tiny_cnn()
   if name == "pgd":
-    x_adv = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.1, steps=50)
+    x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.1, steps=50)
   elif name == "cw_l2":
-    x_adv = attacks.cw_l2(fn, x, y, binary_search_steps=5, max_iterations=200)
+    x_adv, _ = attacks.cw_l2(fn, x, y, jax.random.key(0), binary_search_steps=5,
+                             max_iterations=200)
   else:
-    x_adv = attacks.deepfool(fn, x, y)
+    x_adv, _ = attacks.deepfool(fn, x, y, jax.random.key(0))
   assert float(jnp.mean(attacks.is_successful(fn(x_adv), y))) == 1.0
 
 
 def test_vmap_over_examples_matches_the_batched_call():
   fn, x, y = tiny_cnn()
-  batched = attacks.bim(fn, x, y, eps=0.1, n1=5, n2=6)
-  single = jax.vmap(lambda xi, yi: attacks.bim(fn, xi[None], yi[None], eps=0.1, n1=5,
-                                               n2=6)[0])(x, y)
+  batched, _ = attacks.bim(fn, x, y, jax.random.key(0), eps=0.1, n1=5, n2=6)
+  single = jax.vmap(lambda xi, yi: attacks.bim(fn, xi[None], yi[None], jax.random.key(0),
+                                               eps=0.1, n1=5, n2=6)[0][0])(x, y)
   np.testing.assert_allclose(single, batched, atol=1e-6)
 
 
 def test_deepfool_freezes_examples_once_they_are_fooled():
   fn, x, y = tiny_cnn()
-  one, info_one = attacks.deepfool(fn, x, y, max_iter=1, return_info=True)
-  many, info_many = attacks.deepfool(fn, x, y, max_iter=50, return_info=True)
+  one, info_one = attacks.deepfool(fn, x, y, jax.random.key(0), max_iter=1)
+  many, info_many = attacks.deepfool(fn, x, y, jax.random.key(0), max_iter=50)
   done_early = np.asarray(info_one["success"])
   assert done_early.any()
   np.testing.assert_array_equal(np.asarray(many)[done_early], np.asarray(one)[done_early])
@@ -262,9 +270,9 @@ def test_bpda_lets_pgd_through_a_quantising_defense():
   through = lambda x: fn(attacks.bpda(lambda z: jnp.round(z * 8) / 8)(x))
   x = interior_inputs(8, seed=6)
   y = jnp.argmax(defended(x), -1)
-  masked = attacks.bim(defended, x, y, eps=0.3, n1=10, n2=20)
+  masked, _ = attacks.bim(defended, x, y, jax.random.key(0), eps=0.3, n1=10, n2=20)
   np.testing.assert_array_equal(masked, x)  # No gradient, no movement.
-  x_adv = attacks.bim(through, x, y, eps=0.3, n1=10, n2=20)
+  x_adv, _ = attacks.bim(through, x, y, jax.random.key(0), eps=0.3, n1=10, n2=20)
   assert float(jnp.mean(attacks.is_successful(defended(x_adv), y))) == 1.0
 
 
@@ -284,7 +292,7 @@ def test_pgd_returns_its_best_iterate_not_its_last(height, steps):
   fn = one_pixel_bump(0.55, height)
   x = jnp.full((1, 1, 1, 1), 0.5)
   y = jnp.zeros(1, jnp.int32)
-  x_adv = attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.04, steps=steps,
+  x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.04, steps=steps,
                       random_start=False)
   np.testing.assert_allclose(np.asarray(x_adv).ravel(), [0.54], atol=1e-6)
   assert bool(attacks.is_successful(fn(x_adv), y)[0]) == (height > 0)
@@ -321,7 +329,7 @@ def test_eot_averages_the_gradient_over_the_randomness():
   g1, g2 = grad_of(expected, jax.random.key(1)), grad_of(expected, jax.random.key(2))
   # Two independent 4096-sample estimates agree closely; single draws do not.
   assert float(jnp.max(jnp.abs(g1 - g2))) < 0.05 * float(jnp.max(jnp.abs(g1)))
-  x_adv = attacks.pgd(expected, x, y, jax.random.key(0), eps=0.3, step_size=0.05, steps=20)
+  x_adv, _ = attacks.pgd(expected, x, y, jax.random.key(0), eps=0.3, step_size=0.05, steps=20)
   assert float(jnp.mean(attacks.is_successful(fn(x_adv), y))) == 1.0
 
 
@@ -339,8 +347,8 @@ def test_cw_linf_comes_close_to_the_minimal_linf_perturbation():
   fn, w, _ = linear_model(5)
   x = interior_inputs(6)
   y, d_star = minimal_distances(fn, w, x, "l1")
-  x_adv, info = jax.jit(functools.partial(attacks.cw_linf, fn, max_total_iterations=20000,
-                                          return_info=True))(x, y)
+  x_adv, info = jax.jit(functools.partial(attacks.cw_linf, fn, max_total_iterations=20000))(
+      x, y, jax.random.key(0))
   assert bool(jnp.all(info["success"]))
   ratio = info["linf"] / d_star
   assert bool(jnp.all((ratio >= 0.999) & (ratio <= 1.1))), ratio
@@ -376,7 +384,7 @@ def test_every_attack_runs_inside_a_data_parallel_step(name, params):
 
   def per_device(w, b, x, y, key):
     fn = lambda z: z.reshape(z.shape[0], -1) @ w + b
-    return attacks.get_attack(name)(fn, x, y, key, **params)
+    return attacks.get_attack(name)(fn, x, y, key, **params)[0]
 
   mesh = parallel.make_mesh(1)
   step = parallel.data_parallel(per_device, mesh, in_specs=(parallel.REPLICATED,) * 2 + (
@@ -386,4 +394,16 @@ def test_every_attack_runs_inside_a_data_parallel_step(name, params):
   sharded = parallel.shard_batch({"x": x, "y": y}, mesh)
   np.testing.assert_allclose(step(parallel.replicate(w, mesh), parallel.replicate(b, mesh),
                                   sharded["x"], sharded["y"], key),
-                             attacks.get_attack(name)(fn, x, y, key, **params), atol=1e-5)
+                             attacks.get_attack(name)(fn, x, y, key, **params)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_ATTACKS))
+def test_attacks_reject_malformed_batches_before_running(name):
+  fn, x, y = tiny_cnn()
+  attack = lambda x, y: ALL_ATTACKS[name](fn, x, y, jax.random.key(0))
+  with pytest.raises(AssertionError, match="integer"):
+    attack(x, y.astype(jnp.float32))  # Labels as floats (e.g. probabilities).
+  with pytest.raises(AssertionError, match="one of labels per input"):
+    attack(x, y[:-1])
+  with pytest.raises(AssertionError, match="float"):
+    attack((x * 255).astype(jnp.uint8), y)  # Images as bytes, not in [0, 1].

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from defenses_jax import models, paper_tables, sanity
+from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.evaluate import evaluate
 from experiments.common import attack
@@ -54,7 +55,7 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
   assert out["attacks"]["pgd"]["median_linf"] <= 0.3 + 1e-5
   # The saved examples are what the table reports: recount robust accuracy from them.
   saved = np.load(tmp_path / "tiny" / "results" / "adversarial" / "pgd.npz")
-  exp = train_lib.Experiment(config, str(tmp_path), blobs)
+  exp = experiment_lib.Experiment(config, str(tmp_path), blobs)
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   ckpt.close()
@@ -119,7 +120,7 @@ def test_distilled_proxy_learns_the_teachers_labels_and_serves_as_transfer_sourc
   assert out["teacher"] == "teacher"
   # The proxy trained on the teacher's predictions, computed here from the teacher's parameters.
   teacher_config = eval_config("teacher", epochs=1, learning_rate=1e-4)
-  exp = train_lib.Experiment(teacher_config, str(tmp_path), blobs)
+  exp = experiment_lib.Experiment(teacher_config, str(tmp_path), blobs)
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   ckpt.close()

@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_config
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
+from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.defenses import atda, create_defense
 
@@ -70,7 +71,7 @@ def test_sim_adv_run_resumes_exactly_including_the_buffer(tmp_path, blobs):
   assert resumed["resumed_from_step"] == 4
 
   def final(workdir):
-    exp = train_lib.Experiment(config, str(workdir), blobs)
+    exp = experiment_lib.Experiment(config, str(workdir), blobs)
     ckpt = exp.checkpoints()
     state = exp.restore_or_init(ckpt)
     ckpt.close()
@@ -157,7 +158,7 @@ def test_atda_trains_end_to_end_and_moves_its_centers(tmp_path, blobs):
   config.defense.name = "atda"
   config.defense.options = {"eps": 0.1, "domain_weight": 0.3}
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
-  exp = train_lib.Experiment(config, str(tmp_path), blobs)
+  exp = experiment_lib.Experiment(config, str(tmp_path), blobs)
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   ckpt.close()

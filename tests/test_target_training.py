@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.defenses import create_defense
 from defenses_jax.defenses.target_training import merged_class_logits, summed_pair_logits
@@ -109,7 +110,7 @@ def test_every_call_site_uses_the_merged_deployed_classifier(tmp_path):
                                                                  step_size=0.1, steps=2)})
   config.eval.monitor.attack = "pgd"
   config.eval.monitor.num_examples = 16
-  exp = train_lib.Experiment(config, str(tmp_path), datasets)
+  exp = experiment_lib.Experiment(config, str(tmp_path), datasets)
   state = exp.initial_state()
   params = jax.device_get(state.params)
   params["Dense_2"]["kernel"] = np.zeros_like(params["Dense_2"]["kernel"])
@@ -120,7 +121,7 @@ def test_every_call_site_uses_the_merged_deployed_classifier(tmp_path):
   ckpt.close()
 
   # Clean accuracy during training (the eval step).
-  assert train_lib.evaluate_clean(exp.eval_step(), state, exp.test_ds, 16, exp.mesh) == 1.0
+  assert experiment_lib.evaluate_clean(exp.eval_step(), state, exp.test_ds, 16, exp.mesh) == 1.0
   # The white-box attacker differentiates log(p_i + p_{i+k}); the gray-box one the raw logits.
   x = jnp.asarray(datasets[1].images[:2])
   p = np.exp(CONSTANT_LOGITS) / np.exp(CONSTANT_LOGITS).sum()

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from conftest import tiny_config
+from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.checkpoint import CheckpointMismatchError
 from defenses_jax.evaluate import NoCheckpointError, evaluate
@@ -32,7 +33,7 @@ def test_training_lowers_the_loss_and_learns(tmp_path, blobs):
 
 
 def _final_params(workdir, config, blobs, **kwargs):
-  exp = train_lib.Experiment(config, str(workdir), blobs)
+  exp = experiment_lib.Experiment(config, str(workdir), blobs)
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   ckpt.close()
@@ -66,7 +67,7 @@ def test_killed_and_resumed_run_ends_with_identical_state(tmp_path, blobs, inter
   # both through the restore path would hide a field that is not saved or not restored.
   assert_same_state(straight, resumed)
   # The fields a resume can lose really changed during training (else equality proves nothing).
-  exp = train_lib.Experiment(config, str(tmp_path / "fresh"), blobs)
+  exp = experiment_lib.Experiment(config, str(tmp_path / "fresh"), blobs)
   initial = jax.device_get(exp.initial_state().as_dict())
   for field in ("params", "batch_stats", "opt_state"):
     with pytest.raises(AssertionError):
@@ -91,6 +92,16 @@ def test_checkpoint_of_another_model_is_refused_before_training(tmp_path, blobs)
   with pytest.raises(CheckpointMismatchError, match="model"):
     train_lib.train_and_evaluate(tiny_config(model="tt_mnist_cnn", epochs=1), str(tmp_path),
                                  datasets=blobs)
+  # Same shapes, another experiment: a different seed, or a defense with other options, would
+  # restore without complaint from orbax; the saved config refuses them.
+  other_seed = tiny_config(epochs=2)
+  other_seed.seed = 1
+  with pytest.raises(CheckpointMismatchError, match="seed"):
+    train_lib.train_and_evaluate(other_seed, str(tmp_path), datasets=blobs)
+  other_defense = tiny_config(epochs=2)
+  other_defense.defense.name = "adversarial_training"
+  with pytest.raises(CheckpointMismatchError, match="defense"):
+    train_lib.train_and_evaluate(other_defense, str(tmp_path), datasets=blobs)
 
 
 def test_eval_mode_restores_the_checkpoint(tmp_path, blobs):
@@ -151,7 +162,7 @@ def test_each_step_draws_new_randomness_and_the_same_step_the_same():
   ds = blob_dataset(8)
   batch = parallel.shard_batch({"image": ds.images, "label": ds.labels,
                                 "index": np.arange(8, dtype=np.int32)}, mesh)
-  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 8, 8)
+  state = experiment_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 8, 8)
   key = jax.random.key(1)
   params = lambda at_step: jax.device_get(
       step(state.replace(step=jnp.asarray(at_step, jnp.int32)), batch, key)[0].params)

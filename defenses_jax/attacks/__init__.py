@@ -1,13 +1,17 @@
 """Attacks as pure JAX functions with one calling convention:
 
-    x_adv = attack(logits_fn, x, y, key, **params)
+    x_adv, info = attack(logits_fn, x, y, key, **params)
 
 `logits_fn(x) -> logits` closes over a model and a defense (or is `wrappers.stochastic` and
 takes (x, key)), so the same attack runs against a bare network, a deployed defense, or an
-adaptive surrogate. To compile, close over the parameters inside a jitted function:
+adaptive surrogate. `info` holds per-example `success` (re-checked on a fresh forward pass),
+`l2` and `linf`, and what else the attack reports. To compile, close over the parameters inside
+a jitted function:
 
     attack = jax.jit(lambda v, x, y, k: pgd(lambda z: model.apply(v, z), x, y, k, eps=0.3,
-                                            step_size=0.01, steps=40))
+                                            step_size=0.01, steps=40)[0])
+
+`registry.ATTACKS` lists every attack with its access kind, norm and budget parameter.
 """
 
 from defenses_jax.attacks.carlini_wagner import cw_l2
@@ -16,26 +20,9 @@ from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.norms import distances, project
 from defenses_jax.attacks.objectives import is_successful, margin
+from defenses_jax.attacks.registry import ATTACKS, AttackInfo, attack_info, get_attack
 from defenses_jax.attacks.wrappers import bpda, eot, stochastic
 
-ATTACKS = {
-    "fgsm": fgsm,
-    "bim": bim,
-    "pgd": pgd,
-    "madry": madry,
-    "ll_pgd": ll_pgd,
-    "cw_l2": cw_l2,
-    "cw_linf": cw_linf,
-    "deepfool": deepfool,
-}
-
-
-def get_attack(name: str):
-  if name not in ATTACKS:
-    raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(sorted(ATTACKS))}.")
-  return ATTACKS[name]
-
-
-__all__ = ["ATTACKS", "bim", "bpda", "cw_l2", "cw_linf", "deepfool", "distances", "eot", "fgsm",
-           "get_attack", "is_successful", "ll_pgd", "madry", "margin", "pgd", "project",
-           "stochastic"]
+__all__ = ["ATTACKS", "AttackInfo", "attack_info", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
+           "distances", "eot", "fgsm", "get_attack", "is_successful", "ll_pgd", "madry",
+           "margin", "pgd", "project", "stochastic"]

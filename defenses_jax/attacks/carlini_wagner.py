@@ -51,15 +51,13 @@ def adam_step(w, m, v, grad, count, learning_rate, active):
   return jnp.where(a, w - update, w), jnp.where(a, m_new, m), jnp.where(a, v_new, v)
 
 
-def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
+def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
           binary_search_steps: int = 9, max_iterations: int = 1000,
           learning_rate: float = 1e-2, initial_const: float = 1e-3, abort_early: bool = True,
-          target: str = "none", targets: Optional[jax.Array] = None,
-          return_info: bool = False):
-  """Returns x_adv, or (x_adv, info) with per-example info: success (re-checked on a fresh
-  forward pass of x_adv), l2, and the binary search's final bracket [const_lower, const] (const:
-  the smallest constant that succeeded, or the last one tried if none did)."""
-  key = jax.random.key(0) if key is None else key
+          target: str = "none", targets: Optional[jax.Array] = None):
+  """Returns (x_adv, info) with per-example info: success (re-checked on a fresh forward pass
+  of x_adv), l2, linf, and the binary search's final bracket [const_lower, const] (const: the
+  smallest constant that succeeded, or the last one tried if none did)."""
   key, check_key = jax.random.split(key)
   t = resolve_targets(logits_fn, x, y, target, targets)
   batch = x.shape[0]
@@ -128,8 +126,6 @@ def cw_l2(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
   success = is_successful(call_logits(logits_fn, best_x, check_key), y, t,
                           kappa)
   x_adv = jnp.where(per_example(success, x), best_x, x)
-  if not return_info:
-    return x_adv
-  return x_adv, {"success": success, "l2": distances(x_adv, x)["l2"],
+  return x_adv, {"success": success, **distances(x_adv, x),
                  "const": jnp.where(upper < _NO_UPPER_BOUND, upper, const),
                  "const_lower": lower}

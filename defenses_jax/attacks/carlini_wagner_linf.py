@@ -27,15 +27,14 @@ from defenses_jax.attacks.objectives import is_successful, margin, resolve_targe
 from defenses_jax.attacks.wrappers import call_logits
 
 
-def cw_linf(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
+def cw_linf(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
             max_iterations: int = 1000, learning_rate: float = 5e-3,
             initial_const: float = 1e-5, largest_const: float = 20.0,
             const_factor: float = 2.0, decrease_factor: float = 0.9,
             max_total_iterations: int = 20000, target: str = "none",
-            targets: Optional[jax.Array] = None, return_info: bool = False):
-  """Returns x_adv, or (x_adv, info) with per-example success (fresh forward pass), linf, the
+            targets: Optional[jax.Array] = None):
+  """Returns (x_adv, info) with per-example success (fresh forward pass), l2, linf, the
   final tau and const, and whether the example's search finished within the iteration budget."""
-  key = jax.random.key(0) if key is None else key
   key, check_key = jax.random.split(key)
   t = resolve_targets(logits_fn, x, y, target, targets)
   batch = x.shape[0]
@@ -86,7 +85,5 @@ def cw_linf(logits_fn: Callable, x, y, key=None, *, kappa: float = 0.0,
                          body, varying_like(init, x))
   success = is_successful(call_logits(logits_fn, final["best"], check_key), y, t, kappa)
   x_adv = jnp.where(per_example(success, x), final["best"], x)
-  if not return_info:
-    return x_adv
-  return x_adv, {"success": success, "linf": distances(x_adv, x)["linf"], "tau": final["tau"],
+  return x_adv, {"success": success, **distances(x_adv, x), "tau": final["tau"],
                  "const": final["const"], "finished": final["done"]}

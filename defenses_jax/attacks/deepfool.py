@@ -16,15 +16,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from defenses_jax.attacks import norms
+from defenses_jax.attacks.objectives import check_batch
 from defenses_jax.attacks.wrappers import call_logits
 
 _TINY = 1e-8
 
 
-def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
+def deepfool(logits_fn: Callable, x, y, key, *, norm: str = "l2",
              overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
-             box_aware: bool = True, return_info: bool = False):
-  """Returns x_adv, or (x_adv, info) with info = {success, iterations, l2, linf} per example.
+             box_aware: bool = True):
+  """Returns (x_adv, info) with info = {success, iterations, l2, linf} per example.
 
   `y` is not used: DeepFool moves away from the clean prediction (an input the model already
   misclassifies is returned unchanged). It is accepted for the common attack signature.
@@ -34,9 +35,9 @@ def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
   clipped away and DeepFool creeps towards the boundary without crossing it; box_aware=True
   (default) removes the pixels held at a bound from each linearised step.
   """
+  check_batch(x, y)
   del y
   norms.check_norm(norm)
-  key = jax.random.key(0) if key is None else key
   key, check_key = jax.random.split(key)
   clean_logits = call_logits(logits_fn, x, key)
   num_classes = clean_logits.shape[-1]
@@ -96,7 +97,5 @@ def deepfool(logits_fn: Callable, x, y=None, key=None, *, norm: str = "l2",
   init = (jnp.zeros((), jnp.int32), x, jnp.zeros_like(x), jnp.ones((batch,), bool),
           jnp.zeros((batch,), jnp.int32))
   _, x_adv, _, _, iterations = lax.while_loop(cond, step, norms.varying_like(init, x))
-  if not return_info:
-    return x_adv
   success = jnp.argmax(call_logits(logits_fn, x_adv, check_key), -1) != original
   return x_adv, {"success": success, "iterations": iterations, **norms.distances(x_adv, x)}

@@ -18,6 +18,17 @@ from defenses_jax.attacks.objectives import attack_loss, is_successful, resolve_
 from defenses_jax.attacks.wrappers import call_logits
 
 
+# Folded into the attack's key for the final forward pass (which only a randomised defense
+# uses), so that the attack's own draws are those it made before it reported success.
+_CHECK_STREAM = 0x5EED
+
+
+def _report(logits_fn, x_adv, x, y, targets, key):
+  """The per-example info every attack returns: success on a fresh forward pass, distances."""
+  logits = call_logits(logits_fn, x_adv, jax.random.fold_in(key, _CHECK_STREAM))
+  return x_adv, {"success": is_successful(logits, y, targets), **norms.distances(x_adv, x)}
+
+
 def _loss_and_grad(logits_fn, x, labels, targets, loss, key):
   def total(z):
     logits = call_logits(logits_fn, z, key)
@@ -33,14 +44,15 @@ def _is_better(success, loss, best_success, best_loss):
   return (success & ~best_success) | ((success == best_success) & (loss > best_loss))
 
 
-def fgsm(logits_fn: Callable, x, y, key=None, *, eps: float, norm: str = "linf",
+def fgsm(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
          loss: str = "ce", target: str = "none", targets: Optional[jax.Array] = None):
-  """Fast Gradient (Sign) Method: one step of size eps along the steepest-ascent direction."""
+  """Fast Gradient (Sign) Method: one step of size eps along the steepest-ascent direction.
+  Returns (x_adv, info): per-example success (fresh forward pass), l2, linf."""
   norms.check_norm(norm)
-  key = jax.random.key(0) if key is None else key
   t = resolve_targets(logits_fn, x, y, target, targets)
   _, _, grad = _loss_and_grad(logits_fn, x, y, t, loss, key)
-  return norms.project(x + eps * norms.steepest_ascent(grad, norm), x, eps, norm)
+  x_adv = norms.project(x + eps * norms.steepest_ascent(grad, norm), x, eps, norm)
+  return _report(logits_fn, x_adv, x, y, t, key)
 
 
 def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: int,
@@ -51,6 +63,7 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
   Each example keeps its best iterate over all steps and restarts (a successful one before a
   failed one, then the higher loss), so more steps or restarts never make the attack weaker.
   target: 'none' | 'given' (with `targets`) | 'least_likely' (LL-PGD).
+  Returns (x_adv, info): per-example success (fresh forward pass), l2, linf.
   """
   norms.check_norm(norm)
   if steps < 0 or restarts < 1:
@@ -87,12 +100,11 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
   init = (x, jnp.full(x.shape[:1], -jnp.inf), jnp.zeros(x.shape[:1], bool))
   (best_x, _, _), _ = lax.scan(one_restart, norms.varying_like(init, x),
                                jax.random.split(key, restarts))
-  return best_x
+  return _report(logits_fn, best_x, x, y, t, key)
 
 
-def bim(logits_fn, x, y, key=None, *, eps: float, n1: int, n2: int, **kwargs):
+def bim(logits_fn, x, y, key, *, eps: float, n1: int, n2: int, **kwargs):
   """BIM(n1, n2) (Kurakin et al.): steps of eps/n1, n2 iterations, starting at x."""
-  key = jax.random.key(0) if key is None else key
   return pgd(logits_fn, x, y, key, eps=eps, step_size=eps / n1, steps=n2, random_start=False,
              **kwargs)
 

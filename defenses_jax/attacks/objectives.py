@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -71,9 +72,24 @@ def least_likely_class(logits: jax.Array) -> jax.Array:
   return jnp.argmin(logits, axis=-1)
 
 
+def check_batch(x, labels, targets: Optional[jax.Array] = None) -> None:
+  """Attacks take a batch: x floating-point (B, ...) with at least one feature axis, labels
+  (and targets) integer classes (B,). Checked when the attack is traced, so a wrong input fails
+  with a clear message before any compute."""
+  chex.assert_type(x, float)
+  if x.ndim < 2:
+    raise ValueError(f"attacks take a batch of inputs (B, ...); got shape {x.shape}.")
+  for name, classes in (("labels", labels), ("targets", targets)):
+    if classes is not None:
+      chex.assert_rank(classes, 1, custom_message=f"{name} must be one class per example")
+      chex.assert_type(classes, int, custom_message=f"{name} must be integer classes")
+      chex.assert_equal_shape_prefix([x, classes], 1, custom_message=f"one of {name} per input")
+
+
 def resolve_targets(logits_fn, x, labels, target: str, targets: Optional[jax.Array]):
   """target='none' (untargeted), 'given' (use `targets`) or 'least_likely' (argmin of the clean
-  logits, for LL-PGD)."""
+  logits, for LL-PGD). Checks the batch first (check_batch)."""
+  check_batch(x, labels, targets)
   if target == "none":
     return None
   if target == "given":

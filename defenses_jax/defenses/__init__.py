@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from defenses_jax.defenses.base import Defense
+from defenses_jax.defenses.base import Defense, Deployed, Network
 from defenses_jax.defenses.standard import StandardTraining
 from defenses_jax.defenses.adversarial_training import AdversarialTraining
 from defenses_jax.defenses.atda import ATDA
 from defenses_jax.defenses.free_adv import FreeAdv
 from defenses_jax.defenses.sim_adv import SimAdv
 from defenses_jax.defenses.target_training import TargetTraining
+from defenses_jax.registry import Registry
 
-DEFENSES = {
+DEFENSES = Registry("defense", {
     "standard": StandardTraining,
     "target_training": TargetTraining,
     "adversarial_training": AdversarialTraining,
     "sim_adv": SimAdv,
     "free_adv": FreeAdv,
     "atda": ATDA,
-}
+})
 
 
 def create_defense(name: str, num_classes: int, **options) -> Defense:
-  if name not in DEFENSES:
-    raise ValueError(f"unknown defense {name!r}; choose one of {', '.join(sorted(DEFENSES))}.")
+  defense_class = DEFENSES.lookup(name)
   try:
-    return DEFENSES[name](num_classes=num_classes, **options)
+    return defense_class(num_classes=num_classes, **options)
   except TypeError as e:
     raise ValueError(f"defense {name!r} does not take options {sorted(options)}: {e}") from e
 
 
-__all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Defense", "FreeAdv", "SimAdv",
-           "StandardTraining", "TargetTraining", "create_defense"]
+__all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Defense", "Deployed", "FreeAdv",
+           "Network", "SimAdv", "StandardTraining", "TargetTraining", "create_defense"]

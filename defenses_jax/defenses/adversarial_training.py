@@ -11,19 +11,19 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax import attacks
-from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
+from defenses_jax.defenses.base import Defense, unit_weighted
 
 
 def adversarial_examples(attack: str, attack_params: dict, logits_fn, batch, key) -> jax.Array:
   """Adversarial examples of the batch under `attack`, with gradients stopped: they are data, not
   a function of the parameters being trained."""
-  x_adv = attacks.get_attack(attack)(logits_fn, batch["image"], batch["label"], key,
-                                     **attack_params)
+  x_adv, _ = attacks.get_attack(attack)(logits_fn, batch["image"], batch["label"], key,
+                                        **attack_params)
   return jax.lax.stop_gradient(x_adv)
 
 
 @dataclasses.dataclass(frozen=True)
-class AdversarialTraining(CrossEntropyDefense):
+class AdversarialTraining(Defense):
   num_classes: int
   attack: str = "fgsm"
   attack_params: Optional[dict] = None
@@ -32,13 +32,7 @@ class AdversarialTraining(CrossEntropyDefense):
   def __post_init__(self):
     attacks.get_attack(self.attack)  # Unknown names fail here, before any compute.
 
-  def output_width(self) -> int:
-    return self.num_classes
-
   def training_batch(self, batch, key, logits_fn, defense_state):
     x_adv = adversarial_examples(self.attack, self.attack_params or {}, logits_fn, batch, key)
     return unit_weighted(jnp.concatenate([batch["image"], x_adv]),
                          jnp.concatenate([batch["label"], batch["label"]])), defense_state
-
-  def class_logits(self, logits: jax.Array) -> jax.Array:
-    return logits

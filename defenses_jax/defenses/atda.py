@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from defenses_jax import attacks, parallel
-from defenses_jax.defenses.base import CrossEntropyDefense, weighted_cross_entropy
+from defenses_jax.defenses.base import Defense, weighted_cross_entropy
 
 
 def coral_loss(clean: jax.Array, adv: jax.Array) -> jax.Array:
@@ -55,22 +55,19 @@ def updated_centers(centers, logits, labels, beta: float, axis_name=None):
 
 
 @dataclasses.dataclass(frozen=True)
-class ATDA(CrossEntropyDefense):
+class ATDA(Defense):
   num_classes: int
   eps: float = 0.3
   domain_weight: float = 1.0  # lambda
   beta: float = 0.1
   name: str = "atda"
 
-  def output_width(self) -> int:
-    return self.num_classes
-
   def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int):
     return {"centers": jnp.zeros((self.num_classes, self.num_classes), jnp.float32)}
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     x, y = batch["image"], batch["label"]
-    x_adv = lax.stop_gradient(attacks.fgsm(logits_fn, x, y, key, eps=self.eps))
+    x_adv = lax.stop_gradient(attacks.fgsm(logits_fn, x, y, key, eps=self.eps)[0])
     return {"image": jnp.concatenate([x, x_adv]), "label": jnp.concatenate([y, y]),
             "weight": jnp.ones((2 * y.shape[0],), jnp.float32),
             "centers": defense_state["centers"]}, defense_state
@@ -88,6 +85,3 @@ class ATDA(CrossEntropyDefense):
     centers = updated_centers(defense_state["centers"], lax.stop_gradient(outputs["logits"]),
                               train_batch["label"], self.beta, parallel.DATA_AXIS)
     return {"centers": centers}
-
-  def class_logits(self, logits: jax.Array) -> jax.Array:
-    return logits

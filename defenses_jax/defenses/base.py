@@ -1,39 +1,77 @@
-"""What a defense is, as the training loop and evaluation see it.
+"""What a defense is, as the training loop, evaluation and attackers see it.
 
 A defense decides (1) how many logits the network has, (2) how a training batch is built from a
 data batch inside the compiled step (duplicates, adversarial examples, partners, ...), (3) the
-loss on the network's outputs, and (4) how the deployed classifier turns the network's logits
-into class scores. Detectors add a score; adaptive attacks use `class_logits` as their target.
-Every method is a pure function so that it can run inside jit / shard_map.
+loss on the network's outputs, and (4) the deployed classifier: `deployed(net, x, key)`, a
+function of the *input* (so that input transformations, randomised defenses and detectors can
+be written), used at every call site: clean accuracy during training, evaluation, attack
+targets, monitors and figures. (5) `attack_target(threat_model, net)` is what an attacker under
+each threat model differentiates. Every method is a pure function, so it can run inside jit and
+shard_map. Optional behaviour is declared here with defaults, never discovered with `hasattr`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from defenses_jax import parallel
+from defenses_jax.attacks.wrappers import stochastic
+
 LogitsFn = Callable[[jax.Array], jax.Array]
+THREAT_MODELS = ("white_box", "gray_box", "adaptive", "transfer")
 
 
-class Defense(Protocol):
-  name: str
+class Deployed(NamedTuple):
+  """The deployed classifier's output: class scores (argmax is the prediction) and, for
+  defenses with a detector, a per-example score (higher: more likely adversarial)."""
+  class_logits: jax.Array
+  detector_score: Optional[jax.Array] = None
+
+
+class Network:
+  """The trained network in inference mode (BatchNorm running statistics, no dropout):
+  `net(x)` gives logits, `net.outputs(x)` also the penultimate embedding."""
+
+  def __init__(self, model, variables: dict):
+    self.model, self.variables = model, variables
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.model.apply(self.variables, x, train=False)
+
+  def outputs(self, x: jax.Array) -> dict:
+    logits, embedding = self.model.apply(self.variables, x, train=False, return_embedding=True)
+    return {"logits": logits, "embedding": embedding}
+
+
+class Defense:
+  """Base class: subclasses are frozen dataclasses with `num_classes` and `name` fields and
+  override what differs from these defaults."""
+
   num_classes: int
+  name: str = "defense"
+  # The input gradient of the training loss, from the same backward pass as the parameter
+  # gradient, is passed to after_step (Free-Adv) only when this is True.
+  needs_input_gradient = False
+  # A randomised deployed classifier (e.g. a random input transformation) uses the key it is
+  # given; its white-box attack target is then stochastic (attacks draw a fresh key per call).
+  randomised = False
 
   def output_width(self) -> int:
     """Width of the network's last layer (k, or 2k for Target Training)."""
+    return self.num_classes
 
   def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int) -> Any:
-    """The defense's own training state (a pytree; {} if none), checkpointed with the rest.
+    """The defense's own training state (a pytree), checkpointed with the rest."""
+    return {}
 
-    Optional companions: `state_specs()` (a PartitionSpec prefix of this state; default
-    replicated: per-example buffers use P('data') and are split into equal blocks of rows over
-    the devices, num_train_examples being rounded up to a multiple of their number) and
-    `after_step(state, train_batch, outputs, input_grad)` (runs inside the step after the
-    backward pass; `input_grad`, the loss gradient with respect to the training images, is
-    computed only for defenses with `needs_input_gradient = True`).
-    """
+  def state_specs(self) -> Any:
+    """A PartitionSpec prefix of the defense state: replicated by default; per-example
+    buffers use P('data') and are split in equal blocks of rows over the devices (the number
+    of training examples is rounded up to a multiple of the device count)."""
+    return parallel.REPLICATED
 
   def training_batch(self, batch: dict, key: jax.Array, logits_fn: LogitsFn,
                      defense_state: Any) -> tuple[dict, Any]:
@@ -42,15 +80,51 @@ class Defense(Protocol):
     `logits_fn` is the network with the current parameters in inference mode, for defenses
     that craft adversarial examples during training. Returns (train_batch, new_defense_state).
     """
+    raise NotImplementedError(f"{type(self).__name__} must define training_batch")
 
   def loss(self, outputs: dict, train_batch: dict) -> tuple[jax.Array, dict]:
-    """Scalar loss and metric sums ({'loss': sum, 'correct': sum, 'count': n}).
+    """Scalar loss and metric sums ({'loss': sum, 'correct': sum, 'count': n}); `outputs` holds
+    the network's `logits` and penultimate `embedding` in training mode. Default: weighted
+    cross-entropy on the batch's labels."""
+    return weighted_cross_entropy(outputs["logits"], train_batch["label"], train_batch["weight"])
 
-    `outputs` holds the network's `logits` and penultimate `embedding` in training mode.
-    """
+  def after_step(self, defense_state: Any, train_batch: dict, outputs: dict,
+                 input_grad: Optional[jax.Array]) -> Any:
+    """Runs inside the step after the backward pass (e.g. class centers, Free-Adv's delta)."""
+    return defense_state
 
   def class_logits(self, logits: jax.Array) -> jax.Array:
-    """The deployed classifier's k class scores (argmax is the prediction)."""
+    """The k class scores of the deployed classifier from the network's logits."""
+    return logits
+
+  def deployed(self, net: Callable, x: jax.Array, key: Optional[jax.Array] = None) -> Deployed:
+    """The defense as deployed, on inputs x (key: the randomness of a randomised defense)."""
+    del key
+    return Deployed(self.class_logits(net(x)))
+
+  def adaptive_logits(self, logits: jax.Array) -> jax.Array:
+    """The defense's own strongest adaptive attack surface (defenses that have one)."""
+    raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
+
+  @property
+  def has_adaptive_attack(self) -> bool:
+    return type(self).adaptive_logits is not Defense.adaptive_logits
+
+  def attack_target(self, threat_model: str, net: Callable) -> Callable:
+    """What an attacker under `threat_model` differentiates: white_box (and transfer, on its
+    source) the deployed classifier's class scores, stochastic when the defense is
+    randomised; gray_box the bare network; adaptive the defense's own adaptive surface."""
+    if threat_model == "gray_box":
+      return net
+    if threat_model == "adaptive":
+      if not self.has_adaptive_attack:
+        self.adaptive_logits(None)  # Raises, naming the defense.
+      return lambda z: self.adaptive_logits(net(z))
+    if threat_model not in THREAT_MODELS:
+      raise ValueError(f"unknown threat_model {threat_model!r}; choose one of {THREAT_MODELS}.")
+    if self.randomised:
+      return stochastic(lambda z, key: self.deployed(net, z, key).class_logits)
+    return lambda z: self.deployed(net, z).class_logits
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -61,17 +135,6 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
   loss = jnp.sum(per_example * weights) / jnp.maximum(count, 1.0)
   correct = jnp.sum((jnp.argmax(logits, -1) == labels) * weights)
   return loss, {"loss": loss * count, "correct": correct, "count": count}
-
-
-class CrossEntropyDefense:
-  """Shared by defenses that keep no state of their own and train with weighted cross-entropy
-  on the batch they build (standard, Target Training, Adversarial Training)."""
-
-  def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int):
-    return {}
-
-  def loss(self, outputs, train_batch):
-    return weighted_cross_entropy(outputs["logits"], train_batch["label"], train_batch["weight"])
 
 
 def unit_weighted(images: jax.Array, labels: jax.Array) -> dict:

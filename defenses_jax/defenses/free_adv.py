@@ -16,19 +16,16 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax import parallel
-from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
+from defenses_jax.defenses.base import Defense, unit_weighted
 
 
 @dataclasses.dataclass(frozen=True)
-class FreeAdv(CrossEntropyDefense):
+class FreeAdv(Defense):
   num_classes: int
   eps: float = 0.3
   step_size: float = -1.0  # The perturbation step per replay; -1: eps (the authors' default).
   name: str = "free_adv"
   needs_input_gradient = True
-
-  def output_width(self) -> int:
-    return self.num_classes
 
   def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int):
     return {"perturbation": jnp.zeros((batch_size, *image_shape), jnp.float32)}
@@ -44,6 +41,3 @@ class FreeAdv(CrossEntropyDefense):
     step = self.eps if self.step_size < 0 else self.step_size
     delta = defense_state["perturbation"] + step * jnp.sign(input_grad)
     return {"perturbation": jax.lax.stop_gradient(jnp.clip(delta, -self.eps, self.eps))}
-
-  def class_logits(self, logits: jax.Array) -> jax.Array:
-    return logits

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from defenses_jax import parallel
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import cross_entropy
-from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
+from defenses_jax.defenses.base import Defense, unit_weighted
 from defenses_jax.defenses.example_buffer import gather_rows, scatter_rows
 
 
@@ -38,7 +38,7 @@ def epoch_iterative_step(logits_fn, x, y, delta, restart, eps: float, step_size:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimAdv(CrossEntropyDefense):
+class SimAdv(Defense):
   num_classes: int
   eps: float = 0.3
   n1: int = 10  # Step eps / n1 per epoch.
@@ -49,9 +49,6 @@ class SimAdv(CrossEntropyDefense):
     if not (self.eps > 0 and self.n1 >= 1 and self.n2 >= 1):
       raise ValueError(f"SIM-Adv needs eps > 0, n1 >= 1, n2 >= 1; got {self.eps}, {self.n1}, "
                        f"{self.n2}.")
-
-  def output_width(self) -> int:
-    return self.num_classes
 
   def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int):
     return {"perturbation": jnp.zeros((num_train_examples, *image_shape), jnp.float32)}
@@ -68,6 +65,3 @@ class SimAdv(CrossEntropyDefense):
     state = {"perturbation": scatter_rows(defense_state["perturbation"], batch["index"], delta)}
     x_adv = jnp.clip(x + delta, 0.0, 1.0)
     return unit_weighted(jnp.concatenate([x, x_adv]), jnp.concatenate([y, y])), state
-
-  def class_logits(self, logits: jax.Array) -> jax.Array:
-    return logits

@@ -6,20 +6,14 @@ import dataclasses
 
 import jax
 
-from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
+from defenses_jax.defenses.base import Defense, unit_weighted
 
 
 @dataclasses.dataclass(frozen=True)
-class StandardTraining(CrossEntropyDefense):
+class StandardTraining(Defense):
   num_classes: int
   name: str = "standard"
-
-  def output_width(self) -> int:
-    return self.num_classes
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     del key, logits_fn
     return unit_weighted(batch["image"], batch["label"]), defense_state
-
-  def class_logits(self, logits: jax.Array) -> jax.Array:
-    return logits

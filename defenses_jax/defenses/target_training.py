@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from defenses_jax import attacks
 from defenses_jax.defenses.adversarial_training import adversarial_examples
-from defenses_jax.defenses.base import CrossEntropyDefense, unit_weighted
+from defenses_jax.defenses.base import Defense, unit_weighted
 
 
 def merged_class_logits(logits: jax.Array, num_classes: int) -> jax.Array:
@@ -34,7 +34,7 @@ def summed_pair_logits(logits: jax.Array, num_classes: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class TargetTraining(CrossEntropyDefense):
+class TargetTraining(Defense):
   num_classes: int
   attack: str = ""  # "" : Algorithm 1 (duplicates); an attack name: Algorithm 3.
   attack_params: Optional[dict] = None

@@ -9,8 +9,9 @@ import flax.linen as nn
 from defenses_jax.models.cnn import LeNet, TargetTrainingCifarCNN, TargetTrainingMnistCNN
 from defenses_jax.models.resnet import ResNet, cifar_resnet, resnet18
 from defenses_jax.models.vgg import SmallVGG
+from defenses_jax.registry import Registry
 
-MODELS = {
+MODELS = Registry("model", {
     "tt_mnist_cnn": TargetTrainingMnistCNN,
     "tt_cifar_cnn": TargetTrainingCifarCNN,
     "lenet": LeNet,
@@ -19,16 +20,15 @@ MODELS = {
     "resnet56": functools.partial(cifar_resnet, 56),
     "resnet18": resnet18,
     "small_vgg": SmallVGG,
-}
+})
 
 
 def create_model(name: str, num_outputs: int, **kwargs) -> nn.Module:
   """The model `name` with `num_outputs` logits; kwargs are the model's own options
   (e.g. activation='leaky_relu' for the ResNets)."""
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}.")
+  model_class = MODELS.lookup(name)
   try:
-    return MODELS[name](num_outputs=num_outputs, **kwargs)
+    return model_class(num_outputs=num_outputs, **kwargs)
   except TypeError as e:
     raise ValueError(f"model {name!r} does not take options {sorted(kwargs)}: {e}") from e
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import blob_dataset, tiny_config
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
+from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.defenses import create_defense
 from defenses_jax.models import create_model
@@ -33,7 +34,8 @@ def test_eight_devices_match_one_device_on_the_same_global_batch():
   model = create_model("lenet", 4)  # No BatchNorm or dropout: the step is deterministic.
   defense = create_defense("standard", 4)
   tx = optax.sgd(0.1, momentum=0.9)
-  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 64, 32)
+  state = experiment_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1),
+                                          64, 32)
   one = _steps(parallel.make_mesh(1), batches, model, defense, tx, state)
   eight = _steps(parallel.make_mesh(8), batches, model, defense, tx, state)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one["params"],
@@ -71,7 +73,8 @@ def test_batchnorm_running_statistics_are_averaged_over_devices():
   model = create_model("tt_mnist_cnn", 4)
   defense = create_defense("standard", 4)
   tx = optax.sgd(0.1)
-  state = train_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1), 32, 32)
+  state = experiment_lib.init_train_state(model, defense, tx, jax.random.key(0), (12, 12, 1),
+                                          32, 32)
   batch = {"image": ds.images, "label": ds.labels, "index": np.arange(32, dtype=np.int32)}
   eight = _steps(parallel.make_mesh(8), [batch], model, defense, tx, state)
   one_mesh = parallel.make_mesh(1)
@@ -122,7 +125,7 @@ def test_sharded_defense_state_on_eight_devices_matches_one_device(tmp_path, def
     config.defense.options = options
     workdir = str(tmp_path / str(devices))
     train_lib.train_and_evaluate(config, workdir, datasets=blobs)
-    exp = train_lib.Experiment(config, workdir, blobs)
+    exp = experiment_lib.Experiment(config, workdir, blobs)
     ckpt = exp.checkpoints()
     finals.append(jax.device_get(exp.restore_or_init(ckpt).as_dict()))
     ckpt.close()

@@ -1,0 +1,61 @@
+"""Every attack by name, with what it needs from the model (its access) and what sets its length.
+
+Access kinds:
+- gradient: `attack(logits_fn, x, y, key, **params) -> (x_adv, info)` differentiates logits_fn;
+- scores / labels: query attacks, which only see an `Oracle` (query/oracle.py) answering with
+  scores or labels, count their queries and cannot differentiate it;
+- universal: `fit` one perturbation on training images, then `apply` it to any input.
+
+`budget_param` names the parameter that sets how long an iterative attack runs (for the "more
+steps" sanity check; None: the attack stops by itself or has no length). `norm` is the attack's
+threat-model norm, or the default of its `norm` parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+from defenses_jax.attacks.carlini_wagner import cw_l2
+from defenses_jax.attacks.carlini_wagner_linf import cw_linf
+from defenses_jax.attacks.deepfool import deepfool
+from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
+from defenses_jax.registry import Registry
+
+ACCESS_KINDS = ("gradient", "scores", "labels", "universal")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackInfo:
+  fn: Callable
+  access: str
+  norm: str
+  budget_param: Optional[str] = None
+
+  def __post_init__(self):
+    if self.access not in ACCESS_KINDS:
+      raise ValueError(f"unknown attack access {self.access!r}; choose one of {ACCESS_KINDS}.")
+
+  def norm_of(self, params: dict) -> str:
+    """The norm the attack runs in with these parameters."""
+    return params.get("norm", self.norm)
+
+
+ATTACKS = Registry("attack", {
+    "fgsm": AttackInfo(fgsm, "gradient", "linf"),
+    "bim": AttackInfo(bim, "gradient", "linf", budget_param="n2"),
+    "pgd": AttackInfo(pgd, "gradient", "linf", budget_param="steps"),
+    "madry": AttackInfo(madry, "gradient", "linf", budget_param="n2"),
+    "ll_pgd": AttackInfo(ll_pgd, "gradient", "linf", budget_param="steps"),
+    "cw_l2": AttackInfo(cw_l2, "gradient", "l2", budget_param="max_iterations"),
+    "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
+    "deepfool": AttackInfo(deepfool, "gradient", "l2"),  # Stops by itself (max_iter: a cap).
+})
+
+
+def attack_info(name: str) -> AttackInfo:
+  return ATTACKS.lookup(name)
+
+
+def get_attack(name: str) -> Callable:
+  return ATTACKS.lookup(name).fn

@@ -1,0 +1,147 @@
+"""An experiment resolved from its config: data, model, defense, optimiser, mesh, the TrainState
+and its checkpoints, validated before any compute. Shared by training, evaluation, distillation
+and the paper suites (which is why it is not part of train.py: evaluation must not import the
+training loop, which imports evaluation's robustness monitor).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax import lax
+
+from defenses_jax import data as data_lib
+from defenses_jax import parallel
+from defenses_jax.checkpoint import ExperimentCheckpoints, experiment_dir
+from defenses_jax.defenses import Defense, Network, create_defense
+from defenses_jax.models import create_model
+from defenses_jax.optim import create_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything needed to continue training exactly. The data order is not stored: it is a pure
+  function of (seed, step) (see data.train_batches)."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  defense_state: Any
+
+  def as_dict(self) -> dict:
+    return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def variables(params, batch_stats) -> dict:
+  return {"params": params, "batch_stats": batch_stats}
+
+
+def init_train_state(model, defense: Defense, tx, key, image_shape, num_train_examples,
+                     batch_size):
+  v = model.init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = v["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=v.get("batch_stats", {}), opt_state=tx.init(params),
+                    defense_state=defense.init_state(num_train_examples, image_shape,
+                                                     batch_size))
+
+
+def state_specs(defense: Defense) -> TrainState:
+  """How the train state lies on the devices: replicated, except defense state a defense shards
+  over the data axis (per-example buffers: each device holds a block of rows)."""
+  return TrainState(step=parallel.REPLICATED, params=parallel.REPLICATED,
+                    batch_stats=parallel.REPLICATED, opt_state=parallel.REPLICATED,
+                    defense_state=defense.state_specs())
+
+
+def make_eval_step(model, defense: Defense):
+  """Per-device clean-accuracy sums of the deployed classifier over a (padded, masked)
+  evaluation batch; `key` feeds a randomised defense (each device folds in its index)."""
+
+  def eval_fn(params, batch_stats, batch, key):
+    key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
+    net = Network(model, variables(params, batch_stats))
+    predictions = jnp.argmax(defense.deployed(net, batch["image"], key).class_logits, axis=-1)
+    sums = {"correct": jnp.sum((predictions == batch["label"]) * batch["mask"]),
+            "count": jnp.sum(batch["mask"])}
+    return lax.psum(sums, parallel.DATA_AXIS)
+
+  return eval_fn
+
+
+def evaluate_clean(eval_step, state: TrainState, ds, batch_size: int, mesh,
+                   key: Optional[jax.Array] = None) -> float:
+  """Clean accuracy of the deployed classifier on ds (`key`: a randomised defense's draws)."""
+  key = jax.random.key(0) if key is None else key
+  total = {"correct": 0.0, "count": 0.0}
+  for number, batch in enumerate(data_lib.eval_batches(ds, batch_size,
+                                                       process_index=jax.process_index(),
+                                                       process_count=jax.process_count())):
+    sums = eval_step(state.params, state.batch_stats, parallel.shard_batch(batch, mesh),
+                     jax.random.fold_in(key, number))
+    total = jax.tree.map(lambda a, b: a + b, total, sums)
+  total = jax.device_get(total)
+  return float(total["correct"] / total["count"])
+
+
+class Experiment:
+  """A config resolved into data, model, defense, optimizer and mesh, with inputs validated
+  before any compute. Shared by training and evaluation."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               datasets: Optional[tuple] = None):
+    self.config = config
+    self.exp_dir = experiment_dir(workdir, config.experiment_name)
+    self.mesh = parallel.make_mesh(None if config.num_devices < 0 else config.num_devices)
+    parallel.check_batch_divisible(config.train.batch_size, self.mesh, "train.batch_size")
+    parallel.check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
+    ds_cfg = config.dataset
+    if datasets is None:
+      datasets = tuple(data_lib.load_dataset(ds_cfg.name, split, ds_cfg.data_dir or None)
+                       for split in (ds_cfg.train_split, ds_cfg.test_split))
+    train_ds, test_ds = datasets
+    if train_ds.image_shape != test_ds.image_shape or train_ds.num_classes != test_ds.num_classes:
+      raise data_lib.DataError(
+          f"train and test data disagree: images {train_ds.image_shape} vs "
+          f"{test_ds.image_shape}, classes {train_ds.num_classes} vs {test_ds.num_classes}.")
+    self.train_ds = train_ds.take(ds_cfg.num_train_examples)
+    self.test_ds = test_ds.take(ds_cfg.num_test_examples)
+    self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), config.train.batch_size,
+                                                    config.train.replays)
+    self.total_steps = self.steps_per_epoch * config.train.epochs
+    self.defense = create_defense(config.defense.name, self.train_ds.num_classes,
+                                  **config.defense.options.to_dict())
+    self.model = create_model(config.model.name, self.defense.output_width(),
+                              **config.model.options.to_dict())
+    self.tx = create_optimizer(config.train, self.steps_per_epoch)
+
+  def initial_state(self) -> TrainState:
+    devices = self.mesh.shape[parallel.DATA_AXIS]
+    # Per-example buffers are split into equal blocks over the devices: round the rows up.
+    rows = -(-len(self.train_ds) // devices) * devices
+    state = init_train_state(self.model, self.defense, self.tx,
+                             jax.random.key(self.config.seed), self.train_ds.image_shape,
+                             rows, self.config.train.batch_size)
+    return parallel.place(state, state_specs(self.defense), self.mesh)
+
+  def checkpoints(self) -> ExperimentCheckpoints:
+    return ExperimentCheckpoints(self.exp_dir, self.config.to_dict(),
+                                 self.config.train.checkpoint_every_steps)
+
+  def restore_or_init(self, ckpt: ExperimentCheckpoints) -> TrainState:
+    state = self.initial_state()
+    restored = ckpt.restore_latest(state.as_dict())
+    return state if restored is None else TrainState(**restored)
+
+  def eval_step(self):
+    return parallel.data_parallel(make_eval_step(self.model, self.defense), self.mesh,
+                                  in_specs=(parallel.REPLICATED, parallel.REPLICATED,
+                                            parallel.SHARDED, parallel.REPLICATED),
+                                  out_specs=parallel.REPLICATED)
+
+
