@@ -1,0 +1,92 @@
+"""The Oracle: all a query (black-box) attack may see of the model under attack.
+
+A query attack gets an Oracle instead of a logits function. The Oracle answers with the
+deployed classifier's class scores (`access='scores'`) or only its predicted labels
+(`access='labels'`), counts every query per example, refuses to answer an example that has
+spent its budget, and cannot be differentiated: taking a gradient through it fails when the
+attack is traced, before any compute, so a "black-box" attack can never silently become a
+white-box one.
+
+The Oracle is pure: the per-example counts are an array the attack carries through its loop.
+
+    oracle = Oracle(deployed_scores, access="scores", budget=10_000)
+    counts = oracle.initial_counts(batch_size)
+    scores, counts, answered = oracle.query(x, counts, key)             # one query per example
+    scores, counts, answered = oracle.query_many(candidates, counts, key)  # (B, Q, ...): Q each
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from defenses_jax.attacks.norms import per_example
+from defenses_jax.attacks.wrappers import call_logits
+
+ACCESS = ("scores", "labels")
+
+
+class QueryAccessError(TypeError):
+  """A query attack tried to differentiate the model behind an Oracle."""
+
+
+@jax.custom_jvp
+def _no_gradient(x):
+  return x
+
+
+@_no_gradient.defjvp
+def _refuse(primals, tangents):
+  raise QueryAccessError(
+      "a query attack differentiated the model behind its Oracle; query attacks see scores or "
+      "labels only (use a gradient attack, with threat_model white_box, to differentiate).")
+
+
+class Oracle:
+  """Answers queries on `logits_fn` (the deployed classifier's class scores; a `stochastic`
+  function of (x, key) for a randomised defense, then every query draws a fresh key)."""
+
+  def __init__(self, logits_fn: Callable, access: str, budget: int):
+    if access not in ACCESS:
+      raise ValueError(f"unknown oracle access {access!r}; choose one of {ACCESS}.")
+    if budget < 1:
+      raise ValueError(f"the query budget must be >= 1; got {budget}.")
+    self._logits_fn, self.access, self.budget = logits_fn, access, int(budget)
+
+  def initial_counts(self, batch_size: int) -> jax.Array:
+    return jnp.zeros((batch_size,), jnp.int32)
+
+  def _answer(self, x, key):
+    scores = call_logits(self._logits_fn, _no_gradient(x), key)
+    return scores if self.access == "scores" else jnp.argmax(scores, axis=-1)
+
+  def query(self, x: jax.Array, counts: jax.Array, key: jax.Array,
+            active: Optional[jax.Array] = None):
+    """One query per example of the batch x (B, ...). Returns (answers, counts, answered):
+    answers are scores (B, K) or labels (B,); an example that is inactive or has no budget left
+    is not counted, and its answer is NaN scores or label -1 (answered False)."""
+    answered = counts < self.budget
+    if active is not None:
+      answered = answered & active
+    answers = self._answer(x, key)
+    return self._mask(answers, answered), counts + answered.astype(counts.dtype), answered
+
+  def query_many(self, xs: jax.Array, counts: jax.Array, key: jax.Array,
+                 active: Optional[jax.Array] = None):
+    """Q queries per example: xs is (B, Q, ...). An example is answered only if all Q fit in its
+    remaining budget (else none are, and none are counted). Returns (answers (B, Q, ...),
+    counts, answered (B,)); each of the B * Q queries has its own key."""
+    q = xs.shape[1]
+    answered = counts + q <= self.budget
+    if active is not None:
+      answered = answered & active
+    keys = jax.random.split(key, q)
+    answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
+    return (self._mask(answers, answered), counts + q * answered.astype(counts.dtype), answered)
+
+  def _mask(self, answers, answered):
+    if self.access == "scores":
+      return jnp.where(per_example(answered, answers), answers, jnp.nan)
+    return jnp.where(per_example(answered, answers), answers, -1)
