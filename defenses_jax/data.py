@@ -56,6 +56,12 @@ class ArrayDataset:
       return self
     return ArrayDataset(self.images[:n], self.labels[:n], self.num_classes, self.name)
 
+  def rows(self, start: int, n: int = -1) -> "ArrayDataset":
+    """n examples from `start` on (n < 0: to the end)."""
+    stop = len(self) if n < 0 else min(start + n, len(self))
+    return ArrayDataset(self.images[start:stop], self.labels[start:stop], self.num_classes,
+                        self.name)
+
 
 def validate_examples(images, labels, num_classes: int, what: str = "dataset") -> None:
   """Raises DataError with a precise message if the arrays cannot be used."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from defenses_jax import data as data_lib
 from defenses_jax import crafted, metrics, report, sanity
+from defenses_jax.detection import DetectionEvaluator, detector_from_config
 from defenses_jax.attacks import norms
 from defenses_jax.progress import progress_bar
 from defenses_jax.threat_models import (AttackSpec, adversarial_correct,
@@ -69,7 +70,8 @@ class _Evaluator:
         return x_adv, np.concatenate(pred) == self.labels, saved[1]
     crafted_on = source or self.trained
     threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
-    build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense)
+    build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
+                           spec.eot_samples)
     runner = make_attack_runner(spec, build, self.mesh)
     s = crafted_on.state
 
@@ -109,7 +111,8 @@ class RobustnessMonitor:
                           exp.mesh.shape["data"])
     self.mesh = exp.mesh
     self.runner = make_attack_runner(spec, logits_builder(spec.threat_model, exp.model,
-                                                          exp.defense), exp.mesh)
+                                                          exp.defense, spec.eot_samples),
+                                     exp.mesh)
     self.predictor = make_predictor(exp.model, exp.defense, exp.mesh)
     self.key = jax.random.key(config.seed + 2)
 
@@ -196,11 +199,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                     datasets)
              for spec in specs if spec.threat_model == "transfer"}
   attack_ds = exp.test_ds.take(config.eval.num_attack_examples)
+  detector = detector_from_config(config, exp, len(attack_ds))
   ev = _Evaluator(trained, attack_ds, config.eval.batch_size, config.seed)
+  detection = None if detector is None else DetectionEvaluator(
+      detector, trained, config, len(attack_ds), jax.random.fold_in(ev.key, 3 * 2**20))
   clean_accuracy = evaluate_clean(exp.eval_step(), trained.state, exp.test_ds,
                                   config.eval.batch_size, exp.mesh)
   clean_correct = ev.clean_correct()
-  results, per_attack_correct, examples = {}, {}, {}
+  clean_scores = None if detection is None else detection.scores(attack_ds.images)
+  results, per_attack_correct, examples, roc = {}, {}, {}, {}
   results_dir = os.path.join(exp.exp_dir, "results")
   bar = progress_bar(len(specs) * len(attack_ds), enabled=config.train.progress,
                      description=f"{config.experiment_name} attacks", unit="image")
@@ -215,6 +222,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
                              np.asarray(d["l2"]), np.asarray(d["linf"]))}
     per_attack_correct[spec.key] = adv_correct
+    if detection is not None:
+      adv_scores = detection.scores(x_adv)
+      results[spec.key]["detection"] = detection.attack_metrics(clean_scores, clean_correct,
+                                                               adv_scores, adv_correct)
+      if results[spec.key]["detection"]["num_successful"]:
+        roc[spec.label] = (clean_scores[clean_correct], adv_scores[clean_correct & ~adv_correct])
     if config.eval.save_adversarial_examples and spec.threat_model == "white_box" and (
         jax.process_index() == 0):
       crafted.save(results_dir, spec.key, spec.attack, spec.params, int(trained.state.step),
@@ -229,6 +242,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       "worst_case_robust_accuracy": metrics.worst_case_accuracy(
           clean_correct, per_attack_correct.values()) if specs else None,
   }
+  if detection is not None:
+    summary["detection"] = {**detection.summary, "attacked_clean_false_positive_rate": float(
+        np.mean(clean_scores >= detection.threshold))}
   if config.eval.sanity.enabled and specs:
     checks = _sanity_checks(ev, specs, results, per_attack_correct, clean_correct,
                             config.eval.sanity)
@@ -242,4 +258,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     report.write_report(summary, results_dir, clean_images=attack_ds.images[:NUM_EXAMPLE_IMAGES],
                         adversarial_images=examples)
+    if roc:
+      report.plot_roc(roc, os.path.join(results_dir, "roc.png"))
   return summary

@@ -52,6 +52,8 @@ def markdown_table(summary: dict) -> str:
   for key, value in paper_robust.items():  # Paper rows we did not run stay visible.
     if key not in summary["attacks"]:
       lines.append(f"| {key} | - | not run | {pct(value)} | - | - | - |")
+  if summary.get("detection"):
+    lines += detection_lines(summary)
   if summary.get("worst_case_robust_accuracy") is not None:
     lines += ["", f"Worst case over all attacks (per example): "
               f"{pct(summary['worst_case_robust_accuracy'])}."]
@@ -67,6 +69,23 @@ def markdown_table(summary: dict) -> str:
               "| robust accuracy | " + " | ".join(pct(p["robust_accuracy"])
                                              for p in sweep["points"]) + " |"]
   return "\n".join(lines) + "\n"
+
+
+def detection_lines(summary: dict) -> list:
+  d = summary["detection"]
+  lines = ["", f"## Detector: {d['detector']} (threshold fixed on {d['held_out_examples']} "
+           f"held-out clean test images at a false-positive rate of "
+           f"{pct(d['target_false_positive_rate'])}: {pct(d['held_out_false_positive_rate'])} "
+           f"there, {pct(d['attacked_clean_false_positive_rate'])} on the attacked images)", "",
+           "| Attack | Successful | Detection rate | ROC AUC | Accuracy on accepted | "
+           "Misclassified and accepted |", "|---|---|---|---|---|---|"]
+  for r in summary["attacks"].values():
+    m = r.get("detection") or {}
+    lines.append(f"| {r['label']} | {m.get('num_successful', '-')} | "
+                 f"{pct(m.get('detection_rate'))} | {_num(m.get('auc'))} | "
+                 f"{pct(m.get('accuracy_on_accepted'))} | "
+                 f"{pct(m.get('misclassified_and_accepted'))} |")
+  return lines
 
 
 def pyplot():

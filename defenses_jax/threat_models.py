@@ -37,6 +37,9 @@ class AttackSpec:
   threat_model: str
   params: dict
   source_experiment: str = ""  # transfer only.
+  # Against a randomised defense: the attacker differentiates the mean over this many draws
+  # (expectation over transformation, `attacks.eot`) at every step; 1: one fresh draw per step.
+  eot_samples: int = 1
 
   @property
   def info(self) -> attacks_lib.AttackInfo:
@@ -55,7 +58,8 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
   specs = []
   for key, entry in attacks_config.items():
     entry = dict(entry)
-    unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment"}
+    unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
+                            "eot_samples"}
     if unknown:
       raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
@@ -75,17 +79,24 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
     if (threat == "transfer") != bool(source):
       raise ValueError(f"eval.attacks.{key}: a transfer attack needs source_experiment (the "
                        "substitute's experiment name in the same workdir), and only it does.")
+    eot_samples = int(entry.get("eot_samples", 1))
+    if eot_samples < 1 or (eot_samples > 1 and not defense.randomised):
+      raise ValueError(f"eval.attacks.{key}: eot_samples must be >= 1, and above 1 only against "
+                       f"a randomised defense ({defense.name!r} is deterministic).")
     specs.append(AttackSpec(key=key, label=entry.get("label", key), attack=name,
-                            threat_model=threat, params=params, source_experiment=source))
+                            threat_model=threat, params=params, source_experiment=source,
+                            eot_samples=eot_samples))
   return specs
 
 
-def logits_builder(threat_model: str, model, defense) -> Callable:
+def logits_builder(threat_model: str, model, defense, eot_samples: int = 1) -> Callable:
   """(params, batch_stats) -> the logits function the attacker differentiates (transfer:
-  the white-box target of the source it is crafted on)."""
+  the white-box target of the source it is crafted on), averaged over `eot_samples` draws of a
+  randomised defense."""
 
   def build(params, batch_stats):
-    return defense.attack_target(threat_model, Network(model, variables(params, batch_stats)))
+    target = defense.attack_target(threat_model, Network(model, variables(params, batch_stats)))
+    return attacks_lib.eot(target, eot_samples) if eot_samples > 1 else target
 
   return build
 

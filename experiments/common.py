@@ -82,6 +82,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.sanity.more_steps_threat_models = ("white_box", "gray_box", "adaptive")
   # White-box adversarial examples go to results/adversarial/ (transfer evaluations reuse them).
   c.eval.save_adversarial_examples = True
+  # A detector fitted on the training images after training ("" for none); its threshold is
+  # fixed on the clean test images after the attacked subset at this false-positive rate.
+  c.eval.detection = ml_collections.ConfigDict()
+  c.eval.detection.detector = ""
+  c.eval.detection.options = ml_collections.ConfigDict()
+  c.eval.detection.false_positive_rate = 0.05
+  c.eval.detection.num_threshold_examples = -1  # Held-out images used (-1: all of them).
   c.eval.eps_sweep = ml_collections.ConfigDict()
   c.eval.eps_sweep.attack = ""  # A key of eval.attacks; "" for no sweep.
   c.eval.eps_sweep.eps_values = ()
@@ -96,10 +103,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def attack(name: str, label: str, threat_model: str = "white_box", source_experiment: str = "",
-           **params) -> dict:
-  """One entry of config.eval.attacks."""
-  return {"attack": name, "label": label, "threat_model": threat_model, "params": params,
-          "source_experiment": source_experiment}
+           eot_samples: int = 1, **params) -> dict:
+  """One entry of config.eval.attacks (eot_samples > 1: EOT against a randomised defense)."""
+  entry = {"attack": name, "label": label, "threat_model": threat_model, "params": params,
+           "source_experiment": source_experiment}
+  if eot_samples != 1:  # Absent otherwise, so that existing evaluations stay current.
+    entry["eot_samples"] = eot_samples
+  return entry
 
 
 def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) -> tuple[str, str]:

@@ -112,3 +112,44 @@ def test_a_randomised_defense_draws_from_the_key_it_is_given_everywhere(tmp_path
                                                   exp.mesh, key)
   assert accuracy(jax.random.key(1)) == accuracy(jax.random.key(1))
   assert accuracy(jax.random.key(1)) != accuracy(jax.random.key(2))
+
+
+@dataclasses.dataclass(frozen=True)
+class NoisyInput(Defense):
+  """A randomised toy defense: Gaussian noise on the input before the network."""
+  num_classes: int
+  sigma: float = 0.3
+  name: str = "noisy_input"
+  randomised = True
+
+  def training_batch(self, batch, key, logits_fn, defense_state):
+    return unit_weighted(batch["image"], batch["label"]), defense_state
+
+  def deployed(self, net, x, key=None):
+    noisy = jnp.clip(x + self.sigma * jax.random.normal(key, x.shape), 0.0, 1.0)
+    return Deployed(net(noisy))
+
+
+def test_a_randomised_defense_is_evaluated_with_eot(tmp_path, monkeypatch):
+  from defenses_jax.evaluate import evaluate
+  monkeypatch.setitem(defenses.DEFENSES, "noisy_input", NoisyInput)
+  datasets = blob_dataset(96, seed=0), blob_dataset(32, seed=1)
+  config = tiny_config(epochs=4, learning_rate=3e-3)
+  config.defense.name = "noisy_input"
+  config.eval.num_attack_examples = 32
+  config.eval.sanity.enabled = False
+  pgd = dict(eps=0.2, step_size=0.04, steps=10, random_start=False)
+  config.eval.attacks = ml_collections.ConfigDict({
+      "pgd": attack("pgd", "PGD, one draw per step", **pgd),
+      "pgd_eot": attack("pgd", "PGD, EOT over 16 draws", eot_samples=16, **pgd)})
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
+  out = evaluate(config, str(tmp_path), datasets=datasets)
+  single, averaged = (out["attacks"][k]["robust_accuracy"] for k in ("pgd", "pgd_eot"))
+  assert out["clean_accuracy_attacked_subset"] > 0.5
+  # Averaging the gradient over the defense's randomness is the stronger attack (here 0.75
+  # against 1.0: one noisy draw per step does not break this model at all).
+  assert averaged <= single - 0.1, (averaged, single)
+  # EOT against a deterministic defense is a configuration error.
+  config.defense.name = "standard"
+  with pytest.raises(ValueError, match="randomised"):
+    parse_attack_specs(config.eval.attacks, create_defense("standard", 4))

@@ -33,10 +33,12 @@ class Deployed(NamedTuple):
 
 class Network:
   """The trained network in inference mode (BatchNorm running statistics, no dropout):
-  `net(x)` gives logits, `net.outputs(x)` also the penultimate embedding."""
+  `net(x)` gives logits, `net.outputs(x)` also the penultimate embedding. It carries the fitted
+  detector (and its state), when the deployed system has one."""
 
-  def __init__(self, model, variables: dict):
+  def __init__(self, model, variables: dict, detector=None, detector_state=None):
     self.model, self.variables = model, variables
+    self.detector, self.detector_state = detector, detector_state
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.model.apply(self.variables, x, train=False)
@@ -98,9 +100,15 @@ class Defense:
     return logits
 
   def deployed(self, net: Callable, x: jax.Array, key: Optional[jax.Array] = None) -> Deployed:
-    """The defense as deployed, on inputs x (key: the randomness of a randomised defense)."""
+    """The defense as deployed, on inputs x (key: the randomness of a randomised defense),
+    with the detector's score when the network carries a fitted detector."""
     del key
-    return Deployed(self.class_logits(net(x)))
+    detector = getattr(net, "detector", None)  # Attack targets may be plain functions.
+    if detector is None:
+      return Deployed(self.class_logits(net(x)))
+    outputs = net.outputs(x)
+    outputs["class_logits"] = self.class_logits(outputs["logits"])
+    return Deployed(outputs["class_logits"], detector.score(net.detector_state, outputs, x))
 
   def adaptive_logits(self, logits: jax.Array) -> jax.Array:
     """The defense's own strongest adaptive attack surface (defenses that have one)."""

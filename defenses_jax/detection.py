@@ -1,0 +1,98 @@
+"""Evaluation of a defense's detector: the threshold is fixed on clean held-out test images at a
+false-positive rate (5% by default) before any attack, then each attack's adversarial examples
+are scored at that threshold.
+
+Per attack: detection rate and ROC AUC (successful adversarial examples against the attacked
+subset's correctly classified clean images), accuracy on the inputs the detector accepts, and
+"misclassified and accepted" (the attacked, correctly classified examples whose adversarial
+version is both misclassified and let through: the attack's success against the defended
+system). Held-out images: the test images after the attacked subset, never attacked.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from defenses_jax import data as data_lib
+from defenses_jax import metrics, parallel
+from defenses_jax.detectors import Detector, create_detector, fitted_state
+from defenses_jax.experiment import variables
+from defenses_jax.defenses import Network
+from defenses_jax.threat_models import run_over_dataset
+
+
+def detector_from_config(config: ml_collections.ConfigDict, exp, num_attack: int
+                         ) -> Optional[Detector]:
+  """The configured detector (None without one), with its settings checked before compute."""
+  cfg = config.eval.detection
+  if not cfg.detector:
+    return None
+  detector = create_detector(cfg.detector, exp.test_ds.num_classes, **cfg.options.to_dict())
+  held_out = len(exp.test_ds) - num_attack
+  needed = int(np.ceil(1.0 / cfg.false_positive_rate)) if cfg.false_positive_rate > 0 else 1
+  if held_out < needed:
+    raise ValueError(
+        f"eval.detection needs clean held-out test images to fix its threshold at a "
+        f"false-positive rate of {cfg.false_positive_rate}: at least {needed}, but only "
+        f"{held_out} of {len(exp.test_ds)} are not attacked; lower eval.num_attack_examples.")
+  return detector
+
+
+def make_scorer(model, defense, detector: Detector, mesh):
+  """(params, batch_stats, detector_state, x, key) -> detector scores, data-parallel."""
+
+  def per_device(params, batch_stats, detector_state, x, key):
+    key = jax.random.fold_in(key, jax.lax.axis_index(parallel.DATA_AXIS))
+    net = Network(model, variables(params, batch_stats), detector, detector_state)
+    return defense.deployed(net, x, key).detector_score
+
+  return parallel.data_parallel(per_device, mesh, in_specs=(
+      parallel.REPLICATED, parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
+      parallel.REPLICATED), out_specs=parallel.SHARDED)
+
+
+class DetectionEvaluator:
+  """Scores inputs with the trained experiment's detector; the threshold comes from held-out
+  clean test images, fixed once, before any attack is scored."""
+
+  def __init__(self, detector: Detector, trained, config, num_attack: int, key):
+    exp, state = trained.exp, trained.state
+    cfg = config.eval.detection
+    self.detector, self.mesh, self.key = detector, exp.mesh, key
+    self.batch_size = config.eval.batch_size
+    self.state = fitted_state(detector, exp, state, config.eval.batch_size)
+    scorer = make_scorer(exp.model, exp.defense, detector, exp.mesh)
+    self._score = lambda x, number: scorer(state.params, state.batch_stats, self.state, x,
+                                            jax.random.fold_in(key, number))
+    held_out = exp.test_ds.rows(num_attack, cfg.num_threshold_examples)
+    self.held_out_scores = self.scores(held_out.images)
+    self.threshold = metrics.threshold_at_fpr(self.held_out_scores, cfg.false_positive_rate)
+    self.summary = {
+        "detector": detector.name, "options": cfg.options.to_dict(),
+        "target_false_positive_rate": cfg.false_positive_rate, "threshold": self.threshold,
+        "held_out_examples": len(held_out),
+        "held_out_false_positive_rate": float(np.mean(self.held_out_scores >= self.threshold))}
+
+  def scores(self, images: np.ndarray) -> np.ndarray:
+    ds = data_lib.ArrayDataset(np.asarray(images), np.zeros(len(images), np.int32), 2, "scored")
+    return np.concatenate(run_over_dataset(ds, self.batch_size, self.mesh,
+                                           lambda b, n: self._score(b["image"], n)))
+
+  def attack_metrics(self, clean_scores, clean_correct, adv_scores, adv_correct) -> dict:
+    """Detection of one attack at the fixed threshold (see the module docstring)."""
+    clean_correct = np.asarray(clean_correct, bool)
+    adv_correct = np.asarray(adv_correct, bool)
+    successful = clean_correct & ~adv_correct
+    accepted = adv_scores < self.threshold
+    out = {"num_successful": int(successful.sum()),
+           "misclassified_and_accepted": float(np.mean((successful & accepted)[clean_correct]))
+           if clean_correct.any() else float("nan")}
+    if successful.any() and clean_correct.any():
+      out.update(metrics.detection(clean_scores[clean_correct], adv_scores[successful],
+                                   self.threshold, adv_correct[successful],
+                                   clean_correct[clean_correct]))
+    return out

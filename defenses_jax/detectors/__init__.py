@@ -1,0 +1,60 @@
+"""Detectors (registry) and their fitted states, cached beside the checkpoint by its step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import numpy as np
+
+from defenses_jax.detectors.base import Detector
+from defenses_jax.detectors.class_mean import ClassMeanDistance
+from defenses_jax.registry import Registry
+
+DETECTORS = Registry("detector", {"class_mean": ClassMeanDistance})
+
+
+def create_detector(name: str, num_classes: int, **options) -> Detector:
+  detector_class = DETECTORS.lookup(name)
+  try:
+    return detector_class(num_classes=num_classes, **options)
+  except TypeError as e:
+    raise ValueError(f"detector {name!r} does not take options {sorted(options)}: {e}") from e
+
+
+def cache_path(exp_dir: str, detector: Detector, step: int) -> str:
+  """<exp_dir>/detectors/<name>-<options hash>-step<step>.npz: a state belongs to one
+  checkpoint step and one detector configuration."""
+  options = json.dumps(dict(vars(detector)), sort_keys=True, default=str)
+  digest = hashlib.sha256(options.encode()).hexdigest()[:10]
+  return os.path.join(exp_dir, "detectors", f"{detector.name}-{digest}-step{step}.npz")
+
+
+def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:
+  """The detector's state for this checkpoint: loaded if cached, else fitted on the training
+  images (the network in inference mode) and saved (by process 0)."""
+  path = cache_path(exp.exp_dir, detector, int(state.step))
+  if os.path.exists(path):
+    with np.load(path) as saved:
+      return {k: saved[k] for k in saved.files}
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  outputs_fn = jax.jit(lambda v, x: dict(zip(("logits", "embedding"), exp.model.apply(
+      v, x, train=False, return_embedding=True))))
+  ds = exp.train_ds
+
+  def batches():
+    for start in range(0, len(ds), batch_size):
+      images = ds.images[start:start + batch_size]
+      yield jax.device_get(outputs_fn(variables, images)), ds.labels[start:start + batch_size]
+
+  fitted = {k: np.asarray(v) for k, v in detector.fit(batches()).items()}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **fitted)
+  return fitted
+
+
+__all__ = ["DETECTORS", "ClassMeanDistance", "Detector", "cache_path", "create_detector",
+           "fitted_state"]

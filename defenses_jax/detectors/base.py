@@ -1,0 +1,34 @@
+"""What a detector is: fitted on training data after training, then a pure score per input.
+
+A detector flags inputs as adversarial when its score is high. `fit` runs once on the host
+(numpy is fine) from the trained network's outputs on training images and returns a state (a
+dict of arrays), which evaluation caches beside the checkpoint, keyed by the checkpoint's step
+(detectors/cache.py). `score(state, outputs, x)` is pure JAX, so it runs inside the compiled,
+data-parallel evaluation and can be differentiated by a detector-aware attack.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+
+
+class Detector:
+  """Base class: subclasses are frozen dataclasses with `num_classes` and `name` fields."""
+
+  num_classes: int
+  name: str = "detector"
+
+  def fit(self, batches: Iterable[tuple[dict, np.ndarray]]) -> dict:
+    """State from (network outputs {'logits', 'embedding'}, true labels) of training batches."""
+    raise NotImplementedError(f"{type(self).__name__} must define fit")
+
+  def score(self, state: dict, outputs: dict, x: jax.Array) -> jax.Array:
+    """(B,) scores, higher meaning more likely adversarial. `outputs` holds the network's
+    `logits` and `embedding` and the deployed classifier's `class_logits`."""
+    raise NotImplementedError(f"{type(self).__name__} must define score")
+
+
+OutputsFn = Callable[[np.ndarray], dict]
