@@ -25,3 +25,12 @@ class Registry(dict):
     if name not in self:
       raise ValueError(f"unknown {self.kind} {name!r}; choose one of {', '.join(sorted(self))}.")
     return self[name]
+
+  def create(self, name: str, options: dict, **fixed) -> Any:
+    """The entry `name` called with the config's `options` and the `fixed` arguments the
+    library supplies (e.g. num_classes); options it does not take are a ValueError."""
+    factory = self.lookup(name)
+    try:
+      return factory(**fixed, **options)
+    except TypeError as e:
+      raise ValueError(f"{self.kind} {name!r} does not take options {sorted(options)}: {e}") from e

@@ -22,11 +22,7 @@ DEFENSES = Registry("defense", {
 
 
 def create_defense(name: str, num_classes: int, **options) -> Defense:
-  defense_class = DEFENSES.lookup(name)
-  try:
-    return defense_class(num_classes=num_classes, **options)
-  except TypeError as e:
-    raise ValueError(f"defense {name!r} does not take options {sorted(options)}: {e}") from e
+  return DEFENSES.create(name, options, num_classes=num_classes)
 
 
 __all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Defense", "Deployed", "FreeAdv",

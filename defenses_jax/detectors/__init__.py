@@ -17,11 +17,7 @@ DETECTORS = Registry("detector", {"class_mean": ClassMeanDistance})
 
 
 def create_detector(name: str, num_classes: int, **options) -> Detector:
-  detector_class = DETECTORS.lookup(name)
-  try:
-    return detector_class(num_classes=num_classes, **options)
-  except TypeError as e:
-    raise ValueError(f"detector {name!r} does not take options {sorted(options)}: {e}") from e
+  return DETECTORS.create(name, options, num_classes=num_classes)
 
 
 def cache_path(exp_dir: str, detector: Detector, step: int) -> str:

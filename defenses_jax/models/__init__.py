@@ -26,11 +26,7 @@ MODELS = Registry("model", {
 def create_model(name: str, num_outputs: int, **kwargs) -> nn.Module:
   """The model `name` with `num_outputs` logits; kwargs are the model's own options
   (e.g. activation='leaky_relu' for the ResNets)."""
-  model_class = MODELS.lookup(name)
-  try:
-    return model_class(num_outputs=num_outputs, **kwargs)
-  except TypeError as e:
-    raise ValueError(f"model {name!r} does not take options {sorted(kwargs)}: {e}") from e
+  return MODELS.create(name, kwargs, num_outputs=num_outputs)
 
 
 __all__ = ["MODELS", "create_model", "LeNet", "ResNet", "SmallVGG", "TargetTrainingCifarCNN",
