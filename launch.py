@@ -42,7 +42,8 @@ def main(argv):
   if _CACHE_DIR.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE_DIR.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from defenses_jax import distill, evaluate, suite, train
+  from defenses_jax import distill, evaluation, train
+  from defenses_jax.suites import runner as suite
   config = _CONFIG.value
   logging.info("config:\n%s", config)
   if suite.is_suite(config):
@@ -54,7 +55,7 @@ def main(argv):
   elif _MODE.value == "train":
     result = train.train_and_evaluate(config, _WORKDIR.value)
   else:
-    result = evaluate.evaluate(config, _WORKDIR.value)
+    result = evaluation.evaluate(config, _WORKDIR.value)
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2, sort_keys=True))
 

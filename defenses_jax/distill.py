@@ -12,8 +12,8 @@ import numpy as np
 
 from defenses_jax import data as data_lib
 from defenses_jax import train as train_lib
-from defenses_jax.restore import load_experiment
-from defenses_jax.threat_models import make_predictor, run_over_dataset
+from defenses_jax.experiment import load_experiment
+from defenses_jax.evaluation.runner import make_predictor, run_over_dataset
 
 
 def teacher_labels(teacher, ds: data_lib.ArrayDataset, batch_size: int) -> np.ndarray:

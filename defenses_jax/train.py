@@ -21,7 +21,7 @@ from jax import lax
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
 from defenses_jax.defenses import Defense, Network
-from defenses_jax.evaluate import RobustnessMonitor
+from defenses_jax.evaluation.monitor import RobustnessMonitor
 from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, state_specs,
                                      variables)
 from defenses_jax.optim import l2_penalty

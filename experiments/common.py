@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 500
   c.eval.every_epochs = 1  # Clean test accuracy during training.
   c.eval.num_attack_examples = -1  # Attacks run on the first N test images (-1: all).
-  # key -> {attack, label, threat_model, params, source_experiment}; see threat_models.py.
+  # key -> {attack, label, threat_model, params, source_experiment}; see defenses_jax/evaluation/threat_models.py.
   c.eval.attacks = ml_collections.ConfigDict()
   # Robust accuracy under one of eval.attacks after every epoch, in metrics.jsonl ("" for none).
   c.eval.monitor = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""Paper 001's Tables 3, 4 and 5 as suite tables (cell syntax: see defenses_jax/suite.py)."""
+"""Paper 001's Tables 3, 4 and 5 as suite tables (cell syntax: see defenses_jax/suites/runner.py)."""
 
 _METHODS = ("vanilla", "free_adv", "atda", "sim_adv", "bim_adv", "madry_adv")
 _COLUMNS = ("Vanilla", "Free-Adv (m=10)", "ATDA", "SIM(10,20)-Adv", "BIM(10,30)-Adv",

@@ -16,7 +16,8 @@ from defenses_jax import train as train_lib
 from defenses_jax.attacks.wrappers import call_logits
 from defenses_jax.defenses import Defense, Deployed, create_defense
 from defenses_jax.defenses.base import unit_weighted
-from defenses_jax.threat_models import make_predictor, parse_attack_specs
+from defenses_jax.evaluation.runner import make_predictor
+from defenses_jax.evaluation.threat_models import parse_attack_specs
 from experiments.common import attack
 
 
@@ -131,7 +132,7 @@ class NoisyInput(Defense):
 
 
 def test_a_randomised_defense_is_evaluated_with_eot(tmp_path, monkeypatch):
-  from defenses_jax.evaluate import evaluate
+  from defenses_jax.evaluation import evaluate
   monkeypatch.setitem(defenses.DEFENSES, "noisy_input", NoisyInput)
   datasets = blob_dataset(96, seed=0), blob_dataset(32, seed=1)
   config = tiny_config(epochs=4, learning_rate=3e-3)

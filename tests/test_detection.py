@@ -10,8 +10,8 @@ import pytest
 from conftest import blob_dataset, tiny_config
 from defenses_jax import detectors
 from defenses_jax import train as train_lib
-from defenses_jax.detection import DetectionEvaluator
-from defenses_jax.evaluate import evaluate
+from defenses_jax.evaluation.detection import DetectionEvaluator
+from defenses_jax.evaluation import evaluate
 from experiments.common import attack
 
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from defenses_jax import models, paper_tables, sanity
+from defenses_jax import models
+from defenses_jax.evaluation import sanity
+from defenses_jax.suites import tables as paper_tables
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
-from defenses_jax.evaluate import evaluate
+from defenses_jax.evaluation import evaluate
 from experiments.common import attack
 
 
@@ -100,7 +102,7 @@ def test_bad_attack_specs_fail_before_any_attack_runs(tmp_path, blobs, entry, me
 def test_distilled_proxy_learns_the_teachers_labels_and_serves_as_transfer_source(
     tmp_path, blobs, monkeypatch):
   from defenses_jax.distill import distill_proxy
-  from defenses_jax.restore import NoCheckpointError
+  from defenses_jax.experiment import NoCheckpointError
   proxy = eval_config("proxy")
   proxy.distill.teacher = "teacher"
   with pytest.raises(NoCheckpointError, match="teacher"):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defenses_jax import metrics, report, sanity
+from defenses_jax.evaluation import metrics, report, sanity
 
 
 def test_auc_of_perfect_random_and_inverted_detectors():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import blob_dataset
-from defenses_jax import suite
+from defenses_jax.suites import runner as suite
 from experiments import sim_adv, target_training
 
 

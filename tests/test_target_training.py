@@ -95,8 +95,9 @@ CONSTANT_LOGITS = np.array([2.0, 1.5, 0.0, 0.0, 0.0, 1.5, 0.0, 0.0], np.float32)
 def test_every_call_site_uses_the_merged_deployed_classifier(tmp_path):
   from conftest import blob_dataset
   from defenses_jax import data as data_lib
-  from defenses_jax.evaluate import RobustnessMonitor, evaluate
-  from defenses_jax.threat_models import logits_builder
+  from defenses_jax.evaluation import evaluate
+  from defenses_jax.evaluation.monitor import RobustnessMonitor
+  from defenses_jax.evaluation.threat_models import logits_builder
   from experiments.common import attack
 
   ones = lambda ds: data_lib.ArrayDataset(ds.images, np.ones_like(ds.labels), 4, ds.name)

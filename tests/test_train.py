@@ -12,7 +12,8 @@ from conftest import tiny_config
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.checkpoint import CheckpointMismatchError
-from defenses_jax.evaluate import NoCheckpointError, evaluate
+from defenses_jax.evaluation import evaluate
+from defenses_jax.experiment import NoCheckpointError
 from defenses_jax.optim import l2_penalty
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
 from defenses_jax.defenses.base import Defense, unit_weighted
 
 

@@ -91,7 +91,7 @@ def test_batchnorm_running_statistics_are_averaged_over_devices():
 
 def test_evaluation_on_eight_devices_matches_one_device(tmp_path):
   import ml_collections
-  from defenses_jax.evaluate import evaluate
+  from defenses_jax.evaluation import evaluate
   from experiments.common import attack
   blobs = blob_dataset(128), blob_dataset(40, seed=1)
   config = tiny_config(epochs=2, batch_size=32)

@@ -17,8 +17,9 @@ from jax import lax
 from defenses_jax import parallel
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import cross_entropy
-from defenses_jax.threat_models import (AttackSpec, adversarial_correct, logits_builder,
-                                        make_attack_runner, make_predictor, run_over_dataset)
+from defenses_jax.evaluation.runner import (adversarial_correct, make_attack_runner,
+                                            make_predictor, run_over_dataset)
+from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
 
 
 def bim_trajectory_correct(logits_fn, x, y, eps: float, n1: int, n2: int) -> jax.Array:

@@ -14,10 +14,10 @@ import os
 
 import jax
 
-from defenses_jax import rho
+from defenses_jax.suites import rho
 from defenses_jax.checkpoint import latest_checkpoint_step
-from defenses_jax.report import pyplot
-from defenses_jax.restore import TrainedExperiment
+from defenses_jax.evaluation.report import pyplot
+from defenses_jax.experiment import TrainedExperiment
 
 KINDS = ("rho_steps", "rho_iteration", "training_curves")
 

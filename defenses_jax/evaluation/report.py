@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from defenses_jax import metrics
+from defenses_jax.evaluation import metrics
 
 
 def pct(value) -> str:

@@ -18,11 +18,12 @@ import ml_collections
 import numpy as np
 
 from defenses_jax import data as data_lib
-from defenses_jax import metrics, parallel
+from defenses_jax import parallel
 from defenses_jax.detectors import Detector, create_detector, fitted_state
 from defenses_jax.experiment import variables
 from defenses_jax.defenses import Network
-from defenses_jax.threat_models import run_over_dataset
+from defenses_jax.evaluation import metrics
+from defenses_jax.evaluation.runner import run_over_dataset
 
 
 def detector_from_config(config: ml_collections.ConfigDict, exp, num_attack: int

@@ -22,8 +22,11 @@ from typing import Optional
 import jax
 import ml_collections
 
-from defenses_jax import (defenses, distill, evaluate, paper_tables, suite_figures,
-                          threat_models, train)
+from defenses_jax import defenses, distill, train
+from defenses_jax import evaluation
+from defenses_jax.evaluation import threat_models
+from defenses_jax.suites import figures as suite_figures
+from defenses_jax.suites import tables as paper_tables
 from defenses_jax.checkpoint import latest_checkpoint_step
 from defenses_jax.progress import write_json
 
@@ -97,7 +100,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
         _announce(f"[{i + 1}/{len(members)}] {member.experiment_name}: evaluation up to date")
         continue
       _announce(f"[{i + 1}/{len(members)}] evaluating {member.experiment_name}")
-      evaluate.evaluate(member, workdir, datasets)
+      evaluation.evaluate(member, workdir, datasets)
   results = {name: _load_eval(workdir, name) for name in config.order}
   training = {name: _load_json(workdir, name, "train.json") for name in config.order}
   tables = paper_tables.fill_tables(config.tables, results, training)

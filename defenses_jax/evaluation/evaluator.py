@@ -18,18 +18,15 @@ import ml_collections
 import numpy as np
 
 from defenses_jax import data as data_lib
-from defenses_jax import crafted, metrics, report, sanity
-from defenses_jax.detection import DetectionEvaluator, detector_from_config
 from defenses_jax.attacks import norms
-from defenses_jax.progress import progress_bar
-from defenses_jax.threat_models import (AttackSpec, adversarial_correct,
-                                        logits_builder, make_attack_runner, make_predictor,
-                                        noise_like, parse_attack_specs, run_over_dataset)
-from defenses_jax.restore import (  # noqa: F401 (NoCheckpointError is part of this API)
-    NoCheckpointError, TrainedExperiment, load_experiment)
 from defenses_jax.attacks.wrappers import call_logits
-from defenses_jax.experiment import evaluate_clean
-from defenses_jax.progress import write_json
+from defenses_jax.evaluation import crafted, metrics, report, sanity
+from defenses_jax.evaluation.detection import DetectionEvaluator, detector_from_config
+from defenses_jax.evaluation.runner import (make_attack_runner, make_predictor, noise_like,
+                                            run_over_dataset)
+from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder, parse_attack_specs
+from defenses_jax.experiment import TrainedExperiment, evaluate_clean, load_experiment
+from defenses_jax.progress import progress_bar, write_json
 
 NUM_EXAMPLE_IMAGES = 6  # Per attack, for the example grid.
 
@@ -92,33 +89,6 @@ class _Evaluator:
     out = run_over_dataset(noisy, self.batch_size, self.mesh,
                            lambda b, n: self.predict(b["image"], n))
     return np.concatenate(out) == self.labels[:num]
-
-
-class RobustnessMonitor:
-  """Robust accuracy of the current training state under one configured attack, on the first
-  `eval.monitor.num_examples` test images: called after every epoch, so that single-step
-  methods' catastrophic overfitting (robust accuracy collapsing during training) is visible."""
-
-  def __init__(self, config: ml_collections.ConfigDict, exp):
-    key = config.eval.monitor.attack
-    specs = {s.key: s for s in parse_attack_specs(config.eval.attacks, exp.defense)}
-    if key not in specs or specs[key].threat_model == "transfer":
-      raise ValueError(f"eval.monitor.attack {key!r} must name a non-transfer attack of "
-                       f"eval.attacks ({sorted(specs)}).")
-    spec = specs[key]
-    self.ds = exp.test_ds.take(config.eval.monitor.num_examples)
-    self.batch_size = min(config.eval.batch_size, -(-len(self.ds) // exp.mesh.shape["data"]) *
-                          exp.mesh.shape["data"])
-    self.mesh = exp.mesh
-    self.runner = make_attack_runner(spec, logits_builder(spec.threat_model, exp.model,
-                                                          exp.defense, spec.eot_samples),
-                                     exp.mesh)
-    self.predictor = make_predictor(exp.model, exp.defense, exp.mesh)
-    self.key = jax.random.key(config.seed + 2)
-
-  def __call__(self, state) -> float:
-    return float(np.mean(adversarial_correct(self.runner, self.predictor, state, self.ds,
-                                             self.batch_size, self.mesh, self.key)))
 
 
 def _subset(ev: _Evaluator, n: int, seed: int) -> _Evaluator:

@@ -1,11 +1,11 @@
-"""A suite's tables (see suite.py): each cell looked up in its member's results, our number beside
+"""A suite's tables (see runner.py): each cell looked up in its member's results, our number beside
 the paper's, cells whose evaluation failed a sanity check marked."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-from defenses_jax import report, sanity
+from defenses_jax.evaluation import report, sanity
 
 NOT_RUN = "not run"
 UNTRUSTED = "(!)"  # A sanity check failed for this cell's evaluation.
