@@ -207,6 +207,12 @@ MUTATIONS = (
              "predictions = jnp.argmax(defense.deployed(net, batch[\"image\"], key).class_logits,",
              "predictions = jnp.argmax(defense.deployed(net, batch[\"image\"], jax.random.key(0))"
              ".class_logits,", (_T + "test_defense_interface.py",)),
+    Mutation("query_attack_gets_the_model_itself", "defenses_jax/evaluation/runner.py",
+             "    if info.queries:\n", "    if False:\n", (_T + "test_oracle.py",)),
+    Mutation("random_search_keeps_unfooled_candidates",
+             "defenses_jax/attacks/query/random_search.py",
+             "jnp.where(norms.per_example(fooled, x), z, best)",
+             "jnp.where(norms.per_example(answered, x), z, best)", (_T + "test_oracle.py",)),
     Mutation("eval_ignores_padding_mask", "defenses_jax/experiment.py",
              '"count": jnp.sum(batch["mask"])}', '"count": batch["mask"].shape[0] * 1.0}',
              (_T + "test_train.py",)),

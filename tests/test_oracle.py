@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from defenses_jax.attacks import stochastic
-from defenses_jax.attacks.query import Oracle, QueryAccessError
+from defenses_jax.attacks.query import Oracle, QueryAccessError, random_search
 
 W = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
 logits_fn = lambda x: x.reshape(x.shape[0], -1) @ W
@@ -74,3 +74,49 @@ def test_a_randomised_defense_is_queried_with_a_fresh_key_per_query():
   assert len({tuple(np.round(np.asarray(answers[0, q]), 5)) for q in range(4)}) == 4
   with pytest.raises(ValueError, match="access"):
     Oracle(logits_fn, "gradients", 10)
+
+
+def test_random_search_finds_the_one_flipping_corner_and_counts_its_queries():
+  # Label 1 only at the all-plus corner of the eps-cube around x = 0.5 (1 corner in 16); the
+  # second example's threshold is out of reach, so it spends its whole budget and stays x.
+  threshold = jnp.asarray([3.5 * 0.1, 10.0])
+  fn = lambda x: jnp.stack([jnp.zeros(x.shape[0]),
+                            (x.reshape(x.shape[0], -1) - 0.5).sum(-1) * 1.0 - threshold], -1)
+  x = jnp.full((2, 4), 0.5)
+  y = jnp.zeros(2, jnp.int32)
+  oracle = Oracle(fn, "labels", budget=200)
+  x_adv, info = jax.jit(lambda x, y, k: random_search(oracle, x, y, k, eps=0.1,
+                                                      max_queries=200))(x, y, jax.random.key(0))
+  np.testing.assert_allclose(x_adv[0], 0.6, atol=1e-6)  # The flipping corner, exactly.
+  np.testing.assert_array_equal(x_adv[1], x[1])
+  np.testing.assert_array_equal(info["success"], [True, False])
+  assert 1 <= int(info["queries"][0]) < 200 and int(info["queries"][1]) == 200
+
+
+def test_evaluation_runs_query_attacks_through_an_oracle(tmp_path, monkeypatch):
+  import ml_collections
+  from conftest import blob_dataset, tiny_config
+  from defenses_jax import attacks
+  from defenses_jax import train as train_lib
+  from defenses_jax.evaluation import evaluate
+  from experiments.common import attack
+  datasets = blob_dataset(96, seed=0), blob_dataset(32, seed=1)
+  config = tiny_config(epochs=4, learning_rate=3e-3)
+  config.eval.num_attack_examples = 32
+  config.eval.sanity.enabled = False
+  config.eval.attacks = ml_collections.ConfigDict(
+      {"rs": attack("random_search", "Random search", eps=0.5, max_queries=50)})
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
+  out = evaluate(config, str(tmp_path), datasets=datasets)["attacks"]["rs"]
+  assert out["queries"]["budget"] == 50 and 1 <= out["queries"]["mean"] <= 50
+  assert out["attack_success_rate"] > 0
+  # A "query" attack that tries to differentiate what it is given fails before running.
+  def peeking(oracle, x, y, key, *, max_queries=10):
+    counts = oracle.initial_counts(x.shape[0])
+    jax.grad(lambda z: oracle.query(z, counts, key)[0].sum())(x)
+    return x, {}
+  monkeypatch.setitem(attacks.ATTACKS, "peeking", attacks.AttackInfo(
+      peeking, "scores", "linf", budget_param="max_queries"))
+  config.eval.attacks = ml_collections.ConfigDict({"peek": attack("peeking", "Peeking")})
+  with pytest.raises(QueryAccessError):
+    evaluate(config, str(tmp_path), datasets=datasets)

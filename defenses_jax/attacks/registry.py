@@ -14,12 +14,14 @@ threat-model norm, or the default of its `norm` parameter.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable, Optional
 
 from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
+from defenses_jax.attacks.query.random_search import random_search
 from defenses_jax.registry import Registry
 
 ACCESS_KINDS = ("gradient", "scores", "labels", "universal")
@@ -36,6 +38,16 @@ class AttackInfo:
     if self.access not in ACCESS_KINDS:
       raise ValueError(f"unknown attack access {self.access!r}; choose one of {ACCESS_KINDS}.")
 
+  @property
+  def queries(self) -> bool:
+    """A query attack: its first argument is an Oracle, not a logits function."""
+    return self.access in ("scores", "labels")
+
+  def budget(self, params: dict) -> int:
+    """The value of the budget parameter with these parameters (the attack's default if unset)."""
+    return int(params.get(self.budget_param,
+                          inspect.signature(self.fn).parameters[self.budget_param].default))
+
   def norm_of(self, params: dict) -> str:
     """The norm the attack runs in with these parameters."""
     return params.get("norm", self.norm)
@@ -50,6 +62,7 @@ ATTACKS = Registry("attack", {
     "cw_l2": AttackInfo(cw_l2, "gradient", "l2", budget_param="max_iterations"),
     "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
     "deepfool": AttackInfo(deepfool, "gradient", "l2"),  # Stops by itself (max_iter: a cap).
+    "random_search": AttackInfo(random_search, "labels", "linf", budget_param="max_queries"),
 })
 
 

@@ -73,12 +73,13 @@ class _Evaluator:
     s = crafted_on.state
 
     def one_batch(batch, number):
-      x_adv = runner(s.params, s.batch_stats, batch["image"], batch["label"],
-                     jax.random.fold_in(self.key, number))
-      return {"x_adv": x_adv, "pred": self.predict(x_adv, number)}
+      x_adv, queries = runner(s.params, s.batch_stats, batch["image"], batch["label"],
+                              jax.random.fold_in(self.key, number))
+      return {"x_adv": x_adv, "pred": self.predict(x_adv, number), "queries": queries}
 
     out = run_over_dataset(self.ds, self.batch_size, self.mesh, one_batch, progress)
     x_adv = np.concatenate([o["x_adv"] for o in out])
+    self.last_queries = np.concatenate([o["queries"] for o in out])
     return x_adv, np.concatenate([o["pred"] for o in out]) == self.labels, None
 
   def noise_correct(self, eps: float, norm: str, num: int) -> np.ndarray:
@@ -192,6 +193,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
                              np.asarray(d["l2"]), np.asarray(d["linf"]))}
     per_attack_correct[spec.key] = adv_correct
+    if spec.info.queries and reused is None:  # Queries the attack spent per example.
+      attacked, fooled = clean_correct, clean_correct & ~adv_correct
+      results[spec.key]["queries"] = {
+          "budget": spec.info.budget(spec.params),
+          "mean": float(np.mean(ev.last_queries[attacked])) if attacked.any() else None,
+          "median_successful": float(np.median(ev.last_queries[fooled])) if fooled.any()
+                               else None}
     if detection is not None:
       adv_scores = detection.scores(x_adv)
       results[spec.key]["detection"] = detection.attack_metrics(clean_scores, clean_correct,

@@ -52,6 +52,11 @@ def markdown_table(summary: dict) -> str:
   for key, value in paper_robust.items():  # Paper rows we did not run stay visible.
     if key not in summary["attacks"]:
       lines.append(f"| {key} | - | not run | {pct(value)} | - | - | - |")
+  queried = {r["label"]: r["queries"] for r in summary["attacks"].values() if r.get("queries")}
+  if queried:
+    lines += [""] + [f"{label}: a query budget of {q['budget']} per image; {_num(q['mean'])} "
+                     f"queries on average, median {_num(q['median_successful'])} to succeed."
+                     for label, q in queried.items()]
   if summary.get("detection"):
     lines += detection_lines(summary)
   if summary.get("worst_case_robust_accuracy") is not None:

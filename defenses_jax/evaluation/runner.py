@@ -6,29 +6,37 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
 from defenses_jax.attacks import norms
+from defenses_jax.attacks.query import Oracle
 from defenses_jax.defenses.base import Network
 from defenses_jax.experiment import variables
 
 
 def make_attack_runner(spec, build_logits: Callable, mesh) -> Callable:
-  """jit(shard_map(...)): (params, batch_stats, x, y, key) -> x_adv, each device attacking its
-  shard of the batch with its own random stream (`spec`: a threat_models.AttackSpec)."""
-  fn, params = spec.fn, spec.params
+  """jit(shard_map(...)): (params, batch_stats, x, y, key) -> (x_adv, queries), each device
+  attacking its shard of the batch with its own random stream (`spec`: a
+  threat_models.AttackSpec). A query attack gets the target only through an Oracle (its access
+  kind, its budget) and `queries` are those it used per example; -1 for other attacks."""
+  fn, params, info = spec.fn, spec.params, spec.info
 
   def per_device(model_params, batch_stats, x, y, key):
     key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
-    return fn(build_logits(model_params, batch_stats), x, y, key, **params)[0]
+    target = build_logits(model_params, batch_stats)
+    if info.queries:
+      target = Oracle(target, info.access, info.budget(params))
+    x_adv, report = fn(target, x, y, key, **params)
+    return x_adv, report.get("queries", jnp.full(x.shape[:1], -1, jnp.int32))
 
   return parallel.data_parallel(
       per_device, mesh, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
                                   parallel.SHARDED, parallel.REPLICATED),
-      out_specs=parallel.SHARDED)
+      out_specs=(parallel.SHARDED, parallel.SHARDED))
 
 
 def make_predictor(model, defense, mesh) -> Callable:
@@ -78,7 +86,8 @@ def adversarial_correct(runner: Callable, predictor: Callable, state, ds: data_l
 
   def one_batch(batch, number):
     batch_key = jax.random.fold_in(key, number)
-    x_adv = runner(state.params, state.batch_stats, batch["image"], batch["label"], batch_key)
+    x_adv, _ = runner(state.params, state.batch_stats, batch["image"], batch["label"],
+                      batch_key)
     return predictor(state.params, state.batch_stats, x_adv, jax.random.fold_in(batch_key, 1))
 
   return np.concatenate(run_over_dataset(ds, batch_size, mesh, one_batch)) == ds.labels

@@ -58,7 +58,7 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
     name = entry.get("attack", key)
     fn = attacks_lib.get_attack(name)
     params = dict(entry.get("params", {}))
-    accepted = set(inspect.signature(fn).parameters) - {"logits_fn", "x", "y", "key"}
+    accepted = set(inspect.signature(fn).parameters) - {"logits_fn", "oracle", "x", "y", "key"}
     if set(params) - accepted:
       raise ValueError(f"eval.attacks.{key}: attack {name!r} does not take "
                        f"{sorted(set(params) - accepted)}; it takes {sorted(accepted)}.")

@@ -2,5 +2,6 @@
 which counts their queries per example and refuses gradients."""
 
 from defenses_jax.attacks.query.oracle import Oracle, QueryAccessError
+from defenses_jax.attacks.query.random_search import random_search
 
-__all__ = ["Oracle", "QueryAccessError"]
+__all__ = ["Oracle", "QueryAccessError", "random_search"]
