@@ -126,7 +126,7 @@ class Defense:
       return net
     if threat_model == "adaptive":
       if not self.has_adaptive_attack:
-        self.adaptive_logits(None)  # Raises, naming the defense.
+        raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
       return lambda z: self.adaptive_logits(net(z))
     if threat_model not in THREAT_MODELS:
       raise ValueError(f"unknown threat_model {threat_model!r}; choose one of {THREAT_MODELS}.")

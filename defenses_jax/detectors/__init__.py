@@ -9,7 +9,9 @@ import os
 import jax
 import numpy as np
 
+from defenses_jax.defenses.base import Network
 from defenses_jax.detectors.base import Detector
+from defenses_jax.experiment import variables
 from defenses_jax.detectors.class_mean import ClassMeanDistance
 from defenses_jax.registry import Registry
 
@@ -35,15 +37,14 @@ def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:
   if os.path.exists(path):
     with np.load(path) as saved:
       return {k: saved[k] for k in saved.files}
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  outputs_fn = jax.jit(lambda v, x: dict(zip(("logits", "embedding"), exp.model.apply(
-      v, x, train=False, return_embedding=True))))
+  outputs_fn = jax.jit(lambda v, x: Network(exp.model, v).outputs(x))
+  trained = variables(state.params, state.batch_stats)
   ds = exp.train_ds
 
   def batches():
     for start in range(0, len(ds), batch_size):
       images = ds.images[start:start + batch_size]
-      yield jax.device_get(outputs_fn(variables, images)), ds.labels[start:start + batch_size]
+      yield jax.device_get(outputs_fn(trained, images)), ds.labels[start:start + batch_size]
 
   fitted = {k: np.asarray(v) for k, v in detector.fit(batches()).items()}
   if jax.process_index() == 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,14 @@ from defenses_jax.experiment import TrainedExperiment, evaluate_clean, load_expe
 from defenses_jax.progress import progress_bar, write_json
 
 NUM_EXAMPLE_IMAGES = 6  # Per attack, for the example grid.
+
+
+class AttackRun(NamedTuple):
+  """One attack over the attacked subset."""
+  x_adv: np.ndarray
+  correct: np.ndarray  # Per example: the deployed classifier is still right on x_adv.
+  reused: Optional[str]  # Path of the saved examples a transfer attack reused, else None.
+  queries: Optional[np.ndarray]  # Per example, for query attacks run here (-1: not one).
 
 
 class _Evaluator:
@@ -52,9 +60,8 @@ class _Evaluator:
                            lambda b, n: self.predict(b["image"], n))
     return np.concatenate(out) == self.labels
 
-  def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment], progress=None):
-    """(x_adv, adversarial-correctness, path of reused examples or None) over the attacked
-    subset."""
+  def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment],
+             progress=None) -> AttackRun:
     if source is not None:
       saved = crafted.find(source.exp.exp_dir, spec.attack, spec.params, int(source.state.step),
                            self.labels)
@@ -64,7 +71,7 @@ class _Evaluator:
                                                       "crafted"),
                                 self.batch_size, self.mesh,
                                 lambda b, n: self.predict(b["image"], n), progress)
-        return x_adv, np.concatenate(pred) == self.labels, saved[1]
+        return AttackRun(x_adv, np.concatenate(pred) == self.labels, saved[1], None)
     crafted_on = source or self.trained
     threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
@@ -78,9 +85,9 @@ class _Evaluator:
       return {"x_adv": x_adv, "pred": self.predict(x_adv, number), "queries": queries}
 
     out = run_over_dataset(self.ds, self.batch_size, self.mesh, one_batch, progress)
-    x_adv = np.concatenate([o["x_adv"] for o in out])
-    self.last_queries = np.concatenate([o["queries"] for o in out])
-    return x_adv, np.concatenate([o["pred"] for o in out]) == self.labels, None
+    return AttackRun(np.concatenate([o["x_adv"] for o in out]),
+                     np.concatenate([o["pred"] for o in out]) == self.labels, None,
+                     np.concatenate([o["queries"] for o in out]))
 
   def noise_correct(self, eps: float, norm: str, num: int) -> np.ndarray:
     """Correctness under random noise of the attack's size, on the first `num` examples."""
@@ -112,7 +119,7 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
   unbounded = AttackSpec("unbounded", "PGD, eps = 1 (whole box)", "pgd", "white_box",
                          {"eps": 1.0, "step_size": 0.05, "steps": cfg.unbounded_steps,
                           "random_start": False, "loss": "margin"})
-  _, adv_correct, _ = sub.attack(unbounded, None)
+  adv_correct = sub.attack(unbounded, None).correct
   success = float(np.mean(~adv_correct[sub_clean])) if sub_clean.any() else 1.0
   records.append(sanity.unbounded_attack_succeeds(success))
   for spec in specs:
@@ -121,7 +128,7 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
     param = spec.info.budget_param
     if param and spec.threat_model in cfg.more_steps_threat_models:
       accuracy_at = lambda steps, spec=spec, param=param: float(np.mean(
-          sub.attack(spec.with_params(**{param: steps}), None)[1] & sub_clean))
+          sub.attack(spec.with_params(**{param: steps}), None).correct & sub_clean))
       default_steps = inspect.signature(spec.fn).parameters[param].default
       records.append(sanity.more_steps_do_not_help(spec.label, accuracy_at,
                                                    int(spec.params.get(param, default_steps)),
@@ -156,7 +163,7 @@ def _eps_sweep(ev: _Evaluator, specs, cfg, clean_correct):
     if spec.attack in ("pgd", "ll_pgd") and "step_size" in spec.params:
       # Keep the step a fixed fraction of the budget, as the papers' Name(n1, n2) notation does.
       changes["step_size"] = spec.params["step_size"] * float(eps) / spec.params["eps"]
-    correct = sub.attack(spec.with_params(**changes), None)[1] & clean_correct[:n]
+    correct = sub.attack(spec.with_params(**changes), None).correct & clean_correct[:n]
     points.append({"eps": float(eps), "robust_accuracy": float(np.mean(correct))})
   return {"attack": spec.key, "label": spec.label, "num_examples": n, "points": points}
 
@@ -184,7 +191,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                      description=f"{config.experiment_name} attacks", unit="image")
   for spec in specs:
     bar.set_description(f"{config.experiment_name}: {spec.label}")
-    x_adv, adv_correct, reused = ev.attack(spec, sources.get(spec.source_experiment), bar)
+    run = ev.attack(spec, sources.get(spec.source_experiment), bar)
+    x_adv, adv_correct, reused = run.x_adv, run.correct, run.reused
     d = norms.distances(jnp.asarray(x_adv), jnp.asarray(attack_ds.images))
     results[spec.key] = {
         "label": spec.label, "attack": spec.attack, "threat_model": spec.threat_model,
@@ -193,12 +201,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
                              np.asarray(d["l2"]), np.asarray(d["linf"]))}
     per_attack_correct[spec.key] = adv_correct
-    if spec.info.queries and reused is None:  # Queries the attack spent per example.
+    if spec.info.queries and run.queries is not None:  # Queries spent per example.
       attacked, fooled = clean_correct, clean_correct & ~adv_correct
       results[spec.key]["queries"] = {
           "budget": spec.info.budget(spec.params),
-          "mean": float(np.mean(ev.last_queries[attacked])) if attacked.any() else None,
-          "median_successful": float(np.median(ev.last_queries[fooled])) if fooled.any()
+          "mean": float(np.mean(run.queries[attacked])) if attacked.any() else None,
+          "median_successful": float(np.median(run.queries[fooled])) if fooled.any()
                                else None}
     if detection is not None:
       adv_scores = detection.scores(x_adv)
