@@ -103,12 +103,15 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def attack(name: str, label: str, threat_model: str = "white_box", source_experiment: str = "",
-           eot_samples: int = 1, **params) -> dict:
-  """One entry of config.eval.attacks (eot_samples > 1: EOT against a randomised defense)."""
+           eot_samples: int = 1, fit_examples: int = 0, **params) -> dict:
+  """One entry of config.eval.attacks (eot_samples > 1: EOT against a randomised defense;
+  fit_examples: the training images a universal attack is fitted on, 0 for its default)."""
   entry = {"attack": name, "label": label, "threat_model": threat_model, "params": params,
            "source_experiment": source_experiment}
   if eot_samples != 1:  # Absent otherwise, so that existing evaluations stay current.
     entry["eot_samples"] = eot_samples
+  if fit_examples:
+    entry["fit_examples"] = fit_examples
   return entry
 
 

@@ -216,6 +216,17 @@ MUTATIONS = (
     Mutation("eval_ignores_padding_mask", "defenses_jax/experiment.py",
              '"count": jnp.sum(batch["mask"])}', '"count": batch["mask"].shape[0] * 1.0}',
              (_T + "test_train.py",)),
+    Mutation("uap_step_subtracted", "defenses_jax/attacks/universal.py",
+             "project_perturbation(v + (x_df - xv)[0], eps, norm)",
+             "project_perturbation(v - (x_df - xv)[0], eps, norm)", (_T + "test_universal.py",)),
+    Mutation("uap_not_projected", "defenses_jax/attacks/universal.py",
+             "return jnp.clip(v, -eps, eps)", "return v", (_T + "test_universal.py",)),
+    Mutation("uap_fooling_against_a_fixed_class", "defenses_jax/attacks/universal.py",
+             "batch_size) != clean", "batch_size) != 0", (_T + "test_universal.py",)),
+    Mutation("uap_fitted_on_test_images", "defenses_jax/evaluation/universal.py",
+             "ds = exp.train_ds.take(spec.fit_examples)", "ds = exp.test_ds.take(spec.fit_examples)",
+             (_T + "test_evaluate.py::test_a_universal_perturbation_is_fitted_on_training_images_"
+              "cached_and_added_to_test_images",)),
 )
 
 

@@ -91,12 +91,50 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
     (attack("pgd", "x", threat_model="transfer", eps=0.3, step_size=0.1, steps=1),
      "source_experiment"),
     (attack("fgsm", "x", threat_model="adaptive", eps=0.3), "no adaptive"),
+    (attack("uap", "x"), r"needs \['eps'\]"),  # No default radius: ART's 10 is no constraint.
+    (attack("fgsm", "x", fit_examples=10, eps=0.3), "fit_examples"),
 ])
 def test_bad_attack_specs_fail_before_any_attack_runs(tmp_path, blobs, entry, message):
   config = eval_config(attacks={"bad": entry})
   train_lib.train_and_evaluate(eval_config(), str(tmp_path), datasets=blobs)
   with pytest.raises(ValueError, match=message):
     evaluate(config, str(tmp_path), datasets=blobs)
+
+
+def test_a_universal_perturbation_is_fitted_on_training_images_cached_and_added_to_test_images(
+    tmp_path, blobs):
+  config = eval_config(attacks={"uap": attack("uap", "UAP", fit_examples=24, eps=0.25,
+                                              max_passes=2, max_iter_df=5)})
+  config.eval.sanity.enabled = False
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  out = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
+  cached = tmp_path / out["universal"]["cached"]
+  v = np.load(cached)["v"]
+  assert v.shape == blobs[1].images.shape[1:] and np.abs(v).max() <= 0.25 + 1e-6
+  assert out["universal"]["fit_examples"] == 24 and 1 <= out["universal"]["passes"] <= 2
+  # The table's numbers are those of x + v (clipped) on the attacked test images.
+  exp = experiment_lib.Experiment(config, str(tmp_path), blobs)
+  ckpt = exp.checkpoints()
+  state = exp.restore_or_init(ckpt)
+  ckpt.close()
+  network = lambda z: np.argmax(exp.model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, z, train=False), -1)
+  x, y = blobs[1].images[:32], blobs[1].labels[:32]
+  still_right = (network(x) == y) & (network(np.clip(x + v, 0, 1)) == y)
+  assert out["robust_accuracy"] == pytest.approx(np.mean(still_right))
+  # Fitted on the training images: the fooling rate it reports is theirs.
+  train_x = blobs[0].images[:24]
+  fooled = network(np.clip(train_x + v, 0, 1)) != network(train_x)
+  assert out["universal"]["fooling_rate"] == pytest.approx(np.mean(fooled))
+  test_x = blobs[1].images[:24]  # Informative: v fools a different share of the test images.
+  assert np.mean(fooled) != np.mean(network(np.clip(test_x + v, 0, 1)) != network(test_x))
+  # A second evaluation loads the cached perturbation instead of fitting it again.
+  info = {**{k: val for k, val in out["universal"].items() if k != "cached"}, "passes": 0}
+  np.savez(cached, v=np.zeros_like(v), info=json.dumps(info))
+  again = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
+  assert again["universal"]["passes"] == 0
+  assert again["robust_accuracy"] == pytest.approx(np.mean(network(x) == y))  # v = 0 now.
+  assert "UAP: one perturbation" in (tmp_path / "tiny" / "results" / "eval.md").read_text()
 
 
 def test_distilled_proxy_learns_the_teachers_labels_and_serves_as_transfer_source(

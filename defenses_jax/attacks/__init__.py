@@ -20,9 +20,10 @@ from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.norms import distances, project
 from defenses_jax.attacks.objectives import is_successful, margin
+from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.attacks.registry import ATTACKS, AttackInfo, attack_info, get_attack
 from defenses_jax.attacks.wrappers import bpda, eot, stochastic
 
-__all__ = ["ATTACKS", "AttackInfo", "attack_info", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
+__all__ = ["ATTACKS", "AttackInfo", "apply_perturbation", "attack_info", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
            "distances", "eot", "fgsm", "get_attack", "is_successful", "ll_pgd", "madry",
-           "margin", "pgd", "project", "stochastic"]
+           "margin", "pgd", "project", "stochastic", "uap"]

@@ -4,7 +4,8 @@ Access kinds:
 - gradient: `attack(logits_fn, x, y, key, **params) -> (x_adv, info)` differentiates logits_fn;
 - scores / labels: query attacks, which only see an `Oracle` (query/oracle.py) answering with
   scores or labels, count their queries and cannot differentiate it;
-- universal: `fit` one perturbation on training images, then `apply` it to any input.
+- universal: `fn(logits_fn, x, key, **params) -> (v, info)` fits one perturbation on a set of
+  (training) images; `apply(v, x)` adds it to any input.
 
 `budget_param` names the parameter that sets how long an iterative attack runs (for the "more
 steps" sanity check; None: the attack stops by itself or has no length). `norm` is the attack's
@@ -22,6 +23,7 @@ from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.query.random_search import random_search
+from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.registry import Registry
 
 ACCESS_KINDS = ("gradient", "scores", "labels", "universal")
@@ -33,10 +35,17 @@ class AttackInfo:
   access: str
   norm: str
   budget_param: Optional[str] = None
+  apply: Optional[Callable] = None  # Universal attacks: (v, x) -> the perturbed input.
 
   def __post_init__(self):
     if self.access not in ACCESS_KINDS:
       raise ValueError(f"unknown attack access {self.access!r}; choose one of {ACCESS_KINDS}.")
+    if (self.access == "universal") != (self.apply is not None):
+      raise ValueError("a universal attack, and only one, needs `apply`.")
+
+  @property
+  def universal(self) -> bool:
+    return self.access == "universal"
 
   @property
   def queries(self) -> bool:
@@ -63,6 +72,8 @@ ATTACKS = Registry("attack", {
     "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
     "deepfool": AttackInfo(deepfool, "gradient", "l2"),  # Stops by itself (max_iter: a cap).
     "random_search": AttackInfo(random_search, "labels", "linf", budget_param="max_queries"),
+    "uap": AttackInfo(uap, "universal", "linf", budget_param="max_passes",
+                      apply=apply_perturbation),
 })
 
 

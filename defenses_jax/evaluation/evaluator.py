@@ -25,6 +25,7 @@ from defenses_jax.evaluation.detection import DetectionEvaluator, detector_from_
 from defenses_jax.evaluation.runner import (make_attack_runner, make_predictor, noise_like,
                                             run_over_dataset)
 from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder, parse_attack_specs
+from defenses_jax.evaluation.universal import UniversalPerturbation, fitted_perturbation
 from defenses_jax.experiment import TrainedExperiment, evaluate_clean, load_experiment
 from defenses_jax.progress import progress_bar, write_json
 
@@ -37,6 +38,7 @@ class AttackRun(NamedTuple):
   correct: np.ndarray  # Per example: the deployed classifier is still right on x_adv.
   reused: Optional[str]  # Path of the saved examples a transfer attack reused, else None.
   queries: Optional[np.ndarray]  # Per example, for query attacks run here (-1: not one).
+  universal: Optional[UniversalPerturbation] = None  # The perturbation a universal attack added.
 
 
 class _Evaluator:
@@ -74,6 +76,8 @@ class _Evaluator:
         return AttackRun(x_adv, np.concatenate(pred) == self.labels, saved[1], None)
     crafted_on = source or self.trained
     threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
+    if spec.info.universal:
+      return self._universal(spec, crafted_on, threat, progress)
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
                            spec.eot_samples)
     runner = make_attack_runner(spec, build, self.mesh)
@@ -88,6 +92,20 @@ class _Evaluator:
     return AttackRun(np.concatenate([o["x_adv"] for o in out]),
                      np.concatenate([o["pred"] for o in out]) == self.labels, None,
                      np.concatenate([o["queries"] for o in out]))
+
+  def _universal(self, spec: AttackSpec, crafted_on: TrainedExperiment, threat: str,
+                 progress) -> AttackRun:
+    # Fitted with the evaluated experiment's seed, so that reruns and sanity checks reuse it.
+    fitted = fitted_perturbation(spec, crafted_on, threat, self.trained.exp.config.seed)
+    v = jnp.asarray(fitted.v)
+
+    def one_batch(batch, number):
+      x_adv = spec.info.apply(v, batch["image"])
+      return {"x_adv": x_adv, "pred": self.predict(x_adv, number)}
+
+    out = run_over_dataset(self.ds, self.batch_size, self.mesh, one_batch, progress)
+    return AttackRun(np.concatenate([o["x_adv"] for o in out]),
+                     np.concatenate([o["pred"] for o in out]) == self.labels, None, None, fitted)
 
   def noise_correct(self, eps: float, norm: str, num: int) -> np.ndarray:
     """Correctness under random noise of the attack's size, on the first `num` examples."""
@@ -208,6 +226,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
           "mean": float(np.mean(run.queries[attacked])) if attacked.any() else None,
           "median_successful": float(np.median(run.queries[fooled])) if fooled.any()
                                else None}
+    if run.universal is not None:
+      results[spec.key]["universal"] = {
+          **run.universal.info,
+          "cached": os.path.relpath(run.universal.path, workdir)}
     if detection is not None:
       adv_scores = detection.scores(x_adv)
       results[spec.key]["detection"] = detection.attack_metrics(clean_scores, clean_correct,

@@ -19,9 +19,9 @@ class RobustnessMonitor:
   def __init__(self, config: ml_collections.ConfigDict, exp):
     key = config.eval.monitor.attack
     specs = {s.key: s for s in parse_attack_specs(config.eval.attacks, exp.defense)}
-    if key not in specs or specs[key].threat_model == "transfer":
-      raise ValueError(f"eval.monitor.attack {key!r} must name a non-transfer attack of "
-                       f"eval.attacks ({sorted(specs)}).")
+    if key not in specs or specs[key].threat_model == "transfer" or specs[key].info.universal:
+      raise ValueError(f"eval.monitor.attack {key!r} must name a per-example, non-transfer "
+                       f"attack of eval.attacks ({sorted(specs)}).")
     spec = specs[key]
     self.ds = exp.test_ds.take(config.eval.monitor.num_examples)
     self.batch_size = min(config.eval.batch_size, -(-len(self.ds) // exp.mesh.shape["data"]) *

@@ -57,6 +57,11 @@ def markdown_table(summary: dict) -> str:
     lines += [""] + [f"{label}: a query budget of {q['budget']} per image; {_num(q['mean'])} "
                      f"queries on average, median {_num(q['median_successful'])} to succeed."
                      for label, q in queried.items()]
+  fitted = {r["label"]: r["universal"] for r in summary["attacks"].values() if r.get("universal")}
+  if fitted:
+    lines += [""] + [f"{label}: one perturbation (L2 {_num(u['l2'])}, L-inf {_num(u['linf'])}) "
+                     f"fitted on {u['fit_examples']} training images in {u['passes']} passes, "
+                     f"fooling {pct(u['fooling_rate'])} of them." for label, u in fitted.items()]
   if summary.get("detection"):
     lines += detection_lines(summary)
   if summary.get("worst_case_robust_accuracy") is not None:

@@ -24,6 +24,9 @@ def make_attack_runner(spec, build_logits: Callable, mesh) -> Callable:
   threat_models.AttackSpec). A query attack gets the target only through an Oracle (its access
   kind, its budget) and `queries` are those it used per example; -1 for other attacks."""
   fn, params, info = spec.fn, spec.params, spec.info
+  if info.universal:
+    raise ValueError(f"{spec.attack} is a universal attack: fit it with "
+                     "evaluation.universal.fitted_perturbation, not per batch.")
 
   def per_device(model_params, batch_stats, x, y, key):
     key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))

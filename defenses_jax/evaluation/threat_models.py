@@ -1,5 +1,4 @@
-"""Attack specifications from a config, the threat model each attack works under, and the
-batched, data-parallel runner that applies it to a test set.
+"""Attack specifications from a config and the threat model each attack works under.
 
 Threat models (papers 002 appendix D, 003 section 2.2):
 - white_box: the attacker differentiates the defense as deployed (`defense.deployed`);
@@ -8,6 +7,8 @@ Threat models (papers 002 appendix D, 003 section 2.2):
 (each defense says what its attacker differentiates: `defense.attack_target`)
 - transfer: examples are crafted white-box on a *source* experiment (a substitute, e.g. the
   unsecured classifier or a distilled proxy) and then fed to the defense.
+Universal attacks fit one perturbation on training images of the experiment they are crafted on
+(evaluation/universal.py) and add it to every test image.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from defenses_jax import attacks as attacks_lib
 from defenses_jax.defenses.base import THREAT_MODELS, Network
 from defenses_jax.experiment import variables
 
+DEFAULT_FIT_EXAMPLES = 1000  # Training images a universal attack is fitted on, by default.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,8 @@ class AttackSpec:
   # Against a randomised defense: the attacker differentiates the mean over this many draws
   # (expectation over transformation, `attacks.eot`) at every step; 1: one fresh draw per step.
   eot_samples: int = 1
+  # Universal attacks: the perturbation is fitted on this many training images (see universal.py).
+  fit_examples: int = 0
 
   @property
   def info(self) -> attacks_lib.AttackInfo:
@@ -52,16 +56,27 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
   for key, entry in attacks_config.items():
     entry = dict(entry)
     unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
-                            "eot_samples"}
+                            "eot_samples", "fit_examples"}
     if unknown:
       raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
     fn = attacks_lib.get_attack(name)
     params = dict(entry.get("params", {}))
-    accepted = set(inspect.signature(fn).parameters) - {"logits_fn", "oracle", "x", "y", "key"}
+    signature = inspect.signature(fn).parameters
+    accepted = set(signature) - {"logits_fn", "oracle", "x", "y", "key"}
     if set(params) - accepted:
       raise ValueError(f"eval.attacks.{key}: attack {name!r} does not take "
                        f"{sorted(set(params) - accepted)}; it takes {sorted(accepted)}.")
+    required = {p for p in accepted if signature[p].default is inspect.Parameter.empty}
+    if required - set(params):
+      raise ValueError(f"eval.attacks.{key}: attack {name!r} needs {sorted(required - set(params))}"
+                       " in its params (it has no default).")
+    universal = attacks_lib.attack_info(name).universal
+    fit_examples = int(entry.get("fit_examples", DEFAULT_FIT_EXAMPLES if universal else 0))
+    if universal != (fit_examples > 0):
+      raise ValueError(f"eval.attacks.{key}: fit_examples (training images a universal "
+                       "perturbation is fitted on) must be positive for a universal attack and "
+                       "is only for one.")
     threat = entry.get("threat_model", "white_box")
     if threat not in THREAT_MODELS:
       raise ValueError(f"eval.attacks.{key}: unknown threat_model {threat!r}; choose one of "
@@ -78,7 +93,7 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
                        f"a randomised defense ({defense.name!r} is deterministic).")
     specs.append(AttackSpec(key=key, label=entry.get("label", key), attack=name,
                             threat_model=threat, params=params, source_experiment=source,
-                            eot_samples=eot_samples))
+                            eot_samples=eot_samples, fit_examples=fit_examples))
   return specs
 
 

@@ -1,0 +1,58 @@
+"""Universal attacks in an evaluation: the perturbation is fitted once on the first
+`fit_examples` training images of the experiment it is crafted on (never on the test images it
+is scored on), cached beside that experiment's checkpoint, and added to every test image.
+
+Cache: <exp_dir>/universal/<attack>-<settings hash>-step<N>.npz, the settings being the attack's
+parameters, the threat model it differentiates, EOT samples, fit_examples and the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
+
+
+class UniversalPerturbation(NamedTuple):
+  v: np.ndarray  # Shaped like one image.
+  info: dict  # The fit's report (fooling rate on the fitting images, passes, norms of v).
+  path: str  # Where it is cached.
+
+
+def cache_path(exp_dir: str, spec: AttackSpec, threat_model: str, seed: int, step: int) -> str:
+  settings = json.dumps({"params": spec.params, "threat_model": threat_model,
+                         "eot_samples": spec.eot_samples, "fit_examples": spec.fit_examples,
+                         "seed": seed}, sort_keys=True, default=str)
+  digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+  return os.path.join(exp_dir, "universal", f"{spec.attack}-{digest}-step{step}.npz")
+
+
+def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: int
+                        ) -> UniversalPerturbation:
+  """The universal perturbation for this attack on this checkpoint: loaded if cached, else
+  fitted (one device: the fit is sequential over images) and saved by process 0."""
+  exp, state = crafted_on.exp, crafted_on.state
+  path = cache_path(exp.exp_dir, spec, threat_model, seed, int(state.step))
+  if os.path.exists(path):
+    with np.load(path) as saved:
+      return UniversalPerturbation(saved["v"], json.loads(str(saved["info"])), path)
+  ds = exp.train_ds.take(spec.fit_examples)
+  build = logits_builder(threat_model, exp.model, exp.defense, spec.eot_samples)
+  fit = jax.jit(lambda params, batch_stats, x, key: spec.fn(build(params, batch_stats), x, key,
+                                                            **spec.params))
+  key = jax.random.fold_in(jax.random.key(seed), 5 * 2**20)
+  v, info = fit(state.params, state.batch_stats, jnp.asarray(ds.images), key)
+  v = np.asarray(v)
+  info = {k: np.asarray(a).tolist() for k, a in info.items()}
+  info["fit_examples"] = len(ds)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, v=v, info=json.dumps(info))
+  return UniversalPerturbation(v, info, path)
