@@ -103,15 +103,19 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def attack(name: str, label: str, threat_model: str = "white_box", source_experiment: str = "",
-           eot_samples: int = 1, fit_examples: int = 0, **params) -> dict:
+           eot_samples: int = 1, fit_examples: int = 0, detector_aware: bool = False,
+           detector_weight: float = 1.0, **params) -> dict:
   """One entry of config.eval.attacks (eot_samples > 1: EOT against a randomised defense;
-  fit_examples: the training images a universal attack is fitted on, 0 for its default)."""
+  fit_examples: the training images a universal attack is fitted on, 0 for its default;
+  detector_aware: evade the evaluation's detector too, its score times detector_weight)."""
   entry = {"attack": name, "label": label, "threat_model": threat_model, "params": params,
            "source_experiment": source_experiment}
   if eot_samples != 1:  # Absent otherwise, so that existing evaluations stay current.
     entry["eot_samples"] = eot_samples
   if fit_examples:
     entry["fit_examples"] = fit_examples
+  if detector_aware:
+    entry.update(detector_aware=True, detector_weight=detector_weight)
   return entry
 
 

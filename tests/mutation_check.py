@@ -216,6 +216,14 @@ MUTATIONS = (
     Mutation("eval_ignores_padding_mask", "defenses_jax/experiment.py",
              '"count": jnp.sum(batch["mask"])}', '"count": batch["mask"].shape[0] * 1.0}',
              (_T + "test_train.py",)),
+    Mutation("reject_logit_sign_flipped", "defenses_jax/attacks/wrappers.py",
+             "weight * (detector_score - threshold)", "weight * (threshold - detector_score)",
+             (_T + "test_detection.py::test_detector_folded_in_counts_rejected_inputs_as_the_"
+              "true_class",)),
+    Mutation("detector_aware_attack_ignores_detector", "defenses_jax/evaluation/threat_models.py",
+             "    if evade is None:\n", "    if True:\n",
+             (_T + "test_detection.py::test_evaluation_with_a_detector_fixes_its_threshold_"
+              "first_and_caches_its_state",)),
     Mutation("uap_step_subtracted", "defenses_jax/attacks/universal.py",
              "project_perturbation(v + (x_df - xv)[0], eps, norm)",
              "project_perturbation(v - (x_df - xv)[0], eps, norm)", (_T + "test_universal.py",)),

@@ -48,6 +48,33 @@ def test_misclassified_and_accepted_by_hand():
   assert out["auc"] == pytest.approx(3.5 / 8)
 
 
+def test_detector_folded_in_counts_rejected_inputs_as_the_true_class():
+  from defenses_jax.attacks import reject_as_true_class
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(400, 5)).astype(np.float32)
+  scores = rng.uniform(0, 2, 400).astype(np.float32)
+  labels = rng.integers(0, 5, 400)
+  threshold, weight = 1.0, 3.0
+  folded = np.asarray(reject_as_true_class(jnp.asarray(logits), jnp.asarray(scores), threshold,
+                                           jnp.asarray(labels), weight))
+  misclassified = logits.argmax(-1) != labels
+  accepted = scores < threshold
+  assert 0 < np.mean(misclassified & ~accepted) and 0 < np.mean(misclassified & accepted)
+  # Untargeted success on the folded scores is exactly "misclassified and accepted" ...
+  np.testing.assert_array_equal(folded.argmax(-1) != labels, misclassified & accepted)
+  # ... and its margin is the smaller of the classifier's margin and the detector's, by hand.
+  others = np.where(np.eye(5, dtype=bool)[labels], -np.inf, logits).max(-1)
+  true = logits[np.arange(400), labels]
+  folded_others = np.where(np.eye(5, dtype=bool)[labels], -np.inf, folded).max(-1)
+  np.testing.assert_allclose(folded_others - folded[np.arange(400), labels],
+                             np.minimum(others - true, weight * (threshold - scores)), atol=1e-5)
+  # Targeted: classified as t by the folded scores iff the classifier says t and accepts.
+  for t in range(5):
+    wanted = (labels != t)
+    np.testing.assert_array_equal((folded.argmax(-1) == t)[wanted],
+                                  ((logits.argmax(-1) == t) & accepted)[wanted])
+
+
 def test_evaluation_with_a_detector_fixes_its_threshold_first_and_caches_its_state(
     tmp_path, monkeypatch):
   datasets = blob_dataset(96, seed=0), blob_dataset(64, seed=1)
@@ -57,9 +84,19 @@ def test_evaluation_with_a_detector_fixes_its_threshold_first_and_caches_its_sta
   config.eval.detection.detector = "class_mean"
   config.eval.detection.false_positive_rate = 0.1
   config.eval.attacks = ml_collections.ConfigDict(
-      {"pgd": attack("pgd", "PGD", eps=0.3, step_size=0.05, steps=10, random_start=False)})
+      {"pgd": attack("pgd", "PGD", eps=0.3, step_size=0.05, steps=10, random_start=False),
+       # eps 1: the attacker may paint a clean image of another class, which the detector
+       # accepts; an attack that ignores the detector paints something it flags.
+       "pgd_oblivious": attack("pgd", "PGD eps 1", eps=1.0, step_size=0.05, steps=100,
+                               loss="margin"),
+       "pgd_aware": attack("pgd", "PGD eps 1, detector-aware", detector_aware=True, eps=1.0,
+                           step_size=0.05, steps=100, loss="margin")})
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
   out = evaluate(config, str(tmp_path), datasets=datasets)
+  oblivious, aware = (out["attacks"][k]["detection"] for k in ("pgd_oblivious", "pgd_aware"))
+  assert oblivious["num_successful"] > 0 and oblivious["misclassified_and_accepted"] == 0.0
+  assert aware["misclassified_and_accepted"] > 0.1
+  assert out["attacks"]["pgd_aware"]["detector_aware"]
   d = out["detection"]
   assert d["held_out_examples"] == 64 - 24
   assert d["held_out_false_positive_rate"] <= 0.1  # 4 of 40 at most.

@@ -93,6 +93,7 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
     (attack("fgsm", "x", threat_model="adaptive", eps=0.3), "no adaptive"),
     (attack("uap", "x"), r"needs \['eps'\]"),  # No default radius: ART's 10 is no constraint.
     (attack("fgsm", "x", fit_examples=10, eps=0.3), "fit_examples"),
+    (attack("fgsm", "x", detector_aware=True, eps=0.3), "detector-aware"),  # No detector.
 ])
 def test_bad_attack_specs_fail_before_any_attack_runs(tmp_path, blobs, entry, message):
   config = eval_config(attacks={"bad": entry})

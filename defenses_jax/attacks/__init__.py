@@ -22,8 +22,8 @@ from defenses_jax.attacks.norms import distances, project
 from defenses_jax.attacks.objectives import is_successful, margin
 from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.attacks.registry import ATTACKS, AttackInfo, attack_info, get_attack
-from defenses_jax.attacks.wrappers import bpda, eot, stochastic
+from defenses_jax.attacks.wrappers import bpda, eot, reject_as_true_class, stochastic
 
 __all__ = ["ATTACKS", "AttackInfo", "apply_perturbation", "attack_info", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
            "distances", "eot", "fgsm", "get_attack", "is_successful", "ll_pgd", "madry",
-           "margin", "pgd", "project", "stochastic", "uap"]
+           "margin", "pgd", "project", "reject_as_true_class", "stochastic", "uap"]

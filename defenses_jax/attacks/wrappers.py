@@ -1,4 +1,5 @@
-"""BPDA and EOT: make any gradient attack work against defenses whose gradients are useless.
+"""BPDA and EOT: make any gradient attack work against defenses whose gradients are useless;
+and a detector folded into the class scores, for attacks that must evade a detector too.
 
 BPDA (Athalye et al. 2018): keep a non-differentiable (or gradient-masking) operation on the
 forward pass, but differentiate a smooth approximation of it on the backward pass.
@@ -13,6 +14,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from defenses_jax.attacks.objectives import class_logit, max_other_logit
 
 BACKWARD_APPROXIMATIONS: dict[str, Callable] = {
     "identity": lambda x: x,  # BPDA-I: the op is treated as the identity on the way back.
@@ -74,3 +77,24 @@ def eot(random_logits_fn: Callable, num_samples: int) -> Callable:
     return jnp.mean(log_probs, axis=0)
 
   return stochastic(averaged)
+
+
+def reject_as_true_class(class_logits, detector_score, threshold, labels, weight: float = 1.0):
+  """Class scores of the deployed system *classifier + detector* for an attacker who must both
+  change the class and stay under the detector's threshold: the true class's logit becomes
+
+      max(Z_y, R),  R = max_{j != y} Z_j + weight * (s - threshold),
+
+  so a rejected input (s >= threshold) counts as the true class and an accepted one keeps its
+  classifier's decision. Then max_{j != y} Z'_j - Z'_y = min(classifier margin,
+  weight * (threshold - s)): every margin or cross-entropy attack, untargeted or targeted,
+  optimises the joint condition "misclassified and accepted" (Carlini & Wagner 2017's detector
+  folded in as an extra class, with the reject class merged into the true one, as an untargeted
+  attack needs: a reject class of its own would count being flagged as success). `weight`
+  converts detector units into logit units. At s == threshold (flagged) a tie with another
+  class may be broken either way; evaluation re-checks every example at the threshold.
+  """
+  reject = max_other_logit(class_logits, labels) + weight * (detector_score - threshold)
+  true_class = jnp.maximum(class_logit(class_logits, labels), reject)
+  return jnp.where(jax.nn.one_hot(labels, class_logits.shape[-1], dtype=bool),
+                   true_class[:, None], class_logits)

@@ -32,4 +32,4 @@ class ClassMeanDistance(Detector):
   def score(self, state, outputs, x):
     embedding = outputs["embedding"].reshape(x.shape[0], -1)
     predicted = jnp.argmax(outputs["class_logits"], axis=-1)  # The deployed class.
-    return jnp.linalg.norm(embedding - state["means"][predicted], axis=-1)
+    return jnp.linalg.norm(embedding - jnp.asarray(state["means"])[predicted], axis=-1)

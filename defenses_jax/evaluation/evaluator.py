@@ -24,7 +24,8 @@ from defenses_jax.evaluation import crafted, metrics, report, sanity
 from defenses_jax.evaluation.detection import DetectionEvaluator, detector_from_config
 from defenses_jax.evaluation.runner import (make_attack_runner, make_predictor, noise_like,
                                             run_over_dataset)
-from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder, parse_attack_specs
+from defenses_jax.evaluation.threat_models import (AttackSpec, DetectorTarget, logits_builder,
+                                                   parse_attack_specs)
 from defenses_jax.evaluation.universal import UniversalPerturbation, fitted_perturbation
 from defenses_jax.experiment import TrainedExperiment, evaluate_clean, load_experiment
 from defenses_jax.progress import progress_bar, write_json
@@ -56,6 +57,7 @@ class _Evaluator:
     self.predict = lambda x, number: predictor(s.params, s.batch_stats, x,
                                                jax.random.fold_in(predict_key, number))
     self.labels = self.ds.labels
+    self.detection: Optional[DetectionEvaluator] = None  # Set when the system has a detector.
 
   def clean_correct(self) -> np.ndarray:
     out = run_over_dataset(self.ds, self.batch_size, self.mesh,
@@ -78,14 +80,19 @@ class _Evaluator:
     threat = "white_box" if spec.threat_model == "transfer" else spec.threat_model
     if spec.info.universal:
       return self._universal(spec, crafted_on, threat, progress)
+    evade, detector_state = None, None
+    if spec.detector_aware:  # The threshold was fixed on held-out clean images already.
+      evade = DetectorTarget(self.detection.detector, self.detection.threshold,
+                             spec.detector_weight)
+      detector_state = self.detection.state
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
-                           spec.eot_samples)
+                           spec.eot_samples, evade)
     runner = make_attack_runner(spec, build, self.mesh)
     s = crafted_on.state
 
     def one_batch(batch, number):
       x_adv, queries = runner(s.params, s.batch_stats, batch["image"], batch["label"],
-                              jax.random.fold_in(self.key, number))
+                              jax.random.fold_in(self.key, number), detector_state)
       return {"x_adv": x_adv, "pred": self.predict(x_adv, number), "queries": queries}
 
     out = run_over_dataset(self.ds, self.batch_size, self.mesh, one_batch, progress)
@@ -121,7 +128,9 @@ def _subset(ev: _Evaluator, n: int, seed: int) -> _Evaluator:
   """The first n attacked examples, in batches no larger than needed (padding costs compute)."""
   devices = ev.mesh.shape["data"]
   batch = min(ev.batch_size, -(-n // devices) * devices)
-  return _Evaluator(ev.trained, ev.ds.take(n), batch, seed)
+  sub = _Evaluator(ev.trained, ev.ds.take(n), batch, seed)
+  sub.detection = ev.detection
+  return sub
 
 
 def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_correct, cfg):
@@ -190,7 +199,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              datasets: Optional[tuple] = None) -> dict:
   trained = TrainedExperiment(config, workdir, datasets)
   exp = trained.exp
-  specs = parse_attack_specs(config.eval.attacks, exp.defense)
+  specs = parse_attack_specs(config.eval.attacks, exp.defense,
+                             has_detector=bool(config.eval.detection.detector))
   sources = {spec.source_experiment: load_experiment(workdir, spec.source_experiment, config,
                                                     datasets)
              for spec in specs if spec.threat_model == "transfer"}
@@ -199,6 +209,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   ev = _Evaluator(trained, attack_ds, config.eval.batch_size, config.seed)
   detection = None if detector is None else DetectionEvaluator(
       detector, trained, config, len(attack_ds), jax.random.fold_in(ev.key, 3 * 2**20))
+  ev.detection = detection
   clean_accuracy = evaluate_clean(exp.eval_step(), trained.state, exp.test_ds,
                                   config.eval.batch_size, exp.mesh)
   clean_correct = ev.clean_correct()
@@ -216,6 +227,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         "label": spec.label, "attack": spec.attack, "threat_model": spec.threat_model,
         "params": spec.params, "source_experiment": spec.source_experiment,
         "reused_examples": reused and os.path.relpath(reused, workdir),
+        "detector_aware": spec.detector_aware,
         **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
                              np.asarray(d["l2"]), np.asarray(d["linf"]))}
     per_attack_correct[spec.key] = adv_correct
@@ -236,8 +248,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                                adv_scores, adv_correct)
       if results[spec.key]["detection"]["num_successful"]:
         roc[spec.label] = (clean_scores[clean_correct], adv_scores[clean_correct & ~adv_correct])
-    if config.eval.save_adversarial_examples and spec.threat_model == "white_box" and (
-        jax.process_index() == 0):
+    if (config.eval.save_adversarial_examples and spec.threat_model == "white_box"
+        and not spec.detector_aware and jax.process_index() == 0):  # What transfer reuses.
       crafted.save(results_dir, spec.key, spec.attack, spec.params, int(trained.state.step),
                    x_adv, attack_ds.labels)
     examples[spec.label] = x_adv[:NUM_EXAMPLE_IMAGES]

@@ -18,10 +18,13 @@ class RobustnessMonitor:
 
   def __init__(self, config: ml_collections.ConfigDict, exp):
     key = config.eval.monitor.attack
-    specs = {s.key: s for s in parse_attack_specs(config.eval.attacks, exp.defense)}
-    if key not in specs or specs[key].threat_model == "transfer" or specs[key].info.universal:
+    specs = {s.key: s for s in parse_attack_specs(
+        config.eval.attacks, exp.defense, has_detector=bool(config.eval.detection.detector))}
+    if key not in specs or specs[key].threat_model == "transfer" or specs[key].info.universal \
+        or specs[key].detector_aware:
       raise ValueError(f"eval.monitor.attack {key!r} must name a per-example, non-transfer "
-                       f"attack of eval.attacks ({sorted(specs)}).")
+                       f"attack of eval.attacks ({sorted(specs)}) that needs no detector (none "
+                       "is fitted during training).")
     spec = specs[key]
     self.ds = exp.test_ds.take(config.eval.monitor.num_examples)
     self.batch_size = min(config.eval.batch_size, -(-len(self.ds) // exp.mesh.shape["data"]) *

@@ -19,27 +19,31 @@ from defenses_jax.experiment import variables
 
 
 def make_attack_runner(spec, build_logits: Callable, mesh) -> Callable:
-  """jit(shard_map(...)): (params, batch_stats, x, y, key) -> (x_adv, queries), each device
-  attacking its shard of the batch with its own random stream (`spec`: a
-  threat_models.AttackSpec). A query attack gets the target only through an Oracle (its access
-  kind, its budget) and `queries` are those it used per example; -1 for other attacks."""
+  """jit(shard_map(...)): (params, batch_stats, x, y, key[, detector_state]) -> (x_adv,
+  queries), each device attacking its shard of the batch with its own random stream (`spec`: a
+  threat_models.AttackSpec; `build_logits` from threat_models.logits_builder, given the shard's
+  labels and the detector state for a detector-aware target). A query attack gets the target
+  only through an Oracle (its access kind, its budget) and `queries` are those it used per
+  example; -1 for other attacks."""
   fn, params, info = spec.fn, spec.params, spec.info
   if info.universal:
     raise ValueError(f"{spec.attack} is a universal attack: fit it with "
                      "evaluation.universal.fitted_perturbation, not per batch.")
 
-  def per_device(model_params, batch_stats, x, y, key):
+  def per_device(model_params, batch_stats, x, y, key, detector_state):
     key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
-    target = build_logits(model_params, batch_stats)
+    target = build_logits(model_params, batch_stats, y, detector_state)
     if info.queries:
       target = Oracle(target, info.access, info.budget(params))
     x_adv, report = fn(target, x, y, key, **params)
     return x_adv, report.get("queries", jnp.full(x.shape[:1], -1, jnp.int32))
 
-  return parallel.data_parallel(
+  run = parallel.data_parallel(
       per_device, mesh, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
-                                  parallel.SHARDED, parallel.REPLICATED),
+                                  parallel.SHARDED, parallel.REPLICATED, parallel.REPLICATED),
       out_specs=(parallel.SHARDED, parallel.SHARDED))
+  return lambda params, batch_stats, x, y, key, detector_state=None: run(
+      params, batch_stats, x, y, key, {} if detector_state is None else detector_state)
 
 
 def make_predictor(model, defense, mesh) -> Callable:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 from defenses_jax import attacks as attacks_lib
 from defenses_jax.defenses.base import THREAT_MODELS, Network
@@ -37,6 +37,11 @@ class AttackSpec:
   eot_samples: int = 1
   # Universal attacks: the perturbation is fitted on this many training images (see universal.py).
   fit_examples: int = 0
+  # Evade the evaluation's detector too: the attacker differentiates the classifier with the
+  # detector folded in (attacks.reject_as_true_class at the evaluation's threshold), its score
+  # scaled by detector_weight into logit units.
+  detector_aware: bool = False
+  detector_weight: float = 1.0
 
   @property
   def info(self) -> attacks_lib.AttackInfo:
@@ -50,13 +55,15 @@ class AttackSpec:
     return dataclasses.replace(self, params={**self.params, **changes})
 
 
-def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
-  """Validates every attack of `config.eval.attacks` before any compute is spent."""
+def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> list[AttackSpec]:
+  """Validates every attack of `config.eval.attacks` before any compute is spent
+  (`has_detector`: the evaluation fits a detector, which detector-aware attacks need)."""
   specs = []
   for key, entry in attacks_config.items():
     entry = dict(entry)
     unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
-                            "eot_samples", "fit_examples"}
+                            "eot_samples", "fit_examples", "detector_aware",
+                            "detector_weight"}
     if unknown:
       raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
@@ -67,7 +74,9 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
     if set(params) - accepted:
       raise ValueError(f"eval.attacks.{key}: attack {name!r} does not take "
                        f"{sorted(set(params) - accepted)}; it takes {sorted(accepted)}.")
-    required = {p for p in accepted if signature[p].default is inspect.Parameter.empty}
+    required = {p for p in accepted if signature[p].default is inspect.Parameter.empty
+                and signature[p].kind not in (inspect.Parameter.VAR_KEYWORD,
+                                              inspect.Parameter.VAR_POSITIONAL)}
     if required - set(params):
       raise ValueError(f"eval.attacks.{key}: attack {name!r} needs {sorted(required - set(params))}"
                        " in its params (it has no default).")
@@ -91,19 +100,56 @@ def parse_attack_specs(attacks_config, defense) -> list[AttackSpec]:
     if eot_samples < 1 or (eot_samples > 1 and not defense.randomised):
       raise ValueError(f"eval.attacks.{key}: eot_samples must be >= 1, and above 1 only against "
                        f"a randomised defense ({defense.name!r} is deterministic).")
+    detector_aware = bool(entry.get("detector_aware", False))
+    detector_weight = float(entry.get("detector_weight", 1.0))
+    if detector_aware and not (has_detector and threat == "white_box"
+                               and attacks_lib.attack_info(name).access == "gradient"):
+      raise ValueError(f"eval.attacks.{key}: a detector-aware attack is a white-box gradient "
+                       "attack on a deployed system with a detector (eval.detection.detector).")
+    if not detector_weight > 0:
+      raise ValueError(f"eval.attacks.{key}: detector_weight must be positive.")
     specs.append(AttackSpec(key=key, label=entry.get("label", key), attack=name,
                             threat_model=threat, params=params, source_experiment=source,
-                            eot_samples=eot_samples, fit_examples=fit_examples))
+                            eot_samples=eot_samples, fit_examples=fit_examples,
+                            detector_aware=detector_aware, detector_weight=detector_weight))
   return specs
 
 
-def logits_builder(threat_model: str, model, defense, eot_samples: int = 1) -> Callable:
-  """(params, batch_stats) -> the logits function the attacker differentiates (transfer:
-  the white-box target of the source it is crafted on), averaged over `eot_samples` draws of a
-  randomised defense."""
+class DetectorTarget(NamedTuple):
+  """What a detector-aware attacker evades: the fitted detector at its threshold."""
+  detector: Any
+  threshold: float
+  weight: float = 1.0
 
-  def build(params, batch_stats):
-    target = defense.attack_target(threat_model, Network(model, variables(params, batch_stats)))
+
+def logits_builder(threat_model: str, model, defense, eot_samples: int = 1,
+                   evade: Optional[DetectorTarget] = None) -> Callable:
+  """(params, batch_stats[, labels, detector_state]) -> the logits function the attacker
+  differentiates (transfer: the white-box target of the source it is crafted on), averaged
+  over `eot_samples` draws of a randomised defense. With `evade`, the white-box target with the
+  detector folded in; it is label-aware, so it needs the attacked batch's labels."""
+
+  def build(params, batch_stats, labels=None, detector_state=None):
+    if evade is None:
+      target = defense.attack_target(threat_model, Network(model, variables(params, batch_stats)))
+    else:
+      net = Network(model, variables(params, batch_stats), evade.detector, detector_state)
+      target = _detector_aware_target(defense, net, labels, evade)
     return attacks_lib.eot(target, eot_samples) if eot_samples > 1 else target
 
   return build
+
+
+def _detector_aware_target(defense, net: Network, labels, evade: DetectorTarget) -> Callable:
+  if labels is None:
+    raise ValueError("a detector-aware attack target needs the attacked batch's labels.")
+
+  def target(z, key=None):
+    if z.shape[0] != labels.shape[0]:
+      raise ValueError(f"the detector-aware target knows the labels of a batch of "
+                       f"{labels.shape[0]}; it was called on {z.shape[0]} inputs.")
+    out = defense.deployed(net, z, key)
+    return attacks_lib.reject_as_true_class(out.class_logits, out.detector_score,
+                                            evade.threshold, labels, evade.weight)
+
+  return attacks_lib.stochastic(target) if defense.randomised else (lambda z: target(z))
