@@ -2,7 +2,7 @@
 
   python launch.py --config=experiments/standard.py:cpu --workdir=runs
   python launch.py --config=experiments/standard.py:cpu --workdir=runs --mode=eval
-  python launch.py --config=experiments/target_training.py:cpu --workdir=runs  # a paper's tables
+  python launch.py --config=experiments/paper_000_target_training/config.py:cpu --workdir=runs  # tables
   python launch.py --config=experiments/standard.py:full --workdir=gs://bucket/runs \
       --config.train.epochs=30 --jax_distributed
 
@@ -49,7 +49,7 @@ def main(argv):
   if suite.is_suite(config):
     result = suite.run_suite(config, _WORKDIR.value, _MODE.value)
   elif _MODE.value == "report":
-    raise app.UsageError("--mode=report is for paper suites (e.g. experiments/target_training.py)")
+    raise app.UsageError("--mode=report is for paper suites (experiments/paper_00N_<name>/config.py)")
   elif _MODE.value == "train" and config.distill.teacher:
     result = distill.distill_proxy(config, _WORKDIR.value)
   elif _MODE.value == "train":

@@ -130,3 +130,18 @@ def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) ->
                      f"or one of {choices}, "
                      "e.g. --config=experiments/target_training.py:mnist_cpu")
   return dataset, scale
+
+
+def table(title: str, columns, rows, note: str = "", row_header: str = "Attack",
+          formats: dict = None) -> dict:
+  """One table of a paper suite. columns: ((key, title), ...) in display order; rows from
+  `table_row`; formats: {column key: 'pct' (default) | 'seconds' | 'ratio'}."""
+  return {"title": title, "note": note, "row_header": row_header,
+          "columns": tuple((key, heading) for key, heading in columns), "rows": tuple(rows),
+          "formats": dict(formats or {})}
+
+
+def table_row(label: str, paper: dict, **cells: str) -> dict:
+  """One row: a cell per column key ('<member>:<result key>', '' for no entry, 'not run') and
+  the paper's numbers by column key (a column absent: the paper has no number there)."""
+  return {"label": label, "cells": dict(cells), "paper": dict(paper)}

@@ -11,17 +11,9 @@ CIFAR-10 with the Table 5 CIFAR CNN (tensorflow-datasets; `cifar10_cpu` trains o
 import ml_collections
 
 from experiments.common import attack, base_config, parse_dataset_scale
+from experiments.paper_000_target_training.tables import unsecured_numbers
 
 DATASETS = ("mnist", "cifar10")
-
-# Paper 000, Tables 1 and 2: the unsecured ("default") classifier.
-PAPER_UNSECURED = {
-    "mnist": {"clean": 0.991, "cw_l2_k0": 0.008, "deepfool": 0.013, "zoo": 0.960, "uap": 0.421,
-              "cw_linf_k0": 0.821, "cw_l2_k40": 0.007, "pgd": 0.797, "fgsm": 0.100},
-    "cifar10": {"clean": 0.843, "cw_l2_k0": 0.088, "deepfool": 0.092, "zoo": 0.815, "uap": 0.172,
-                "cw_linf_k0": 0.420, "cw_l2_k40": 0.085, "pgd": 0.327, "fgsm": 0.118},
-}
-
 
 def get_config(arg=None):
   dataset, scale = parse_dataset_scale(arg, DATASETS, default_dataset="mnist")
@@ -30,7 +22,7 @@ def get_config(arg=None):
   c.eval.eps_sweep.attack = "pgd"
   c.eval.eps_sweep.eps_values = ((0.0, 0.05, 0.1, 0.15, 0.2, 0.3) if dataset == "mnist" else
                                  (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255))
-  paper = PAPER_UNSECURED[dataset]
+  paper = unsecured_numbers(dataset)
   c.paper.source = f"paper 000 (Target Training), Tables 1-2, {dataset}, unsecured classifier"
   c.paper.clean_accuracy = paper["clean"]
   c.paper.robust_accuracy = ml_collections.ConfigDict(
@@ -106,7 +98,26 @@ def paper_000_attacks(dataset: str, scale: str) -> dict:
       "cw_l2_k40": attack("cw_l2", f"CW-L2 (kappa=40, {_cw(cw_l2)})", kappa=40.0, **cw_l2),
       "pgd": pgd,
       "fgsm": attack("fgsm", "FGSM (eps=0.3)", eps=0.3),
+      "uap": attack("uap", f"UAP ({uap_description(dataset, scale)})",
+                    fit_examples=UAP_FIT_EXAMPLES[scale], **uap_settings(dataset, scale)),
   }
+
+
+# Paper 000 gives no UAP radius (it used ART, whose default eps = 10 constrains nothing on [0, 1]
+# images): we use the L-inf budget of its other L-inf attacks (PGD, FGSM on MNIST: 0.3; PGD on
+# CIFAR-10: 8/255) and say so in the table.
+UAP_FIT_EXAMPLES = {"cpu": 300, "full": 2000}
+
+
+def uap_settings(dataset: str, scale: str) -> dict:
+  return dict(eps=0.3 if dataset == "mnist" else 8 / 255, norm="linf",
+              max_passes=4 if scale == "cpu" else 10)
+
+
+def uap_description(dataset: str, scale: str) -> str:
+  radius = "0.3" if dataset == "mnist" else "8/255"
+  return (f"L-inf radius {radius}, fitted on {UAP_FIT_EXAMPLES[scale]} training images, "
+          f"at most {uap_settings(dataset, scale)['max_passes']} passes")
 
 
 def _cw(cfg: dict) -> str:

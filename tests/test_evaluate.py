@@ -15,7 +15,7 @@ from defenses_jax.suites import tables as paper_tables
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.evaluation import evaluate
-from experiments.common import attack
+from experiments.common import attack, table, table_row
 
 
 def eval_config(name="tiny", attacks=None, epochs=4, **train):
@@ -113,6 +113,7 @@ def test_a_universal_perturbation_is_fitted_on_training_images_cached_and_added_
   v = np.load(cached)["v"]
   assert v.shape == blobs[1].images.shape[1:] and np.abs(v).max() <= 0.25 + 1e-6
   assert out["universal"]["fit_examples"] == 24 and 1 <= out["universal"]["passes"] <= 2
+  assert out["universal"]["fooling_rate"] == max(out["universal"]["fooling_rate_per_pass"])
   # The table's numbers are those of x + v (clipped) on the attacked test images.
   exp = experiment_lib.Experiment(config, str(tmp_path), blobs)
   ckpt = exp.checkpoints()
@@ -192,8 +193,7 @@ class QuantisedLeNet(nn.Module):
 
 
 SANITY_TABLE = ml_collections.ConfigDict({
-    "order": ("t",), "t": {"title": "T", "columns": ("PGD",),
-                           "rows": (("model", ("tiny:pgd",), (None,)),)}})
+    "order": ("t",), "t": table("T", (("pgd", "PGD"),), (table_row("model", {}, pgd="tiny:pgd"),))})
 
 
 def _table(summary) -> str:

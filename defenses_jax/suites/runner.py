@@ -1,13 +1,17 @@
 """A paper's experiment as one run: train every model its tables need, evaluate each under its
 attacks, and write the paper's tables with our numbers beside the paper's.
 
-A suite config (e.g. experiments/target_training.py) holds
+A suite config (experiments/paper_00N_<name>/config.py) holds
   suite_name, description,
   members: {experiment_name: an ordinary experiment config},
   order:   the members in the order to train and evaluate them (transfer sources first),
-  tables:  {order: (table ids), <id>: {title, note, columns, rows: ((label, cells, paper), ...)}}
-where a cell is '<member>:<result key>' (a key of that member's eval.attacks, or 'clean'),
-'not run' (the paper reports an attack this library lacks) or '' (no entry in the paper).
+  tables:  {order: (table ids), <id>: {title, note, row_header, formats,
+            columns: ((column key, heading), ...),
+            rows: ({label, cells: {column key: cell}, paper: {column key: number}}, ...)}}
+(built with experiments.common.table and table_row) where a cell is '<member>:<result key>' (a
+key of that member's eval.attacks, or 'clean'), '<member>:time' or
+'<member>:time_ratio:<other member>' (training time), 'not run' (the paper reports an attack
+this library lacks) or '' (no entry in the paper).
 
 Re-running resumes: training from each member's last checkpoint, evaluation skips members whose
 results/eval.json matches their current checkpoint and eval config.
@@ -55,17 +59,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     member = members[name]
     defense = defenses.create_defense(member.defense.name, num_classes=10,
                                       **member.defense.options)
-    for spec in threat_models.parse_attack_specs(member.eval.attacks, defense):
+    for spec in threat_models.parse_attack_specs(
+        member.eval.attacks, defense, has_detector=bool(member.eval.detection.detector)):
       if spec.source_experiment and spec.source_experiment not in config.order[:position]:
         raise ValueError(f"suite member {name!r}: transfer source {spec.source_experiment!r} "
                          "must be a member listed before it in order.")
   for table_id in config.tables.order:
     table = config.tables[table_id]
-    for label, cells, paper in table.rows:
-      if len(cells) != len(table.columns) or len(paper) != len(table.columns):
-        raise ValueError(f"{table_id}, row {label!r}: {len(table.columns)} columns but "
-                         f"{len(cells)} cells and {len(paper)} paper numbers.")
-      for cell in cells:
+    keys = [key for key, _ in table.columns]
+    for row in table.rows:
+      label = row["label"]
+      if sorted(row["cells"]) != sorted(keys) or set(row["paper"]) - set(keys):
+        raise ValueError(f"{table_id}, row {label!r}: columns {keys}, but cells for "
+                         f"{sorted(row['cells'])} and paper numbers for {sorted(row['paper'])}.")
+      for cell in row["cells"].values():
         if cell in ("", paper_tables.NOT_RUN):
           continue
         member, _, key = cell.partition(":")

@@ -49,18 +49,21 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
 
 def fill_tables(tables_config, results: dict, training: Optional[dict] = None) -> list[dict]:
   """The configured tables with every cell looked up in `results` ({member: eval summary}) and
-  `training` ({member: train summary}, for training-time cells)."""
+  `training` ({member: train summary}, for training-time cells). Columns are named; a row's
+  cells and paper numbers are looked up by column key."""
   filled = []
   for table_id in tables_config.order:
     t = tables_config[table_id]
-    rows = [{"label": label,
-             "cells": [_cell(spec, value, results, training or {})
-                       for spec, value in zip(cells, paper)]}
-            for label, cells, paper in t.rows]
+    keys = [key for key, _ in t.columns]
+    formats = dict(t.get("formats") or {})
+    rows = [{"label": row["label"],
+             "cells": [_cell(row["cells"][key], row["paper"].get(key), results, training or {})
+                       for key in keys]}
+            for row in t.rows]
     filled.append({"id": table_id, "title": t.title, "note": t.get("note", ""),
                    "row_header": t.get("row_header", "Attack"),
-                   "formats": list(t.get("formats", ("pct",) * len(t.columns))),
-                   "columns": list(t.columns), "rows": rows})
+                   "formats": [formats.get(key, "pct") for key in keys],
+                   "columns": [heading for _, heading in t.columns], "rows": rows})
   return filled
 
 

@@ -3,9 +3,9 @@ robust accuracy (catastrophic overfitting) beyond the paper. One command trains 
 evaluates it and writes the tables with the paper's numbers beside ours:
 
 cpu  (2 CPU cores, offline, embedded MNIST subset, LeNet, 20 epochs; about 50 minutes):
-  python launch.py --config=experiments/sim_adv.py:cpu --workdir=runs
+  python launch.py --config=experiments/paper_001_sim_adv/config.py:cpu --workdir=runs
 full (GPU/TPU, tfds): `:mnist_full`, `:fashion_mnist_full` (LeNet), `:cifar10_full` (ResNet-20)
-  python launch.py --config=experiments/sim_adv.py:fashion_mnist_full --workdir=runs
+  python launch.py --config=experiments/paper_001_sim_adv/config.py:fashion_mnist_full --workdir=runs
 Tables land in <workdir>/paper_001_sim_adv_<dataset>_<scale>/tables.md (and .json, figures as .png).
 
 Members: vanilla, Free-Adv (m = 10, epochs / m), ATDA, SIM(10,20)-Adv, BIM(10,30)-Adv,
@@ -18,7 +18,7 @@ state seconds per step times the number of steps, measured in the same run on th
 import ml_collections
 
 from experiments.common import attack, base_config, parse_dataset_scale
-from experiments.paper_001_tables import paper_001_tables
+from experiments.paper_001_sim_adv.tables import paper_001_tables
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 EPS = {"mnist": 0.3, "fashion_mnist": 0.2, "cifar10": 8 / 255}

@@ -3,12 +3,13 @@ classifier as deployed. One command trains and evaluates every model the tables 
 them with the paper's numbers beside ours:
 
 cpu  (2 CPU cores, offline, embedded MNIST subset; attacks on 64 test images; about 50 minutes):
-  python launch.py --config=experiments/target_training.py:cpu --workdir=runs
+  python launch.py --config=experiments/paper_000_target_training/config.py:cpu --workdir=runs
 full (GPU/TPU, tfds MNIST; CIFAR-10 with `:cifar10_full`):
-  python launch.py --config=experiments/target_training.py:full --workdir=runs
+  python launch.py --config=experiments/paper_000_target_training/config.py:full --workdir=runs
 `--mode=eval` re-evaluates trained models, `--mode=report` only rewrites the tables. An
 interrupted run resumes: training from its last checkpoint, evaluation from the last finished
-model. Tables land in <workdir>/target_training_<dataset>_<scale>/tables.md (and .json).
+model. Tables land in <workdir>/paper_000_target_training_<dataset>_<scale>/tables.md (and
+.json).
 
 Members (each a normal experiment under <workdir>/<name>/):
   standard_*  unsecured classifier (k outputs)
@@ -28,7 +29,7 @@ import ml_collections
 
 from experiments import standard
 from experiments.common import attack, parse_dataset_scale
-from experiments.paper_000_tables import paper_000_tables
+from experiments.paper_000_target_training.tables import MIN_PERTURBATION, paper_000_tables
 
 DATASETS = ("mnist", "cifar10")
 # Which attacks of Algorithm 3 / Algorithm 2 each adversarially trained member uses.
@@ -38,13 +39,12 @@ TRAINING_ATTACK_KEY = {"cw40": "cw_l2_k40", "pgd": "pgd", "fgsm": "fgsm"}
 # model with its own attack; FGSM-trained models also face PGD, which exposes single-step
 # adversarial training that only resists single steps).
 EVAL_ATTACKS = {"cw40": ("cw_l2_k40",), "pgd": ("pgd",), "fgsm": ("fgsm", "pgd")}
-MIN_PERTURBATION = ("cw_l2_k0", "deepfool", "cw_linf_k0")
 
 
 def get_config(arg=None):
   dataset, scale = parse_dataset_scale(arg, DATASETS, default_dataset="mnist")
   c = ml_collections.ConfigDict()
-  c.suite_name = f"target_training_{dataset}_{scale}"
+  c.suite_name = f"paper_000_target_training_{dataset}_{scale}"
   c.description = (f"Paper 000 (Target Training), {dataset}, {scale} scale")
   members = {}
   paper_attacks = standard.paper_000_attacks(dataset, scale)
@@ -70,6 +70,7 @@ def get_config(arg=None):
   tt = _member(dataset, scale, "tt", "target_training", {})
   tt.eval.attacks = ml_collections.ConfigDict({
       **variants(MIN_PERTURBATION, "paper protocol", "transfer", "paper adaptive"),
+      **variants(("uap",), "paper protocol"),  # One fit per threat model: Table 1's cell only.
       **variants(tuple(paper_attacks), "deployed")})
   members[tt.experiment_name] = tt
   train_attacks = training_attacks(dataset, scale)
@@ -88,12 +89,13 @@ def get_config(arg=None):
           **ll["params"], target="least_likely")
     members[m.experiment_name] = m
     a = _member(dataset, scale, f"at_{name}", "adversarial_training", train_attacks[name])
-    at_keys = keys + (MIN_PERTURBATION if name == "pgd" else ())  # Table 1's AT column.
+    at_keys = keys + (MIN_PERTURBATION + ("uap",) if name == "pgd" else ())  # Table 1's AT column.
     a.eval.attacks = ml_collections.ConfigDict(variants(at_keys, "white box"))
     members[a.experiment_name] = a
   c.members = ml_collections.ConfigDict(members)
   c.order = tuple(members)  # ConfigDict sorts its keys; training and evaluation follow this.
-  c.tables = ml_collections.ConfigDict(paper_000_tables(dataset, scale))
+  c.tables = ml_collections.ConfigDict(paper_000_tables(dataset, scale,
+                                                        standard.uap_description(dataset, scale)))
   return c
 
 
