@@ -92,6 +92,9 @@ def test_suite_trains_evaluates_and_writes_every_table(suite_run):
   assert [c["paper"] for c in uap["cells"]] == [0.986, 0.584, 0.421]
   assert [c["source"] for c in uap["cells"]] == ["tt_mnist_cpu:uap_paper",
                                                  "at_pgd_mnist_cpu:uap_wb", "standard_mnist_cpu:uap"]
+  beyond = next(t for t in tables if t["id"] == "beyond_threat_models")  # Algorithm 1 only.
+  sources = [c["source"] for r in beyond["rows"] for c in r["cells"] if c["source"]]
+  assert len(sources) == 3 * 4 + 2 + 3 and all(s.startswith("tt_mnist_cpu:") for s in sources)
   zoo = next(r for r in table_1["rows"] if r["label"] == "ZOO")
   assert zoo["cells"][1]["paper"] is None and zoo["cells"][1]["status"] == "no entry"
 

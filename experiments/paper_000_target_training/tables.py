@@ -131,7 +131,8 @@ def paper_000_tables(dataset: str, scale: str, uap_radius: str) -> dict:
                 **{TT_SUM: "", UNSECURED: "", TT_DEPLOYED: f"{name('tt_pgd')}:ll_pgd_deployed"})]
   beyond_rows = [
       table_row(ATTACK_LABELS[key], {}, **{
-          column: tt(key, suffix) if suffix in THREATS_OF.get(key, ("deployed",)) else ""
+          column: f"{name('tt')}:{key}_{suffix}" if suffix in THREATS_OF.get(key, ("deployed",))
+          else ""
           for column, suffix in ((PAPER_PROTOCOL, "paper"), (TRANSFER, "transfer"),
                                  (TT_SUM, "sum"), (TT_DEPLOYED, "deployed"))})
       for key in ("cw_l2_k0", "deepfool", "cw_linf_k0", "uap", "cw_l2_k40", "pgd", "fgsm")]
