@@ -12,6 +12,7 @@ results/. A run that finds checkpoints there resumes from the latest one.
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,9 +44,20 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", _CACHE_DIR.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from defenses_jax import distill, evaluation, train
+  from defenses_jax.preemption import Preempted
   from defenses_jax.suites import runner as suite
   config = _CONFIG.value
   logging.info("config:\n%s", config)
+  try:
+    result = _run(config, distill, evaluation, train, suite)
+  except Preempted as e:  # SIGTERM: the step's checkpoint is saved; the relaunch resumes.
+    logging.warning("%s", e)
+    sys.exit(143)  # 128 + SIGTERM, what the scheduler expects of a terminated job.
+  if jax.process_index() == 0:
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _run(config, distill, evaluation, train, suite):
   if suite.is_suite(config):
     result = suite.run_suite(config, _WORKDIR.value, _MODE.value)
   elif _MODE.value == "report":
@@ -56,8 +68,7 @@ def main(argv):
     result = train.train_and_evaluate(config, _WORKDIR.value)
   else:
     result = evaluation.evaluate(config, _WORKDIR.value)
-  if jax.process_index() == 0:
-    print(json.dumps(result, indent=2, sort_keys=True))
+  return result
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from typing import Optional
 
 import jax
@@ -22,6 +23,7 @@ from defenses_jax import data as data_lib
 from defenses_jax import parallel
 from defenses_jax.defenses import Defense, Network
 from defenses_jax.evaluation.monitor import RobustnessMonitor
+from defenses_jax.preemption import PreemptionWatch, Preempted
 from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, state_specs,
                                      variables)
 from defenses_jax.optim import l2_penalty
@@ -92,10 +94,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, datasets: Optional[tuple] = None,
-          interrupt_at_step: Optional[int] = None) -> tuple[TrainState, dict]:
+          interrupt_at_step: Optional[int] = None, sigterm_at_step: Optional[int] = None
+          ) -> tuple[TrainState, dict]:
   """`train_and_evaluate` that also returns the final TrainState as it is in memory (so that a
   resumed run can be checked against an uninterrupted one without going through the restore
-  path under test)."""
+  path under test). On SIGTERM it saves the current step and raises preemption.Preempted;
+  `sigterm_at_step` (tests) sends this process SIGTERM after that step."""
+  with PreemptionWatch() as preemption:
+    return _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption)
+
+
+def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption):
   exp = Experiment(config, workdir, datasets)
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
@@ -135,6 +144,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, datasets: Optional[tu
         ckpt.close()
         bar.close()
         return state, {"interrupted_at_step": step}
+      if sigterm_at_step is not None and step == sigterm_at_step:
+        os.kill(os.getpid(), signal.SIGTERM)
+      if preemption.requested(step):
+        ckpt.save(step, state.as_dict(), force=True)
+        ckpt.close()  # Waits for the save to finish.
+        bar.close()
+        log.write(step=step, epoch=epoch, preempted=True)
+        raise Preempted(step)
     if sums is not None:
       sums = log.write_train(step, epoch, jax.device_get(sums), bar)
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.epochs:

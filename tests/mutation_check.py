@@ -224,6 +224,13 @@ MUTATIONS = (
              "    if evade is None:\n", "    if True:\n",
              (_T + "test_detection.py::test_evaluation_with_a_detector_fixes_its_threshold_"
               "first_and_caches_its_state",)),
+    Mutation("sigterm_ignored", "defenses_jax/preemption.py", "    return self._requested",
+             "    return False", (_T + "test_train.py::test_sigterm_saves_the_current_step_and_"
+                                "the_relaunch_ends_bit_identical",)),
+    Mutation("preemption_exits_without_saving", "defenses_jax/train.py",
+             "        ckpt.save(step, state.as_dict(), force=True)\n        ckpt.close()  # Waits",
+             "        ckpt.close()  # Waits", (_T + "test_train.py::test_sigterm_saves_the_current_"
+                                               "step_and_the_relaunch_ends_bit_identical",)),
     Mutation("uap_step_subtracted", "defenses_jax/attacks/universal.py",
              "project_perturbation(v + (x_df - xv)[0], eps, norm)",
              "project_perturbation(v - (x_df - xv)[0], eps, norm)", (_T + "test_universal.py",)),

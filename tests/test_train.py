@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 
 import chex
 import jax
@@ -11,10 +12,11 @@ import pytest
 from conftest import tiny_config
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
-from defenses_jax.checkpoint import CheckpointMismatchError
+from defenses_jax.checkpoint import CheckpointMismatchError, latest_checkpoint_step
 from defenses_jax.evaluation import evaluate
 from defenses_jax.experiment import NoCheckpointError
 from defenses_jax.optim import l2_penalty
+from defenses_jax.preemption import Preempted
 
 
 def read_log(workdir, name="tiny"):
@@ -73,6 +75,21 @@ def test_killed_and_resumed_run_ends_with_identical_state(tmp_path, blobs, inter
   for field in ("params", "batch_stats", "opt_state"):
     with pytest.raises(AssertionError):
       chex.assert_trees_all_equal(initial[field], resumed[field])
+
+
+def test_sigterm_saves_the_current_step_and_the_relaunch_ends_bit_identical(tmp_path, blobs):
+  # Checkpoints every 100 steps: the step-7 checkpoint can only come from the SIGTERM path.
+  config = tiny_config(model="tt_mnist_cnn", epochs=2, checkpoint_every_steps=100)
+  straight, _ = train_lib.train(config, str(tmp_path / "straight"), datasets=blobs)
+  straight = jax.device_get(straight.as_dict())
+  with pytest.raises(Preempted) as stopped:
+    train_lib.train(config, str(tmp_path / "preempted"), datasets=blobs, sigterm_at_step=7)
+  assert stopped.value.step == 7
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # The handler is removed again.
+  assert latest_checkpoint_step(str(tmp_path / "preempted"), config.experiment_name) == 7
+  resumed, summary = train_lib.train(config, str(tmp_path / "preempted"), datasets=blobs)
+  assert summary["resumed_from_step"] == 7
+  assert_same_state(straight, jax.device_get(resumed.as_dict()))
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, blobs):
