@@ -119,6 +119,15 @@ def attack(name: str, label: str, threat_model: str = "white_box", source_experi
   return entry
 
 
+def autoattack_entry(eps: float, eps_label: str, scale: str) -> dict:
+  """The AutoAttack-style worst case every suite runs beside the paper's attacks (white-box):
+  APGD-CE then APGD-T, 100 steps each; 9 targets at full scale (AutoAttack's standard
+  version), 3 at cpu scale (to keep a cpu suite in minutes; the label says so)."""
+  targets = 9 if scale == "full" else 3
+  return attack("autoattack", f"AutoAttack-style (APGD-CE + APGD-T, {targets} targets, 100 "
+                f"steps, eps={eps_label})", eps=eps, steps=100, num_target_classes=targets)
+
+
 def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) -> tuple[str, str]:
   """'cpu' | 'full' | '<dataset>_cpu' | '<dataset>_full' -> (dataset, scale)."""
   arg = arg or "cpu"

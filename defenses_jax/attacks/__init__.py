@@ -14,6 +14,7 @@ a jitted function:
 `registry.ATTACKS` lists every attack with its access kind, norm and budget parameter.
 """
 
+from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack, dlr_loss
 from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
@@ -24,6 +25,7 @@ from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.attacks.registry import ATTACKS, AttackInfo, attack_info, get_attack
 from defenses_jax.attacks.wrappers import bpda, eot, reject_as_true_class, stochastic
 
-__all__ = ["ATTACKS", "AttackInfo", "apply_perturbation", "attack_info", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
+__all__ = ["ATTACKS", "AttackInfo", "apgd", "apgd_targeted", "apply_perturbation", "attack_info",
+           "autoattack", "dlr_loss", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
            "distances", "eot", "fgsm", "get_attack", "is_successful", "ll_pgd", "madry",
            "margin", "pgd", "project", "reject_as_true_class", "stochastic", "uap"]

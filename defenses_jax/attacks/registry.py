@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 from typing import Callable, Optional
 
+from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack
 from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
@@ -71,6 +72,9 @@ ATTACKS = Registry("attack", {
     "cw_l2": AttackInfo(cw_l2, "gradient", "l2", budget_param="max_iterations"),
     "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
     "deepfool": AttackInfo(deepfool, "gradient", "l2"),  # Stops by itself (max_iter: a cap).
+    "apgd": AttackInfo(apgd, "gradient", "linf", budget_param="steps"),
+    "apgd_t": AttackInfo(apgd_targeted, "gradient", "linf", budget_param="steps"),
+    "autoattack": AttackInfo(autoattack, "gradient", "linf", budget_param="steps"),
     "random_search": AttackInfo(random_search, "labels", "linf", budget_param="max_queries"),
     "uap": AttackInfo(uap, "universal", "linf", budget_param="max_passes",
                       apply=apply_perturbation),

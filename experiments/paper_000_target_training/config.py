@@ -81,7 +81,8 @@ def get_config(arg=None):
     if name != "fgsm":  # Table 3 has no FGSM row.
       threats.insert(1, "transfer")
     m.eval.attacks = ml_collections.ConfigDict({**variants(keys[:1], *threats),
-                                                **variants(keys[1:], "deployed")})
+                                                **variants(keys[1:] + ("autoattack",),
+                                                           "deployed")})
     if name == "pgd":  # A targeted variant: least-likely class, same budget.
       ll = paper_attacks["pgd"]
       m.eval.attacks.ll_pgd_deployed = attack(
@@ -90,6 +91,7 @@ def get_config(arg=None):
     members[m.experiment_name] = m
     a = _member(dataset, scale, f"at_{name}", "adversarial_training", train_attacks[name])
     at_keys = keys + (MIN_PERTURBATION + ("uap",) if name == "pgd" else ())  # Table 1's AT column.
+    at_keys += ("autoattack",)
     a.eval.attacks = ml_collections.ConfigDict(variants(at_keys, "white box"))
     members[a.experiment_name] = a
   c.members = ml_collections.ConfigDict(members)

@@ -17,7 +17,7 @@ state seconds per step times the number of steps, measured in the same run on th
 
 import ml_collections
 
-from experiments.common import attack, base_config, parse_dataset_scale
+from experiments.common import attack, autoattack_entry, base_config, parse_dataset_scale
 from experiments.paper_001_sim_adv.tables import paper_001_tables
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -100,7 +100,7 @@ def member_config(dataset: str, scale: str, method: str, defense: str, options: 
     c.train.replays = FREE_REPLAYS
     epochs = max(1, epochs // FREE_REPLAYS)
   c.train.epochs = epochs
-  c.eval.attacks = ml_collections.ConfigDict(paper_001_attacks(dataset))
+  c.eval.attacks = ml_collections.ConfigDict(paper_001_attacks(dataset, scale))
   c.eval.monitor.attack = "bim"
   return c
 
@@ -115,7 +115,7 @@ def other_rate(scale: str) -> float:
   return 1e-3 if scale == "full" else 1e-4
 
 
-def paper_001_attacks(dataset: str) -> dict:
+def paper_001_attacks(dataset: str, scale: str) -> dict:
   """Table 3's attacks (white-box, L-inf): FGSM, BIM(10,40), Madry(10,40) (CIFAR-10: (4,20)),
   and beyond the paper PGD with 100 steps and 5 random restarts."""
   eps = EPS[dataset]
@@ -126,4 +126,5 @@ def paper_001_attacks(dataset: str) -> dict:
       "madry": attack("madry", f"Madry({n1},{n2})", eps=eps, n1=n1, n2=n2),
       "pgd_restarts": attack("pgd", "PGD (100 steps of eps/20, 5 random restarts)", eps=eps,
                              step_size=eps / 20, steps=100, random_start=True, restarts=5),
+      "autoattack": autoattack_entry(eps, "8/255" if dataset == "cifar10" else f"{eps:g}", scale),
   }

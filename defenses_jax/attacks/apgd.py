@@ -1,0 +1,266 @@
+"""Auto-PGD (Croce & Hein 2020), after AutoAttack's `autopgd_base.py`: APGD-CE, APGD-DLR and the
+targeted APGD-T (DLR to each of the top classes in turn), L-inf and L2, with EOT for randomised
+defenses.
+
+The step size starts at 2 eps and is halved at checkpoints, each time from the best point found
+so far, when the loss rose on at most rho of the steps since the last checkpoint, or when the
+previous checkpoint did not halve and the best loss has not improved since. The first checkpoint
+comes after 22% of the iterations, the interval then shrinks by 3% of them per checkpoint, down
+to 6%. Momentum 0.75 (none on the first step). Every example has its own step size.
+
+Where we differ from the reference, on purpose: its oscillation count compares the first step's
+loss with `loss_steps[-1]` (an unwritten zero: a wrap-around), we compare it with the loss at the
+starting point; an example that no restart fools comes back as its highest-loss point (the
+reference returns the random start).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from defenses_jax.attacks import norms
+from defenses_jax.attacks.objectives import check_batch, cross_entropy
+from defenses_jax.attacks.wrappers import call_logits
+
+APGD_LOSSES = ("ce", "dlr")
+
+
+def dlr_loss(logits, labels, targets=None):
+  """Difference of logits ratio, per example (maximised by the attack). Untargeted:
+  -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3); targeted: -(z_y - z_t) / (z_pi1 - (z_pi3 +
+  z_pi4) / 2), pi sorting the logits in decreasing order. Invariant to shifting and scaling
+  the logits."""
+  top = -jnp.sort(-logits, axis=-1)
+  true = jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
+  if targets is None:
+    other = jnp.where(jnp.argmax(logits, -1) == labels, top[:, 1], top[:, 0])
+    return -(true - other) / (top[:, 0] - top[:, 2] + 1e-12)
+  target = jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
+  return -(true - target) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def checkpoints(steps: int) -> list[int]:
+  """The iterations (0-based) after which APGD decides whether to halve its step size."""
+  first, minimum, decrease = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(
+      int(0.03 * steps), 1)
+  out, at, k = [], -1, first
+  while at + k < steps:
+    at += k
+    out.append(at)
+    k = max(k - decrease, minimum)
+  return out
+
+
+def _loss_fn(loss: str, targets):
+  if loss == "ce":
+    return (lambda z, y: cross_entropy(z, y)) if targets is None else (
+        lambda z, y: -cross_entropy(z, targets))
+  return lambda z, y: dlr_loss(z, y, targets)
+
+
+def _start(key, x, eps, norm):
+  """AutoAttack's random start: a random direction scaled to the sphere of radius eps."""
+  if norm == "linf":
+    t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    t = t / jnp.maximum(jnp.max(jnp.abs(t).reshape(x.shape[0], -1), -1), 1e-12).reshape(
+        (-1,) + (1,) * (x.ndim - 1))
+  else:
+    t = jax.random.normal(key, x.shape, x.dtype)
+    t = t / jnp.maximum(norms.l2_norm(t), 1e-12)
+  return jnp.clip(x + eps * t, 0.0, 1.0)
+
+
+def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter):
+  """One restart: (x_best_adv, x_best, fooled, loss_best, step_size)."""
+  batch = x.shape[0]
+  start_key, init_key, loop_key = jax.random.split(key, 3)
+  checkpoint_mask = jnp.zeros((steps,), bool).at[jnp.asarray(checkpoints(steps))].set(True)
+  # Interval length at each checkpoint (for the oscillation count), 0 elsewhere.
+  lengths = jnp.zeros((steps,), jnp.int32)
+  previous = -1
+  for at in checkpoints(steps):
+    lengths = lengths.at[at].set(at - previous)
+    previous = at
+
+  def loss_and_grad(z, k):
+    def total(zz, kk):
+      logits = call_logits(logits_fn, zz, kk)
+      per_example = loss_fn(logits, y)
+      return jnp.sum(per_example), (per_example, logits)
+
+    keys = jax.random.split(k, eot_iter)
+    grads, (losses, logits) = jax.vmap(lambda kk: jax.grad(total, has_aux=True)(z, kk))(keys)
+    return jnp.mean(grads, 0), jnp.mean(losses, 0), logits[-1]
+
+  def project(z):
+    return norms.project(z, x, eps, norm)
+
+  def direction(g):
+    return norms.steepest_ascent(g, norm)
+
+  x0 = _start(start_key, x, eps, norm)
+  grad0, loss0, logits0 = loss_and_grad(x0, init_key)
+  fooled0 = jnp.argmax(logits0, -1) != y
+  step0 = jnp.full((batch,), 2.0 * eps, x.dtype)
+  # Of the loss history since the last checkpoint only the number of increases is needed.
+  init = dict(x=x0, x_old=x0, grad=grad0, loss_prev=loss0, x_best=x0, grad_best=grad0,
+              loss_best=loss0, x_best_adv=x0, fooled=fooled0, step=step0,
+              increases=jnp.zeros((batch,), jnp.int32), loss_best_last=loss0,
+              reduced_last=jnp.ones((batch,), bool))
+
+  def iteration(i, s):
+    momentum = jnp.where(i > 0, 0.75, 1.0)
+    step = norms.per_example(s["step"], x)
+    z1 = project(s["x"] + step * direction(s["grad"]))
+    z1 = project(s["x"] + (z1 - s["x"]) * momentum + (s["x"] - s["x_old"]) * (1 - momentum))
+    grad, loss, logits = loss_and_grad(z1, jax.random.fold_in(loop_key, i))
+    now_fooled = jnp.argmax(logits, -1) != y
+    mask = lambda m: norms.per_example(m, x)
+    x_best_adv = jnp.where(mask(now_fooled), z1, s["x_best_adv"])
+    improved = loss > s["loss_best"]
+    x_best = jnp.where(mask(improved), z1, s["x_best"])
+    grad_best = jnp.where(mask(improved), grad, s["grad_best"])
+    loss_best = jnp.where(improved, loss, s["loss_best"])
+    increases = s["increases"] + (loss > s["loss_prev"]).astype(jnp.int32)
+    # Checkpoint: halve the step (and go back to the best point) where the loss oscillates.
+    at_checkpoint = checkpoint_mask[i]
+    oscillating = increases <= rho * lengths[i]
+    stalled = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
+    halve = at_checkpoint & (oscillating | stalled)
+    new = dict(
+        x_old=s["x"],
+        x=jnp.where(mask(halve), x_best, z1),
+        grad=jnp.where(mask(halve), grad_best, grad),
+        loss_prev=loss, x_best=x_best, grad_best=grad_best, loss_best=loss_best,
+        x_best_adv=x_best_adv, fooled=s["fooled"] | now_fooled,
+        step=jnp.where(halve, s["step"] / 2.0, s["step"]),
+        increases=jnp.where(at_checkpoint, 0, increases),
+        loss_best_last=jnp.where(at_checkpoint, loss_best, s["loss_best_last"]),
+        reduced_last=jnp.where(at_checkpoint, halve, s["reduced_last"]))
+    return new
+
+  s = lax.fori_loop(0, steps, iteration, norms.varying_like(init, x))
+  return s["x_best_adv"], s["x_best"], s["fooled"], s["loss_best"], s["step"]
+
+
+def apgd(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf", steps: int = 100,
+         restarts: int = 1, loss: str = "ce", rho: float = 0.75, eot_iter: int = 1):
+  """APGD-CE (loss='ce') or APGD-DLR (loss='dlr'), untargeted. Returns (x_adv, info) with info =
+  {success, step_size (each example's final step size, last restart), l2, linf}. Restarts run
+  from fresh random starts; the first that fools an example is kept."""
+  check_batch(x, y)
+  norms.check_norm(norm)
+  if loss not in APGD_LOSSES:
+    raise ValueError(f"unknown APGD loss {loss!r}; choose one of {APGD_LOSSES}.")
+  if loss == "dlr" and jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1] < 3:
+    raise ValueError("the DLR loss needs at least 3 classes (z_pi1 - z_pi3).")
+  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter,
+                        [_loss_fn(loss, None)])
+
+
+def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
+                  steps: int = 100, num_target_classes: int = 9, restarts: int = 1,
+                  rho: float = 0.75, eot_iter: int = 1):
+  """APGD-T: targeted DLR towards each of the `num_target_classes` highest other classes of the
+  clean logits in turn (AutoAttack: 9), `restarts` each; success is misclassification."""
+  check_batch(x, y)
+  norms.check_norm(norm)
+  key, clean_key = jax.random.split(key)
+  clean = call_logits(logits_fn, x, clean_key)
+  num_classes = clean.shape[-1]
+  if num_classes < 4:  # The denominator z_pi1 - (z_pi3 + z_pi4) / 2 needs four classes.
+    raise ValueError(f"targeted DLR needs at least 4 classes; the model has {num_classes}.")
+  if not 1 <= num_target_classes <= num_classes - 1:
+    raise ValueError(f"APGD-T needs 1 <= num_target_classes <= {num_classes - 1}; got "
+                     f"{num_target_classes}.")
+  # Classes by decreasing clean logit, the true class last: ranked[:, 0] is the highest other
+  # class (AutoAttack takes the 2nd, 3rd, ... highest, i.e. the same on correctly classified
+  # inputs, which are the only ones it attacks).
+  ranked = jnp.argsort(jnp.where(jnp.arange(num_classes) == y[:, None], jnp.inf, -clean), -1)
+  losses = [_loss_fn("dlr", ranked[:, t]) for t in range(num_target_classes)]
+  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, losses)
+
+
+def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, losses):
+  """Runs each loss (target) `restarts` times; per example keeps the first run that fools it,
+  otherwise the highest-loss point of the last run."""
+  fooled = jnp.zeros(x.shape[:1], bool)
+  x_adv = x
+  step = jnp.zeros(x.shape[:1], x.dtype)
+  run = 0
+  for loss_fn in losses:  # A handful of targets: unrolled at trace time, not a hot loop.
+    def one(carry, k, loss_fn=loss_fn):
+      fooled, x_adv, _ = carry
+      best_adv, best, now, _, step = _apgd_run(logits_fn, x, y, k, eps, norm, steps, loss_fn,
+                                               rho, eot_iter)
+      take = now & ~fooled
+      chosen = jnp.where(norms.per_example(take, x), best_adv,
+                         jnp.where(norms.per_example(fooled, x), x_adv, best))
+      return (fooled | now, chosen, step), None
+
+    keys = jax.random.split(jax.random.fold_in(key, run), restarts)
+    (fooled, x_adv, step), _ = lax.scan(one, norms.varying_like((fooled, x_adv, step), x), keys)
+    run += 1
+  check_key = jax.random.fold_in(key, 2**30)
+  success = jnp.argmax(call_logits(logits_fn, x_adv, check_key), -1) != y
+  return x_adv, {"success": success, "step_size": step, **norms.distances(x_adv, x)}
+
+
+AUTOATTACK_VERSIONS = ("standard", "rand")
+
+
+def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
+               version: str = "standard", steps: int = 100, num_target_classes: int = 9,
+               eot_iter: int = 20):
+  """An AutoAttack-style worst case over the members this library has, each run after the
+  previous one on the examples still correctly classified (Croce & Hein 2020):
+  standard: APGD-CE, then APGD-T (targeted DLR, `num_target_classes` targets, at most the
+  number of other classes); `rand` (randomised defenses): APGD-CE and APGD-DLR, each with EOT
+  over `eot_iter` draws. AutoAttack's FAB-T and Square are not members (Square comes with the
+  query attacks), so this is a lower bound on what the full AutoAttack finds.
+
+  Returns (x_adv, info) with info = {success, broken_by (per example, the index of the first
+  member that fooled it, -1 for none), l2, linf}. The batch has a fixed shape, so a member runs
+  on every example and its result is kept only for those still robust; a member is skipped when
+  no example is left.
+  """
+  check_batch(x, y)
+  norms.check_norm(norm)
+  if version not in AUTOATTACK_VERSIONS:
+    raise ValueError(f"unknown AutoAttack version {version!r}; choose one of "
+                     f"{AUTOATTACK_VERSIONS}.")
+  num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
+  if version == "standard":
+    members = [lambda k: apgd(logits_fn, x, y, k, eps=eps, norm=norm, steps=steps)]
+    if num_classes >= 4:
+      members.append(lambda k: apgd_targeted(
+          logits_fn, x, y, k, eps=eps, norm=norm, steps=steps,
+          num_target_classes=min(num_target_classes, num_classes - 1)))
+  else:
+    members = [lambda k, loss=loss: apgd(logits_fn, x, y, k, eps=eps, norm=norm, steps=steps,
+                                         loss=loss, eot_iter=eot_iter)
+               for loss in ("ce", "dlr")]
+  keys = member_keys(key, len(members))
+  x_adv = x
+  broken_by = norms.match_varying(jnp.full(x.shape[:1], -1, jnp.int32), x)
+  for index, member in enumerate(members):
+    def run(state, member=member, index=index):
+      x_adv, broken_by = state
+      candidate, report = member(keys[index])
+      take = report["success"] & (broken_by < 0)
+      return (jnp.where(norms.per_example(take, x), candidate, x_adv),
+              jnp.where(take, index, broken_by))
+
+    x_adv, broken_by = lax.cond(jnp.all(broken_by >= 0), lambda state: state, run,
+                                (x_adv, broken_by))
+  success = jnp.argmax(call_logits(logits_fn, x_adv, keys[-1]), -1) != y
+  return x_adv, {"success": success, "broken_by": broken_by, **norms.distances(x_adv, x)}
+
+
+def member_keys(key, num_members: int):
+  """The key each AutoAttack member runs with (and, last, the final check's)."""
+  return jax.random.split(key, num_members + 1)

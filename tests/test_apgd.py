@@ -1,0 +1,129 @@
+"""APGD and the AutoAttack-style worst case: the DLR loss by hand, the step-size schedule, exact
+success sets on linear models (where the optimal attack is known), APGD at least as strong as
+PGD on a small CNN, and the worst case never above any member's robust accuracy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from defenses_jax import experiment as experiment_lib
+from defenses_jax import train as train_lib
+from defenses_jax.attacks import apgd, apgd_targeted, autoattack, dlr_loss, pgd
+from defenses_jax.attacks.apgd import checkpoints, member_keys
+
+K = 5
+W = np.random.default_rng(5).normal(size=(16, K)).astype(np.float32)
+linear = lambda z: z.reshape(z.shape[0], -1) @ W
+X = np.random.default_rng(2).uniform(0.3, 0.7, (64, 4, 4, 1)).astype(np.float32)
+Y = np.argmax(linear(X), -1)
+
+
+def reachable(eps, norm):
+  """Without the box (inputs are far from it), the best perturbation of norm eps changes the
+  gap z_j - z_y by eps * ||w_j - w_y||_dual: the example can be fooled iff some gap closes."""
+  z = linear(X)
+  dual = {"linf": lambda v: np.abs(v).sum(), "l2": np.linalg.norm}[norm]
+  return np.array([max(z[i, j] - z[i, Y[i]] + eps * dual(W[:, j] - W[:, Y[i]])
+                       for j in range(K) if j != Y[i]) > 0 for i in range(len(X))])
+
+
+def test_dlr_loss_by_hand():
+  z = jnp.asarray([[3.0, 1.0, 0.0, -1.0]] * 2)
+  np.testing.assert_allclose(dlr_loss(z, jnp.asarray([0, 1])), [-2 / 3, 2 / 3], rtol=1e-6)
+  np.testing.assert_allclose(dlr_loss(z[:1], jnp.asarray([0]), jnp.asarray([2])), [-3 / 3.5],
+                             rtol=1e-6)  # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
+  np.testing.assert_allclose(dlr_loss(10 * z + 4, jnp.asarray([0, 1])), [-2 / 3, 2 / 3],
+                             rtol=1e-5)  # Shift and scale invariant.
+
+
+def test_step_size_halves_at_every_checkpoint_of_a_flat_loss():
+  assert checkpoints(100) == [21, 40, 56, 69, 79, 86, 92, 98]  # AutoAttack's 22% / 3% / 6%.
+  flat = lambda z: jnp.zeros((z.shape[0], 4)) + jnp.asarray([1.0, 0.0, -1.0, -2.0])
+  x = jnp.full((2, 4, 4, 1), 0.5)
+  _, info = apgd(flat, x, jnp.zeros(2, jnp.int32), jax.random.key(0), eps=0.1, steps=100)
+  np.testing.assert_allclose(info["step_size"], 2 * 0.1 / 2**8)  # Never an increase: 8 halvings.
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.08), ("l2", 0.3)])
+def test_apgd_finds_exactly_the_examples_a_perturbation_can_fool_on_a_linear_model(norm, eps):
+  expected = reachable(eps, norm)
+  assert 0.2 < expected.mean() < 0.95
+  x, y = jnp.asarray(X), jnp.asarray(Y)
+  for name, attack in (("ce", lambda k: apgd(linear, x, y, k, eps=eps, norm=norm, steps=50)),
+                       ("dlr", lambda k: apgd(linear, x, y, k, eps=eps, norm=norm, steps=50,
+                                              loss="dlr")),
+                       ("t", lambda k: apgd_targeted(linear, x, y, k, eps=eps, norm=norm,
+                                                     steps=50, num_target_classes=K - 1))):
+    x_adv, info = attack(jax.random.key(0))
+    np.testing.assert_array_equal(info["success"], expected, err_msg=name)
+    limit = info["linf"] if norm == "linf" else info["l2"]
+    assert float(limit.max()) <= eps * (1 + 1e-5) and 0 <= float(x_adv.min()) <= 1
+
+
+def test_apgd_t_with_one_target_aims_at_the_highest_other_class():
+  # Class 4 has large weights and a low bias: often reachable although rarely the runner-up.
+  w = W.copy()
+  w[:, 4] *= 4
+  b = np.array([0, 0, 0, 0, -3], np.float32)
+  z = X.reshape(len(X), -1) @ w + b
+  y = z.argmax(-1)
+  eps = 0.05
+  gap = lambda i, j: z[i, j] - z[i, y[i]] + eps * np.abs(w[:, j] - w[:, y[i]]).sum()
+  runner_up = np.argsort(np.where(np.arange(K) == y[:, None], -np.inf, z), -1)[:, -1]
+  expected = np.array([gap(i, j) > 0 for i, j in enumerate(runner_up)])
+  any_class = np.array([max(gap(i, j) for j in range(K) if j != y[i]) > 0 for i in range(len(X))])
+  assert expected.sum() < any_class.sum()  # Informative: another class is sometimes closer.
+  biased = lambda v: v.reshape(v.shape[0], -1) @ w + b
+  _, info = apgd_targeted(biased, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), eps=eps,
+                          steps=50, num_target_classes=1)
+  np.testing.assert_array_equal(info["success"], expected)
+  _, info = apgd_targeted(biased, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), eps=eps,
+                          steps=50, num_target_classes=K - 1)
+  np.testing.assert_array_equal(info["success"], any_class)
+
+
+def test_targeted_dlr_refuses_fewer_than_four_classes():
+  three = lambda z: z.reshape(z.shape[0], -1)[:, :3]
+  with pytest.raises(ValueError, match="4 classes"):
+    apgd_targeted(three, jnp.asarray(X), jnp.zeros(64, jnp.int32), jax.random.key(0), eps=0.1)
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+  from conftest import blob_dataset
+  datasets = blob_dataset(96, seed=0), blob_dataset(64, seed=1)
+  config = tiny_config(epochs=4, learning_rate=3e-3)
+  state, _ = train_lib.train(config, str(tmp_path_factory.mktemp("apgd")), datasets=datasets)
+  exp = experiment_lib.Experiment(config, str(tmp_path_factory.mktemp("unused")), datasets)
+  variables = experiment_lib.variables(state.params, state.batch_stats)
+  net = lambda z: exp.model.apply(variables, z, train=False)
+  x, y = jnp.asarray(datasets[1].images), jnp.asarray(datasets[1].labels)
+  return net, x, y
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(small_cnn):
+  net, x, y = small_cnn
+  eps, steps = 0.15, 20
+  _, by_pgd = pgd(net, x, y, jax.random.key(0), eps=eps, step_size=eps / 4, steps=steps)
+  _, by_apgd = apgd(net, x, y, jax.random.key(0), eps=eps, steps=steps)
+  assert 0.1 < float(by_pgd["success"].mean()) < 0.9  # A budget where the attacks differ.
+  assert float(by_apgd["success"].mean()) >= float(by_pgd["success"].mean())
+
+
+def test_autoattack_worst_case_is_never_above_any_member(small_cnn):
+  net, x, y = small_cnn
+  eps, key = 0.1, jax.random.key(3)
+  x_adv, info = autoattack(net, x, y, key, eps=eps, steps=10, num_target_classes=3)
+  keys = member_keys(key, 2)
+  _, ce = apgd(net, x, y, keys[0], eps=eps, steps=10)
+  _, targeted = apgd_targeted(net, x, y, keys[1], eps=eps, steps=10, num_target_classes=3)
+  either = np.asarray(ce["success"]) | np.asarray(targeted["success"])
+  np.testing.assert_array_equal(info["success"], either)
+  assert 0 < np.mean(either) and np.mean(~either) > 0  # Neither all nor nothing.
+  broken_by = np.asarray(info["broken_by"])
+  np.testing.assert_array_equal(broken_by == 0, np.asarray(ce["success"]))
+  np.testing.assert_array_equal(broken_by == 1, np.asarray(targeted["success"]) & ~np.asarray(
+      ce["success"]))
+  assert float(info["linf"].max()) <= eps + 1e-6
