@@ -19,6 +19,7 @@ from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
+from defenses_jax.attacks.jsma import jsma
 from defenses_jax.attacks.norms import distances, project
 from defenses_jax.attacks.objectives import is_successful, margin
 from defenses_jax.attacks.universal import apply_perturbation, uap
@@ -27,5 +28,5 @@ from defenses_jax.attacks.wrappers import bpda, eot, reject_as_true_class, stoch
 
 __all__ = ["ATTACKS", "AttackInfo", "apgd", "apgd_targeted", "apply_perturbation", "attack_info",
            "autoattack", "dlr_loss", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
-           "distances", "eot", "fgsm", "get_attack", "is_successful", "ll_pgd", "madry",
+           "distances", "eot", "fgsm", "get_attack", "is_successful", "jsma", "ll_pgd", "madry",
            "margin", "pgd", "project", "reject_as_true_class", "stochastic", "uap"]

@@ -159,7 +159,7 @@ def apgd(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf", step
   if loss == "dlr" and jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1] < 3:
     raise ValueError("the DLR loss needs at least 3 classes (z_pi1 - z_pi3).")
   return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter,
-                        [_loss_fn(loss, None)])
+                        lambda run: _loss_fn(loss, None), num_runs=1)
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
@@ -181,30 +181,32 @@ def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "li
   # class (AutoAttack takes the 2nd, 3rd, ... highest, i.e. the same on correctly classified
   # inputs, which are the only ones it attacks).
   ranked = jnp.argsort(jnp.where(jnp.arange(num_classes) == y[:, None], jnp.inf, -clean), -1)
-  losses = [_loss_fn("dlr", ranked[:, t]) for t in range(num_target_classes)]
-  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, losses)
+  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter,
+                        lambda run: _loss_fn("dlr", jnp.take(ranked, run, axis=1)),
+                        num_runs=num_target_classes)
 
 
-def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, losses):
-  """Runs each loss (target) `restarts` times; per example keeps the first run that fools it,
-  otherwise the highest-loss point of the last run."""
-  fooled = jnp.zeros(x.shape[:1], bool)
-  x_adv = x
-  step = jnp.zeros(x.shape[:1], x.dtype)
-  run = 0
-  for loss_fn in losses:  # A handful of targets: unrolled at trace time, not a hot loop.
-    def one(carry, k, loss_fn=loss_fn):
-      fooled, x_adv, _ = carry
-      best_adv, best, now, _, step = _apgd_run(logits_fn, x, y, k, eps, norm, steps, loss_fn,
-                                               rho, eot_iter)
-      take = now & ~fooled
-      chosen = jnp.where(norms.per_example(take, x), best_adv,
-                         jnp.where(norms.per_example(fooled, x), x_adv, best))
-      return (fooled | now, chosen, step), None
+def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, loss_of,
+                   num_runs: int):
+  """Runs loss_of(run) (run: a traced index, e.g. the target's rank) for each of `num_runs` runs,
+  `restarts` times each, as one scan (one compiled APGD loop, however many targets); per example
+  keeps the first run that fools it, otherwise the highest-loss point of the last run."""
 
-    keys = jax.random.split(jax.random.fold_in(key, run), restarts)
-    (fooled, x_adv, step), _ = lax.scan(one, norms.varying_like((fooled, x_adv, step), x), keys)
-    run += 1
+  def one(carry, run_and_restart):
+    fooled, x_adv, _ = carry
+    run, restart = run_and_restart
+    k = jax.random.fold_in(jax.random.fold_in(key, run), restart)
+    best_adv, best, now, _, step = _apgd_run(logits_fn, x, y, k, eps, norm, steps, loss_of(run),
+                                             rho, eot_iter)
+    take = now & ~fooled
+    chosen = jnp.where(norms.per_example(take, x), best_adv,
+                       jnp.where(norms.per_example(fooled, x), x_adv, best))
+    return (fooled | now, chosen, step), None
+
+  runs = jnp.repeat(jnp.arange(num_runs), restarts)
+  restart_index = jnp.tile(jnp.arange(restarts), num_runs)
+  init = (jnp.zeros(x.shape[:1], bool), x, jnp.zeros(x.shape[:1], x.dtype))
+  (_, x_adv, step), _ = lax.scan(one, norms.varying_like(init, x), (runs, restart_index))
   check_key = jax.random.fold_in(key, 2**30)
   success = jnp.argmax(call_logits(logits_fn, x_adv, check_key), -1) != y
   return x_adv, {"success": success, "step_size": step, **norms.distances(x_adv, x)}

@@ -56,8 +56,11 @@ def l2_norm(v):
 
 
 def distances(x_adv, x) -> dict:
+  """Per example: L2 and L-inf norms of the perturbation and L0, the number of features (each
+  channel value) it changes."""
   d = (x_adv - x).reshape(x.shape[0], -1)
-  return {"l2": jnp.sqrt(jnp.sum(d * d, -1)), "linf": jnp.max(jnp.abs(d), -1)}
+  return {"l2": jnp.sqrt(jnp.sum(d * d, -1)), "linf": jnp.max(jnp.abs(d), -1),
+          "l0": jnp.sum(d != 0, -1)}
 
 
 def project(x_adv, x, eps, norm: str):

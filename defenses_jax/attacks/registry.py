@@ -23,6 +23,7 @@ from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
+from defenses_jax.attacks.jsma import jsma
 from defenses_jax.attacks.query.random_search import random_search
 from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.registry import Registry
@@ -72,6 +73,7 @@ ATTACKS = Registry("attack", {
     "cw_l2": AttackInfo(cw_l2, "gradient", "l2", budget_param="max_iterations"),
     "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
     "deepfool": AttackInfo(deepfool, "gradient", "l2"),  # Stops by itself (max_iter: a cap).
+    "jsma": AttackInfo(jsma, "gradient", "l0"),  # Stops by itself (gamma caps the features).
     "apgd": AttackInfo(apgd, "gradient", "linf", budget_param="steps"),
     "apgd_t": AttackInfo(apgd_targeted, "gradient", "linf", budget_param="steps"),
     "autoattack": AttackInfo(autoattack, "gradient", "linf", budget_param="steps"),

@@ -229,7 +229,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         "reused_examples": reused and os.path.relpath(reused, workdir),
         "detector_aware": spec.detector_aware,
         **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
-                             np.asarray(d["l2"]), np.asarray(d["linf"]))}
+                             np.asarray(d["l2"]), np.asarray(d["linf"]), np.asarray(d["l0"]))}
     per_attack_correct[spec.key] = adv_correct
     if spec.info.queries and run.queries is not None:  # Queries spent per example.
       attacked, fooled = clean_correct, clean_correct & ~adv_correct

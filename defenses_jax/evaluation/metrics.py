@@ -19,7 +19,7 @@ def _nan_stat(fn, values) -> float:
   return float(fn(values)) if values.size else float("nan")
 
 
-def robustness(clean_correct, adv_correct, success, l2, linf) -> dict:
+def robustness(clean_correct, adv_correct, success, l2, linf, l0=None) -> dict:
   """Metrics of one attack. `success`: the attack changed a correct prediction into a wrong one
   (re-checked on a fresh forward pass); distortion statistics are over those successes."""
   clean_correct = np.asarray(clean_correct, bool)
@@ -27,7 +27,8 @@ def robustness(clean_correct, adv_correct, success, l2, linf) -> dict:
   success = np.asarray(success, bool) & clean_correct
   l2, linf = np.asarray(l2)[success], np.asarray(linf)[success]
   attacked = max(int(clean_correct.sum()), 1)
-  return {
+  extra = {} if l0 is None else {"median_l0": _nan_stat(np.median, np.asarray(l0)[success])}
+  return {**extra,
       "robust_accuracy": float(np.mean(adv_correct & clean_correct)),
       "attack_success_rate": float(success.sum() / attacked),
       "num_examples": int(clean_correct.size),

@@ -17,6 +17,10 @@ def pct(value) -> str:
   return f"{100 * value:.1f}%"
 
 
+def _count(value) -> str:
+  return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:g}"
+
+
 def _num(value) -> str:
   return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
@@ -40,7 +44,7 @@ def markdown_table(summary: dict) -> str:
                f"{summary['num_attack_examples']} test images (clean accuracy there "
                f"{pct(summary['clean_accuracy_attacked_subset'])}).")
   lines += ["", "| Attack | Threat model | Robust accuracy (ours) | Paper | Attack success | "
-            "Median L2 | Median L-inf |", "|---|---|---|---|---|---|---|"]
+            "Median L2 | Median L-inf | Median L0 |", "|---|---|---|---|---|---|---|---|"]
   for key, r in summary["attacks"].items():
     theirs = paper_robust.get(key)
     threat = r["threat_model"] + (f" from {r['source_experiment']}" if r["source_experiment"]
@@ -48,10 +52,10 @@ def markdown_table(summary: dict) -> str:
     lines.append(f"| {r['label']} | {threat} | {pct(r['robust_accuracy'])}"
                  f"{differs_marker(r['robust_accuracy'], theirs)} | {pct(theirs)} | "
                  f"{pct(r['attack_success_rate'])} | {_num(r['median_l2'])} | "
-                 f"{_num(r['median_linf'])} |")
+                 f"{_num(r['median_linf'])} | {_count(r.get('median_l0'))} |")
   for key, value in paper_robust.items():  # Paper rows we did not run stay visible.
     if key not in summary["attacks"]:
-      lines.append(f"| {key} | - | not run | {pct(value)} | - | - | - |")
+      lines.append(f"| {key} | - | not run | {pct(value)} | - | - | - | - |")
   queried = {r["label"]: r["queries"] for r in summary["attacks"].values() if r.get("queries")}
   if queried:
     lines += [""] + [f"{label}: a query budget of {q['budget']} per image; {_num(q['mean'])} "
