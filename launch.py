@@ -27,6 +27,10 @@ _MODE = flags.DEFINE_enum(
     "from existing results.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU).")
+_PROFILE_STEPS = flags.DEFINE_string(
+    "profile_steps", "", "FIRST,LAST: write a JAX profiler trace of training steps FIRST+1 .. "
+    "LAST to <experiment>/profile/ (TensorBoard's profile tab); sets train.profile_steps of the "
+    "experiment (of every member of a suite).")
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", os.path.expanduser("~/.cache/defenses_jax/xla"),
     "Persistent XLA compilation cache ('' to disable): re-runs skip recompiling.")
@@ -47,6 +51,13 @@ def main(argv):
   from defenses_jax.preemption import Preempted
   from defenses_jax.suites import runner as suite
   config = _CONFIG.value
+  if _PROFILE_STEPS.value:
+    try:
+      first, last = (int(v) for v in _PROFILE_STEPS.value.split(","))
+    except ValueError:
+      raise app.UsageError(f"--profile_steps takes FIRST,LAST; got {_PROFILE_STEPS.value!r}.")
+    for experiment in (config.members.values() if suite.is_suite(config) else [config]):
+      experiment.train.profile_steps = (first, last)
   logging.info("config:\n%s", config)
   try:
     result = _run(config, distill, evaluation, train, suite)

@@ -12,6 +12,8 @@ from typing import Optional
 import jax
 from tqdm.auto import tqdm
 
+from defenses_jax.tensorboard import ScalarWriter
+
 
 def progress_bar(total: int, initial: int = 0, enabled: bool = True, description: str = "",
                  unit: str = "step"):
@@ -24,27 +26,41 @@ def progress_bar(total: int, initial: int = 0, enabled: bool = True, description
 
 
 class MetricsLog:
-  """Appends one JSON object per line to <experiment_dir>/metrics.jsonl (first host only)."""
+  """Appends one JSON object per line to <experiment_dir>/metrics.jsonl (first host only) and,
+  with `tensorboard_dir`, every numeric field of a record with a step as a TensorBoard scalar."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, tensorboard_dir: Optional[str] = None):
     self.path = path
     self._enabled = jax.process_index() == 0
+    self._tensorboard = None
+    self._last_log: Optional[tuple[int, float]] = None  # (step, time) of the last train record.
     if self._enabled:
       os.makedirs(os.path.dirname(path), exist_ok=True)
+      if tensorboard_dir:
+        self._tensorboard = ScalarWriter(tensorboard_dir)
 
   def write(self, **record) -> None:
     if not self._enabled:
       return
+    if self._tensorboard is not None and "step" in record:
+      self._tensorboard.scalars(record["step"], {
+          k: v for k, v in record.items() if k not in ("step", "epoch")
+          and isinstance(v, (int, float)) and not isinstance(v, bool)})
     record["time"] = time.time()
     with open(self.path, "a") as f:
       f.write(json.dumps(record, sort_keys=True) + "\n")
 
-  def write_train(self, step: int, epoch: int, sums: dict, bar=None):
-    """Logs the mean loss and accuracy of the steps since the last call; returns None so the
-    caller starts a fresh accumulation."""
+  def write_train(self, step: int, epoch: int, sums: dict, bar=None, **extra):
+    """Logs the mean loss and accuracy of the steps since the last call (and `extra`, e.g. the
+    learning rate), plus steps per second of wall time since the previous call; returns None so
+    the caller starts a fresh accumulation."""
     count = max(float(sums["count"]), 1.0)
     loss, accuracy = float(sums["loss"]) / count, float(sums["correct"]) / count
-    self.write(step=step, epoch=epoch, train_loss=loss, train_accuracy=accuracy)
+    now = time.perf_counter()
+    if self._last_log is not None and step > self._last_log[0]:
+      extra["steps_per_second"] = (step - self._last_log[0]) / (now - self._last_log[1])
+    self._last_log = (step, now)
+    self.write(step=step, epoch=epoch, train_loss=loss, train_accuracy=accuracy, **extra)
     if bar is not None:
       bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", refresh=False)
     return None

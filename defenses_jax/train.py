@@ -26,7 +26,7 @@ from defenses_jax.evaluation.monitor import RobustnessMonitor
 from defenses_jax.preemption import PreemptionWatch, Preempted
 from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, state_specs,
                                      variables)
-from defenses_jax.optim import l2_penalty
+from defenses_jax.optim import l2_penalty, learning_rate_schedule
 from defenses_jax.progress import MetricsLog, StepTimer, progress_bar, write_json
 
 
@@ -117,7 +117,14 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
       out_specs=(specs, parallel.REPLICATED), donate_argnums=(0,))
   eval_step = exp.eval_step()
   base_key = parallel.replicate(jax.random.key(config.seed + 1), exp.mesh)
-  log = MetricsLog(os.path.join(exp.exp_dir, "metrics.jsonl"))
+  log = MetricsLog(os.path.join(exp.exp_dir, "metrics.jsonl"),
+                   tensorboard_dir=os.path.join(exp.exp_dir, "tensorboard")
+                   if config.train.tensorboard else None)
+  learning_rate = learning_rate_schedule(config.train, exp.steps_per_epoch)
+  profile, tracing = tuple(config.train.profile_steps), False
+  if profile and not (len(profile) == 2 and 0 <= profile[0] < profile[1]):
+    raise ValueError(f"train.profile_steps must be (first, last) with 0 <= first < last; got "
+                     f"{profile}.")
   bar = progress_bar(exp.total_steps, start_step, enabled=config.train.progress,
                      description=config.experiment_name)
   summary: dict = {"experiment_name": config.experiment_name, "resumed_from_step": start_step}
@@ -132,14 +139,22 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
         exp.train_ds, config.train.batch_size, config.seed, epoch,
         start_step=step - epoch * exp.steps_per_epoch, process_index=jax.process_index(),
         process_count=jax.process_count(), replays=config.train.replays):
+      if profile and step == profile[0]:  # A trace of steps first+1 .. last, for TensorBoard.
+        jax.profiler.start_trace(os.path.join(exp.exp_dir, "profile"))
+        tracing = True
       state, step_sums = train_step(state, parallel.shard_batch(batch, exp.mesh), base_key)
       sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
       step += 1
+      if tracing and step == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        tracing = False
       timer.after_step(step, state)
       bar.update(1)
       ckpt.save(step, state.as_dict())
       if step % config.train.log_every_steps == 0:
-        sums = log.write_train(step, epoch, jax.device_get(sums), bar)
+        sums = log.write_train(step, epoch, jax.device_get(sums), bar,
+                               learning_rate=float(learning_rate(step - 1)))
       if interrupt_at_step is not None and step >= interrupt_at_step:
         ckpt.close()
         bar.close()
@@ -153,7 +168,8 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
         log.write(step=step, epoch=epoch, preempted=True)
         raise Preempted(step)
     if sums is not None:
-      sums = log.write_train(step, epoch, jax.device_get(sums), bar)
+      sums = log.write_train(step, epoch, jax.device_get(sums), bar,
+                             learning_rate=float(learning_rate(step - 1)))
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.epochs:
       with timer.paused(state):
         accuracy = evaluate_clean(eval_step, state, exp.test_ds, config.eval.batch_size,

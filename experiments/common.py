@@ -62,6 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 500
   c.train.log_every_steps = 50
   c.train.progress = True
+  c.train.tensorboard = True  # Scalars also as TensorBoard events in <experiment>/tensorboard/.
+  # (first, last): a JAX profiler trace of steps first+1 .. last in <experiment>/profile/,
+  # viewable in TensorBoard's profile tab; () for none. From the command line:
+  # --config.train.profile_steps="(10, 20)".
+  c.train.profile_steps = ()
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500

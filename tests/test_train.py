@@ -197,3 +197,40 @@ def test_l2_penalty_sums_squared_kernels_of_its_scope_only():
   assert float(l2_penalty(params, "all")) == pytest.approx(18 * 4.0 + 12 * 1.0)
   with pytest.raises(ValueError, match="l2_scope"):
     l2_penalty(params, "everything")
+
+
+def test_crc32c_known_answer():
+  from defenses_jax.tensorboard import crc32c
+  assert crc32c(b"123456789") == 0xE3069283  # The Castagnoli check value.
+
+
+def _tensorboard_scalars(logdir) -> dict:
+  """{tag: {step: value}} read back with TensorFlow's own event parser."""
+  import tensorflow as tf
+  out = {}
+  (path,) = [os.path.join(logdir, f) for f in os.listdir(logdir)]
+  for record in tf.data.TFRecordDataset(path):  # Checks each record's CRCs.
+    event = tf.compat.v1.Event.FromString(record.numpy())
+    for value in event.summary.value:
+      out.setdefault(value.tag, {})[event.step] = value.simple_value
+  return out
+
+
+def test_tensorboard_scalars_mirror_the_metrics_log_and_a_profile_is_written(tmp_path, blobs):
+  config = tiny_config(epochs=2)
+  config.train.profile_steps = (2, 4)
+  config.train.schedule = "cosine"
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  scalars = _tensorboard_scalars(tmp_path / "tiny" / "tensorboard")
+  logged = read_log(tmp_path)
+  for tag in ("train_loss", "train_accuracy", "test_accuracy", "learning_rate"):
+    records = [r for r in logged if tag in r]
+    assert records, tag
+    assert scalars[tag] == {r["step"]: pytest.approx(r[tag], rel=1e-6) for r in records}, tag
+  total = max(r["step"] for r in logged)
+  for step, rate in scalars["learning_rate"].items():  # The rate of the update that made `step`.
+    assert rate == pytest.approx(config.train.learning_rate * 0.5 * (
+        1 + np.cos(np.pi * (step - 1) / total)), rel=1e-5), step
+  assert all(v > 0 for v in scalars["steps_per_second"].values())
+  traces = [f for _, _, files in os.walk(tmp_path / "tiny" / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
