@@ -106,6 +106,11 @@ def from_arrays(images, labels, num_classes: Optional[int] = None,
   labels = np.asarray(labels)
   if images.ndim == 3:
     images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    hint = (" They look channels-first (NCHW): pass np.transpose(images, (0, 2, 3, 1))."
+            if images.ndim == 4 and images.shape[1] in (1, 3) else "")
+    raise DataError(f"images must be (N, H, W) or (N, H, W, C) with C = 1 or 3 (NHWC); got "
+                    f"shape {images.shape}.{hint}")
   if images.dtype == np.uint8:
     images = images.astype(np.float32) / 255.0
   elif np.issubdtype(images.dtype, np.floating):

@@ -21,6 +21,7 @@ from defenses_jax import parallel
 from defenses_jax.checkpoint import ExperimentCheckpoints, experiment_dir
 from defenses_jax.defenses import Defense, Network, create_defense
 from defenses_jax.models import create_model
+from defenses_jax.config_checks import check_config
 from defenses_jax.optim import create_optimizer
 
 
@@ -97,6 +98,7 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                datasets: Optional[tuple] = None):
+    check_config(config)
     self.config = config
     self.exp_dir = experiment_dir(workdir, config.experiment_name)
     self.mesh = parallel.make_mesh(None if config.num_devices < 0 else config.num_devices)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -23,6 +24,15 @@ def progress_bar(total: int, initial: int = 0, enabled: bool = True, description
   return tqdm(total=total, initial=initial, desc=description, unit=unit, dynamic_ncols=True,
               mininterval=0.1 if interactive else 30.0,
               disable=not enabled or jax.process_index() != 0, file=sys.stderr)
+
+
+class TrainingDiverged(ValueError):
+  """The training loss became NaN or infinite."""
+
+
+def _finite_or_none(value):
+  """JSON has no NaN or infinity: metrics.jsonl writes null for them."""
+  return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class MetricsLog:
@@ -46,9 +56,10 @@ class MetricsLog:
       self._tensorboard.scalars(record["step"], {
           k: v for k, v in record.items() if k not in ("step", "epoch")
           and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    record = {k: _finite_or_none(v) for k, v in record.items()}
     record["time"] = time.time()
     with open(self.path, "a") as f:
-      f.write(json.dumps(record, sort_keys=True) + "\n")
+      f.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
 
   def write_train(self, step: int, epoch: int, sums: dict, bar=None, **extra):
     """Logs the mean loss and accuracy of the steps since the last call (and `extra`, e.g. the
@@ -61,6 +72,12 @@ class MetricsLog:
       extra["steps_per_second"] = (step - self._last_log[0]) / (now - self._last_log[1])
     self._last_log = (step, now)
     self.write(step=step, epoch=epoch, train_loss=loss, train_accuracy=accuracy, **extra)
+    if not math.isfinite(loss):
+      raise TrainingDiverged(
+          f"the training loss is {loss} at step {step}: training diverged (learning rate "
+          f"{extra.get('learning_rate', 'unknown')}). Lower train.learning_rate and start "
+          "again in a fresh experiment directory; checkpoints saved after the divergence hold "
+          "non-finite parameters.")
     if bar is not None:
       bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", refresh=False)
     return None

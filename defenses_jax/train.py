@@ -23,6 +23,7 @@ from defenses_jax import data as data_lib
 from defenses_jax import parallel
 from defenses_jax.defenses import Defense, Network
 from defenses_jax.evaluation.monitor import RobustnessMonitor
+from defenses_jax.evaluation.threat_models import parse_attack_specs
 from defenses_jax.preemption import PreemptionWatch, Preempted
 from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, state_specs,
                                      variables)
@@ -106,6 +107,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, datasets: Optional[tu
 
 def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption):
   exp = Experiment(config, workdir, datasets)
+  # Every attack of the config is checked before training: a typo must not wait for the end.
+  parse_attack_specs(config.eval.attacks, exp.defense,
+                     has_detector=bool(config.eval.detection.detector))
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   start_step = int(state.step)
