@@ -69,16 +69,17 @@ def main(argv):
 
 
 def _run(config, distill, evaluation, train, suite):
+  workdir = os.path.expanduser(_WORKDIR.value)  # '~/runs' as the shell would expand it.
   if suite.is_suite(config):
-    result = suite.run_suite(config, _WORKDIR.value, _MODE.value)
+    result = suite.run_suite(config, workdir, _MODE.value)
   elif _MODE.value == "report":
     raise app.UsageError("--mode=report is for paper suites (experiments/paper_00N_<name>/config.py)")
   elif _MODE.value == "train" and config.distill.teacher:
-    result = distill.distill_proxy(config, _WORKDIR.value)
+    result = distill.distill_proxy(config, workdir)
   elif _MODE.value == "train":
-    result = train.train_and_evaluate(config, _WORKDIR.value)
+    result = train.train_and_evaluate(config, workdir)
   else:
-    result = evaluation.evaluate(config, _WORKDIR.value)
+    result = evaluation.evaluate(config, workdir)
   return result
 
 

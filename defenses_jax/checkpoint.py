@@ -52,7 +52,13 @@ class ExperimentCheckpoints:
     path = os.path.join(self.exp_dir, "config.json")
     if os.path.exists(path):
       with open(path) as f:
-        saved = json.load(f)
+        try:
+          saved = json.load(f)
+        except json.JSONDecodeError as e:
+          raise CheckpointMismatchError(
+              f"{path} is not valid JSON ({e}); it may have been cut off when a run was "
+              "killed. Restore it from the experiment's config, or delete it if the "
+              "checkpoints are to be kept with the config of this run.") from e
       for section in IDENTITY_SECTIONS:
         # A section missing from the saved config predates it, so it held the default.
         if section in saved and saved[section] != config.get(section):

@@ -65,3 +65,12 @@ def test_channels_first_images_are_refused_with_a_hint():
     data_lib.from_arrays(np.zeros((4, 1, 28, 28), np.uint8), np.zeros(4, np.int64))
   ds = data_lib.from_arrays(np.zeros((4, 28, 28), np.uint8), np.arange(4, dtype=np.int64))
   assert ds.images.shape == (4, 28, 28, 1)
+
+
+def test_a_truncated_config_json_gets_a_clear_error(tmp_path, blobs):
+  config = tiny_config(epochs=1)
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  path = tmp_path / "tiny" / "config.json"
+  path.write_text(path.read_text()[:40])  # Cut off, as by a kill during the write.
+  with pytest.raises(ValueError, match="not valid JSON"):
+    train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)

@@ -11,9 +11,10 @@ from experiments import standard
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launch(*args):
+def launch(*args, home=None):
+  env = None if home is None else {**os.environ, "HOME": str(home)}
   return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=300, env=env)
 
 
 def test_unknown_config_key_is_rejected_before_anything_runs(tmp_path):
@@ -30,11 +31,12 @@ def test_unknown_scale_is_rejected():
 
 
 def test_launch_trains_then_evaluates_with_overrides(tmp_path):
-  common = ["--config=experiments/standard.py:cpu", f"--workdir={tmp_path}",
+  # '~' in --workdir is expanded as the shell would (here HOME is tmp_path).
+  common = ["--config=experiments/standard.py:cpu", "--workdir=~",
             "--config.train.epochs=1", "--config.dataset.num_train_examples=128",
             "--config.dataset.num_test_examples=50", "--config.experiment_name=smoke",
             "--compilation_cache_dir="]
-  proc = launch(*common)
+  proc = launch(*common, home=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"test_accuracy"' in proc.stdout
   # The config's paper attacks, cut to a few images and iterations.
@@ -46,9 +48,10 @@ def test_launch_trains_then_evaluates_with_overrides(tmp_path):
                 "--config.eval.attacks.cw_linf_k0.params.max_total_iterations=10",
                 "--config.eval.attacks.uap.fit_examples=20",
                 "--config.eval.attacks.uap.params.max_passes=1",
-                "--config.eval.attacks.autoattack.params.steps=5")
+                "--config.eval.attacks.autoattack.params.steps=5", home=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"clean_accuracy"' in proc.stdout
   for name in ("config.json", "metrics.jsonl", "results/train.json", "results/eval.json",
                "results/eval.md", "results/examples.png"):
     assert os.path.exists(tmp_path / "smoke" / name), name
+  assert not os.path.exists(os.path.join(ROOT, "~"))  # Not a directory literally named '~'.
