@@ -75,7 +75,7 @@ def _start(key, x, eps, norm):
 
 
 def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter):
-  """One restart: (x_best_adv, x_best, fooled, loss_best, step_size)."""
+  """One restart: (x_best_adv, x_best, fooled, step_size)."""
   batch = x.shape[0]
   start_key, init_key, loop_key = jax.random.split(key, 3)
   checkpoint_mask = jnp.zeros((steps,), bool).at[jnp.asarray(checkpoints(steps))].set(True)
@@ -144,7 +144,7 @@ def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter):
     return new
 
   s = lax.fori_loop(0, steps, iteration, norms.varying_like(init, x))
-  return s["x_best_adv"], s["x_best"], s["fooled"], s["loss_best"], s["step"]
+  return s["x_best_adv"], s["x_best"], s["fooled"], s["step"]
 
 
 def apgd(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf", steps: int = 100,
@@ -196,7 +196,7 @@ def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_it
     fooled, x_adv, _ = carry
     run, restart = run_and_restart
     k = jax.random.fold_in(jax.random.fold_in(key, run), restart)
-    best_adv, best, now, _, step = _apgd_run(logits_fn, x, y, k, eps, norm, steps, loss_of(run),
+    best_adv, best, now, step = _apgd_run(logits_fn, x, y, k, eps, norm, steps, loss_of(run),
                                              rho, eot_iter)
     take = now & ~fooled
     chosen = jnp.where(norms.per_example(take, x), best_adv,
