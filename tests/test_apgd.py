@@ -84,6 +84,27 @@ def test_apgd_t_with_one_target_aims_at_the_highest_other_class():
   np.testing.assert_array_equal(info["success"], any_class)
 
 
+def test_apgd_t_stops_attacking_once_every_example_is_fooled():
+  calls = []
+
+  def counted(z):
+    jax.debug.callback(lambda: calls.append(1))
+    return linear(z)
+
+  def forward_passes(**kw):
+    calls.clear()
+    apgd_targeted(counted, jnp.asarray(X), jnp.asarray(Y), jax.random.key(0), steps=10, **kw)
+    jax.effects_barrier()
+    return len(calls)
+
+  # Every example falls to its first target at eps 1, so targets 2-4 cost no forward pass.
+  assert forward_passes(eps=1.0, num_target_classes=K - 1) == forward_passes(
+      eps=1.0, num_target_classes=1)
+  # At a budget that leaves examples robust, every target runs.
+  assert forward_passes(eps=0.01, num_target_classes=K - 1) > 3 * forward_passes(
+      eps=0.01, num_target_classes=1)
+
+
 def test_targeted_dlr_refuses_fewer_than_four_classes():
   three = lambda z: z.reshape(z.shape[0], -1)[:, :3]
   with pytest.raises(ValueError, match="4 classes"):
