@@ -49,6 +49,21 @@ def test_first_pair_on_a_two_class_linear_softmax_is_known(theta):
   np.testing.assert_array_equal(info["l0"], 2)
 
 
+def test_a_saturated_softmax_picks_the_same_first_pair_as_an_unsaturated_one():
+  # Logits scaled by 1000: F_t is e^-hundreds, 0 in float32, so dF_t/dx vanishes and the
+  # probability form of JSMA finds no pair. The pair is a property of W_t - W_o, not the scale.
+  y = np.argmax(two_class(X), -1)
+  t = jnp.asarray(1 - y)
+  confident = lambda z: 1000.0 * two_class(z)
+  assert float(jax.nn.softmax(confident(jnp.asarray(X)))[np.arange(len(X)), t].max()) == 0.0
+  first = lambda f: np.asarray(jsma(f, jnp.asarray(X), jnp.asarray(y), jax.random.key(0),
+                                    gamma=2 / D, target="given", targets=t)[0])
+  changed = first(confident).reshape(len(X), -1) != X.reshape(len(X), -1)
+  np.testing.assert_array_equal(changed, first(two_class).reshape(len(X), -1) != X.reshape(
+      len(X), -1))
+  assert (changed.sum(-1) == 2).all()
+
+
 def test_no_valid_pair_changes_nothing_instead_of_feature_zero():
   constant = lambda z: jnp.zeros((z.shape[0], 3)) + jnp.asarray([1.0, 0.0, 0.0])
   x_adv, info = jsma(constant, jnp.asarray(X), jnp.zeros(len(X), jnp.int32), jax.random.key(0))
@@ -68,3 +83,13 @@ def test_gamma_bounds_the_changed_features_and_targets_are_reached():
   assert 0.5 < float(info["success"].mean())
   _, info = jsma(five, x, y, jax.random.key(1), target="least_likely", gamma=0.3)
   np.testing.assert_array_equal(info["targets"], np.argmin(five(x), -1))
+
+
+def test_targets_mean_given_targets_and_a_conflicting_target_is_refused():
+  y = np.argmax(two_class(X), -1)
+  t = jnp.asarray(1 - y)
+  _, info = jsma(two_class, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), targets=t)
+  np.testing.assert_array_equal(info["targets"], t)
+  with pytest.raises(ValueError, match="target='given'"):
+    jsma(two_class, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), target="random",
+         targets=t)
