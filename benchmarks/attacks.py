@@ -1,67 +1,106 @@
-"""Attack benchmark: our compiled attacks vs foolbox 3 on the same model, in the same process.
+"""Attack benchmark: our compiled attacks vs independent implementations on the same model.
 
 The model is the Target Training MNIST CNN (paper 000, Table 5) trained by
-experiments/standard.py:cpu (trained first if no checkpoint exists). Both implementations
-attack the same jitted logits function on the same correctly classified test images; success
-is re-checked for both with one fresh forward pass, and failures count as the clean input (foolbox's
-CW returns an all-zero image for them, which is scored as a failure). Times exclude compilation
-(our attacks are compiled ahead of time; foolbox's model function is jitted and warmed up first).
-Fast attacks are timed as the median of several calls.
+experiments/standard.py:cpu (trained first if no checkpoint exists). Each row attacks the same
+correctly classified test images with our attack and with a reference implementation
+(benchmarks/references.py): foolbox 3 on the same jitted logits function (FGSM, PGD, DeepFool,
+CW-L2), the adversarial-robustness-toolbox (JSMA, UAP) and AutoAttack's own APGD code (APGD-CE,
+APGD-T) on a PyTorch port of the same weights, checked to give our logits to 1e-4. Success is
+re-checked for both with one fresh forward pass of our model; failures count as the clean input.
+Times exclude compilation and set-up (our attacks are compiled ahead of time, foolbox's model
+function is warmed up first); fast attacks are timed as the median of several calls.
 
-  pip install -r benchmarks/requirements.txt
-  python -m benchmarks.attacks --workdir=runs   # every attack: 128 images, 32 for CW 9 x 1000
+  pip install -r benchmarks/requirements.txt   # + AutoAttack, see there
+  python -m benchmarks.attacks --workdir=runs   # every row: 128 images, 32 for the slow rows
   python -m benchmarks.attacks --workdir=runs --attacks=fgsm,pgd40 --num_images=256
 """
 
+import dataclasses
 import json
 import os
 import time
+from typing import Callable
 
 from absl import app, flags
 
+from benchmarks import references
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Where the standard cpu experiment lives.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 128, "Batch size (one batch is attacked).")
-_ATTACKS = flags.DEFINE_list("attacks", ["fgsm", "pgd40", "deepfool", "cw_l2_5x100",
-                                         "cw_l2_9x1000"], "Which rows to run.")
 _SLOW_IMAGES = flags.DEFINE_integer(
     "slow_num_images", 32, "Images for the slow rows (CW 9 x 1000: ~0.2 s per iteration per 128 "
-    "images on 2 CPU cores, for each implementation).")
+    "images on 2 CPU cores for each implementation; ART's JSMA and UAP run image by image).")
 _OUTPUT = flags.DEFINE_string("output", "", "Write the results JSON here as well.")
-_SKIP_FOOLBOX = flags.DEFINE_bool("skip_foolbox", False, "Time our attacks only.")
+_SKIP_REFERENCE = flags.DEFINE_bool("skip_reference", False, "Time our attacks only.")
 
 EPS = 0.3  # MNIST L-inf budget of paper 000 (FGSM eps 0.3; PGD 40 steps of 0.01 within 0.3).
+# APGD at 0.3 (or 0.1) fools every image of the undefended CNN, which compares nothing; at 0.05
+# some images stay robust, so strength shows in the success rate.
+APGD_EPS = 0.05
+JSMA = dict(theta=1.0, gamma=0.1)  # cleverhans' defaults; ART's gamma default (1.0) is no limit
+# Paper 000's UAP row: L-inf 0.3; DeepFool as the reference UAP code (overshoot 0.02, 10
+# iterations, 10 candidate classes); at most 4 passes, stop at a 80% fooling rate (delta 0.2).
+UAP = dict(eps=EPS, delta=0.2, max_passes=4, overshoot=0.02, max_iter_df=10, candidates=10)
 
 
-def our_attacks():
-  """name -> (logits_fn, x, y, key) -> x_adv (each attack's info dropped)."""
+@dataclasses.dataclass(frozen=True)
+class Row:
+  ours: Callable          # (logits_fn, x, y, key, settings) -> x_adv
+  reference: str          # whose implementation the row compares with
+  prepare_reference: Callable  # references.prepare_*: set-up, then a call that attacks
+  slow: bool = False      # run on --slow_num_images
+  targeted: bool = False  # success means "classified as settings['targets']"
+  overrides: tuple = ()   # (setting, value) pairs for this row, for both implementations
+
+
+def rows():
   from defenses_jax import attacks
-  adversarial_only = lambda attack: lambda f, x, y, k: attack(f, x, y, k)[0]
-  return {name: adversarial_only(attack) for name, attack in {
-      "fgsm": lambda f, x, y, k: attacks.fgsm(f, x, y, k, eps=EPS),
-      "pgd40": lambda f, x, y, k: attacks.pgd(f, x, y, k, eps=EPS, step_size=0.01, steps=40,
-                                              random_start=False),
-      "deepfool": lambda f, x, y, k: attacks.deepfool(f, x, y, k, overshoot=0.02, max_iter=50),
-      "cw_l2_5x100": lambda f, x, y, k: attacks.cw_l2(f, x, y, k, binary_search_steps=5,
-                                                      max_iterations=100),
-      "cw_l2_9x1000": lambda f, x, y, k: attacks.cw_l2(f, x, y, k, binary_search_steps=9,
-                                                       max_iterations=1000),
-  }.items()}
+  first = lambda attack: lambda f, x, y, k, s: attack(f, x, y, k, s)[0]
+  cw = lambda binary_steps, steps: first(lambda f, x, y, k, s: attacks.cw_l2(
+      f, x, y, k, binary_search_steps=binary_steps, max_iterations=steps))
+  rows = {}
+  for name, ours, kw in (
+      ("fgsm", first(lambda f, x, y, k, s: attacks.fgsm(f, x, y, k, eps=EPS)), {}),
+      ("pgd40", first(lambda f, x, y, k, s: attacks.pgd(f, x, y, k, eps=EPS, step_size=0.01,
+                                                         steps=40, random_start=False)), {}),
+      ("deepfool", first(lambda f, x, y, k, s: attacks.deepfool(f, x, y, k, overshoot=0.02,
+                                                                max_iter=50)), {}),
+      ("cw_l2_5x100", cw(5, 100), {}),
+      ("cw_l2_9x1000", cw(9, 1000), {"slow": True})):
+    rows[name] = Row(ours, "foolbox 3.3.4", references.prepare_foolbox(name), **kw)
+  rows["jsma"] = Row(first(lambda f, x, y, k, s: attacks.jsma(
+      f, x, y, k, targets=s["targets"], **{name: s[name] for name in JSMA})),
+                     "ART", references.prepare_art_jsma, slow=True, targeted=True)
+  rows["jsma_gamma0.3"] = dataclasses.replace(rows["jsma"], overrides=(("gamma", 0.3),))
+  universal = lambda f, x, y, k, s: attacks.apply_perturbation(attacks.uap(
+      f, x, k, norm="linf", batch_size=len(x), **{name: s[name] for name in UAP})[0], x)
+  rows["uap"] = Row(universal, "ART", references.prepare_art_uap, slow=True)
+  # ART's DeepFool applies the overshoot once, after its last iteration (the reference code and
+  # ours, every iteration), so with the reference's 10 iterations it rarely crosses the boundary.
+  rows["uap_df50"] = Row(universal, "ART", references.prepare_art_uap, slow=True,
+                         overrides=(("max_iter_df", 50),))
+  rows["apgd_ce"] = Row(first(lambda f, x, y, k, s: attacks.apgd(f, x, y, k, eps=s["apgd_eps"],
+                                                                 steps=s["steps"])),
+                        "AutoAttack", references.prepare_autoattack_apgd(targeted=False))
+  rows["apgd_t"] = Row(first(lambda f, x, y, k, s: attacks.apgd_targeted(
+      f, x, y, k, eps=s["apgd_eps"], steps=s["steps"],
+      num_target_classes=s["num_target_classes"])),
+                       "AutoAttack", references.prepare_autoattack_apgd(targeted=True))
+  return rows
 
 
-def foolbox_attacks():
-  import foolbox as fb
-  a = fb.attacks
-  return {
-      "fgsm": (a.FGSM(random_start=False), EPS),
-      "pgd40": (a.LinfPGD(steps=40, abs_stepsize=0.01, random_start=False), EPS),
-      "deepfool": (a.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02), None),
-      "cw_l2_5x100": (a.L2CarliniWagnerAttack(binary_search_steps=5, steps=100, stepsize=0.01,
-                                               confidence=0, initial_const=1e-3,
-                                               abort_early=True), None),
-      "cw_l2_9x1000": (a.L2CarliniWagnerAttack(binary_search_steps=9, steps=1000, stepsize=0.01,
-                                                confidence=0, initial_const=1e-3,
-                                                abort_early=True), None),
-  }
+_ATTACKS = flags.DEFINE_list("attacks", ["fgsm", "pgd40", "deepfool", "cw_l2_5x100",
+                                         "cw_l2_9x1000", "jsma", "jsma_gamma0.3", "uap",
+                                         "uap_df50", "apgd_ce", "apgd_t"],
+                             "Which rows to run.")
+
+
+def settings_for(y, num_classes):
+  """Shared by both implementations: budgets and, for JSMA, the same random wrong targets."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  targets = (np.asarray(y) + rng.integers(1, num_classes, size=len(y))) % num_classes
+  return dict(targets=targets, apgd_eps=APGD_EPS, steps=100, num_target_classes=9, **JSMA, **UAP)
 
 
 def load_model_and_batch(workdir, num_images):
@@ -81,39 +120,46 @@ def load_model_and_batch(workdir, num_images):
     ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   ckpt.close()
-  logits_fn = jax.jit(Network(exp.model, variables(state.params, state.batch_stats)))
+  model_variables = variables(state.params, state.batch_stats)
+  logits_fn = jax.jit(Network(exp.model, model_variables))
   x, y = jnp.asarray(exp.test_ds.images), jnp.asarray(exp.test_ds.labels)
   correct = jnp.argmax(logits_fn(x), -1) == y
   x, y = x[correct][:num_images], y[correct][:num_images]
-  return logits_fn, x, y
+  return logits_fn, model_variables, x, y
 
 
-def summarise(logits_fn, x, x_adv, y, seconds):
+def summarise(logits_fn, x, x_adv, y, seconds, targets=None):
   import jax.numpy as jnp
   import numpy as np
-  success = np.asarray(jnp.argmax(logits_fn(x_adv), -1) != y)
+  x_adv = jnp.asarray(x_adv)
+  predicted = np.asarray(jnp.argmax(logits_fn(x_adv), -1))
+  success = predicted == targets if targets is not None else predicted != np.asarray(y)
   d = np.asarray(x_adv - x).reshape(len(x), -1)
-  l2, linf = np.linalg.norm(d, axis=1), np.abs(d).max(axis=1)
+  l0, l2, linf = (np.abs(d) > 1e-6).sum(axis=1), np.linalg.norm(d, axis=1), np.abs(d).max(axis=1)
   med = lambda v: float(np.median(v[success])) if success.any() else float("nan")
   return {"seconds": seconds, "images_per_second": len(x) / seconds,
-          "success_rate": float(success.mean()), "median_l2": med(l2), "median_linf": med(linf),
+          "success_rate": float(success.mean()), "median_l0": med(l0), "median_l2": med(l2),
+          "median_linf": med(linf),
           "in_box": bool((np.asarray(x_adv) >= 0).all() and (np.asarray(x_adv) <= 1).all())}
 
 
-SLOW = ("cw_l2_9x1000",)
-
-
-def time_ours(name, fn, logits_fn, x, y):
+def time_ours(row, logits_fn, x, y, settings):
   import jax
   key = jax.random.key(0)
   start = time.perf_counter()
   # Ahead-of-time compilation, so the timed call is a single run of the attack.
-  run = jax.jit(lambda x, y, k: fn(logits_fn, x, y, k)).lower(x, y, key).compile()
+  run = jax.jit(lambda x, y, k: row.ours(logits_fn, x, y, k, settings)).lower(x, y, key).compile()
   compile_seconds = time.perf_counter() - start
   x_adv, seconds = _timed(lambda: jax.block_until_ready(run(x, y, key)))
-  result = summarise(logits_fn, x, x_adv, y, seconds)
+  result = summarise(logits_fn, x, x_adv, y, seconds, settings["targets"] if row.targeted else None)
   result["compile_seconds"] = compile_seconds
   return result
+
+
+def time_reference(row, logits_fn, model_variables, x, y, settings):
+  call = row.prepare_reference(logits_fn, model_variables, x, y, settings)
+  x_adv, seconds = _timed(call)
+  return summarise(logits_fn, x, x_adv, y, seconds, settings["targets"] if row.targeted else None)
 
 
 def _timed(call, budget_seconds: float = 10.0):
@@ -128,33 +174,20 @@ def _timed(call, budget_seconds: float = 10.0):
   return result, float(sorted(times)[len(times) // 2])
 
 
-def time_foolbox(name, spec, logits_fn, x, y):
-  import foolbox as fb
-  import jax
-  import jax.numpy as jnp
-  attack, eps = spec
-  model = fb.JAXModel(logits_fn, bounds=(0, 1))
-  fb.attacks.FGSM()(model, x, y, epsilons=0.1)  # Warm-up: compiles the model's forward/grad.
-  x_adv, seconds = _timed(lambda: jax.block_until_ready(attack(model, x, y, epsilons=eps)[1]))
-  # foolbox's CW returns its all-zero initialisation for examples it never fooled; a black image
-  # is usually misclassified, which would count as a "success" at a huge distance. Score those as
-  # failures, as our attacks do (they return the clean input).
-  never_found = jnp.all(x_adv.reshape(len(x), -1) == 0, axis=1) & jnp.any(
-      x.reshape(len(x), -1) != 0, axis=1)
-  x_adv = jnp.where(never_found[:, None, None, None], x, x_adv)
-  return summarise(logits_fn, x, x_adv, y, seconds)
-
-
 def markdown(results):
-  lines = ["| attack | images | ours img/s | foolbox img/s | speed-up | ours success | foolbox success | "
-           "ours median L2 / Linf | foolbox median L2 / Linf |", "|---" * 9 + "|"]
+  lines = ["| attack | images | reference | ours img/s | reference img/s | speed-up | "
+           "ours success | reference success | ours median L0 / L2 / Linf | "
+           "reference median L0 / L2 / Linf |",
+           "|---" * 10 + "|"]
+  dist = lambda s: f"{s['median_l0']:.0f} / {s['median_l2']:.3f} / {s['median_linf']:.3f}"
   for name, r in results.items():
-    o, f = r["ours"], r.get("foolbox")
-    fb_cells = ([f"{f['images_per_second']:.1f}", f"{o['images_per_second'] / f['images_per_second']:.1f}x",
-                 f"{o['success_rate']:.3f}", f"{f['success_rate']:.3f}"] if f else
-                ["-", "-", f"{o['success_rate']:.3f}", "-"])
-    dist = lambda s: f"{s['median_l2']:.3f} / {s['median_linf']:.3f}"
-    lines.append(f"| {name} | {r['num_images']} | {o['images_per_second']:.1f} | " + " | ".join(fb_cells) +
+    o, f = r["ours"], r.get("reference")
+    cells = ([f"{f['images_per_second']:.1f}",
+              f"{o['images_per_second'] / f['images_per_second']:.1f}x",
+              f"{o['success_rate']:.3f}", f"{f['success_rate']:.3f}"] if f else
+             ["-", "-", f"{o['success_rate']:.3f}", "-"])
+    lines.append(f"| {name} | {r['num_images']} | {r['reference_name']} | "
+                 f"{o['images_per_second']:.1f} | " + " | ".join(cells) +
                  f" | {dist(o)} | {dist(f) if f else '-'} |")
   return "\n".join(lines)
 
@@ -162,21 +195,26 @@ def markdown(results):
 def main(argv):
   del argv
   import jax
-  logits_fn, x, y = load_model_and_batch(_WORKDIR.value, _NUM_IMAGES.value)
-  ours, theirs = our_attacks(), ({} if _SKIP_FOOLBOX.value else foolbox_attacks())
-  unknown = set(_ATTACKS.value) - set(ours)
+  import numpy as np
+  logits_fn, model_variables, x, y = load_model_and_batch(_WORKDIR.value, _NUM_IMAGES.value)
+  all_rows = rows()
+  unknown = set(_ATTACKS.value) - set(all_rows)
   if unknown:
-    raise app.UsageError(f"unknown attacks {sorted(unknown)}; choose from {sorted(ours)}")
+    raise app.UsageError(f"unknown attacks {sorted(unknown)}; choose from {sorted(all_rows)}")
+  settings = settings_for(y, int(np.asarray(logits_fn(x[:1])).shape[-1]))
   results = {}
   print(f"{len(x)} correctly classified test images, {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPU cores", flush=True)
   for name in _ATTACKS.value:
-    n = _SLOW_IMAGES.value if name in SLOW else len(x)
-    results[name] = {"num_images": n, "ours": time_ours(name, ours[name], logits_fn, x[:n], y[:n])}
+    row = all_rows[name]
+    n = _SLOW_IMAGES.value if row.slow else len(x)
+    s = dict(settings, targets=settings["targets"][:n], **dict(row.overrides))
+    results[name] = {"num_images": n, "reference_name": row.reference,
+                     "ours": time_ours(row, logits_fn, x[:n], y[:n], s)}
     print(name, "ours", json.dumps(results[name]["ours"]), flush=True)
-    if name in theirs:
-      results[name]["foolbox"] = time_foolbox(name, theirs[name], logits_fn, x[:n], y[:n])
-      print(name, "foolbox", json.dumps(results[name]["foolbox"]), flush=True)
+    if not _SKIP_REFERENCE.value:
+      results[name]["reference"] = time_reference(row, logits_fn, model_variables, x[:n], y[:n], s)
+      print(name, row.reference, json.dumps(results[name]["reference"]), flush=True)
   print(markdown(results))
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
