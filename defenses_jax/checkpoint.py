@@ -2,17 +2,33 @@
 
 The config that produced the checkpoints is kept beside them as config.json. Restarting with a
 config whose model, dataset or defense differ would silently mix two experiments, so it is
-refused before anything is restored.
+refused before anything is restored; config.json is rewritten only once the run has been
+accepted (a refused run must not leave its config behind to refuse the correct one).
+
+Each saved step's checksum (checksums.json) is verified on restore: a damaged step is moved
+aside to checkpoints/corrupt-<step> and the newest intact step is restored instead.
+
+Saves are synchronous: a failed save raises CheckpointSaveError at the step it was due, and the
+process can exit at once. (orbax 0.12's asynchronous writer reports a failure only at the next
+save, and leaves non-daemon threads waiting 300 s for signals that never come, so the process
+hung for five minutes at exit.) The cost is one blocking write per checkpoint interval.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 from typing import Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+from defenses_jax.checksum import state_checksums
 
 # Config sections that fix the shape and meaning of the saved state. Changing anything else
 # (epochs, logging, evaluation) keeps the checkpoints usable.
@@ -21,6 +37,10 @@ IDENTITY_SECTIONS = ("model", "dataset", "defense", "seed", "distill")
 
 class CheckpointMismatchError(ValueError):
   """The checkpoints on disk belong to a different experiment."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (disk full, directory read-only, ...)."""
 
 
 def experiment_dir(workdir: str, experiment_name: str) -> str:
@@ -37,63 +57,226 @@ def latest_checkpoint_step(workdir: str, experiment_name: str) -> Optional[int]:
   return max(steps) if steps else None
 
 
+# Fixed for the life of an experiment: they define what a step is (which examples, how many per
+# epoch), so a run resumed with another value would count epochs and draw batches inconsistently.
+FIXED_ON_RESUME = ("batch_size", "replays")
+
+
+# Output settings: changing them changes nothing about the trained model.
+_NOT_TRAINING = ("progress", "tensorboard", "profile_steps", "log_every_steps",
+                 "checkpoint_every_steps")
+
+
+class ExperimentLockedError(RuntimeError):
+  """Another process is training the same experiment in the same workdir."""
+
+
+@contextlib.contextmanager
+def experiment_lock(exp_dir: str):
+  """Held while an experiment trains: a second launch of it fails at once with the holder's pid
+  instead of racing it for the checkpoints. An advisory flock, released by the kernel when the
+  holder exits, however it exits; taken by the first process of a multi-host job only."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(exp_dir, exist_ok=True)
+  path = os.path.join(exp_dir, "train.lock")
+  with open(path, "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "unknown"
+      raise ExperimentLockedError(
+          f"{exp_dir} is being trained by another process ({holder}). Wait for it to finish, "
+          "or give this run another experiment_name or workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def resume_changes(saved: Optional[dict], config: dict, step: int) -> dict:
+  """{'train.<field>': [saved, now]} for the training settings a run resumed at `step` changes.
+  Changing a FIXED_ON_RESUME field after step 0 is refused; the others (more epochs, another
+  schedule) are allowed and returned, to be recorded with the run."""
+  if saved is None or step == 0:
+    return {}
+  # Through JSON, as the saved config went: a tuple and the list it became compare equal.
+  before, now = saved.get("train", {}), json.loads(json.dumps(config.get("train", {})))
+  changes = {f"train.{k}": [before.get(k), now.get(k)] for k in sorted(set(before) | set(now))
+             if before.get(k) != now.get(k) and k in before and k not in _NOT_TRAINING}
+  fixed = [k for k in changes if k.split(".", 1)[1] in FIXED_ON_RESUME]
+  if fixed:
+    raise CheckpointMismatchError(
+        "this experiment has checkpoints up to step " + str(step) + " made with " +
+        ", ".join(f"{k}={changes[k][0]!r}" for k in fixed) + "; resuming with " +
+        ", ".join(f"{changes[k][1]!r}" for k in fixed) + " would change what a step is (epochs "
+        "would be counted wrongly and batches drawn inconsistently). Resume with the old value, "
+        "or train under another experiment_name.")
+  return changes
+
+
 class ExperimentCheckpoints:
-  """Saves every `save_every_steps` and on request; restores the latest step automatically."""
+  """Saves every `save_every_steps` and on request; restores the newest intact step."""
 
   def __init__(self, exp_dir: str, config: dict, save_every_steps: int, max_to_keep: int = 2):
     self.exp_dir = exp_dir
+    self.config = config
     os.makedirs(exp_dir, exist_ok=True)
-    self._check_and_write_config(config)
-    options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every_steps),
-                                           max_to_keep=max_to_keep, create=True)
-    self._manager = ocp.CheckpointManager(os.path.join(exp_dir, "checkpoints"), options=options)
+    self.saved_config = self._read_and_check_config(config)
+    self.checkpoint_dir = os.path.join(exp_dir, "checkpoints")
+    self._checksums_path = os.path.join(exp_dir, "checksums.json")
+    self._options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every_steps),
+                                                 max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False)  # See above.
+    self._manager = ocp.CheckpointManager(self.checkpoint_dir, options=self._options)
+    self._failed = False
 
-  def _check_and_write_config(self, config: dict) -> None:
+  def _read_and_check_config(self, config: dict) -> Optional[dict]:
     path = os.path.join(self.exp_dir, "config.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        try:
-          saved = json.load(f)
-        except json.JSONDecodeError as e:
-          raise CheckpointMismatchError(
-              f"{path} is not valid JSON ({e}); it may have been cut off when a run was "
-              "killed. Restore it from the experiment's config, or delete it if the "
-              "checkpoints are to be kept with the config of this run.") from e
-      for section in IDENTITY_SECTIONS:
-        # A section missing from the saved config predates it, so it held the default.
-        if section in saved and saved[section] != config.get(section):
-          raise CheckpointMismatchError(
-              f"{self.exp_dir} holds an experiment with {section}={saved.get(section)!r}, but "
-              f"this run has {section}={config.get(section)!r}. Use another experiment_name "
-              "or workdir, or delete the old directory.")
-    with open(path, "w") as f:
-      json.dump(config, f, indent=2, sort_keys=True)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      try:
+        saved = json.load(f)
+      except json.JSONDecodeError as e:
+        raise CheckpointMismatchError(
+            f"{path} is not valid JSON ({e}); it may have been cut off when a run was "
+            "killed. Restore it from the experiment's config, or delete it if the "
+            "checkpoints are to be kept with the config of this run.") from e
+    for section in IDENTITY_SECTIONS:
+      # A section missing from the saved config predates it, so it held the default.
+      if section in saved and saved[section] != config.get(section):
+        raise CheckpointMismatchError(
+            f"{self.exp_dir} holds an experiment with {section}={saved.get(section)!r}, but "
+            f"this run has {section}={config.get(section)!r}. Use another experiment_name "
+            "or workdir, or delete the old directory.")
+    return saved
+
+  def write_config(self) -> None:
+    """Records this run's config beside the checkpoints (call once the run is accepted)."""
+    if jax.process_index() == 0:
+      _write_json_atomically(os.path.join(self.exp_dir, "config.json"), self.config)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
   def restore_latest(self, template: dict) -> Optional[dict]:
-    """The latest saved state, shaped and sharded like `template`; None if nothing is saved."""
-    step = self._manager.latest_step()
-    if step is None:
+    """The newest intact saved state, shaped and sharded like `template`; None if nothing is
+    saved. A step whose checksum does not match (or that cannot be read while an older step
+    can) is moved to checkpoints/corrupt-<step>, with a warning naming it."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError) as e:
+    recorded = self._read_checksums()
+    failures = []
+    for step in steps:
+      try:
+        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except (ValueError, KeyError, OSError) as e:  # Unreadable, or another model's state.
+        failures.append((step, f"{type(e).__name__}: {e}"))
+        continue
+      problem = self._verify(step, state, recorded.get(str(step)))
+      if problem is None:
+        if failures:
+          self._set_aside([s for s, _ in failures], failures)
+        return state
+      failures.append((step, problem))
+    if all(reason.startswith(("ValueError", "KeyError")) for _, reason in failures) and (
+        not any("checksum" in reason for _, reason in failures)):
       raise CheckpointMismatchError(
-          f"checkpoint step {step} in {self.exp_dir} does not fit this model: {e}") from e
+          f"no checkpoint step in {self.checkpoint_dir} fits this model: " +
+          "; ".join(f"step {s}: {r}" for s, r in failures))
+    raise CheckpointMismatchError(
+        f"no intact checkpoint in {self.checkpoint_dir}: " +
+        "; ".join(f"step {s}: {r}" for s, r in failures) +
+        ". Delete the directory to start over.")
+
+  def _verify(self, step: int, state: dict, expected: Optional[dict]) -> Optional[str]:
+    if int(state["step"]) != step:
+      return f"holds step {int(state['step'])}, not {step}"
+    if expected is None:  # Saved before checksums were kept: at least refuse NaN / inf.
+      finite = all(bool(np.isfinite(np.asarray(leaf)).all()) for leaf in jax.tree.leaves(state)
+                   if np.issubdtype(np.asarray(leaf).dtype, np.floating))
+      return None if finite else "non-finite values in the restored state"
+    found = state_checksums(state)
+    damaged = sorted(path for path in expected if found.get(path) != expected[path])
+    return None if not damaged else f"checksum mismatch in {damaged[:3]}"
+
+  def _set_aside(self, steps, failures) -> None:
+    """Moves damaged steps out of orbax's sight, so that training re-saves them."""
+    for step, reason in failures:
+      logging.warning("checkpoint step %d in %s is damaged (%s); restored the newest intact "
+                      "step instead and moved it to corrupt-%d.", step, self.checkpoint_dir,
+                      reason, step)
+      print(f"warning: checkpoint step {step} is damaged ({reason}); resuming from an older "
+            f"step. The damaged one is kept at {self.checkpoint_dir}/corrupt-{step}.",
+            flush=True)
+    if jax.process_index() == 0:
+      for step in steps:
+        os.replace(os.path.join(self.checkpoint_dir, str(step)),
+                   os.path.join(self.checkpoint_dir, f"corrupt-{step}"))
+    self._manager.reload()
+
+  def _read_checksums(self) -> dict:
+    if not os.path.exists(self._checksums_path):
+      return {}
+    with open(self._checksums_path) as f:
+      try:
+        return json.load(f)
+      except json.JSONDecodeError:
+        return {}  # Cut off by a kill: verify what can be verified (finiteness).
 
   def save(self, step: int, state: dict, force: bool = False) -> bool:
     """Saves if `step` is due (every save_every_steps) or `force`; a step already on disk is
-    never written twice."""
-    if step in self._manager.all_steps():
-      return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    never written twice. Raises CheckpointSaveError if the write fails."""
+    self._raise_failed_save()
+    try:
+      if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
+        return False
+      checksums = state_checksums(state)  # Of the state in memory, before it is written.
+      saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way.
+      self._fail(step, e)
+    if saved and jax.process_index() == 0:
+      recorded = self._read_checksums()
+      recorded = {s: c for s, c in recorded.items() if int(s) in self._manager.all_steps()}
+      recorded[str(step)] = checksums
+      _write_json_atomically(self._checksums_path, recorded)
+    return saved
+
+  def _raise_failed_save(self) -> None:
+    try:
+      self._manager.check_for_errors()  # Only an asynchronous writer (not ours) has any.
+    except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's error.
+      self._fail(self._manager.latest_step(), e)
+
+  def _fail(self, step, error) -> None:
+    self._failed = True
+    raise CheckpointSaveError(
+        f"saving checkpoint step {step} to {self.checkpoint_dir} failed: {error}. Training "
+        "stopped so that no more steps are lost; fix the directory (space, permissions) and "
+        "relaunch to resume from the last saved step.") from error
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
+    self._raise_failed_save()
 
   def close(self) -> None:
+    if self._failed:  # Nothing more will be written: let go without waiting.
+      return
     self._manager.wait_until_finished()
+    self._raise_failed_save()
     self._manager.close()
+
+
+def _write_json_atomically(path: str, value) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)

@@ -116,6 +116,11 @@ def from_arrays(images, labels, num_classes: Optional[int] = None,
   elif np.issubdtype(images.dtype, np.floating):
     images = images.astype(np.float32)
   if np.issubdtype(labels.dtype, np.integer):
+    int32 = np.iinfo(np.int32)
+    if labels.size and (labels.min() < int32.min or labels.max() > int32.max):
+      # Checked before the cast: 2**32 + 3 would otherwise wrap to a valid-looking class 3.
+      raise DataError(f"{name}: labels must be class indices; found range [{labels.min()}, "
+                      f"{labels.max()}], outside int32.")
     labels = labels.astype(np.int32)
   if num_classes is None:
     num_classes = int(labels.max()) + 1 if labels.size and np.issubdtype(

@@ -49,6 +49,21 @@ class MetricsLog:
       if tensorboard_dir:
         self._tensorboard = ScalarWriter(tensorboard_dir)
 
+  def forget_after(self, step: int) -> None:
+    """Drops the records of steps after `step`: a run resumed from the checkpoint at `step`
+    logs those steps again, and each step must appear once."""
+    if not self._enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    # A line cut off by a kill is dropped too: it would make the file invalid JSON lines.
+    kept = [line for line in lines if line.endswith("\n") and
+            json.loads(line).get("step", -1) <= step]
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
+
   def write(self, **record) -> None:
     if not self._enabled:
       return

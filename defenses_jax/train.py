@@ -8,6 +8,7 @@ from a checkpoint draws exactly the numbers an uninterrupted run would have draw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,8 +22,10 @@ from jax import lax
 
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
+from defenses_jax.checkpoint import experiment_lock, resume_changes
 from defenses_jax.defenses import Defense, Network
 from defenses_jax.evaluation.monitor import RobustnessMonitor
+from defenses_jax.evaluation.report import mark_if_stale
 from defenses_jax.evaluation.threat_models import parse_attack_specs
 from defenses_jax.preemption import PreemptionWatch, Preempted
 from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, state_specs,
@@ -101,18 +104,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, datasets: Optional[tu
   resumed run can be checked against an uninterrupted one without going through the restore
   path under test). On SIGTERM it saves the current step and raises preemption.Preempted;
   `sigterm_at_step` (tests) sends this process SIGTERM after that step."""
-  with PreemptionWatch() as preemption:
-    return _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption)
+  with PreemptionWatch() as preemption, contextlib.ExitStack() as held:
+    return _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption,
+                  held)
 
 
-def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption):
+def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption, held):
   exp = Experiment(config, workdir, datasets)
   # Every attack of the config is checked before training: a typo must not wait for the end.
   parse_attack_specs(config.eval.attacks, exp.defense,
                      has_detector=bool(config.eval.detection.detector))
+  # Validated: now the experiment directory is ours until training returns or fails.
+  held.enter_context(experiment_lock(exp.exp_dir))
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
   start_step = int(state.step)
+  changed = resume_changes(ckpt.saved_config, ckpt.config, start_step)
+  ckpt.write_config()  # Only now: the run is accepted.
   specs = state_specs(exp.defense)
   train_step = parallel.data_parallel(
       make_train_step(exp.model, exp.defense, exp.tx, config.train.l2_weight,
@@ -124,6 +132,9 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
   log = MetricsLog(os.path.join(exp.exp_dir, "metrics.jsonl"),
                    tensorboard_dir=os.path.join(exp.exp_dir, "tensorboard")
                    if config.train.tensorboard else None)
+  log.forget_after(start_step)  # Steps logged after the checkpoint are about to be re-run.
+  if changed:
+    log.write(step=start_step, resumed_with_changes=changed)
   learning_rate = learning_rate_schedule(config.train, exp.steps_per_epoch)
   profile, tracing = tuple(config.train.profile_steps), False
   if profile and not (len(profile) == 2 and 0 <= profile[0] < profile[1]):
@@ -199,6 +210,8 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
                  training_seconds=None if seconds_per_step is None else
                  seconds_per_step * exp.total_steps)
   write_json(os.path.join(exp.exp_dir, "results", "train.json"), summary)
+  if jax.process_index() == 0:
+    mark_if_stale(os.path.join(exp.exp_dir, "results"), step)
   return state, summary
 
 

@@ -44,6 +44,9 @@ def test_from_arrays_scales_uint8_and_adds_channel():
     (np.zeros((4, 6, 6, 1), np.float32), np.array([0, 1, 2, 5]), 3, r"labels must lie"),
     (np.zeros((4, 6, 6, 1), np.float32), np.array([0, -1, 0, 0]), 3, r"labels must lie"),
     (np.zeros((4, 6, 6, 1), np.float32), np.zeros(4, np.float32), 2, "integers"),
+    # int64 labels that an int32 cast would wrap into the valid range [0, 3).
+    (np.zeros((4, 6, 6, 1), np.float32), np.array([0, 1, 2, 2**32 + 1]), 3, "outside int32"),
+    (np.zeros((4, 6, 6, 1), np.float32), np.array([0, 1, 2, -2**32]), 3, "outside int32"),
 ])
 def test_bad_inputs_raise_clear_errors(images, labels, num_classes, message):
   with pytest.raises(data_lib.DataError, match=message):

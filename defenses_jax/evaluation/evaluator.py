@@ -227,7 +227,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         "label": spec.label, "attack": spec.attack, "threat_model": spec.threat_model,
         "params": spec.params, "source_experiment": spec.source_experiment,
         "reused_examples": reused and os.path.relpath(reused, workdir),
-        "detector_aware": spec.detector_aware,
+        "detector_aware": spec.detector_aware, "overridden_params": spec.overridden,
         **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
                              np.asarray(d["l2"]), np.asarray(d["linf"]), np.asarray(d["l0"]))}
     per_attack_correct[spec.key] = adv_correct
@@ -256,6 +256,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   bar.close()
   summary = {
       "experiment_name": config.experiment_name, "step": int(trained.state.step),
+      "total_steps": exp.total_steps,
       "dataset": config.dataset.name, "num_test_examples": len(exp.test_ds),
       "num_attack_examples": len(attack_ds), "clean_accuracy": clean_accuracy,
       "clean_accuracy_attacked_subset": float(np.mean(clean_correct)), "attacks": results,

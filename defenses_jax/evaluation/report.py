@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Optional
@@ -9,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from defenses_jax.evaluation import metrics
+from defenses_jax.progress import write_json
 
 
 def pct(value) -> str:
@@ -36,6 +38,11 @@ def markdown_table(summary: dict) -> str:
   paper = summary.get("paper") or {}
   paper_robust = paper.get("robust_accuracy") or {}
   lines = [f"# {summary['experiment_name']}: robustness ({summary['dataset']})", ""]
+  if summary.get("total_steps") is not None:
+    step, total = summary["step"], summary["total_steps"]
+    lines.append(f"Checkpoint step {step} of {total}." + (
+        "" if step >= total else f" **Training incomplete** ({100 * step / total:.0f}% of the "
+        "steps): these numbers are not the trained model's."))
   if paper.get("source"):
     lines.append(f"Paper numbers: {paper['source']}.")
   lines.append(f"Clean accuracy: ours {pct(summary['clean_accuracy'])} on "
@@ -46,7 +53,8 @@ def markdown_table(summary: dict) -> str:
   lines += ["", "| Attack | Threat model | Robust accuracy (ours) | Paper | Attack success | "
             "Median L2 | Median L-inf | Median L0 |", "|---|---|---|---|---|---|---|---|"]
   for key, r in summary["attacks"].items():
-    theirs = paper_robust.get(key)
+    # A row run with other settings than its label's is not compared with the paper.
+    theirs = None if r.get("overridden_params") else paper_robust.get(key)
     threat = r["threat_model"] + (f" from {r['source_experiment']}" if r["source_experiment"]
                                   else "")
     lines.append(f"| {r['label']} | {threat} | {pct(r['robust_accuracy'])}"
@@ -176,3 +184,29 @@ def write_report(summary: dict, results_dir: str, clean_images: Optional[np.ndar
     paths["examples"] = os.path.join(results_dir, "examples.png")
     plot_examples(np.asarray(clean_images), adversarial_images, paths["examples"])
   return paths
+
+
+STALE_MARK = "> **Stale:**"
+
+
+def mark_if_stale(results_dir: str, step: int) -> bool:
+  """After training reaches `step`: an evaluation of an older checkpoint is marked stale, in
+  eval.json (`stale_since_step`) and at the top of eval.md, until --mode=eval runs again."""
+  path = os.path.join(results_dir, "eval.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    summary = json.load(f)
+  if summary.get("step") == step:
+    return False
+  summary["stale_since_step"] = step
+  write_json(path, summary)
+  md = os.path.join(results_dir, "eval.md")
+  if os.path.exists(md):
+    with open(md) as f:
+      text = f.read()
+    if not text.startswith(STALE_MARK):
+      with open(md, "w") as f:
+        f.write(f"{STALE_MARK} evaluated at step {summary.get('step')}; training has since "
+                f"reached step {step}. Re-run with --mode=eval.\n\n" + text)
+  return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from typing import Any, Callable, NamedTuple, Optional
 
 from defenses_jax import attacks as attacks_lib
@@ -42,6 +43,10 @@ class AttackSpec:
   # scaled by detector_weight into logit units.
   detector_aware: bool = False
   detector_weight: float = 1.0
+  # Params that differ from those the label was written for (a command-line override such as
+  # --config.eval.attacks.cw.params.max_iterations=5): {name: [label's value, value run]}. The
+  # label then says so, and tables do not compare the row with the paper's number.
+  overridden: dict = dataclasses.field(default_factory=dict)
 
   @property
   def info(self) -> attacks_lib.AttackInfo:
@@ -63,7 +68,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     entry = dict(entry)
     unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
                             "eot_samples", "fit_examples", "detector_aware",
-                            "detector_weight"}
+                            "detector_weight", "label_params"}
     if unknown:
       raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
@@ -108,11 +113,25 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                        "attack on a deployed system with a detector (eval.detection.detector).")
     if not detector_weight > 0:
       raise ValueError(f"eval.attacks.{key}: detector_weight must be positive.")
-    specs.append(AttackSpec(key=key, label=entry.get("label", key), attack=name,
+    overridden = _overridden(entry.get("label_params"), params)
+    label = entry.get("label", key)
+    if overridden:
+      label += " [run with " + ", ".join(f"{k}={v[1]}" for k, v in overridden.items()) + "]"
+    specs.append(AttackSpec(key=key, label=label, attack=name, overridden=overridden,
                             threat_model=threat, params=params, source_experiment=source,
                             eot_samples=eot_samples, fit_examples=fit_examples,
                             detector_aware=detector_aware, detector_weight=detector_weight))
   return specs
+
+
+def _overridden(label_params, params: dict) -> dict:
+  """{param: [value the label describes, value run]} for each param that differs."""
+  if label_params is None:  # A hand-written entry: its label is taken as it is.
+    return {}
+  norm = lambda v: json.loads(json.dumps(v))  # Tuples and lists (config.json) compare equal.
+  label_params = dict(label_params)
+  return {k: [label_params.get(k), params.get(k)] for k in sorted(set(label_params) | set(params))
+          if norm(label_params.get(k)) != norm(params.get(k))}
 
 
 class DetectorTarget(NamedTuple):

@@ -9,6 +9,7 @@ from defenses_jax.evaluation import report, sanity
 
 NOT_RUN = "not run"
 UNTRUSTED = "(!)"  # A sanity check failed for this cell's evaluation.
+OTHER_SETTINGS = "(other settings)"  # Attack params overridden: not comparable with the paper.
 
 
 def training_time_cell(spec: str, training: dict) -> Optional[float]:
@@ -41,6 +42,9 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
   result = summary["attacks"][key]
   warnings = [c["detail"] for c in summary.get("sanity", []) if c["status"] == sanity.WARN and
               result["label"] in (c.get("attack", result["label"]), c.get("white_box_attack"))]
+  if result.get("overridden_params"):  # Not the settings the paper's number was measured with.
+    return {"source": spec, "ours": result["robust_accuracy"], "paper": paper,
+            "status": OTHER_SETTINGS, "overridden_params": result["overridden_params"]}
   return {"source": spec, "ours": result["robust_accuracy"], "paper": paper,
           "status": "warn" if warnings else "ok", "warnings": warnings,
           "attack_success_rate": result["attack_success_rate"],
@@ -81,6 +85,8 @@ def _ours(cell: dict, kind: str = "pct") -> str:
     return "missing"
   if cell["ours"] is None:
     return "-"
+  if cell["status"] == OTHER_SETTINGS:
+    return _format(cell["ours"], kind) + f" {OTHER_SETTINGS}"
   mark = f" {UNTRUSTED}" if cell["status"] == "warn" else ""
   differs = report.differs_marker(cell["ours"], cell["paper"]) if kind == "pct" else ""
   return _format(cell["ours"], kind) + differs + mark
