@@ -170,16 +170,24 @@ class TrainedExperiment:
     self.state = self.exp.restore_or_init(ckpt)
     ckpt.close()
 
+  def network(self) -> Network:
+    """The trained network in inference mode: `net(x)` gives logits (what attacks take)."""
+    return Network(self.exp.model, variables(self.state.params, self.state.batch_stats))
 
-def load_experiment(workdir: str, name: str, like: ml_collections.ConfigDict,
+
+def load_experiment(workdir: str, name: str, like: Optional[ml_collections.ConfigDict] = None,
                     datasets: Optional[tuple] = None) -> TrainedExperiment:
-  """The experiment `name` of `workdir`, from its saved config.json. It must use the same dataset
-  as `like` (the experiment that needs it)."""
+  """The experiment `name` of `workdir`, from its saved config.json (e.g. in Colab:
+  `trained = load_experiment("runs", "standard_mnist_cpu")`, then `trained.network()`). With
+  `like` (the experiment that needs it), it must use the same dataset and takes like's
+  number of examples."""
   path = os.path.join(os.path.abspath(workdir), name, "config.json")
   if not os.path.exists(path):
     raise NoCheckpointError(f"experiment {name!r} not found at {path}; train it first.")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  if like is None:
+    return TrainedExperiment(config, workdir, datasets)
   if config.dataset.name != like.dataset.name:
     raise ValueError(f"experiment {name!r} was trained on {config.dataset.name}, but "
                      f"{like.experiment_name} uses {like.dataset.name}.")
