@@ -58,12 +58,25 @@ def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree on every device of the mesh (model state under data parallelism)."""
-  return jax.device_put(tree, NamedSharding(mesh, REPLICATED))
+  return place(tree, REPLICATED, mesh)
 
 
 def place(tree: Any, specs: Any, mesh: Mesh) -> Any:
   """Places a pytree on the mesh; `specs` is a pytree prefix of PartitionSpecs (P() replicates,
-  P('data') splits the leading axis over the devices)."""
+  P('data') splits the leading axis over the devices). Every process must pass the same values
+  (e.g. the state initialised from the same seed): each keeps the parts its devices hold."""
   shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                            is_leaf=lambda x: isinstance(x, P))
-  return jax.device_put(tree, shardings)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+  # device_put cannot target devices of other processes: build each global array from this
+  # process's copy, one addressable shard at a time.
+  return jax.tree.map(_global_array, tree, jax.tree.broadcast(shardings, tree))
+
+
+def _global_array(leaf, sharding: NamedSharding):
+  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # Keys travel as their raw bits.
+    data = _global_array(jax.random.key_data(leaf), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+  host = np.asarray(jax.device_get(leaf))
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
