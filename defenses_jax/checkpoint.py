@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -47,6 +48,13 @@ def experiment_dir(workdir: str, experiment_name: str) -> str:
   if not experiment_name or os.sep in experiment_name:
     raise ValueError(f"experiment_name must be a plain directory name; got {experiment_name!r}.")
   return os.path.join(os.path.abspath(workdir), experiment_name)
+
+
+def step_artifact_path(exp_dir: str, folder: str, name: str, settings: dict, step: int) -> str:
+  """<exp_dir>/<folder>/<name>-<settings hash>-step<step>.npz: something computed once from one
+  checkpoint step with these settings and cached (a fitted detector, a universal perturbation)."""
+  digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+  return os.path.join(exp_dir, folder, f"{name}-{digest[:10]}-step{step}.npz")
 
 
 def latest_checkpoint_step(workdir: str, experiment_name: str) -> Optional[int]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 import jax
 import numpy as np
 
+from defenses_jax.checkpoint import step_artifact_path
 from defenses_jax.defenses.base import Network
 from defenses_jax.detectors.base import Detector
 from defenses_jax.experiment import variables
@@ -25,9 +24,7 @@ def create_detector(name: str, num_classes: int, **options) -> Detector:
 def cache_path(exp_dir: str, detector: Detector, step: int) -> str:
   """<exp_dir>/detectors/<name>-<options hash>-step<step>.npz: a state belongs to one
   checkpoint step and one detector configuration."""
-  options = json.dumps(dict(vars(detector)), sort_keys=True, default=str)
-  digest = hashlib.sha256(options.encode()).hexdigest()[:10]
-  return os.path.join(exp_dir, "detectors", f"{detector.name}-{digest}-step{step}.npz")
+  return step_artifact_path(exp_dir, "detectors", detector.name, dict(vars(detector)), step)
 
 
 def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:

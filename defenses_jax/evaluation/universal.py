@@ -8,7 +8,6 @@ parameters, the threat model it differentiates, EOT samples, fit_examples and th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import NamedTuple
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from defenses_jax.checkpoint import step_artifact_path
 from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
 
 
@@ -27,11 +27,9 @@ class UniversalPerturbation(NamedTuple):
 
 
 def cache_path(exp_dir: str, spec: AttackSpec, threat_model: str, seed: int, step: int) -> str:
-  settings = json.dumps({"params": spec.params, "threat_model": threat_model,
-                         "eot_samples": spec.eot_samples, "fit_examples": spec.fit_examples,
-                         "seed": seed}, sort_keys=True, default=str)
-  digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
-  return os.path.join(exp_dir, "universal", f"{spec.attack}-{digest}-step{step}.npz")
+  return step_artifact_path(exp_dir, "universal", spec.attack, {
+      "params": spec.params, "threat_model": threat_model, "eot_samples": spec.eot_samples,
+      "fit_examples": spec.fit_examples, "seed": seed}, step)
 
 
 def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: int
