@@ -139,10 +139,10 @@ class ExperimentCheckpoints:
     self.saved_config = self._read_and_check_config(config)
     self.checkpoint_dir = os.path.join(exp_dir, "checkpoints")
     self._checksums_path = os.path.join(exp_dir, "checksums.json")
-    self._options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every_steps),
-                                                 max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=False)  # See above.
-    self._manager = ocp.CheckpointManager(self.checkpoint_dir, options=self._options)
+    options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every_steps),
+                                           max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)  # See above.
+    self._manager = ocp.CheckpointManager(self.checkpoint_dir, options=options)
     self._failed = False
 
   def _read_and_check_config(self, config: dict) -> Optional[dict]:
@@ -193,11 +193,10 @@ class ExperimentCheckpoints:
       problem = self._verify(step, state, recorded.get(str(step)))
       if problem is None:
         if failures:
-          self._set_aside([s for s, _ in failures], failures)
+          self._set_aside(failures)
         return state
       failures.append((step, problem))
-    if all(reason.startswith(("ValueError", "KeyError")) for _, reason in failures) and (
-        not any("checksum" in reason for _, reason in failures)):
+    if all(reason.startswith(("ValueError", "KeyError")) for _, reason in failures):
       raise CheckpointMismatchError(
           f"no checkpoint step in {self.checkpoint_dir} fits this model: " +
           "; ".join(f"step {s}: {r}" for s, r in failures))
@@ -217,7 +216,7 @@ class ExperimentCheckpoints:
     damaged = sorted(path for path in expected if found.get(path) != expected[path])
     return None if not damaged else f"checksum mismatch in {damaged[:3]}"
 
-  def _set_aside(self, steps, failures) -> None:
+  def _set_aside(self, failures) -> None:
     """Moves damaged steps out of orbax's sight, so that training re-saves them."""
     for step, reason in failures:
       logging.warning("checkpoint step %d in %s is damaged (%s); restored the newest intact "
@@ -227,7 +226,7 @@ class ExperimentCheckpoints:
             f"step. The damaged one is kept at {self.checkpoint_dir}/corrupt-{step}.",
             flush=True)
     if jax.process_index() == 0:
-      for step in steps:
+      for step, _ in failures:
         os.replace(os.path.join(self.checkpoint_dir, str(step)),
                    os.path.join(self.checkpoint_dir, f"corrupt-{step}"))
     self._manager.reload()
@@ -244,7 +243,6 @@ class ExperimentCheckpoints:
   def save(self, step: int, state: dict, force: bool = False) -> bool:
     """Saves if `step` is due (every save_every_steps) or `force`; a step already on disk is
     never written twice. Raises CheckpointSaveError if the write fails."""
-    self._raise_failed_save()
     try:
       if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
         return False
@@ -259,12 +257,6 @@ class ExperimentCheckpoints:
       _write_json_atomically(self._checksums_path, recorded)
     return saved
 
-  def _raise_failed_save(self) -> None:
-    try:
-      self._manager.check_for_errors()  # Only an asynchronous writer (not ours) has any.
-    except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's error.
-      self._fail(self._manager.latest_step(), e)
-
   def _fail(self, step, error) -> None:
     self._failed = True
     raise CheckpointSaveError(
@@ -274,13 +266,11 @@ class ExperimentCheckpoints:
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
-    self._raise_failed_save()
 
   def close(self) -> None:
     if self._failed:  # Nothing more will be written: let go without waiting.
       return
     self._manager.wait_until_finished()
-    self._raise_failed_save()
     self._manager.close()
 
 
