@@ -107,10 +107,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def attack(name: str, label: str, threat_model: str = "white_box", source_experiment: str = "",
            eot_samples: int = 1, fit_examples: int = 0, detector_aware: bool = False,
-           detector_weight: float = 1.0, **params) -> dict:
+           detector_weight: float = 1.0, num_examples: int = 0, **params) -> dict:
   """One entry of config.eval.attacks (eot_samples > 1: EOT against a randomised defense;
   fit_examples: the training images a universal attack is fitted on, 0 for its default;
-  detector_aware: evade the evaluation's detector too, its score times detector_weight)."""
+  detector_aware: evade the evaluation's detector too, its score times detector_weight;
+  num_examples: run on the first N attacked images only, 0 for all of them)."""
   # label_params: what the label describes, so that an override of params on the command line
   # is shown in the label instead of running under a label that no longer fits.
   entry = {"attack": name, "label": label, "threat_model": threat_model, "params": params,
@@ -121,4 +122,6 @@ def attack(name: str, label: str, threat_model: str = "white_box", source_experi
     entry["fit_examples"] = fit_examples
   if detector_aware:
     entry.update(detector_aware=True, detector_weight=detector_weight)
+  if num_examples:
+    entry["num_examples"] = num_examples
   return entry

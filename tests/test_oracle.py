@@ -120,3 +120,35 @@ def test_evaluation_runs_query_attacks_through_an_oracle(tmp_path, monkeypatch):
   config.eval.attacks = ml_collections.ConfigDict({"peek": attack("peeking", "Peeking")})
   with pytest.raises(QueryAccessError):
     evaluate(config, str(tmp_path), datasets=datasets)
+
+
+def test_every_query_attack_runs_in_the_evaluation_with_its_budget(tmp_path):
+  import ml_collections
+  from conftest import blob_dataset, tiny_config
+  from defenses_jax import train as train_lib
+  from defenses_jax.attacks import ATTACKS
+  from defenses_jax.evaluation import evaluate
+  from experiments.common import attack
+  datasets = blob_dataset(96, seed=0), blob_dataset(32, seed=1)
+  config = tiny_config(epochs=4, learning_rate=3e-3)
+  config.eval.num_attack_examples = 32
+  config.eval.sanity.enabled = False
+  config.eval.attacks = ml_collections.ConfigDict({
+      "zoo": attack("zoo", "ZOO", num_examples=8, binary_search_steps=2, max_iterations=5,
+                    coordinates=4),
+      "hsj": attack("hop_skip_jump", "HSJ", steps=2, init_evals=10, max_init_queries=20),
+      "ga": attack("gen_attack", "GenAttack", eps=0.3, max_steps=20, population=4),
+      "square": attack("square", "Square", eps=0.3, max_queries=30)})
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
+  out = evaluate(config, str(tmp_path), datasets=datasets)["attacks"]
+  # The Oracle's budget is each attack's schedule: ZOO 2 x 5 x (2 * 4 + 1), GenAttack
+  # 20 x 3 + 1, Square its max_queries; HopSkipJump its upper bound.
+  assert out["zoo"]["queries"]["budget"] == 90 and out["zoo"]["num_examples"] == 8
+  assert out["ga"]["queries"]["budget"] == 61 and out["square"]["queries"]["budget"] == 30
+  assert out["hsj"]["queries"]["budget"] == ATTACKS["hop_skip_jump"].oracle_budget(
+      {"steps": 2, "init_evals": 10, "max_init_queries": 20})
+  for key in ("hsj", "ga", "square"):
+    assert out[key]["num_examples"] == 32
+  for key, result in out.items():
+    assert 1 <= result["queries"]["mean"] <= result["queries"]["budget"], key
+  assert out["hsj"]["attack_success_rate"] > 0  # Unbounded: HSJ fools what it starts on.

@@ -8,8 +8,10 @@ Access kinds:
   (training) images; `apply(v, x)` adds it to any input.
 
 `budget_param` names the parameter that sets how long an iterative attack runs (for the "more
-steps" sanity check; None: the attack stops by itself or has no length). `norm` is the attack's
-threat-model norm, or the default of its `norm` parameter.
+steps" sanity check; None: the attack stops by itself or has no length). A query attack's Oracle
+gets `query_budget(**params)` queries per example (default: the budget parameter's value), so
+that scaling the budget parameter scales the queries allowed. `norm` is the attack's threat-model
+norm, or the default of its `norm` parameter.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.jsma import jsma
+from defenses_jax.attacks.query.gen_attack import gen_attack, gen_attack_query_budget
+from defenses_jax.attacks.query.hop_skip_jump import hop_skip_jump, hop_skip_jump_query_budget
 from defenses_jax.attacks.query.random_search import random_search
+from defenses_jax.attacks.query.square import square
+from defenses_jax.attacks.query.zoo import zoo, zoo_query_budget
 from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.registry import Registry
 
@@ -38,12 +44,15 @@ class AttackInfo:
   norm: str
   budget_param: Optional[str] = None
   apply: Optional[Callable] = None  # Universal attacks: (v, x) -> the perturbed input.
+  query_budget: Optional[Callable[..., int]] = None  # Query attacks: params -> Oracle budget.
 
   def __post_init__(self):
     if self.access not in ACCESS_KINDS:
       raise ValueError(f"unknown attack access {self.access!r}; choose one of {ACCESS_KINDS}.")
     if (self.access == "universal") != (self.apply is not None):
       raise ValueError("a universal attack, and only one, needs `apply`.")
+    if self.queries and self.query_budget is None and self.budget_param is None:
+      raise ValueError("a query attack needs a budget parameter or a query_budget function.")
 
   @property
   def universal(self) -> bool:
@@ -58,6 +67,12 @@ class AttackInfo:
     """The value of the budget parameter with these parameters (the attack's default if unset)."""
     return int(params.get(self.budget_param,
                           inspect.signature(self.fn).parameters[self.budget_param].default))
+
+  def oracle_budget(self, params: dict) -> int:
+    """The queries per example the Oracle of a query attack allows with these parameters."""
+    if not self.queries:
+      raise ValueError("only query attacks have an Oracle budget.")
+    return int(self.query_budget(**params)) if self.query_budget else self.budget(params)
 
   def norm_of(self, params: dict) -> str:
     """The norm the attack runs in with these parameters."""
@@ -78,6 +93,14 @@ ATTACKS = Registry("attack", {
     "apgd_t": AttackInfo(apgd_targeted, "gradient", "linf", budget_param="steps"),
     "autoattack": AttackInfo(autoattack, "gradient", "linf", budget_param="steps"),
     "random_search": AttackInfo(random_search, "labels", "linf", budget_param="max_queries"),
+    # HopSkipJump's Oracle budget is its schedule's most (an upper bound for any input size).
+    "hop_skip_jump": AttackInfo(hop_skip_jump, "labels", "l2", budget_param="steps",
+                                query_budget=hop_skip_jump_query_budget),
+    "gen_attack": AttackInfo(gen_attack, "scores", "linf", budget_param="max_steps",
+                             query_budget=gen_attack_query_budget),
+    "square": AttackInfo(square, "scores", "linf", budget_param="max_queries"),
+    "zoo": AttackInfo(zoo, "scores", "l2", budget_param="max_iterations",
+                      query_budget=zoo_query_budget),
     "uap": AttackInfo(uap, "universal", "linf", budget_param="max_passes",
                       apply=apply_perturbation),
 })

@@ -152,20 +152,24 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
   for spec in specs:
     if spec.threat_model == "transfer":
       continue
+    # An attack run on fewer examples (its own num_examples) is checked on those only.
+    m = min(n, spec.num_examples or n)
+    spec_sub, spec_clean = (sub, sub_clean) if m == n else (_subset(ev, m, seed=1),
+                                                            clean_correct[:m])
     param = spec.info.budget_param
     if param and spec.threat_model in cfg.more_steps_threat_models:
-      accuracy_at = lambda steps, spec=spec, param=param: float(np.mean(
-          sub.attack(spec.with_params(**{param: steps}), None).correct & sub_clean))
+      accuracy_at = lambda steps, spec=spec, param=param, on=spec_sub, ok=spec_clean: float(
+          np.mean(on.attack(spec.with_params(**{param: steps}), None).correct & ok))
       default_steps = inspect.signature(spec.fn).parameters[param].default
       records.append(sanity.more_steps_do_not_help(spec.label, accuracy_at,
                                                    int(spec.params.get(param, default_steps)),
-                                                   cfg.more_steps_factor, num_examples=n))
+                                                   cfg.more_steps_factor, num_examples=m))
     if "eps" in spec.params:
-      noise_acc = float(np.mean(sub.noise_correct(spec.params["eps"],
-                                                  spec.info.norm_of(spec.params), n) & sub_clean))
-      attack_acc = float(np.mean(per_attack_correct[spec.key][:n] & sub_clean))
+      noise_acc = float(np.mean(spec_sub.noise_correct(
+          spec.params["eps"], spec.info.norm_of(spec.params), m) & spec_clean))
+      attack_acc = float(np.mean(per_attack_correct[spec.key][:m] & spec_clean))
       records.append(sanity.noise_weaker_than_attack(spec.label, attack_acc, noise_acc,
-                                                     num_examples=n))
+                                                     num_examples=m))
   for spec in specs:
     if spec.threat_model != "transfer":
       continue
@@ -220,21 +224,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                      description=f"{config.experiment_name} attacks", unit="image")
   for spec in specs:
     bar.set_description(f"{config.experiment_name}: {spec.label}")
-    run = ev.attack(spec, sources.get(spec.source_experiment), bar)
+    # An attack with its own num_examples (a costly one) runs on the first n attacked images.
+    n = min(spec.num_examples or len(attack_ds), len(attack_ds))
+    on = ev if n == len(attack_ds) else _subset(ev, n, seed=config.seed)
+    run = on.attack(spec, sources.get(spec.source_experiment), bar)
+    if n < len(attack_ds):
+      bar.update(len(attack_ds) - n)
     x_adv, adv_correct, reused = run.x_adv, run.correct, run.reused
-    d = norms.distances(jnp.asarray(x_adv), jnp.asarray(attack_ds.images))
+    d = norms.distances(jnp.asarray(x_adv), jnp.asarray(attack_ds.images[:n]))
     results[spec.key] = {
         "label": spec.label, "attack": spec.attack, "threat_model": spec.threat_model,
         "params": spec.params, "source_experiment": spec.source_experiment,
         "reused_examples": reused and os.path.relpath(reused, workdir),
         "detector_aware": spec.detector_aware, "overridden_params": spec.overridden,
-        **metrics.robustness(clean_correct, adv_correct, clean_correct & ~adv_correct,
+        **metrics.robustness(clean_correct[:n], adv_correct, clean_correct[:n] & ~adv_correct,
                              np.asarray(d["l2"]), np.asarray(d["linf"]), np.asarray(d["l0"]))}
-    per_attack_correct[spec.key] = adv_correct
+    # Images this attack did not run on count as it found them (clean) in the worst case.
+    per_attack_correct[spec.key] = np.concatenate([adv_correct, clean_correct[n:]])
     if spec.info.queries and run.queries is not None:  # Queries spent per example.
-      attacked, fooled = clean_correct, clean_correct & ~adv_correct
+      attacked, fooled = clean_correct[:n], clean_correct[:n] & ~adv_correct
       results[spec.key]["queries"] = {
-          "budget": spec.info.budget(spec.params),
+          "budget": spec.info.oracle_budget(spec.params),
           "mean": float(np.mean(run.queries[attacked])) if attacked.any() else None,
           "median_successful": float(np.median(run.queries[fooled])) if fooled.any()
                                else None}
@@ -244,14 +254,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
           "cached": os.path.relpath(run.universal.path, workdir)}
     if detection is not None:
       adv_scores = detection.scores(x_adv)
-      results[spec.key]["detection"] = detection.attack_metrics(clean_scores, clean_correct,
-                                                               adv_scores, adv_correct)
+      results[spec.key]["detection"] = detection.attack_metrics(
+          clean_scores[:n], clean_correct[:n], adv_scores, adv_correct)
       if results[spec.key]["detection"]["num_successful"]:
-        roc[spec.label] = (clean_scores[clean_correct], adv_scores[clean_correct & ~adv_correct])
+        roc[spec.label] = (clean_scores[:n][clean_correct[:n]],
+                           adv_scores[clean_correct[:n] & ~adv_correct])
     if (config.eval.save_adversarial_examples and spec.threat_model == "white_box"
         and not spec.detector_aware and jax.process_index() == 0):  # What transfer reuses.
       crafted.save(results_dir, spec.key, spec.attack, spec.params, int(trained.state.step),
-                   x_adv, attack_ds.labels)
+                   x_adv, attack_ds.labels[:n])
     examples[spec.label] = x_adv[:NUM_EXAMPLE_IMAGES]
   bar.close()
   summary = {

@@ -43,6 +43,9 @@ class AttackSpec:
   # scaled by detector_weight into logit units.
   detector_aware: bool = False
   detector_weight: float = 1.0
+  # Run on the first num_examples attacked images only (0: all), for attacks too costly for
+  # the whole attacked subset (paper 000's ZOO: 200 images).
+  num_examples: int = 0
   # Params that differ from those the label was written for (a command-line override such as
   # --config.eval.attacks.cw.params.max_iterations=5): {name: [label's value, value run]}. The
   # label then says so, and tables do not compare the row with the paper's number.
@@ -68,7 +71,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     entry = dict(entry)
     unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
                             "eot_samples", "fit_examples", "detector_aware",
-                            "detector_weight", "label_params"}
+                            "detector_weight", "label_params", "num_examples"}
     if unknown:
       raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
@@ -113,6 +116,10 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                        "attack on a deployed system with a detector (eval.detection.detector).")
     if not detector_weight > 0:
       raise ValueError(f"eval.attacks.{key}: detector_weight must be positive.")
+    num_examples = int(entry.get("num_examples", 0))
+    if num_examples < 0:
+      raise ValueError(f"eval.attacks.{key}: num_examples must be >= 0 (0: every attacked "
+                       "image).")
     overridden = _overridden(entry.get("label_params"), params)
     label = entry.get("label", key)
     if overridden:
@@ -120,7 +127,8 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     specs.append(AttackSpec(key=key, label=label, attack=name, overridden=overridden,
                             threat_model=threat, params=params, source_experiment=source,
                             eot_samples=eot_samples, fit_examples=fit_examples,
-                            detector_aware=detector_aware, detector_weight=detector_weight))
+                            detector_aware=detector_aware, detector_weight=detector_weight,
+                            num_examples=num_examples))
   return specs
 
 

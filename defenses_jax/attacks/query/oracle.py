@@ -28,6 +28,16 @@ from defenses_jax.attacks.wrappers import call_logits
 ACCESS = ("scores", "labels")
 
 
+def check_query_targets(attack: str, target: str, targets) -> None:
+  """Query attacks take target 'none' or 'given' (with `targets`): the least likely class
+  would cost queries of its own, so the caller computes it if it wants it."""
+  if target not in ("none", "given"):
+    raise ValueError(f"{attack} supports target 'none' or 'given' (a query attack cannot compute "
+                     f"the least likely class itself); got {target!r}.")
+  if target == "given" and targets is None:
+    raise ValueError("target='given' needs a `targets` array of classes.")
+
+
 class QueryAccessError(TypeError):
   """A query attack tried to differentiate the model behind an Oracle."""
 
