@@ -11,6 +11,8 @@ from conftest import tiny_config
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.attacks import apgd, apgd_targeted, autoattack, dlr_loss, pgd
+from defenses_jax.attacks.query import Oracle
+from defenses_jax.attacks.query.square import square
 from defenses_jax.attacks.apgd import checkpoints, member_keys
 
 K = 5
@@ -136,15 +138,24 @@ def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(small_cnn):
 def test_autoattack_worst_case_is_never_above_any_member(small_cnn):
   net, x, y = small_cnn
   eps, key = 0.1, jax.random.key(3)
-  x_adv, info = autoattack(net, x, y, key, eps=eps, steps=10, num_target_classes=3)
-  keys = member_keys(key, 2)
+  x_adv, info = autoattack(net, x, y, key, eps=eps, steps=10, num_target_classes=3,
+                           square_queries=300)
+  keys = member_keys(key, 3)
   _, ce = apgd(net, x, y, keys[0], eps=eps, steps=10)
   _, targeted = apgd_targeted(net, x, y, keys[1], eps=eps, steps=10, num_target_classes=3)
   either = np.asarray(ce["success"]) | np.asarray(targeted["success"])
-  np.testing.assert_array_equal(info["success"], either)
-  assert 0 < np.mean(either) and np.mean(~either) > 0  # Neither all nor nothing.
+  # Square runs last, only on the points both APGD runs left robust, and pays no query for
+  # the others.
+  _, by_square = square(Oracle(net, "scores", 300), x, y, keys[2], eps=eps, max_queries=300,
+                        attack_mask=jnp.asarray(~either))
+  assert not np.asarray(by_square["success"])[either].any()
+  np.testing.assert_array_equal(np.asarray(by_square["queries"])[either], 0)
+  any_member = either | np.asarray(by_square["success"])
+  np.testing.assert_array_equal(info["success"], any_member)
+  assert 0 < np.mean(either) and np.mean(~any_member) > 0  # Neither all nor nothing.
   broken_by = np.asarray(info["broken_by"])
   np.testing.assert_array_equal(broken_by == 0, np.asarray(ce["success"]))
   np.testing.assert_array_equal(broken_by == 1, np.asarray(targeted["success"]) & ~np.asarray(
       ce["success"]))
+  np.testing.assert_array_equal(broken_by == 2, np.asarray(by_square["success"]))
   assert float(info["linf"].max()) <= eps + 1e-6

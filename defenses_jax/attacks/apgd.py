@@ -24,6 +24,8 @@ from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch, cross_entropy
+from defenses_jax.attacks.query.oracle import Oracle
+from defenses_jax.attacks.query.square import square
 from defenses_jax.attacks.wrappers import call_logits
 
 APGD_LOSSES = ("ce", "dlr")
@@ -223,13 +225,14 @@ AUTOATTACK_VERSIONS = ("standard", "rand")
 
 def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
                version: str = "standard", steps: int = 100, num_target_classes: int = 9,
-               eot_iter: int = 20):
+               eot_iter: int = 20, square_queries: int = 5000):
   """An AutoAttack-style worst case over the members this library has, each run after the
   previous one on the examples still correctly classified (Croce & Hein 2020):
   standard: APGD-CE, then APGD-T (targeted DLR, `num_target_classes` targets, at most the
-  number of other classes); `rand` (randomised defenses): APGD-CE and APGD-DLR, each with EOT
-  over `eot_iter` draws. AutoAttack's FAB-T and Square are not members (Square comes with the
-  query attacks), so this is a lower bound on what the full AutoAttack finds.
+  number of other classes), then Square (`square_queries` score queries, p_init 0.8, margin
+  loss; 0 leaves it out); `rand` (randomised defenses): APGD-CE and APGD-DLR, each with EOT
+  over `eot_iter` draws. AutoAttack's FAB-T is not a member, so this is a lower bound on what
+  the full AutoAttack finds.
 
   Returns (x_adv, info) with info = {success, broken_by (per example, the index of the first
   member that fooled it, -1 for none), l2, linf}. The batch has a fixed shape, so a member runs
@@ -242,15 +245,24 @@ def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf"
     raise ValueError(f"unknown AutoAttack version {version!r}; choose one of "
                      f"{AUTOATTACK_VERSIONS}.")
   num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
+  # Each member: (key, still robust (B,)) -> (x_adv, info).
   if version == "standard":
-    members = [lambda k: apgd(logits_fn, x, y, k, eps=eps, norm=norm, steps=steps)]
+    members = [lambda k, _: apgd(logits_fn, x, y, k, eps=eps, norm=norm, steps=steps)]
     if num_classes >= 4:
-      members.append(lambda k: apgd_targeted(
+      members.append(lambda k, _: apgd_targeted(
           logits_fn, x, y, k, eps=eps, norm=norm, steps=steps,
           num_target_classes=min(num_target_classes, num_classes - 1)))
+    if square_queries > 0:
+      if x.ndim != 4:
+        raise ValueError("AutoAttack's Square member attacks images (B, H, W, C); for other "
+                         f"inputs (shape {x.shape}) pass square_queries=0.")
+      # Square pays queries only for the points still robust (the others are masked out).
+      members.append(lambda k, robust: square(
+          Oracle(logits_fn, "scores", square_queries), x, y, k, eps=eps, norm=norm,
+          max_queries=square_queries, attack_mask=robust))
   else:
-    members = [lambda k, loss=loss: apgd(logits_fn, x, y, k, eps=eps, norm=norm, steps=steps,
-                                         loss=loss, eot_iter=eot_iter)
+    members = [lambda k, _, loss=loss: apgd(logits_fn, x, y, k, eps=eps, norm=norm,
+                                            steps=steps, loss=loss, eot_iter=eot_iter)
                for loss in ("ce", "dlr")]
   keys = member_keys(key, len(members))
   x_adv = x
@@ -258,7 +270,7 @@ def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf"
   for index, member in enumerate(members):
     def run(state, member=member, index=index):
       x_adv, broken_by = state
-      candidate, report = member(keys[index])
+      candidate, report = member(keys[index], broken_by < 0)
       take = report["success"] & (broken_by < 0)
       return (jnp.where(norms.per_example(take, x), candidate, x_adv),
               jnp.where(take, index, broken_by))

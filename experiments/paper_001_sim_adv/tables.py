@@ -62,7 +62,7 @@ def paper_001_tables(dataset: str, name, lr_members: dict) -> dict:
            for key, numbers in paper["table_3"].items()]
   rows3.append(table_row("PGD-100, 5 restarts (beyond the paper)", {},
                          **{m: f"{name(m)}:pgd_restarts" for m in METHODS}))
-  rows3.append(table_row("AutoAttack-style, APGD-CE + APGD-T (beyond the paper)", {},
+  rows3.append(table_row("AutoAttack-style, APGD-CE + APGD-T + Square (beyond the paper)", {},
                          **{m: f"{name(m)}:autoattack" for m in METHODS}))
   rows4 = [table_row(f"learning rate {rate:g}", numbers,
                      **{key: f"{lr_members[rate]}:{key}" for key in ("fgsm", "bim", "madry")})
