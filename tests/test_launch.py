@@ -48,7 +48,10 @@ def test_launch_trains_then_evaluates_with_overrides(tmp_path):
                 "--config.eval.attacks.cw_linf_k0.params.max_total_iterations=10",
                 "--config.eval.attacks.uap.fit_examples=20",
                 "--config.eval.attacks.uap.params.max_passes=1",
-                "--config.eval.attacks.autoattack.params.steps=5", home=tmp_path)
+                "--config.eval.attacks.autoattack.params.steps=5",
+                "--config.eval.attacks.autoattack.params.square_queries=20",
+                "--config.eval.attacks.zoo.params.binary_search_steps=1",
+                "--config.eval.attacks.zoo.params.max_iterations=5", home=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"clean_accuracy"' in proc.stdout
   for name in ("config.json", "metrics.jsonl", "results/train.json", "results/eval.json",
