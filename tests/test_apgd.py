@@ -158,4 +158,5 @@ def test_autoattack_worst_case_is_never_above_any_member(small_cnn):
   np.testing.assert_array_equal(broken_by == 1, np.asarray(targeted["success"]) & ~np.asarray(
       ce["success"]))
   np.testing.assert_array_equal(broken_by == 2, np.asarray(by_square["success"]))
+  np.testing.assert_array_equal(info["square_queries"], by_square["queries"])
   assert float(info["linf"].max()) <= eps + 1e-6

@@ -235,7 +235,8 @@ def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf"
   the full AutoAttack finds.
 
   Returns (x_adv, info) with info = {success, broken_by (per example, the index of the first
-  member that fooled it, -1 for none), l2, linf}. The batch has a fixed shape, so a member runs
+  member that fooled it, -1 for none), square_queries (per example; 0 for the points APGD
+  broke, which Square does not attack), l2, linf}. The batch has a fixed shape, so a member runs
   on every example and its result is kept only for those still robust; a member is skipped when
   no example is left.
   """
@@ -267,18 +268,20 @@ def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf"
   keys = member_keys(key, len(members))
   x_adv = x
   broken_by = norms.match_varying(jnp.full(x.shape[:1], -1, jnp.int32), x)
+  queries = jnp.zeros_like(broken_by)  # Square's score queries, per example.
   for index, member in enumerate(members):
     def run(state, member=member, index=index):
-      x_adv, broken_by = state
+      x_adv, broken_by, queries = state
       candidate, report = member(keys[index], broken_by < 0)
       take = report["success"] & (broken_by < 0)
       return (jnp.where(norms.per_example(take, x), candidate, x_adv),
-              jnp.where(take, index, broken_by))
+              jnp.where(take, index, broken_by), queries + report.get("queries", 0))
 
-    x_adv, broken_by = lax.cond(jnp.all(broken_by >= 0), lambda state: state, run,
-                                (x_adv, broken_by))
+    x_adv, broken_by, queries = lax.cond(jnp.all(broken_by >= 0), lambda state: state, run,
+                                         (x_adv, broken_by, queries))
   success = jnp.argmax(call_logits(logits_fn, x_adv, keys[-1]), -1) != y
-  return x_adv, {"success": success, "broken_by": broken_by, **norms.distances(x_adv, x)}
+  return x_adv, {"success": success, "broken_by": broken_by, "square_queries": queries,
+                 **norms.distances(x_adv, x)}
 
 
 def member_keys(key, num_members: int):
