@@ -1,5 +1,7 @@
 """Evaluation end to end on tiny data: threat models, transfer, sanity checks, report files."""
 
+import dataclasses
+import functools
 import json
 
 import flax.linen as nn
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from defenses_jax import attacks as attacks_lib
 from defenses_jax import models
 from defenses_jax.evaluation import sanity
 from defenses_jax.suites import tables as paper_tables
@@ -240,3 +243,25 @@ def test_sanity_checks_flag_a_gradient_masking_model_end_to_end(tmp_path, blobs,
   assert unbounded["success_rate"] < 0.5
   assert not masked["sanity_passed"]
   assert "(!)" in _table(masked).split("## T")[1]
+
+
+def test_more_steps_check_does_not_rerun_an_attack_that_fooled_everything(tmp_path, blobs,
+                                                                         monkeypatch):
+  config = eval_config(attacks={"pgd": attack("pgd", "PGD, whole box", eps=1.0, step_size=0.1,
+                                              steps=20, random_start=False, loss="margin")})
+  train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
+  calls = []
+
+  @functools.wraps(attacks_lib.pgd)
+  def counted_pgd(*args, **kwargs):  # Called when a run is traced: each run compiles anew.
+    calls.append(kwargs["steps"])
+    return attacks_lib.pgd(*args, **kwargs)
+
+  monkeypatch.setitem(attacks_lib.ATTACKS, "pgd", dataclasses.replace(
+      attacks_lib.ATTACKS["pgd"], fn=counted_pgd))
+  summary = evaluate(config, str(tmp_path), datasets=blobs)
+  assert summary["attacks"]["pgd"]["robust_accuracy"] == 0.0
+  record = next(c for c in summary["sanity"] if c["check"] == "more_steps")
+  assert record["status"] == sanity.PASS and record["skipped"], record
+  # The evaluation's own run and the unbounded check's (30 steps): no base rerun, no 4x rerun.
+  assert sorted(calls) == [20, 30], calls

@@ -157,7 +157,11 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
     spec_sub, spec_clean = (sub, sub_clean) if m == n else (_subset(ev, m, seed=1),
                                                             clean_correct[:m])
     param = spec.info.budget_param
-    if param and spec.threat_model in cfg.more_steps_threat_models:
+    broken_already = not np.any(per_attack_correct[spec.key][:m] & spec_clean)
+    if param and spec.threat_model in cfg.more_steps_threat_models and broken_already:
+      # Nothing left to find: rerunning (an attack such as ZOO costs minutes) cannot lower 0.
+      records.append(sanity.more_steps_not_needed(spec.label, num_examples=m))
+    elif param and spec.threat_model in cfg.more_steps_threat_models:
       accuracy_at = lambda steps, spec=spec, param=param, on=spec_sub, ok=spec_clean: float(
           np.mean(on.attack(spec.with_params(**{param: steps}), None).correct & ok))
       default_steps = inspect.signature(spec.fn).parameters[param].default

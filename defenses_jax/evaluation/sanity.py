@@ -47,6 +47,14 @@ def more_steps_do_not_help(attack_name: str, robust_accuracy_at: Callable[[int],
   return _record("more_steps", True, detail, **numbers)
 
 
+def more_steps_not_needed(attack_name: str, num_examples=None) -> dict:
+  """The more-steps check of an attack that already fooled every correctly classified example
+  of the subset: a longer run cannot lower robust accuracy 0, so it is not rerun."""
+  return _record("more_steps", True, f"{attack_name}: robust accuracy already 0 on the "
+                 f"{num_examples} examples checked; not rerun", attack=attack_name,
+                 robust_accuracy=0.0, skipped=True)
+
+
 def unbounded_attack_succeeds(success_rate: float, minimum: float = 0.99) -> dict:
   """With an unlimited budget (eps covering the whole [0, 1] box) every input can be turned into
   any other; an attack that still fails is blocked by masked or broken gradients."""
