@@ -10,9 +10,17 @@ re-checked for both with one fresh forward pass of our model; failures count as 
 Times exclude compilation and set-up (our attacks are compiled ahead of time, foolbox's model
 function is warmed up first); fast attacks are timed as the median of several calls.
 
+Query (black-box) rows: HopSkipJump (L2, L-inf) and GenAttack (targeted) against foolbox 3, ZOO
+and Square against ART, on the same settings. Ours see the model through an Oracle and report
+their queries per example; the references' model evaluations are counted per image by wrapping
+their model function / classifier (references.QueryCounter: all evaluations, distinct points,
+and distinct points up to the first adversarial one).
+
   pip install -r benchmarks/requirements.txt   # + AutoAttack, see there
   python -m benchmarks.attacks --workdir=runs   # every row: 128 images, 32 for the slow rows
   python -m benchmarks.attacks --workdir=runs --attacks=fgsm,pgd40 --num_images=256
+  python -m benchmarks.attacks --workdir=runs --torch_threads=1 \\
+      --attacks=hsj_l2,hsj_linf,genattack_t,zoo,square_linf,square_linf_eps0.1
 """
 
 import dataclasses
@@ -32,6 +40,10 @@ _SLOW_IMAGES = flags.DEFINE_integer(
     "images on 2 CPU cores for each implementation; ART's JSMA and UAP run image by image).")
 _OUTPUT = flags.DEFINE_string("output", "", "Write the results JSON here as well.")
 _SKIP_REFERENCE = flags.DEFINE_bool("skip_reference", False, "Time our attacks only.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0, "torch.set_num_threads for the PyTorch references (0: torch's default). "
+    "On a machine whose cores another job keeps busy, torch's 2 intra-op threads wait on each "
+    "other (a forward pass of one MNIST image: 29 ms with 2 threads, 0.5 ms with 1).")
 
 EPS = 0.3  # MNIST L-inf budget of paper 000 (FGSM eps 0.3; PGD 40 steps of 0.01 within 0.3).
 # APGD at 0.3 (or 0.1) fools every image of the undefended CNN, which compares nothing; at 0.05
@@ -41,6 +53,20 @@ JSMA = dict(theta=1.0, gamma=0.1)  # cleverhans' defaults; ART's gamma default (
 # Paper 000's UAP row: L-inf 0.3; DeepFool as the reference UAP code (overshoot 0.02, 10
 # iterations, 10 candidate classes); at most 4 passes, stop at a 80% fooling rate (delta 0.2).
 UAP = dict(eps=EPS, delta=0.2, max_passes=4, overshoot=0.02, max_iter_df=10, candidates=10)
+# Query (black-box) attacks, the same settings on both sides, budgets cut to minutes on 2 CPU
+# cores (see rows()). HopSkipJump: the authors' and foolbox's gradient-evaluation schedule.
+HSJ = dict(hsj_norm="l2", hsj_steps=20, hsj_init_evals=100, hsj_max_evals=10_000, hsj_gamma=1.0)
+# GenAttack: foolbox's defaults (population 10, mutation probability 0.1 and range 0.15, its
+# minima under adaptive scaling, temperature 0.3, 1000 steps) at MNIST's eps 0.3; targeted.
+GENATTACK = dict(gen_eps=EPS, gen_steps=1000, population=10, mutation_rate=0.1, alpha=0.15,
+                 temperature=0.3)
+# ZOO: 1 binary step of 100 iterations (the reference runs 9 x 1000 on MNIST), B = 128, lr 0.01,
+# c0 0.5: the reference's test_all.py's constant when it does not binary-search.
+ZOO = dict(zoo_binary_steps=1, zoo_iterations=100, zoo_const=0.5, zoo_lr=0.01,
+           zoo_coordinates=128)
+# Square: L-inf, 1000 queries (AutoAttack runs 5000), p_init 0.8, schedule rescaled to the budget
+# (ART's); at 0.3 every image falls within ~100 queries, so a row at 0.1 as well.
+SQUARE = dict(square_eps=EPS, square_queries=1000, p_init=0.8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +77,11 @@ class Row:
   slow: bool = False      # run on --slow_num_images
   targeted: bool = False  # success means "classified as settings['targets']"
   overrides: tuple = ()   # (setting, value) pairs for this row, for both implementations
+  # Query attacks: ours returns (x_adv, info["queries"]) and the reference's call (x_adv, its
+  # per-image counts, references.QueryCounter.stats); `norm` is the distortion the row reports.
+  query: bool = False
+  norm: str = ""
+  num_images: int = 0     # if set, at most this many images (the slowest query rows)
 
 
 def rows():
@@ -86,12 +117,68 @@ def rows():
       f, x, y, k, eps=s["apgd_eps"], steps=s["steps"],
       num_target_classes=s["num_target_classes"])),
                        "AutoAttack", references.prepare_autoattack_apgd(targeted=True))
+  rows.update(query_rows())
   return rows
+
+
+def query_rows():
+  """The query (black-box) attacks, each through an Oracle whose budget is its schedule."""
+  from defenses_jax.attacks import query
+  from defenses_jax.attacks.query.gen_attack import gen_attack_query_budget
+  from defenses_jax.attacks.query.hop_skip_jump import hop_skip_jump_query_budget
+  from defenses_jax.attacks.query.square import square_query_budget
+  from defenses_jax.attacks.query.zoo import zoo_query_budget
+
+  def queried(access, attack, budget):
+    def run(f, x, y, k, s):
+      params = attack(s)
+      oracle = query.Oracle(f, access, budget(x, params))
+      x_adv, info = params.pop("fn")(oracle, x, y, k, **params)
+      return x_adv, info["queries"]
+    return run
+
+  d = lambda x: int(x[0].size)
+  hsj = queried("labels", lambda s: dict(
+      fn=query.hop_skip_jump, norm=s["hsj_norm"], steps=s["hsj_steps"], gamma=s["hsj_gamma"],
+      init_evals=s["hsj_init_evals"], max_evals=s["hsj_max_evals"]),
+      lambda x, p: hop_skip_jump_query_budget(d=d(x), **{k: v for k, v in p.items()
+                                                           if k != "fn"}))
+  gen = queried("scores", lambda s: dict(
+      fn=query.gen_attack, eps=s["gen_eps"], population=s["population"],
+      mutation_rate=s["mutation_rate"], alpha=s["alpha"], temperature=s["temperature"],
+      max_steps=s["gen_steps"], adaptive=True, target="given", targets=s["targets"]),
+      lambda x, p: gen_attack_query_budget(population=p["population"],
+                                           max_steps=p["max_steps"]))
+  zoo = queried("scores", lambda s: dict(
+      fn=query.zoo, binary_search_steps=s["zoo_binary_steps"],
+      max_iterations=s["zoo_iterations"], initial_const=s["zoo_const"],
+      learning_rate=s["zoo_lr"], coordinates=s["zoo_coordinates"]),
+      lambda x, p: zoo_query_budget(**{k: v for k, v in p.items() if k != "fn"}))
+  square = queried("scores", lambda s: dict(
+      fn=query.square, eps=s["square_eps"], norm="linf", max_queries=s["square_queries"],
+      p_init=s["p_init"], rescale_schedule=True),
+      lambda x, p: square_query_budget(max_queries=p["max_queries"]))
+  common = dict(slow=True, query=True)
+  return {
+      "hsj_l2": Row(hsj, "foolbox 3.3.4", references.prepare_foolbox_hsj, norm="l2", **common),
+      "hsj_linf": Row(hsj, "foolbox 3.3.4", references.prepare_foolbox_hsj, norm="linf",
+                      overrides=(("hsj_norm", "linf"),), **common),
+      # foolbox's GenAttack spends ~0.25 s a step on 16 images (eager per-image noise draws).
+      "genattack_t": Row(gen, "foolbox 3.3.4", references.prepare_foolbox_genattack,
+                         norm="linf", targeted=True, num_images=16, **common),
+      # 257 queries per iteration per image; ART predicts them one image at a time.
+      "zoo": Row(zoo, "ART", references.prepare_art_zoo, norm="l2", num_images=16, **common),
+      "square_linf": Row(square, "ART", references.prepare_art_square, norm="linf", **common),
+      "square_linf_eps0.1": Row(square, "ART", references.prepare_art_square, norm="linf",
+                                overrides=(("square_eps", 0.1),), **common),
+  }
 
 
 _ATTACKS = flags.DEFINE_list("attacks", ["fgsm", "pgd40", "deepfool", "cw_l2_5x100",
                                          "cw_l2_9x1000", "jsma", "jsma_gamma0.3", "uap",
-                                         "uap_df50", "apgd_ce", "apgd_t"],
+                                         "uap_df50", "apgd_ce", "apgd_t", "hsj_l2",
+                                         "hsj_linf", "genattack_t", "zoo", "square_linf",
+                                         "square_linf_eps0.1"],
                              "Which rows to run.")
 
 
@@ -100,7 +187,8 @@ def settings_for(y, num_classes):
   import numpy as np
   rng = np.random.default_rng(0)
   targets = (np.asarray(y) + rng.integers(1, num_classes, size=len(y))) % num_classes
-  return dict(targets=targets, apgd_eps=APGD_EPS, steps=100, num_target_classes=9, **JSMA, **UAP)
+  return dict(targets=targets, apgd_eps=APGD_EPS, steps=100, num_target_classes=9, **JSMA, **UAP,
+              **HSJ, **GENATTACK, **ZOO, **SQUARE)
 
 
 def load_model_and_batch(workdir, num_images):
@@ -128,7 +216,9 @@ def load_model_and_batch(workdir, num_images):
   return logits_fn, model_variables, x, y
 
 
-def summarise(logits_fn, x, x_adv, y, seconds, targets=None):
+def summarise(logits_fn, x, x_adv, y, seconds, targets=None, queries=None):
+  """queries: {name: per-image counts} (query rows), reported as the median over the successful
+  images (as the distortions) and the mean over all."""
   import jax.numpy as jnp
   import numpy as np
   x_adv = jnp.asarray(x_adv)
@@ -137,10 +227,15 @@ def summarise(logits_fn, x, x_adv, y, seconds, targets=None):
   d = np.asarray(x_adv - x).reshape(len(x), -1)
   l0, l2, linf = (np.abs(d) > 1e-6).sum(axis=1), np.linalg.norm(d, axis=1), np.abs(d).max(axis=1)
   med = lambda v: float(np.median(v[success])) if success.any() else float("nan")
-  return {"seconds": seconds, "images_per_second": len(x) / seconds,
-          "success_rate": float(success.mean()), "median_l0": med(l0), "median_l2": med(l2),
-          "median_linf": med(linf),
-          "in_box": bool((np.asarray(x_adv) >= 0).all() and (np.asarray(x_adv) <= 1).all())}
+  result = {"seconds": seconds, "images_per_second": len(x) / seconds,
+            "success_rate": float(success.mean()), "median_l0": med(l0), "median_l2": med(l2),
+            "median_linf": med(linf),
+            "in_box": bool((np.asarray(x_adv) >= 0).all() and (np.asarray(x_adv) <= 1).all())}
+  for name, counts in (queries or {}).items():
+    counts = np.asarray(counts, np.float64)
+    result[f"median_{name}"] = med(counts)
+    result[f"mean_{name}"] = float(counts.mean())
+  return result
 
 
 def time_ours(row, logits_fn, x, y, settings):
@@ -151,7 +246,11 @@ def time_ours(row, logits_fn, x, y, settings):
   run = jax.jit(lambda x, y, k: row.ours(logits_fn, x, y, k, settings)).lower(x, y, key).compile()
   compile_seconds = time.perf_counter() - start
   x_adv, seconds = _timed(lambda: jax.block_until_ready(run(x, y, key)))
-  result = summarise(logits_fn, x, x_adv, y, seconds, settings["targets"] if row.targeted else None)
+  queries = None
+  if row.query:
+    x_adv, queries = x_adv[0], {"queries": x_adv[1]}
+  result = summarise(logits_fn, x, x_adv, y, seconds, settings["targets"] if row.targeted else None,
+                     queries)
   result["compile_seconds"] = compile_seconds
   return result
 
@@ -159,7 +258,11 @@ def time_ours(row, logits_fn, x, y, settings):
 def time_reference(row, logits_fn, model_variables, x, y, settings):
   call = row.prepare_reference(logits_fn, model_variables, x, y, settings)
   x_adv, seconds = _timed(call)
-  return summarise(logits_fn, x, x_adv, y, seconds, settings["targets"] if row.targeted else None)
+  queries = None
+  if row.query:
+    x_adv, queries = x_adv
+  return summarise(logits_fn, x, x_adv, y, seconds, settings["targets"] if row.targeted else None,
+                   queries)
 
 
 def _timed(call, budget_seconds: float = 10.0):
@@ -175,6 +278,38 @@ def _timed(call, budget_seconds: float = 10.0):
 
 
 def markdown(results):
+  plain = {k: r for k, r in results.items() if "median_queries" not in r["ours"]}
+  queried = {k: r for k, r in results.items() if k not in plain}
+  return "\n\n".join(t for t in (_markdown(plain) if plain else "",
+                                  _markdown_queries(queried) if queried else "") if t)
+
+
+def _markdown_queries(results):
+  """Query rows: success, median distortion in the row's norm and median queries (over the
+  successful images, as the distortions). The reference's queries are its model evaluations per
+  image, counted by references.QueryCounter: distinct points / all evaluations / distinct
+  points up to its first adversarial one."""
+  lines = ["| attack | images | reference | norm | ours success | reference success | "
+           "ours median dist. | reference median dist. | ours median queries | "
+           "reference median queries: distinct / all / to first adv. | ours img/s | "
+           "reference img/s |",
+           "|---" * 12 + "|"]
+  for name, r in results.items():
+    o, f = r["ours"], r.get("reference")
+    key = "median_l2" if r["norm"] == "l2" else "median_linf"
+    theirs = (["-"] * 4 if not f else
+              [f"{f['success_rate']:.3f}", f"{f[key]:.3f}",
+               f"{f['median_distinct_queries']:.0f} / {f['median_queries']:.0f} / "
+               f"{f['median_queries_to_first_adversarial']:.0f}",
+               f"{f['images_per_second']:.2f}"])
+    lines.append(f"| {name} | {r['num_images']} | {r['reference_name']} | {r['norm']} | "
+                 f"{o['success_rate']:.3f} | {theirs[0]} | {o[key]:.3f} | {theirs[1]} | "
+                 f"{o['median_queries']:.0f} | {theirs[2]} | {o['images_per_second']:.2f} | "
+                 f"{theirs[3]} |")
+  return "\n".join(lines)
+
+
+def _markdown(results):
   lines = ["| attack | images | reference | ours img/s | reference img/s | speed-up | "
            "ours success | reference success | ours median L0 / L2 / Linf | "
            "reference median L0 / L2 / Linf |",
@@ -196,6 +331,9 @@ def main(argv):
   del argv
   import jax
   import numpy as np
+  if _TORCH_THREADS.value:
+    import torch
+    torch.set_num_threads(_TORCH_THREADS.value)
   logits_fn, model_variables, x, y = load_model_and_batch(_WORKDIR.value, _NUM_IMAGES.value)
   all_rows = rows()
   unknown = set(_ATTACKS.value) - set(all_rows)
@@ -208,9 +346,12 @@ def main(argv):
   for name in _ATTACKS.value:
     row = all_rows[name]
     n = _SLOW_IMAGES.value if row.slow else len(x)
+    n = min(n, row.num_images) if row.num_images else n
     s = dict(settings, targets=settings["targets"][:n], **dict(row.overrides))
     results[name] = {"num_images": n, "reference_name": row.reference,
                      "ours": time_ours(row, logits_fn, x[:n], y[:n], s)}
+    if row.query:
+      results[name]["norm"] = row.norm
     print(name, "ours", json.dumps(results[name]["ours"]), flush=True)
     if not _SKIP_REFERENCE.value:
       results[name]["reference"] = time_reference(row, logits_fn, model_variables, x[:n], y[:n], s)

@@ -18,7 +18,7 @@ W_DIFF = np.random.default_rng(0).normal(size=D)
 
 
 def two_class(bias):
-  """Score 1 - score 0 = w.(x - 0.5) - bias (per example)."""
+  """Score 1 - score 0 = w.(x - 0.5) - bias."""
   def fn(x):
     z = (x.reshape(x.shape[0], -1) - 0.5) @ jnp.asarray(W_DIFF, x.dtype) - bias
     return jnp.stack([jnp.zeros_like(z), z], -1)
@@ -90,7 +90,7 @@ def test_newton_step_reaches_a_quadratics_minimum_and_clamps_negative_curvature(
 
 def test_exactly_two_b_plus_one_queries_per_iteration():
   x = jnp.full((2,) + SHAPE, 0.5, jnp.float32)
-  oracle = RecordingOracle(two_class(jnp.asarray([1e4, 1e4])), "scores", 10_000)
+  oracle = RecordingOracle(two_class(1e4), "scores", 10_000)
   params = dict(binary_search_steps=2, max_iterations=5, coordinates=4, early_stop_iters=100)
   _, info = jax.jit(lambda x, y, k: zoo(oracle, x, y, k, **params))(
       x, jnp.zeros(2, jnp.int32), jax.random.key(0))
@@ -99,7 +99,7 @@ def test_exactly_two_b_plus_one_queries_per_iteration():
   assert zoo_query_budget(**params) == 90
   assert zoo_query_budget() == 9 * 1000 * 257
   # A smaller Oracle budget stops each example at the last whole iteration that fits.
-  small = RecordingOracle(two_class(jnp.asarray([1e4, 1e4])), "scores", 40)
+  small = RecordingOracle(two_class(1e4), "scores", 40)
   _, info = jax.jit(lambda x, y, k: zoo(small, x, y, k, **params))(
       x, jnp.zeros(2, jnp.int32), jax.random.key(0))
   np.testing.assert_array_equal(info["queries"], [36, 36])
@@ -127,7 +127,7 @@ def test_importance_probabilities_are_blockwise_and_refresh_with_the_modifier():
 def test_finds_the_minimal_l2_distance_to_a_linear_boundary_and_honours_kappa():
   # For a linear model the smallest L2 change to reach margin kappa is (bias + kappa) / ||w||
   # (x at 0.5: the box does not bind). ZOO with B = d is coordinate Adam on the CW objective.
-  bias = jnp.asarray([1.0, 1.0], jnp.float32)
+  bias = 1.0
   x = jnp.full((2,) + SHAPE, 0.5, jnp.float32)
   y = jnp.zeros(2, jnp.int32)
   oracle = Oracle(two_class(bias), "scores", 10**7)
