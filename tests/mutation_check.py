@@ -305,6 +305,10 @@ MUTATIONS = (
              "broken_already = not np.any(per_attack_correct[spec.key][:m] & spec_clean)",
              "broken_already = False", (_T + "test_evaluate.py::test_more_steps_check_does_not_"
                                         "rerun_an_attack_that_fooled_everything",)),
+    Mutation("oracle_flat_batch_misordered", "defenses_jax/attacks/query/oracle.py",
+             "flat = self._answer(xs.reshape((-1,) + xs.shape[2:]), key)",
+             "flat = self._answer(xs.swapaxes(0, 1).reshape((-1,) + xs.shape[2:]), key)",
+             (_T + "test_oracle.py",)),
     Mutation("tensorboard_crc_unmasked", "defenses_jax/tensorboard.py",
              "return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF", "return crc", (_T + "test_train.py::test_tensorboard_scalars_mirror_the_metrics_log_and_a_profile_is_written", _T + "test_train.py::test_crc32c_known_answer")),
     Mutation("tensorboard_learning_rate_one_step_late", "defenses_jax/train.py",

@@ -152,3 +152,20 @@ def test_every_query_attack_runs_in_the_evaluation_with_its_budget(tmp_path):
   for key, result in out.items():
     assert 1 <= result["queries"]["mean"] <= result["queries"]["budget"], key
   assert out["hsj"]["attack_success_rate"] > 0  # Unbounded: HSJ fools what it starts on.
+
+
+def test_independent_examples_run_as_one_flat_batch_with_the_same_answers():
+  x = jnp.asarray(np.random.default_rng(4).uniform(size=(3, 5, 2, 2, 1)), jnp.float32)
+  counts = jnp.zeros(3, jnp.int32)
+  paired = Oracle(logits_fn, "scores", 100).query_many(x, counts, jax.random.key(0))
+  flat = Oracle(logits_fn, "scores", 100, independent_examples=True).query_many(
+      x, counts, jax.random.key(0))
+  np.testing.assert_allclose(flat[0], paired[0], rtol=1e-6)
+  np.testing.assert_allclose(flat[0][1, 2], np.asarray(x[1, 2]).reshape(-1) @ np.asarray(W),
+                             rtol=1e-5)
+  np.testing.assert_array_equal(flat[1], paired[1])
+  # A function of the batch position (a per-example bias) needs the per-query path.
+  bias = jnp.arange(3.0)[:, None]
+  by_position = lambda z: logits_fn(z) + bias
+  answers, _, _ = Oracle(by_position, "scores", 100).query_many(x, counts, jax.random.key(0))
+  np.testing.assert_allclose(answers[2, 0], np.asarray(logits_fn(x[:, 0]))[2] + 2.0, rtol=1e-5)

@@ -58,12 +58,18 @@ class Oracle:
   """Answers queries on `logits_fn` (the deployed classifier's class scores; a `stochastic`
   function of (x, key) for a randomised defense, then every query draws a fresh key)."""
 
-  def __init__(self, logits_fn: Callable, access: str, budget: int):
+  def __init__(self, logits_fn: Callable, access: str, budget: int,
+               independent_examples: bool = False):
+    """independent_examples: logits_fn treats the rows of its batch independently (as every
+    network does; not a function that pairs rows with per-example constants), so the Q
+    queries of each example may run as one flat batch of B * Q rows: on CPU about 3x faster
+    than vmapping the model over the queries (XLA batches convolutions with pooling badly)."""
     if access not in ACCESS:
       raise ValueError(f"unknown oracle access {access!r}; choose one of {ACCESS}.")
     if budget < 1:
       raise ValueError(f"the query budget must be >= 1; got {budget}.")
     self._logits_fn, self.access, self.budget = logits_fn, access, int(budget)
+    self._flat = independent_examples and not getattr(logits_fn, "stochastic", False)
 
   def initial_counts(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size,), jnp.int32)
@@ -92,8 +98,12 @@ class Oracle:
     answered = counts + q <= self.budget
     if active is not None:
       answered = answered & active
-    keys = jax.random.split(key, q)
-    answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
+    if self._flat:
+      flat = self._answer(xs.reshape((-1,) + xs.shape[2:]), key)
+      answers = flat.reshape(xs.shape[:2] + flat.shape[1:])
+    else:  # A fresh key for each query (a randomised defense draws anew).
+      keys = jax.random.split(key, q)
+      answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
     return (self._mask(answers, answered), counts + q * answered.astype(counts.dtype), answered)
 
   def _mask(self, answers, answered):
