@@ -63,8 +63,8 @@ from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch
+from defenses_jax.attacks.query.oracle import check_query_targets
 
-GEN_TARGETS = ("none", "given")
 
 # The plateau rule of the reference's adaptive scaling.
 _PLATEAU_STEPS, _PLATEAU_STEPS_FAR, _FAR_MARGIN = 100, 300, -0.40
@@ -204,13 +204,7 @@ def _check(oracle, x, y, eps, population, mutation_rate, alpha, temperature, max
                      f"{temperature}.")
   if int(max_steps) != max_steps or max_steps < 1:
     raise ValueError(f"GenAttack needs an integer max_steps >= 1; got {max_steps}.")
-  if target not in GEN_TARGETS:
-    raise ValueError(f"unknown GenAttack target {target!r}; choose one of {GEN_TARGETS}.")
-  if target == "given" and targets is None:
-    raise ValueError("target='given' needs a `targets` array of classes.")
-  if target == "none" and targets is not None:  # Silently attacking no target misleads.
-    raise ValueError("GenAttack got `targets` with target='none'; pass target='given' to "
-                     "attack them.")
+  check_query_targets("GenAttack", target, targets)
 
 
 def _mutate(key, noise, rate, step):

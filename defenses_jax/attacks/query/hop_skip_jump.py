@@ -69,8 +69,8 @@ from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch
+from defenses_jax.attacks.query.oracle import check_query_targets
 
-TARGETS = ("none", "given")
 # The reference's initial blend search runs to a tolerance of 0.001: 10 halvings of [0, 1].
 INIT_BLEND_STEPS = 10
 _TINY = 1e-12
@@ -180,13 +180,7 @@ def binary_search(oracle, x, x_adv, y, key, *, norm: str = "l2", theta: Optional
 
 
 def _resolve_targets(target: str, targets):
-  if target not in TARGETS:
-    raise ValueError(f"unknown HopSkipJump target {target!r}; choose one of {TARGETS}.")
-  if targets is not None and target != "given":  # Silently attacking untargeted misleads.
-    raise ValueError(f"HopSkipJump got `targets` with target={target!r}; pass target='given' "
-                     "to attack them.")
-  if target == "given" and targets is None:
-    raise ValueError("target='given' needs a `targets` array of classes.")
+  check_query_targets("HopSkipJump", target, targets)
   return targets if target == "given" else None
 
 

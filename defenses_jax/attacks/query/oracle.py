@@ -36,6 +36,9 @@ def check_query_targets(attack: str, target: str, targets) -> None:
                      f"the least likely class itself); got {target!r}.")
   if target == "given" and targets is None:
     raise ValueError("target='given' needs a `targets` array of classes.")
+  if target != "given" and targets is not None:  # Silently attacking untargeted misleads.
+    raise ValueError(f"{attack} got `targets` with target={target!r}; pass target='given' to "
+                     "attack them.")
 
 
 class QueryAccessError(TypeError):
