@@ -12,9 +12,10 @@ from defenses_jax.defenses.base import Network
 from defenses_jax.detectors.base import Detector
 from defenses_jax.experiment import variables
 from defenses_jax.detectors.class_mean import ClassMeanDistance
+from defenses_jax.detectors.kde import KernelDensity
 from defenses_jax.registry import Registry
 
-DETECTORS = Registry("detector", {"class_mean": ClassMeanDistance})
+DETECTORS = Registry("detector", {"class_mean": ClassMeanDistance, "kde": KernelDensity})
 
 
 def create_detector(name: str, num_classes: int, **options) -> Detector:
@@ -50,5 +51,5 @@ def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:
   return fitted
 
 
-__all__ = ["DETECTORS", "ClassMeanDistance", "Detector", "cache_path", "create_detector",
-           "fitted_state"]
+__all__ = ["DETECTORS", "ClassMeanDistance", "Detector", "KernelDensity", "cache_path",
+           "create_detector", "fitted_state"]

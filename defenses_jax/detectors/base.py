@@ -30,5 +30,10 @@ class Detector:
     `logits` and `embedding` and the deployed classifier's `class_logits`."""
     raise NotImplementedError(f"{type(self).__name__} must define score")
 
+  def anchor_embeddings(self, state: dict) -> jax.Array:
+    """(num_classes, d): for each class, a training embedding the detector accepts as typical
+    of it; what a feature-matching attacker steers an input's embedding towards."""
+    raise ValueError(f"detector {self.name!r} has no anchor embeddings for feature matching.")
+
 
 OutputsFn = Callable[[np.ndarray], dict]

@@ -33,3 +33,6 @@ class ClassMeanDistance(Detector):
     embedding = outputs["embedding"].reshape(x.shape[0], -1)
     predicted = jnp.argmax(outputs["class_logits"], axis=-1)  # The deployed class.
     return jnp.linalg.norm(embedding - jnp.asarray(state["means"])[predicted], axis=-1)
+
+  def anchor_embeddings(self, state):
+    return jnp.asarray(state["means"])
