@@ -7,6 +7,7 @@ from defenses_jax.defenses.standard import StandardTraining
 from defenses_jax.defenses.adversarial_training import AdversarialTraining
 from defenses_jax.defenses.atda import ATDA
 from defenses_jax.defenses.free_adv import FreeAdv
+from defenses_jax.defenses.pdm import PDM
 from defenses_jax.defenses.sim_adv import SimAdv
 from defenses_jax.defenses.target_training import TargetTraining
 from defenses_jax.registry import Registry
@@ -18,6 +19,7 @@ DEFENSES = Registry("defense", {
     "sim_adv": SimAdv,
     "free_adv": FreeAdv,
     "atda": ATDA,
+    "pdm": PDM,
 })
 
 
@@ -26,4 +28,4 @@ def create_defense(name: str, num_classes: int, **options) -> Defense:
 
 
 __all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Defense", "Deployed", "FreeAdv",
-           "Network", "SimAdv", "StandardTraining", "TargetTraining", "create_defense"]
+           "Network", "PDM", "SimAdv", "StandardTraining", "TargetTraining", "create_defense"]
