@@ -18,6 +18,7 @@ from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack, dlr_loss
 from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
+from defenses_jax.attacks.detector_evasion import DetectedSystem, cw_wb, feature_matching
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.jsma import jsma
 from defenses_jax.attacks.norms import distances, project
@@ -26,7 +27,7 @@ from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.attacks.registry import ATTACKS, AttackInfo, attack_info, get_attack
 from defenses_jax.attacks.wrappers import bpda, eot, reject_as_true_class, stochastic
 
-__all__ = ["ATTACKS", "AttackInfo", "apgd", "apgd_targeted", "apply_perturbation", "attack_info",
+__all__ = ["ATTACKS", "AttackInfo", "DetectedSystem", "cw_wb", "feature_matching", "apgd", "apgd_targeted", "apply_perturbation", "attack_info",
            "autoattack", "dlr_loss", "bim", "bpda", "cw_l2", "cw_linf", "deepfool",
            "distances", "eot", "fgsm", "get_attack", "is_successful", "jsma", "ll_pgd", "madry",
            "margin", "pgd", "project", "reject_as_true_class", "stochastic", "uap"]

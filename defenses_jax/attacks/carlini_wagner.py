@@ -55,13 +55,39 @@ def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
           binary_search_steps: int = 9, max_iterations: int = 1000,
           learning_rate: float = 1e-2, initial_const: float = 1e-3, abort_early: bool = True,
           target: str = "none", targets: Optional[jax.Array] = None):
-  """Returns (x_adv, info) with per-example info: success (re-checked on a fresh forward pass
-  of x_adv), l2, linf, and the binary search's final bracket [const_lower, const] (const: the
-  smallest constant that succeeded, or the last one tried if none did)."""
+  """Returns (x_adv, info) with per-example info: success (re-checked on a fresh forward pass),
+  l2, linf, and the binary search's final bracket [const_lower, const] (const: the smallest
+  constant that succeeded, or the last one tried if none did)."""
   key, check_key = jax.random.split(key)
   t = resolve_targets(logits_fn, x, y, target, targets)
+
+  def violation(x_new, step_key):
+    logits = call_logits(logits_fn, x_new, step_key)
+    # The reference code's f6: max(Z_y - max_{j != y} Z_j + kappa, 0) = max(kappa - margin, 0).
+    return jnp.maximum(kappa - margin(logits, y, t), 0.0), is_successful(logits, y, t, kappa)
+
+  best_x, const, lower = cw_l2_search(
+      violation, x, key, binary_search_steps=binary_search_steps, max_iterations=max_iterations,
+      learning_rate=learning_rate, initial_const=initial_const, abort_early=abort_early)
+  # Re-check on a fresh forward pass; a candidate that no longer succeeds (it can only differ by
+  # float noise) is replaced by the clean input, so failures are always returned as x.
+  success = is_successful(call_logits(logits_fn, best_x, check_key), y, t, kappa)
+  x_adv = jnp.where(per_example(success, x), best_x, x)
+  return x_adv, {"success": success, **distances(x_adv, x), "const": const, "const_lower": lower}
+
+
+def cw_l2_search(violation_fn: Callable, x, key, *, binary_search_steps: int,
+                 max_iterations: int, learning_rate: float, initial_const: float,
+                 abort_early: bool = True, start=None):
+  """The Carlini-Wagner L2 optimisation with any constraint term: minimises
+  ||x' - x||^2 + c * violation(x') per example (Adam in tanh space, binary search on c, early
+  abort, smallest-L2 successful iterate kept), where `violation_fn(x', key) -> (violation >= 0,
+  success)` per example. `start` (default x): where each outer step's optimisation starts (in
+  input space); distances are always measured from x. Returns (best_x: x where nothing
+  succeeded, const: the bracket's upper end or the last constant tried, const_lower)."""
   batch = x.shape[0]
   w_clean = to_tanh_space(x)
+  w_start = w_clean if start is None else to_tanh_space(start)
   # x as the tanh map reproduces it (within 5e-7); distances are measured from it, as in the
   # reference code.
   x_clean = from_tanh_space(w_clean)
@@ -69,12 +95,10 @@ def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
 
   def objective(w, const, step_key):
     x_new = from_tanh_space(w)
-    logits = call_logits(logits_fn, x_new, step_key)
+    violation, success = violation_fn(x_new, step_key)
     l2sq = jnp.sum(jnp.square(x_new - x_clean).reshape(batch, -1), axis=-1)
-    # The reference code's f6: max(Z_y - max_{j != y} Z_j + kappa, 0) = max(kappa - margin, 0).
-    violation = jnp.maximum(kappa - margin(logits, y, t), 0.0)
     losses = l2sq + const * violation
-    return jnp.sum(losses), (losses, l2sq, logits, x_new)
+    return jnp.sum(losses), (losses, l2sq, success, x_new)
 
   grad_fn = jax.grad(objective, has_aux=True)
 
@@ -88,10 +112,9 @@ def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
 
     def inner_body(state):
       i, w, m, v, prev_obj, active, succeeded, bests = state
-      grad, (obj, l2sq, logits, x_new) = grad_fn(w, const, jax.random.fold_in(outer_key, i))
+      grad, (obj, l2sq, success, x_new) = grad_fn(w, const, jax.random.fold_in(outer_key, i))
       # Track the iterate that was just evaluated (before this Adam update), as the reference
       # implementation does.
-      success = is_successful(logits, y, t, kappa)
       b_l2, b_x = bests
       improved = success & (l2sq < b_l2) & active
       bests = (jnp.where(improved, l2sq, b_l2), jnp.where(per_example(improved, x), x_new, b_x))
@@ -106,7 +129,7 @@ def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
       return i + 1, w, m, v, prev_obj, active, succeeded, bests
 
     zeros = jnp.zeros_like(w_clean)
-    init = (jnp.zeros((), jnp.int32), w_clean, zeros, zeros, jnp.full((batch,), jnp.inf),
+    init = (jnp.zeros((), jnp.int32), w_start, zeros, zeros, jnp.full((batch,), jnp.inf),
             jnp.ones((batch,), bool), jnp.zeros((batch,), bool), (best_l2, best_x))
     _, _, _, _, _, _, succeeded, (best_l2, best_x) = lax.while_loop(inner_cond, inner_body,
                                                                      varying_like(init, x))
@@ -121,11 +144,4 @@ def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
           jnp.full((batch,), _NO_UPPER_BOUND), jnp.full((batch,), jnp.inf), x)
   (const, lower, upper, _, best_x), _ = lax.scan(outer_step, varying_like(init, x),
                                                  jnp.arange(binary_search_steps))
-  # Re-check on a fresh forward pass; a candidate that no longer succeeds (it can only differ by
-  # float noise) is replaced by the clean input, so failures are always returned as x.
-  success = is_successful(call_logits(logits_fn, best_x, check_key), y, t,
-                          kappa)
-  x_adv = jnp.where(per_example(success, x), best_x, x)
-  return x_adv, {"success": success, **distances(x_adv, x),
-                 "const": jnp.where(upper < _NO_UPPER_BOUND, upper, const),
-                 "const_lower": lower}
+  return best_x, jnp.where(upper < _NO_UPPER_BOUND, upper, const), lower

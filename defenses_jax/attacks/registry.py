@@ -4,6 +4,8 @@ Access kinds:
 - gradient: `attack(logits_fn, x, y, key, **params) -> (x_adv, info)` differentiates logits_fn;
 - scores / labels: query attacks, which only see an `Oracle` (query/oracle.py) answering with
   scores or labels, count their queries and cannot differentiate it;
+- gradient attacks with `needs_detector` take a detector_evasion.DetectedSystem (the
+  classifier with its detector) in place of logits_fn;
 - universal: `fn(logits_fn, x, key, **params) -> (v, info)` fits one perturbation on a set of
   (training) images; `apply(v, x)` adds it to any input.
 
@@ -24,6 +26,7 @@ from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack
 from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool
+from defenses_jax.attacks.detector_evasion import cw_wb, feature_matching
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.jsma import jsma
 from defenses_jax.attacks.query.gen_attack import gen_attack, gen_attack_query_budget
@@ -45,6 +48,9 @@ class AttackInfo:
   budget_param: Optional[str] = None
   apply: Optional[Callable] = None  # Universal attacks: (v, x) -> the perturbed input.
   query_budget: Optional[Callable[..., int]] = None  # Query attacks: params -> Oracle budget.
+  # Attacks on a classifier *and* its detector (detector_evasion.py): their first argument is a
+  # DetectedSystem, so they run only detector-aware.
+  needs_detector: bool = False
 
   def __post_init__(self):
     if self.access not in ACCESS_KINDS:
@@ -89,6 +95,10 @@ ATTACKS = Registry("attack", {
     "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
     "deepfool": AttackInfo(deepfool, "gradient", "l2"),  # Stops by itself (max_iter: a cap).
     "jsma": AttackInfo(jsma, "gradient", "l0"),  # Stops by itself (gamma caps the features).
+    "cw_wb": AttackInfo(cw_wb, "gradient", "l2", budget_param="phase2_iterations",
+                        needs_detector=True),
+    "feature_matching": AttackInfo(feature_matching, "gradient", "linf", budget_param="steps",
+                                   needs_detector=True),
     "apgd": AttackInfo(apgd, "gradient", "linf", budget_param="steps"),
     "apgd_t": AttackInfo(apgd_targeted, "gradient", "linf", budget_param="steps"),
     "autoattack": AttackInfo(autoattack, "gradient", "linf", budget_param="steps"),

@@ -102,13 +102,23 @@ class Defense:
   def deployed(self, net: Callable, x: jax.Array, key: Optional[jax.Array] = None) -> Deployed:
     """The defense as deployed, on inputs x (key: the randomness of a randomised defense),
     with the detector's score when the network carries a fitted detector."""
-    del key
-    detector = getattr(net, "detector", None)  # Attack targets may be plain functions.
-    if detector is None:
+    if getattr(net, "detector", None) is None:  # Attack targets may be plain functions.
       return Deployed(self.class_logits(net(x)))
+    outputs = self.deployed_outputs(net, x, key)
+    return Deployed(outputs["class_logits"], outputs["detector_score"])
+
+  def deployed_outputs(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None
+                       ) -> dict:
+    """Everything a detector-aware attacker sees of the deployed system on x: the network's
+    `logits` and penultimate `embedding`, the deployed `class_logits` and, when the network
+    carries a fitted detector, its `detector_score`. A defense that overrides `deployed` must
+    override this to match."""
+    del key
     outputs = net.outputs(x)
     outputs["class_logits"] = self.class_logits(outputs["logits"])
-    return Deployed(outputs["class_logits"], detector.score(net.detector_state, outputs, x))
+    if net.detector is not None:
+      outputs["detector_score"] = net.detector.score(net.detector_state, outputs, x)
+    return outputs
 
   def adaptive_logits(self, logits: jax.Array) -> jax.Array:
     """The defense's own strongest adaptive attack surface (defenses that have one)."""

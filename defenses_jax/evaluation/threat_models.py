@@ -40,7 +40,8 @@ class AttackSpec:
   fit_examples: int = 0
   # Evade the evaluation's detector too: the attacker differentiates the classifier with the
   # detector folded in (attacks.reject_as_true_class at the evaluation's threshold), its score
-  # scaled by detector_weight into logit units.
+  # scaled by detector_weight into logit units. A detector-aware *transfer* attack evades the
+  # attacker's own copy of the detector (same settings) fitted on the source model.
   detector_aware: bool = False
   detector_weight: float = 1.0
   # Run on the first num_examples attacked images only (0: all), for attacks too costly for
@@ -78,7 +79,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     fn = attacks_lib.get_attack(name)
     params = dict(entry.get("params", {}))
     signature = inspect.signature(fn).parameters
-    accepted = set(signature) - {"logits_fn", "oracle", "x", "y", "key"}
+    accepted = set(signature) - {"logits_fn", "oracle", "system", "x", "y", "key"}
     if set(params) - accepted:
       raise ValueError(f"eval.attacks.{key}: attack {name!r} does not take "
                        f"{sorted(set(params) - accepted)}; it takes {sorted(accepted)}.")
@@ -110,10 +111,18 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                        f"a randomised defense ({defense.name!r} is deterministic).")
     detector_aware = bool(entry.get("detector_aware", False))
     detector_weight = float(entry.get("detector_weight", 1.0))
-    if detector_aware and not (has_detector and threat == "white_box"
+    if detector_aware and not (has_detector and threat in ("white_box", "transfer")
                                and attacks_lib.attack_info(name).access == "gradient"):
-      raise ValueError(f"eval.attacks.{key}: a detector-aware attack is a white-box gradient "
-                       "attack on a deployed system with a detector (eval.detection.detector).")
+      raise ValueError(f"eval.attacks.{key}: a detector-aware attack is a white-box (or "
+                       "transfer) gradient attack on a deployed system with a detector "
+                       "(eval.detection.detector).")
+    if attacks_lib.attack_info(name).needs_detector and not detector_aware:
+      raise ValueError(f"eval.attacks.{key}: {name!r} attacks a classifier and its detector: "
+                       "set detector_aware=True (and eval.detection.detector).")
+    if attacks_lib.attack_info(name).needs_detector and defense.randomised:
+      raise ValueError(f"eval.attacks.{key}: {name!r} needs a deterministic defense; "
+                       f"{defense.name!r} is randomised (use a detector-aware gradient attack "
+                       "with eot_samples instead).")
     if not detector_weight > 0:
       raise ValueError(f"eval.attacks.{key}: detector_weight must be positive.")
     num_examples = int(entry.get("num_examples", 0))
@@ -170,6 +179,10 @@ def logits_builder(threat_model: str, model, defense, eot_samples: int = 1,
 def _detector_aware_target(defense, net: Network, labels, evade: DetectorTarget) -> Callable:
   if labels is None:
     raise ValueError("a detector-aware attack target needs the attacked batch's labels.")
+  if not defense.randomised:  # The whole system, for attacks that use its parts.
+    return attacks_lib.DetectedSystem(
+        lambda z: defense.deployed_outputs(net, z), evade.threshold, labels,
+        lambda: evade.detector.anchor_embeddings(net.detector_state), evade.weight)
 
   def target(z, key=None):
     if z.shape[0] != labels.shape[0]:
@@ -179,4 +192,4 @@ def _detector_aware_target(defense, net: Network, labels, evade: DetectorTarget)
     return attacks_lib.reject_as_true_class(out.class_logits, out.detector_score,
                                             evade.threshold, labels, evade.weight)
 
-  return attacks_lib.stochastic(target) if defense.randomised else (lambda z: target(z))
+  return attacks_lib.stochastic(target)
