@@ -48,7 +48,7 @@ def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) ->
 def table(title: str, columns, rows, note: str = "", row_header: str = "Attack",
           formats: dict = None) -> dict:
   """One table of a paper suite. columns: ((key, title), ...) in display order; rows from
-  `table_row`; formats: {column key: 'pct' (default) | 'seconds' | 'ratio'}."""
+  `table_row`; formats: {column key: 'pct' (default) | 'seconds' | 'ratio' | 'number'}."""
   return {"title": title, "note": note, "row_header": row_header,
           "columns": tuple((key, heading) for key, heading in columns), "rows": tuple(rows),
           "formats": dict(formats or {})}

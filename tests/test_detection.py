@@ -98,6 +98,14 @@ def test_evaluation_with_a_detector_fixes_its_threshold_first_and_caches_its_sta
   assert aware["misclassified_and_accepted"] > 0.1
   assert out["attacks"]["pgd_aware"]["detector_aware"]
   d = out["detection"]
+  # Per example over the attacks: never below any one attack, and the oblivious attack (all of
+  # whose successes were flagged) adds nothing to the worst case.
+  worst = d["worst_case_misclassified_and_accepted"]
+  pgd_evading = out["attacks"]["pgd"]["detection"]["misclassified_and_accepted"]
+  assert worst >= max(aware["misclassified_and_accepted"], pgd_evading)
+  assert worst <= aware["misclassified_and_accepted"] + pgd_evading
+  assert d["worst_case_bounded_misclassified_and_accepted"] <= worst
+  assert d["davies_bouldin_index"] > 0
   assert d["held_out_examples"] == 64 - 24
   assert d["held_out_false_positive_rate"] <= 0.1  # 4 of 40 at most.
   assert d["held_out_false_positive_rate"] >= 0.1 - 1 / 40  # No more conservative than needed.

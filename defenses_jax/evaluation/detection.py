@@ -23,6 +23,7 @@ from defenses_jax.detectors import Detector, create_detector, fitted_state
 from defenses_jax.experiment import variables
 from defenses_jax.defenses import Network
 from defenses_jax.evaluation import metrics
+from defenses_jax.evaluation.clustering import davies_bouldin_index
 from defenses_jax.evaluation.runner import run_over_dataset
 
 
@@ -69,6 +70,11 @@ class DetectionEvaluator:
     scorer = make_scorer(exp.model, exp.defense, detector, exp.mesh)
     self._score = lambda x, number: scorer(state.params, state.batch_stats, self.state, x,
                                             jax.random.fold_in(key, number))
+    embed = parallel.data_parallel(
+        lambda p, b, x: Network(exp.model, variables(p, b)).outputs(x)["embedding"], exp.mesh,
+        in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED),
+        out_specs=parallel.SHARDED)
+    self._embed = lambda x: embed(state.params, state.batch_stats, x)
     held_out = exp.test_ds.rows(num_attack, cfg.num_threshold_examples)
     self.held_out_scores = self.scores(held_out.images)
     self.threshold = metrics.threshold_at_fpr(self.held_out_scores, cfg.false_positive_rate)
@@ -77,6 +83,14 @@ class DetectionEvaluator:
         "target_false_positive_rate": cfg.false_positive_rate, "threshold": self.threshold,
         "held_out_examples": len(held_out),
         "held_out_false_positive_rate": float(np.mean(self.held_out_scores >= self.threshold))}
+
+  def davies_bouldin(self, ds: data_lib.ArrayDataset) -> float:
+    """The Davies-Bouldin index of the network's penultimate embeddings of ds by true class
+    (paper 002's Figure 2 numbers: lower is better separated)."""
+    embeddings = run_over_dataset(ds, self.batch_size, self.mesh,
+                                  lambda b, n: self._embed(b["image"]))
+    flat = np.concatenate(embeddings).reshape(len(ds), -1)
+    return davies_bouldin_index(flat, ds.labels)
 
   def scores(self, images: np.ndarray) -> np.ndarray:
     ds = data_lib.ArrayDataset(np.asarray(images), np.zeros(len(images), np.int32), 2, "scored")

@@ -58,6 +58,9 @@ class _Evaluator:
                                                jax.random.fold_in(predict_key, number))
     self.labels = self.ds.labels
     self.detection: Optional[DetectionEvaluator] = None  # Set when the system has a detector.
+    # The attacker's own copy of the detector on each transfer source it crafts detector-aware
+    # examples on, by source experiment name.
+    self.source_detection: dict[str, DetectionEvaluator] = {}
 
   def clean_correct(self) -> np.ndarray:
     out = run_over_dataset(self.ds, self.batch_size, self.mesh,
@@ -66,7 +69,7 @@ class _Evaluator:
 
   def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment],
              progress=None) -> AttackRun:
-    if source is not None:
+    if source is not None and not spec.detector_aware:  # Saved examples ignore detectors.
       saved = crafted.find(source.exp.exp_dir, spec.attack, spec.params, int(source.state.step),
                            self.labels)
       if saved is not None:
@@ -82,9 +85,10 @@ class _Evaluator:
       return self._universal(spec, crafted_on, threat, progress)
     evade, detector_state = None, None
     if spec.detector_aware:  # The threshold was fixed on held-out clean images already.
-      evade = DetectorTarget(self.detection.detector, self.detection.threshold,
-                             spec.detector_weight)
-      detector_state = self.detection.state
+      detection = (self.detection if source is None
+                   else self.source_detection[spec.source_experiment])
+      evade = DetectorTarget(detection.detector, detection.threshold, spec.detector_weight)
+      detector_state = detection.state
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
                            spec.eot_samples, evade)
     runner = make_attack_runner(spec, build, self.mesh)
@@ -129,7 +133,7 @@ def _subset(ev: _Evaluator, n: int, seed: int) -> _Evaluator:
   devices = ev.mesh.shape["data"]
   batch = min(ev.batch_size, -(-n // devices) * devices)
   sub = _Evaluator(ev.trained, ev.ds.take(n), batch, seed)
-  sub.detection = ev.detection
+  sub.detection, sub.source_detection = ev.detection, ev.source_detection
   return sub
 
 
@@ -192,15 +196,37 @@ def _eps_sweep(ev: _Evaluator, specs, cfg, clean_correct):
     raise ValueError(f"eval.eps_sweep.attack {cfg.attack!r} is not one of eval.attacks.")
   n = min(cfg.num_examples, len(ev.ds))
   sub = _subset(ev, n, seed=2)
+  return {"attack": spec.key, "label": spec.label, "num_examples": n,
+          "points": _sweep(sub, spec, cfg.eps_values, clean_correct[:n])}
+
+
+def _sweep(sub: _Evaluator, spec: AttackSpec, eps_values, clean_correct) -> list[dict]:
   points = []
-  for eps in cfg.eps_values:
+  for eps in eps_values:
     changes = {"eps": float(eps)}
     if spec.attack in ("pgd", "ll_pgd") and "step_size" in spec.params:
       # Keep the step a fixed fraction of the budget, as the papers' Name(n1, n2) notation does.
       changes["step_size"] = spec.params["step_size"] * float(eps) / spec.params["eps"]
-    correct = sub.attack(spec.with_params(**changes), None).correct & clean_correct[:n]
+    correct = sub.attack(spec.with_params(**changes), None).correct & clean_correct
     points.append({"eps": float(eps), "robust_accuracy": float(np.mean(correct))})
-  return {"attack": spec.key, "label": spec.label, "num_examples": n, "points": points}
+  return points
+
+
+def accuracy_vs_eps(config: ml_collections.ConfigDict, workdir: str, attack_key: str,
+                    eps_values, num_examples: int, datasets: Optional[tuple] = None) -> dict:
+  """Accuracy of the trained experiment under one of its eval.attacks (not detector-aware, not
+  transfer) at each eps, on its first `num_examples` test images (paper 002's Figure 3)."""
+  trained = TrainedExperiment(config, workdir, datasets)
+  specs = {s.key: s for s in parse_attack_specs(config.eval.attacks, trained.exp.defense,
+                                                has_detector=bool(config.eval.detection.detector))}
+  spec = specs.get(attack_key)
+  if spec is None or "eps" not in spec.params or spec.detector_aware or spec.source_experiment:
+    raise ValueError(f"accuracy_vs_eps: {attack_key!r} must be one of {config.experiment_name}'s "
+                     "eval.attacks with an eps, neither detector-aware nor a transfer attack.")
+  ev = _Evaluator(trained, trained.exp.test_ds.take(num_examples), config.eval.batch_size,
+                  config.seed)
+  return {"attack": attack_key, "label": spec.label, "num_examples": len(ev.ds),
+          "points": _sweep(ev, spec, eps_values, ev.clean_correct())}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -218,11 +244,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   detection = None if detector is None else DetectionEvaluator(
       detector, trained, config, len(attack_ds), jax.random.fold_in(ev.key, 3 * 2**20))
   ev.detection = detection
+  for name in {s.source_experiment for s in specs if s.detector_aware and s.source_experiment}:
+    ev.source_detection[name] = DetectionEvaluator(detector, sources[name], config,
+                                                   len(attack_ds), jax.random.fold_in(ev.key, 5))
   clean_accuracy = evaluate_clean(exp.eval_step(), trained.state, exp.test_ds,
                                   config.eval.batch_size, exp.mesh)
   clean_correct = ev.clean_correct()
   clean_scores = None if detection is None else detection.scores(attack_ds.images)
-  results, per_attack_correct, examples, roc = {}, {}, {}, {}
+  results, per_attack_correct, examples, roc, evading = {}, {}, {}, {}, {}
   results_dir = os.path.join(exp.exp_dir, "results")
   bar = progress_bar(len(specs) * len(attack_ds), enabled=config.train.progress,
                      description=f"{config.experiment_name} attacks", unit="image")
@@ -256,10 +285,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       results[spec.key]["universal"] = {
           **run.universal.info,
           "cached": os.path.relpath(run.universal.path, workdir)}
+    results[spec.key]["mean_l2_per_pixel"] = _per_pixel_mean(d["l2"], x_adv,
+                                                             clean_correct[:n] & ~adv_correct)
     if detection is not None:
       adv_scores = detection.scores(x_adv)
       results[spec.key]["detection"] = detection.attack_metrics(
           clean_scores[:n], clean_correct[:n], adv_scores, adv_correct)
+      evading[spec.key] = np.zeros(len(attack_ds), bool)
+      evading[spec.key][:n] = clean_correct[:n] & ~adv_correct & (adv_scores < detection.threshold)
+      results[spec.key]["detection"]["mean_l2_per_pixel_evading"] = _per_pixel_mean(
+          d["l2"], x_adv, evading[spec.key][:n])
       if results[spec.key]["detection"]["num_successful"]:
         roc[spec.label] = (clean_scores[:n][clean_correct[:n]],
                            adv_scores[clean_correct[:n] & ~adv_correct])
@@ -279,8 +314,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
           clean_correct, per_attack_correct.values()) if specs else None,
   }
   if detection is not None:
-    summary["detection"] = {**detection.summary, "attacked_clean_false_positive_rate": float(
-        np.mean(clean_scores >= detection.threshold))}
+    bounded = [s.key for s in specs if "eps" in s.params and s.threat_model != "transfer"]
+    summary["detection"] = {
+        **detection.summary,
+        "attacked_clean_false_positive_rate": float(np.mean(clean_scores >= detection.threshold)),
+        # Per example, misclassified and accepted under any attack (bounded: those with an eps).
+        "worst_case_misclassified_and_accepted": _any_rate(evading.values(), clean_correct),
+        "worst_case_bounded_misclassified_and_accepted": _any_rate(
+            [evading[k] for k in bounded], clean_correct),
+        "davies_bouldin_index": detection.davies_bouldin(exp.test_ds)}
   if config.eval.sanity.enabled and specs:
     checks = _sanity_checks(ev, specs, results, per_attack_correct, clean_correct,
                             config.eval.sanity)
@@ -297,3 +339,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     if roc:
       report.plot_roc(roc, os.path.join(results_dir, "roc.png"))
   return summary
+
+
+def _per_pixel_mean(l2, x_adv: np.ndarray, chosen: np.ndarray) -> Optional[float]:
+  """Mean of ||x' - x||_2 / sqrt(n) over the chosen examples (n: values per image): paper 002's
+  Table 3 distortion, a per-pixel root mean square. None when none is chosen."""
+  chosen = np.asarray(chosen, bool)
+  if not chosen.any():
+    return None
+  return float(np.mean(np.asarray(l2)[chosen]) / np.sqrt(np.prod(x_adv.shape[1:])))
+
+
+def _any_rate(masks, clean_correct: np.ndarray) -> Optional[float]:
+  """Fraction of the correctly classified clean examples that some mask marks."""
+  masks = list(masks)
+  if not masks or not clean_correct.any():
+    return None
+  return float(np.mean(np.logical_or.reduce(masks)[clean_correct]))

@@ -5,6 +5,8 @@ Kinds:
   rho_steps       paper 001 Figure 3: rho of BIM(n, n) over n        (eps, n_values)
   rho_iteration   paper 001 Figure 4: rho of BIM(n1, n2)'s iterates  (eps, n1, n2)
   training_curves clean and monitored robust accuracy after every epoch (from metrics.jsonl)
+  accuracy_vs_eps accuracy under one of each member's eval.attacks over eps (paper 002
+                  Figure 3)                                (attack, eps_values, num_examples)
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import jax
 from defenses_jax.suites import rho
 from defenses_jax.checkpoint import latest_checkpoint_step
 from defenses_jax.evaluation.report import pyplot
+from defenses_jax.evaluation.evaluator import accuracy_vs_eps
 from defenses_jax.experiment import TrainedExperiment
 
-KINDS = ("rho_steps", "rho_iteration", "training_curves")
+KINDS = ("rho_steps", "rho_iteration", "training_curves", "accuracy_vs_eps")
 
 
 def _training_curve(workdir: str, name: str) -> dict:
@@ -39,6 +42,9 @@ def _training_curve(workdir: str, name: str) -> dict:
 def _compute(kind: str, fig, member_config, workdir: str, datasets) -> dict:
   if kind == "training_curves":
     return _training_curve(workdir, member_config.experiment_name)
+  if kind == "accuracy_vs_eps":
+    return accuracy_vs_eps(member_config, workdir, fig.attack, fig.eps_values, fig.num_examples,
+                           datasets)
   trained = TrainedExperiment(member_config, workdir, datasets)
   batch = member_config.eval.batch_size
   if kind == "rho_steps":
@@ -54,12 +60,15 @@ def _plot(kind: str, title: str, data: dict, path: str) -> None:
       ax.plot(d["epoch"], d["test_accuracy"], "--", label=f"{name} clean")
       if any(r is not None for r in d["robust_accuracy"]):
         ax.plot(d["epoch"], d["robust_accuracy"], "-o", ms=3, label=f"{name} robust")
+    elif kind == "accuracy_vs_eps":
+      ax.plot([p["eps"] for p in d["points"]], [p["robust_accuracy"] for p in d["points"]],
+              "-o", ms=3, label=name)
     else:
       x = d["n"] if kind == "rho_steps" else d["iteration"]
       ax.plot(x, d["rho"], "-o", ms=3, label=name)
   ax.set_xlabel({"rho_steps": "n1 = n2", "rho_iteration": "iteration",
-                 "training_curves": "epoch"}[kind])
-  ax.set_ylabel("accuracy" if kind == "training_curves" else "rho")
+                 "training_curves": "epoch", "accuracy_vs_eps": "eps (perturbation)"}[kind])
+  ax.set_ylabel("rho" if kind.startswith("rho") else "accuracy")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)

@@ -9,9 +9,11 @@ A suite config (experiments/paper_00N_<name>/config.py) holds
             columns: ((column key, heading), ...),
             rows: ({label, cells: {column key: cell}, paper: {column key: number}}, ...)}}
 (built with experiments.common.table and table_row) where a cell is '<member>:<result key>' (a
-key of that member's eval.attacks, or 'clean'), '<member>:time' or
-'<member>:time_ratio:<other member>' (training time), 'not run' (the paper reports an attack
-this library lacks) or '' (no entry in the paper).
+key of that member's eval.attacks: its robust accuracy; or 'clean'),
+'<member>:<attack key>:<metric>' (another number of that attack: tables.ATTACK_METRICS, e.g.
+its detection AUC), '<member>:<detection key>' (tables.MEMBER_DETECTION_KEYS),
+'<member>:time' or '<member>:time_ratio:<other member>' (training time), 'not run' (the paper
+reports an attack this library lacks) or '' (no entry in the paper).
 
 Re-running resumes: training from each member's last checkpoint, evaluation skips members whose
 results/eval.json matches their current checkpoint and eval config.
@@ -61,7 +63,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                       **member.defense.options)
     for spec in threat_models.parse_attack_specs(
         member.eval.attacks, defense, has_detector=bool(member.eval.detection.detector)):
-      if spec.source_experiment and spec.source_experiment not in config.order[:position]:
+      # Every member is trained before any is evaluated; a source listed later must not craft
+      # examples for reuse (its saved examples would not exist yet), so only a detector-aware
+      # transfer (crafted afresh on the source) may name one.
+      if spec.source_experiment and spec.source_experiment not in config.order[:position] and (
+          not spec.detector_aware or spec.source_experiment not in config.order):
         raise ValueError(f"suite member {name!r}: transfer source {spec.source_experiment!r} "
                          "must be a member listed before it in order.")
   for table_id in config.tables.order:
@@ -80,10 +86,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
           raise ValueError(f"{table_id}, row {label!r}: unknown member {member!r}.")
         if key.startswith("time_ratio:") and key.partition(":")[2] not in members:
           raise ValueError(f"{table_id}, row {label!r}: unknown member in {key!r}.")
-        if (key not in ("clean", "time") and not key.startswith("time_ratio:")
-            and key not in members[member].eval.attacks):
-          raise ValueError(f"{table_id}, row {label!r}: member {member!r} has no attack {key!r} "
-                           f"in its eval.attacks ({sorted(members[member].eval.attacks.keys())}).")
+        if key in paper_tables.MEMBER_DETECTION_KEYS and not members[member].eval.detection.detector:
+          raise ValueError(f"{table_id}, row {label!r}: {key!r} needs a detector in member "
+                           f"{member!r}'s eval.detection.")
+        if key in ("clean", "time") or key.startswith("time_ratio:") or (
+            key in paper_tables.MEMBER_DETECTION_KEYS):
+          continue
+        attack_key, _, metric = key.partition(":")
+        if attack_key not in members[member].eval.attacks:
+          raise ValueError(f"{table_id}, row {label!r}: member {member!r} has no attack "
+                           f"{attack_key!r} in its eval.attacks "
+                           f"({sorted(members[member].eval.attacks.keys())}).")
+        if metric and metric not in paper_tables.ATTACK_METRICS:
+          raise ValueError(f"{table_id}, row {label!r}: unknown metric {metric!r}; choose one "
+                           f"of {sorted(paper_tables.ATTACK_METRICS)}.")
+        if (paper_tables.ATTACK_METRICS.get(metric, (None,))[0] == "detection"
+            and not members[member].eval.detection.detector):
+          raise ValueError(f"{table_id}, row {label!r}: metric {metric!r} needs a detector in "
+                           f"member {member!r}'s eval.detection.")
 
 
 def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "train",

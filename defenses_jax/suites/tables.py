@@ -8,6 +8,18 @@ from typing import Optional
 from defenses_jax.evaluation import report, sanity
 
 NOT_RUN = "not run"
+# '<member>:<attack key>:<metric>': a metric of one attack other than robust accuracy.
+ATTACK_METRICS = {
+    "auc": ("detection", "auc"),
+    "detection_rate": ("detection", "detection_rate"),
+    "misclassified_and_accepted": ("detection", "misclassified_and_accepted"),
+    "mean_l2_per_pixel_evading": ("detection", "mean_l2_per_pixel_evading"),
+    "mean_l2_per_pixel": (None, "mean_l2_per_pixel"),
+    "attack_success_rate": (None, "attack_success_rate"),
+}
+# '<member>:<key>': a number of the member's detector evaluation (summary['detection']).
+MEMBER_DETECTION_KEYS = ("worst_case_misclassified_and_accepted",
+                         "worst_case_bounded_misclassified_and_accepted", "davies_bouldin_index")
 UNTRUSTED = "(!)"  # A sanity check failed for this cell's evaluation.
 OTHER_SETTINGS = "(other settings)"  # Attack params overridden: not comparable with the paper.
 
@@ -37,6 +49,11 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
     return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
   if key == "clean":
     return {"source": spec, "ours": summary["clean_accuracy"], "paper": paper, "status": "ok"}
+  if key in MEMBER_DETECTION_KEYS:
+    value = (summary.get("detection") or {}).get(key)
+    return {"source": spec, "ours": value, "paper": paper,
+            "status": "missing" if value is None else "ok"}
+  key, _, metric = key.partition(":")
   if key not in summary["attacks"]:
     return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
   result = summary["attacks"][key]
@@ -45,7 +62,11 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
   if result.get("overridden_params"):  # Not the settings the paper's number was measured with.
     return {"source": spec, "ours": result["robust_accuracy"], "paper": paper,
             "status": OTHER_SETTINGS, "overridden_params": result["overridden_params"]}
-  return {"source": spec, "ours": result["robust_accuracy"], "paper": paper,
+  ours = result["robust_accuracy"]
+  if metric:
+    section, name = ATTACK_METRICS[metric]
+    ours = (result.get(section) or {} if section else result).get(name)
+  return {"source": spec, "ours": ours, "paper": paper,
           "status": "warn" if warnings else "ok", "warnings": warnings,
           "attack_success_rate": result["attack_success_rate"],
           "median_l2": result["median_l2"], "median_linf": result["median_linf"]}
@@ -75,7 +96,7 @@ def _format(value, kind: str) -> str:
   if value is None:
     return "-"
   return {"pct": report.pct, "seconds": lambda v: f"{v:.1f} s",
-          "ratio": lambda v: f"{v:.2f}x"}[kind](value)
+          "ratio": lambda v: f"{v:.2f}x", "number": lambda v: f"{v:.3f}"}[kind](value)
 
 
 def _ours(cell: dict, kind: str = "pct") -> str:
@@ -88,7 +109,7 @@ def _ours(cell: dict, kind: str = "pct") -> str:
   if cell["status"] == OTHER_SETTINGS:
     return _format(cell["ours"], kind) + f" {OTHER_SETTINGS}"
   mark = f" {UNTRUSTED}" if cell["status"] == "warn" else ""
-  differs = report.differs_marker(cell["ours"], cell["paper"]) if kind == "pct" else ""
+  differs = report.differs_marker(cell["ours"], cell["paper"]) if kind in ("pct", "number") else ""
   return _format(cell["ours"], kind) + differs + mark
 
 
