@@ -6,7 +6,7 @@ from defenses_jax.models import MODELS, create_model
 
 INPUT_SHAPES = {"tt_mnist_cnn": (28, 28, 1), "lenet": (28, 28, 1)}
 EMBEDDING_WIDTH = {"tt_mnist_cnn": 128, "tt_cifar_cnn": 4 * 4 * 128, "lenet": 84,
-                   "resnet20": 64, "resnet32": 64, "resnet56": 64, "resnet18": 512,
+                   "resnet8": 64, "resnet20": 64, "resnet32": 64, "resnet56": 64, "resnet18": 512,
                    "small_vgg": 512}
 
 
@@ -25,7 +25,7 @@ def test_output_and_embedding_shapes(name, num_outputs):
 
 
 def test_resnet_depths_have_the_expected_number_of_blocks():
-  for depth, blocks in [(20, 9), (32, 15), (56, 27)]:
+  for depth, blocks in [(8, 3), (20, 9), (32, 15), (56, 27)]:
     model = create_model(f"resnet{depth}", 10)
     v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
     assert sum(k.startswith("BasicBlock") for k in v["params"]) == blocks

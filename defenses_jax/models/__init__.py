@@ -15,6 +15,8 @@ MODELS = Registry("model", {
     "tt_mnist_cnn": TargetTrainingMnistCNN,
     "tt_cifar_cnn": TargetTrainingCifarCNN,
     "lenet": LeNet,
+    # ResNet-8 (one block per stage): paper 002's ResNet family at cpu scale.
+    "resnet8": functools.partial(cifar_resnet, 8),
     "resnet20": functools.partial(cifar_resnet, 20),
     "resnet32": functools.partial(cifar_resnet, 32),
     "resnet56": functools.partial(cifar_resnet, 56),
