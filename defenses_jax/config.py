@@ -107,10 +107,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 def attack(name: str, label: str, threat_model: str = "white_box", source_experiment: str = "",
            eot_samples: int = 1, fit_examples: int = 0, detector_aware: bool = False,
-           detector_weight: float = 1.0, num_examples: int = 0, **params) -> dict:
+           detector_weight: float = 1.0, detector_fpr: float = 0.0, num_examples: int = 0,
+           **params) -> dict:
   """One entry of config.eval.attacks (eot_samples > 1: EOT against a randomised defense;
   fit_examples: the training images a universal attack is fitted on, 0 for its default;
-  detector_aware: evade the evaluation's detector too, its score times detector_weight;
+  detector_aware: evade the evaluation's detector too, its score times detector_weight, at the
+  threshold of false-positive rate detector_fpr on clean held-out images (0: the deployed one);
   num_examples: run on the first N attacked images only, 0 for all of them)."""
   # label_params: what the label describes, so that an override of params on the command line
   # is shown in the label instead of running under a label that no longer fits.
@@ -122,6 +124,8 @@ def attack(name: str, label: str, threat_model: str = "white_box", source_experi
     entry["fit_examples"] = fit_examples
   if detector_aware:
     entry.update(detector_aware=True, detector_weight=detector_weight)
+  if detector_fpr:  # Kept without detector_aware too, so that the spec check refuses it.
+    entry["detector_fpr"] = detector_fpr
   if num_examples:
     entry["num_examples"] = num_examples
   return entry

@@ -107,3 +107,10 @@ def test_detector_attacks_in_a_config_must_be_detector_aware():
   with pytest.raises(ValueError, match="detector"):
     parse_attack_specs(good, defense, has_detector=False)
   assert parse_attack_specs(good, defense, has_detector=True)[0].detector_aware
+  # The attacker's own threshold, as a clean false-positive rate: only detector-aware, in [0, 1).
+  for entry in (attack("pgd", "PGD", eps=0.1, step_size=0.01, steps=2, detector_fpr=0.5),
+                attack("cw_wb", "CW-wb", detector_aware=True, detector_fpr=1.0)):
+    with pytest.raises(ValueError, match="detector_fpr"):
+      parse_attack_specs({"a": entry}, defense, has_detector=True)
+  entry = attack("cw_wb", "CW-wb", detector_aware=True, detector_fpr=0.5)
+  assert parse_attack_specs({"a": entry}, defense, has_detector=True)[0].detector_fpr == 0.5

@@ -177,16 +177,24 @@ def test_classification_terms_of_the_loss_by_hand():
   z, labels = np.asarray(outputs["logits"]), np.asarray(batch["label"])
   ce = numpy_ce(z, labels)
   rce = -(reverse_labels(labels, 3) * numpy_log_softmax(z)).sum(-1)
+  # The baselines (no Siamese training) are plain CE and RCE: no twin.
   plain = PDM(3, reverse_cross_entropy=False, siamese_weight=0.0, rvl_weight=0.0)
-  identity = dict(batch, partner=jnp.arange(6))
-  np.testing.assert_allclose(plain.loss(outputs, identity)[0], 2 * ce.mean(), rtol=1e-5)
-  # The twin's loss is the loss of the partner: here examples 3, 3, 5, 0, 0, 2.
-  partner = np.asarray(batch["partner"])
-  np.testing.assert_allclose(plain.loss(outputs, batch)[0], ce.mean() + ce[partner].mean(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(plain.loss(outputs, batch)[0], ce.mean(), rtol=1e-5)
   rce_only = PDM(3, siamese_weight=0.0, rvl_weight=0.0)
   loss, sums = rce_only.loss(outputs, batch)
-  np.testing.assert_allclose(loss, rce.mean() + rce[partner].mean(), rtol=1e-5)
+  np.testing.assert_allclose(loss, rce.mean(), rtol=1e-5)
+  # With Siamese training the twin's classification loss is added: the loss of the partner,
+  # here examples 3, 3, 5, 0, 0, 2 (the cosine term, weight 1, on top).
+  partner = np.asarray(batch["partner"])
+  sl = cosine_pair_loss(outputs["embedding"], batch["partner"], batch["pair_label"], jnp.ones(6))
+  siamese_ce = PDM(3, reverse_cross_entropy=False, siamese_weight=1.0, rvl_weight=0.0)
+  np.testing.assert_allclose(siamese_ce.loss(outputs, batch)[0],
+                             ce.mean() + ce[partner].mean() + float(sl), rtol=1e-5)
+  identity = dict(batch, partner=jnp.arange(6))
+  sl_identity = cosine_pair_loss(outputs["embedding"], identity["partner"],
+                                 identity["pair_label"], jnp.ones(6))
+  np.testing.assert_allclose(siamese_ce.loss(outputs, identity)[0],
+                             2 * ce.mean() + float(sl_identity), rtol=1e-5)
   assert float(sums["count"]) == 6.0
   np.testing.assert_allclose(sums["loss"], 6 * loss, rtol=1e-6)
 
@@ -197,9 +205,12 @@ def test_each_weight_adds_exactly_weight_times_its_term():
   sl = cosine_pair_loss(outputs["embedding"], batch["partner"], batch["pair_label"], jnp.ones(6))
   rvl = reduce_variance_loss(outputs["embedding"], batch["label"], jnp.ones(6), 3)
   assert float(sl) > 0.1 and float(rvl) > 0.1
+  twin = PDM(3, siamese_weight=1.0, rvl_weight=0.0).loss(outputs, batch)[0] - base - sl
   for sw, rw in ((0.7, 0.0), (0.0, 2.5), (0.7, 2.5)):
     loss, sums = PDM(3, siamese_weight=sw, rvl_weight=rw).loss(outputs, batch)
-    np.testing.assert_allclose(loss - base, sw * sl + rw * rvl, rtol=1e-5)
+    # Siamese training brings the twin's loss (weight 1) with its cosine term.
+    np.testing.assert_allclose(loss - base, (twin if sw else 0.0) + sw * sl + rw * rvl,
+                               rtol=1e-5)
     np.testing.assert_allclose(sums["siamese_loss"] / 6, sl, rtol=1e-5)
     np.testing.assert_allclose(sums["rvl"] / 6, rvl, rtol=1e-5)
   # A zero weight contributes exactly nothing, even when its term is not finite.

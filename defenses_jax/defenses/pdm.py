@@ -161,15 +161,16 @@ class PDM(Defense):
     partner = train_batch["partner"]
     per_example = self.classification_loss(logits, labels)
     classification = _weighted_mean(per_example, weights)
-    # Algorithm 1 minimises -R log p1 - R_siamese log p2: the twin's own classification loss.
-    # The twin is a batch member, so its loss is already in per_example.
-    twin = _weighted_mean(per_example[partner], weights)
     siamese = cosine_pair_loss(embedding, partner, train_batch["pair_label"], weights)
     rvl = reduce_variance_loss(embedding, labels, weights, self.num_classes)
-    total = classification + twin
+    total = classification
     # Python-level switches: a zero weight adds exactly nothing (not 0 * a possibly NaN term).
     if self.siamese_weight:
-      total = total + self.siamese_weight * siamese
+      # Siamese training (Algorithm 1) minimises -R log p1 - R_siamese log p2: the twin's own
+      # classification loss too. The twin is a batch member, so its loss is already in
+      # per_example. Without Siamese training (the CE and RCE baselines) there is no twin.
+      twin = _weighted_mean(per_example[partner], weights)
+      total = total + twin + self.siamese_weight * siamese
     if self.rvl_weight:
       total = total + self.rvl_weight * rvl
     count = jnp.sum(weights)

@@ -87,7 +87,9 @@ class _Evaluator:
     if spec.detector_aware:  # The threshold was fixed on held-out clean images already.
       detection = (self.detection if source is None
                    else self.source_detection[spec.source_experiment])
-      evade = DetectorTarget(detection.detector, detection.threshold, spec.detector_weight)
+      threshold = (metrics.threshold_at_fpr(detection.held_out_scores, spec.detector_fpr)
+                   if spec.detector_fpr else detection.threshold)
+      evade = DetectorTarget(detection.detector, threshold, spec.detector_weight)
       detector_state = detection.state
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
                            spec.eot_samples, evade)
@@ -183,10 +185,10 @@ def _sanity_checks(ev: _Evaluator, specs, results, per_attack_correct, clean_cor
       continue
     for other in specs:
       if (other.threat_model == "white_box" and other.attack == spec.attack
-          and other.params == spec.params):
+          and other.params == spec.params and other.detector_aware == spec.detector_aware):
         records.append(sanity.transfer_not_stronger(
-            spec.label, results[spec.key]["robust_accuracy"], other.label,
-            results[other.key]["robust_accuracy"]))
+            spec.label, _robust_to(results[spec.key]), other.label,
+            _robust_to(results[other.key])))
   return records
 
 
@@ -339,6 +341,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     if roc:
       report.plot_roc(roc, os.path.join(results_dir, "roc.png"))
   return summary
+
+
+def _robust_to(result: dict) -> float:
+  """Robust accuracy of the deployed system: against a detector-aware attack, the share of
+  examples not both misclassified and accepted (its classifier-only accuracy would count a
+  flagged example as lost)."""
+  if result["detector_aware"] and "detection" in result:
+    return 1.0 - result["detection"]["misclassified_and_accepted"]
+  return result["robust_accuracy"]
 
 
 def _per_pixel_mean(l2, x_adv: np.ndarray, chosen: np.ndarray) -> Optional[float]:

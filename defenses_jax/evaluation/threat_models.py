@@ -44,6 +44,11 @@ class AttackSpec:
   # attacker's own copy of the detector (same settings) fitted on the source model.
   detector_aware: bool = False
   detector_weight: float = 1.0
+  # The threshold the attacker evades, as a false-positive rate on the clean held-out images
+  # (0: the deployed threshold). 0.5 evades the clean median score, paper 002's "until the
+  # detection AUC is at most 0.5" (the reference CW-wb's median-density threshold); scoring
+  # always uses the deployed threshold.
+  detector_fpr: float = 0.0
   # Run on the first num_examples attacked images only (0: all), for attacks too costly for
   # the whole attacked subset (paper 000's ZOO: 200 images).
   num_examples: int = 0
@@ -72,7 +77,8 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     entry = dict(entry)
     unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
                             "eot_samples", "fit_examples", "detector_aware",
-                            "detector_weight", "label_params", "num_examples"}
+                            "detector_weight", "detector_fpr", "label_params",
+                            "num_examples"}
     if unknown:
       raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
@@ -125,6 +131,11 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                        "with eot_samples instead).")
     if not detector_weight > 0:
       raise ValueError(f"eval.attacks.{key}: detector_weight must be positive.")
+    detector_fpr = float(entry.get("detector_fpr", 0.0))
+    if not 0.0 <= detector_fpr < 1.0 or (detector_fpr and not detector_aware):
+      raise ValueError(f"eval.attacks.{key}: detector_fpr (the threshold the attacker evades, "
+                       "as a clean false-positive rate) must be in [0, 1), and is only for a "
+                       "detector-aware attack.")
     num_examples = int(entry.get("num_examples", 0))
     if num_examples < 0:
       raise ValueError(f"eval.attacks.{key}: num_examples must be >= 0 (0: every attacked "
@@ -137,6 +148,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                             threat_model=threat, params=params, source_experiment=source,
                             eot_samples=eot_samples, fit_examples=fit_examples,
                             detector_aware=detector_aware, detector_weight=detector_weight,
+                            detector_fpr=detector_fpr,
                             num_examples=num_examples))
   return specs
 

@@ -87,6 +87,9 @@ def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: boo
       raise ValueError(f"figures.{fig_id}: unknown kind {fig.kind!r}; choose one of {KINDS}.")
     cache = os.path.join(out_dir, f"{fig_id}.json")
     spec = json.loads(json.dumps(fig.to_dict()))
+    if "attack" in fig:  # The attack's settings too: a changed attack makes the figure stale.
+      spec["attack_entries"] = json.loads(json.dumps(
+          {name: config.members[name].eval.attacks[fig.attack].to_dict() for name in fig.members}))
     steps = {name: latest_checkpoint_step(workdir, name) for name in fig.members}
     cached = None
     if os.path.exists(cache):

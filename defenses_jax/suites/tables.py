@@ -49,23 +49,23 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
     return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
   if key == "clean":
     return {"source": spec, "ours": summary["clean_accuracy"], "paper": paper, "status": "ok"}
-  if key in MEMBER_DETECTION_KEYS:
-    value = (summary.get("detection") or {}).get(key)
-    return {"source": spec, "ours": value, "paper": paper,
-            "status": "missing" if value is None else "ok"}
+  if key in MEMBER_DETECTION_KEYS:  # None (shown "-"): no correctly classified attacked image.
+    detection = summary.get("detection") or {}
+    return {"source": spec, "ours": detection.get(key), "paper": paper,
+            "status": "ok" if key in detection else "missing"}
   key, _, metric = key.partition(":")
   if key not in summary["attacks"]:
     return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
   result = summary["attacks"][key]
   warnings = [c["detail"] for c in summary.get("sanity", []) if c["status"] == sanity.WARN and
               result["label"] in (c.get("attack", result["label"]), c.get("white_box_attack"))]
-  if result.get("overridden_params"):  # Not the settings the paper's number was measured with.
-    return {"source": spec, "ours": result["robust_accuracy"], "paper": paper,
-            "status": OTHER_SETTINGS, "overridden_params": result["overridden_params"]}
   ours = result["robust_accuracy"]
   if metric:
     section, name = ATTACK_METRICS[metric]
     ours = (result.get(section) or {} if section else result).get(name)
+  if result.get("overridden_params"):  # Not the settings the paper's number was measured with.
+    return {"source": spec, "ours": ours, "paper": paper,
+            "status": OTHER_SETTINGS, "overridden_params": result["overridden_params"]}
   return {"source": spec, "ours": ours, "paper": paper,
           "status": "warn" if warnings else "ok", "warnings": warnings,
           "attack_success_rate": result["attack_success_rate"],
@@ -109,7 +109,11 @@ def _ours(cell: dict, kind: str = "pct") -> str:
   if cell["status"] == OTHER_SETTINGS:
     return _format(cell["ours"], kind) + f" {OTHER_SETTINGS}"
   mark = f" {UNTRUSTED}" if cell["status"] == "warn" else ""
-  differs = report.differs_marker(cell["ours"], cell["paper"]) if kind in ("pct", "number") else ""
+  differs = ""
+  if kind == "pct":
+    differs = report.differs_marker(cell["ours"], cell["paper"])
+  elif kind == "number" and cell["paper"]:  # AUCs, distortions, indices: 5% relative.
+    differs = report.differs_marker(cell["ours"], cell["paper"], 0.05 * abs(cell["paper"]))
   return _format(cell["ours"], kind) + differs + mark
 
 
@@ -127,7 +131,8 @@ def markdown(description: str, tables: list[dict], results: dict) -> str:
                ) if checks else "not run"
     lines.append(f"| {name} | {s['step']} | {report.pct(s['clean_accuracy'])} | "
                  f"{s['num_attack_examples']} | {verdict} |")
-  lines += ["", "Each cell: ours, then the paper's. \"(differs)\": more than 5 points apart. "
+  lines += ["", "Each cell: ours, then the paper's. \"(differs)\": more than 5 points apart "
+            "(numbers that are not percentages: more than 5% apart). "
             f"\"{UNTRUSTED}\": a sanity check (Carlini et al. 2019) failed for this evaluation; "
             "see the member's results/eval.md.", ""]
   for t in tables:

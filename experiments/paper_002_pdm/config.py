@@ -1,0 +1,185 @@
+"""Paper 002 (PDM: reverse cross-entropy + Siamese + reduce-variance training, KDE detection)
+Tables 1-4, Figure 2's Davies-Bouldin indices and Figure 3, then adaptive attacks on the
+classifier with its detector beyond the paper. One command trains the four models (CE, RCE,
+Siamese + RVL, PDM) and the attacker's three distilled proxies, evaluates them and writes the
+tables with the paper's numbers beside ours:
+
+cpu  (2 CPU cores, offline, embedded MNIST subset, ResNet-8 with leaky ReLU):
+  python launch.py --config=experiments/paper_002_pdm/config.py:cpu --workdir=runs
+full (GPU/TPU, tfds; appendix B: ResNet-56 leaky-ReLU 0.1, SGD 0.1, batch 128, L2 0.002,
+MNIST 80 / CIFAR-10 400 epochs; proxies ResNet-32):
+  python launch.py --config=experiments/paper_002_pdm/config.py:cifar10_full --workdir=runs
+Tables land in <workdir>/paper_002_pdm_<dataset>_<scale>/tables.md (and .json, figures .png).
+
+cpu scale trains with Adam 1e-3 for 20 epochs (see _train_settings: RCE under SGD 0.1 does not
+converge in a cpu budget). Settings the paper does not give, and ours: Q (same-class partner
+probability) 0.5; the Siamese and RVL weights 1 (Algorithm 1 adds the terms unweighted); momentum 0.9 (the RCE
+code's) and a cosine decay (the RCE code steps the rate down 10x three times); the KDE bandwidth chosen by held-out likelihood on training embeddings
+(detectors/kde.py). The detector's threshold is fixed at 5% false positives on the clean test
+images after the attacked subset.
+"""
+
+import ml_collections
+
+from experiments.common import attack, base_config, parse_dataset_scale
+from experiments.paper_002_pdm.tables import DETECTED, VARIANTS, paper_002_tables
+
+DATASETS = ("mnist", "cifar10")
+VARIANT_OPTIONS = {  # One defense with switches (defenses/pdm.py).
+    "ce": dict(reverse_cross_entropy=False, siamese_weight=0.0, rvl_weight=0.0),
+    "rce": dict(reverse_cross_entropy=True, siamese_weight=0.0, rvl_weight=0.0),
+    "siamese_rvl": dict(reverse_cross_entropy=False, siamese_weight=1.0, rvl_weight=1.0),
+    "pdm": dict(reverse_cross_entropy=True, siamese_weight=1.0, rvl_weight=1.0),
+}
+ADAPTIVE_EPS = {"mnist": (0.3, "0.3"), "cifar10": (8 / 255, "8/255")}
+
+
+def get_config(arg=None):
+  dataset, scale = parse_dataset_scale(arg, DATASETS, default_dataset="mnist")
+  c = ml_collections.ConfigDict()
+  c.suite_name = f"paper_002_pdm_{dataset}_{scale}"
+  c.description = f"Paper 002 (PDM), {dataset}, {scale} scale"
+  name = lambda variant: f"{variant}_{dataset}_{scale}"
+  proxy = lambda variant: f"{variant}_proxy_{dataset}_{scale}"
+  attacks = paper_002_attacks(dataset, scale)
+  members = {}
+  for variant in VARIANTS:
+    members[name(variant)] = member_config(dataset, scale, name(variant), variant,
+                                           attacks if variant in DETECTED else {}, proxy)
+  for variant in DETECTED:  # Trained after their teachers.
+    members[proxy(variant)] = proxy_config(dataset, scale, proxy(variant), name(variant))
+  c.members = ml_collections.ConfigDict(members)
+  c.order = tuple(members)
+  labels = {key: entry["label"] for key, entry in attacks.items()}
+  c.tables = ml_collections.ConfigDict(
+      paper_002_tables(dataset, name, labels, ADAPTIVE_EPS[dataset][1]))
+  eps_values = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2)
+  num = 200 if scale == "cpu" else 1000
+  reference = tuple(name(v) for v in DETECTED)
+  c.figures = ml_collections.ConfigDict({
+      "order": ("figure_3_fgsm", "figure_3_bim"),
+      "figure_3_fgsm": dict(kind="accuracy_vs_eps", title="Figure 3: accuracy under FGSM",
+                            members=reference, attack="fgsm_005", eps_values=eps_values,
+                            num_examples=num),
+      "figure_3_bim": dict(kind="accuracy_vs_eps", title="Figure 3: accuracy under BIM (10 steps)",
+                           members=reference, attack="bim_005", eps_values=eps_values,
+                           num_examples=num),
+  })
+  return c
+
+
+def _train_settings(c, dataset: str, scale: str) -> None:
+  c.train.optimizer = "sgd"
+  c.train.learning_rate = 0.1
+  c.train.momentum = 0.9
+  c.train.schedule = "cosine"
+  c.train.l2_weight = 0.002
+  c.train.l2_scope = "all"
+  c.train.batch_size = 128
+  if scale == "cpu":
+    c.dataset.name = "mnist_embedded" if dataset == "mnist" else dataset
+    if dataset != "mnist":  # No embedded CIFAR-10: a subset of tfds' (download once).
+      c.dataset.num_train_examples, c.dataset.num_test_examples = 4000, 1000
+    # RCE's gradients are small (the paper: 5-10x smaller than CE's): under SGD 0.1 the RCE
+    # model reached 42% test accuracy after 372 steps and 87% after 930, against 97% for Adam
+    # 1e-3 after 744 (ResNet-8, embedded MNIST). Every variant gets the same optimiser.
+    c.train.optimizer = "adam"
+    c.train.learning_rate = 1e-3
+    c.train.epochs = 20
+    c.train.checkpoint_every_steps = 200
+    c.eval.batch_size = 200
+  else:
+    c.dataset.name = dataset
+    c.train.epochs = 80 if dataset == "mnist" else 400
+    c.train.checkpoint_every_steps = 2000
+    c.eval.batch_size = 1000
+
+
+def member_config(dataset: str, scale: str, experiment: str, variant: str, attacks: dict,
+                  proxy) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.experiment_name = experiment
+  c.defense.name = "pdm"
+  c.defense.options = ml_collections.ConfigDict(VARIANT_OPTIONS[variant])
+  c.model.name = "resnet56" if scale == "full" else "resnet8"
+  c.model.options = ml_collections.ConfigDict({"activation": "leaky_relu"})
+  _train_settings(c, dataset, scale)
+  c.eval.detection.detector = "kde"
+  c.eval.detection.options = ml_collections.ConfigDict({"kernels_per_class": 1000})
+  c.eval.num_attack_examples = 100 if scale == "cpu" else 1000
+  c.eval.sanity.num_examples = 40 if scale == "cpu" else 200
+  c.eval.sanity.more_steps_factor = 2
+  entries = dict(attacks)
+  if "cw_wb_proxy" in entries:
+    entries["cw_wb_proxy"] = dict(entries["cw_wb_proxy"], source_experiment=proxy(variant))
+  c.eval.attacks = ml_collections.ConfigDict(entries)
+  return c
+
+
+def proxy_config(dataset: str, scale: str, experiment: str, teacher: str):
+  """The black-box attacker's proxy: a ResNet-32 (cpu: ResNet-8) trained on the target's
+  predicted labels (teacher-student distillation, as Pang et al. and the paper)."""
+  c = base_config()
+  c.experiment_name = experiment
+  c.distill.teacher = teacher
+  c.defense.name = "standard"
+  c.model.name = "resnet32" if scale == "full" else "resnet8"
+  c.model.options = ml_collections.ConfigDict({"activation": "leaky_relu"})
+  _train_settings(c, dataset, scale)
+  c.eval.sanity.enabled = False  # Evaluated for clean accuracy only.
+  return c
+
+
+def cw_wb_params(scale: str) -> dict:
+  """Appendix C: 5000 / 10000 iterations, 3 / 3 binary steps, kappa 0 (c0 = 1 and the learning
+  rates 0.1 / 0.01 of the reference's two phases). cpu: 100 / 200 iterations, phase 2 with a 5x
+  larger step (0.05)."""
+  if scale == "cpu":
+    return dict(phase1_iterations=100, phase1_binary_steps=2, phase2_iterations=200,
+                phase2_binary_steps=3, phase1_learning_rate=0.1, phase2_learning_rate=0.05)
+  return dict(phase1_iterations=5000, phase1_binary_steps=3, phase2_iterations=10000,
+              phase2_binary_steps=3)
+
+
+def paper_002_attacks(dataset: str, scale: str) -> dict:
+  """Appendix C's attacks (gray-box: on the deployed classifier, not the detector), CW-wb
+  (white-box and through the proxy) and the adaptive attacks beyond the paper."""
+  num_features = 784 if dataset == "mnist" else 3072
+  cw_hc = (dict(max_iterations=1000, binary_search_steps=9) if scale == "full" else
+           dict(max_iterations=100, binary_search_steps=4, learning_rate=0.1))
+  hc = f"{cw_hc['binary_search_steps']}x{cw_hc['max_iterations']} iter."
+  wb = cw_wb_params(scale)
+  wb_label = (f"kappa 0, {wb['phase1_iterations']}/{wb['phase2_iterations']} iter., "
+              f"{wb['phase1_binary_steps']}/{wb['phase2_binary_steps']} binary steps")
+  eps, eps_label = ADAPTIVE_EPS[dataset]
+  steps = 100  # Of each bounded adaptive attack.
+  return {
+      "fgsm_005": attack("fgsm", "FGSM eps 0.05", eps=0.05),
+      "fgsm_01": attack("fgsm", "FGSM eps 0.1", eps=0.1),
+      "bim_005": attack("bim", "BIM eps 0.05, 10 x eps/10", eps=0.05, n1=10, n2=10),
+      "bim_01": attack("bim", "BIM eps 0.1, 10 x eps/10", eps=0.1, n1=10, n2=10),
+      # The RCE code's C&W: 10 iterations, 9 binary steps, c0 = 1, kappa 0.
+      "cw": attack("cw_l2", "C&W-L2 kappa 0, 9x10 iter., c0 1", kappa=0.0,
+                   binary_search_steps=9, max_iterations=10, initial_const=1.0),
+      "cw_hc": attack("cw_l2", f"C&W-L2 kappa 10, {hc}, c0 1", kappa=10.0, initial_const=1.0,
+                      **cw_hc),
+      # Cleverhans changes two features per iteration: 100 iterations = 200 features.
+      "jsma": attack("jsma", "JSMA, 100 iterations", gamma=200 / num_features),
+      # Tuned "until the detection AUC is at most 0.5": the attacker evades the clean median
+      # score (detector_fpr 0.5; the reference's median-density threshold); the deployed 5%
+      # threshold scores the examples.
+      "cw_wb": attack("cw_wb", f"CW-wb, {wb_label}, evading the clean median score",
+                      detector_aware=True, detector_fpr=0.5, **wb),
+      "cw_wb_proxy": attack("cw_wb", f"CW-wb on the proxy, {wb_label}, evading the proxy "
+                            "KDE's clean median score", threat_model="transfer",
+                            source_experiment="set per member", detector_aware=True,
+                            detector_fpr=0.5, **wb),
+      "apgd_detector": attack("apgd", f"APGD-CE + detector, eps {eps_label}, {steps} steps",
+                              eps=eps, steps=steps, detector_aware=True),
+      "apgd_t_detector": attack("apgd_t", f"APGD-T + detector, eps {eps_label}, {steps} steps, "
+                                "3 targets", eps=eps, steps=steps, num_target_classes=3,
+                                detector_aware=True),
+      "feature_matching": attack("feature_matching", f"feature matching, eps {eps_label}, "
+                                 f"{steps} steps, 3 targets", eps=eps, steps=steps,
+                                 num_targets=3, detector_aware=True),
+  }
