@@ -424,6 +424,14 @@ MUTATIONS = (
              "clean_correct[:n] & ~adv_correct", (_T + "test_detection.py",),
              "the detection worst case forgets the detector"),
 
+    Mutation("detector_fpr_ignored", "defenses_jax/evaluation/evaluator.py",
+             "  if spec.detector_fpr:\n    return metrics", "  if False:\n    return metrics",
+             (_T + "test_detection.py",), "CW-wb evades the deployed threshold, not the median"),
+    Mutation("baselines_train_on_the_twin", "defenses_jax/defenses/pdm.py",
+             "    total = classification\n", "    total = classification + _weighted_mean("
+             "per_example[partner], weights)\n", (_T + "test_pdm.py",),
+             "the CE and RCE baselines are not plain CE and RCE"),
+
 )
 
 def _copy_repo(destination: str) -> None:

@@ -2,6 +2,8 @@
 threshold fixed on held-out clean images at the requested false-positive rate, the detection
 metrics of an attack checked by hand, the state cached by checkpoint step, and the report."""
 
+import types
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -11,7 +13,8 @@ from conftest import blob_dataset, tiny_config
 from defenses_jax import detectors
 from defenses_jax import train as train_lib
 from defenses_jax.evaluation.detection import DetectionEvaluator
-from defenses_jax.evaluation import evaluate
+from defenses_jax.evaluation import evaluate, evaluator
+from defenses_jax.evaluation.threat_models import AttackSpec
 from experiments.common import attack
 
 
@@ -125,3 +128,12 @@ def test_evaluation_with_a_detector_fixes_its_threshold_first_and_caches_its_sta
   config.eval.num_attack_examples = 60
   with pytest.raises(ValueError, match="held-out"):
     evaluate(config, str(tmp_path), datasets=datasets)
+
+
+def test_a_detector_aware_attacker_evades_the_threshold_at_its_own_false_positive_rate():
+  held_out = np.arange(10.0)  # Clean held-out scores 0..9; the deployed threshold flags 9.
+  detection = types.SimpleNamespace(held_out_scores=held_out, threshold=9.0)
+  spec = lambda **kw: AttackSpec("a", "A", "cw_wb", "white_box", {}, detector_aware=True, **kw)
+  assert evaluator.attacker_threshold(detection, spec()) == 9.0
+  # At a 50% false-positive rate the 5 highest clean scores (5..9) are flagged: threshold 5.
+  assert evaluator.attacker_threshold(detection, spec(detector_fpr=0.5)) == 5.0

@@ -87,9 +87,8 @@ class _Evaluator:
     if spec.detector_aware:  # The threshold was fixed on held-out clean images already.
       detection = (self.detection if source is None
                    else self.source_detection[spec.source_experiment])
-      threshold = (metrics.threshold_at_fpr(detection.held_out_scores, spec.detector_fpr)
-                   if spec.detector_fpr else detection.threshold)
-      evade = DetectorTarget(detection.detector, threshold, spec.detector_weight)
+      evade = DetectorTarget(detection.detector, attacker_threshold(detection, spec),
+                             spec.detector_weight)
       detector_state = detection.state
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
                            spec.eot_samples, evade)
@@ -341,6 +340,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     if roc:
       report.plot_roc(roc, os.path.join(results_dir, "roc.png"))
   return summary
+
+
+def attacker_threshold(detection: DetectionEvaluator, spec: AttackSpec) -> float:
+  """The detector threshold a detector-aware attacker evades: the deployed one, or the one at
+  the spec's own clean false-positive rate (detector_fpr) on the same held-out images."""
+  if spec.detector_fpr:
+    return metrics.threshold_at_fpr(detection.held_out_scores, spec.detector_fpr)
+  return detection.threshold
 
 
 def _robust_to(result: dict) -> float:
