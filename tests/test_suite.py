@@ -50,7 +50,8 @@ def tiny_suite(arg="cpu", module=target_training):
   if "figures" in config:
     for fig_id in config.figures.order:
       fig = config.figures[fig_id]
-      for field, value in (("num_examples", 8), ("n_values", (1, 2)), ("n1", 2), ("n2", 3)):
+      for field, value in (("num_examples", 8), ("n_values", (1, 2)), ("n1", 2), ("n2", 3),
+                           ("eps_values", (0.05, 0.1))):  # Each eps compiles its attack.
         if field in fig:
           fig[field] = value
   return config
