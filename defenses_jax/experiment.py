@@ -19,7 +19,7 @@ from jax import lax
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
 from defenses_jax.checkpoint import ExperimentCheckpoints, experiment_dir
-from defenses_jax.defenses import Defense, Network, create_defense
+from defenses_jax.defenses import DEFENSES, Defense, Network, create_defense
 from defenses_jax.models import create_model
 from defenses_jax.config_checks import check_config
 from defenses_jax.optim import create_optimizer
@@ -118,10 +118,13 @@ class Experiment:
     self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), config.train.batch_size,
                                                     config.train.replays)
     self.total_steps = self.steps_per_epoch * config.train.epochs
+    self.config = config = _with_derived_defense_options(config, workdir, datasets,
+                                                         self.train_ds.num_classes)
     self.defense = create_defense(config.defense.name, self.train_ds.num_classes,
                                   **config.defense.options.to_dict())
-    self.model = create_model(config.model.name, self.defense.output_width(),
-                              **config.model.options.to_dict())
+    self.model = self.defense.wrap_model(create_model(config.model.name,
+                                                      self.defense.output_width(),
+                                                      **config.model.options.to_dict()))
     self.tx = create_optimizer(config.train, self.steps_per_epoch)
 
   def initial_state(self) -> TrainState:
@@ -147,6 +150,20 @@ class Experiment:
                                   in_specs=(parallel.REPLICATED, parallel.REPLICATED,
                                             parallel.SHARDED, parallel.REPLICATED),
                                   out_specs=parallel.REPLICATED)
+
+
+def _with_derived_defense_options(config, workdir: str, datasets, num_classes: int):
+  """config with the defense's derived options filled in (Defense.derive_options; e.g. paper
+  003's Classmap from its oracle), as a new config when any changed."""
+  options = config.defense.options.to_dict()
+  derived = DEFENSES.lookup(config.defense.name).derive_options(
+      options, lambda name: load_experiment(workdir, name, like=config, datasets=datasets),
+      num_classes, config.eval.batch_size)
+  if derived == options:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.defense.options = ml_collections.ConfigDict(derived)
+  return config
 
 
 # Trained experiments restored from their checkpoints: the model under evaluation, a transfer

@@ -76,8 +76,14 @@ def _start(key, x, eps, norm):
   return jnp.clip(x + eps * t, 0.0, 1.0)
 
 
-def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter):
-  """One restart: (x_best_adv, x_best, fooled, step_size)."""
+def misclassified(logits, y):
+  return jnp.argmax(logits, -1) != y
+
+
+def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter,
+              fooled_fn=misclassified):
+  """One restart: (x_best_adv, x_best, fooled, step_size). `logits_fn` may return any pytree
+  that loss_fn(out, y) and fooled_fn(out, y) (default: misclassified) read."""
   batch = x.shape[0]
   start_key, init_key, loop_key = jax.random.split(key, 3)
   checkpoint_mask = jnp.zeros((steps,), bool).at[jnp.asarray(checkpoints(steps))].set(True)
@@ -96,7 +102,7 @@ def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter):
 
     keys = jax.random.split(k, eot_iter)
     grads, (losses, logits) = jax.vmap(lambda kk: jax.grad(total, has_aux=True)(z, kk))(keys)
-    return jnp.mean(grads, 0), jnp.mean(losses, 0), logits[-1]
+    return jnp.mean(grads, 0), jnp.mean(losses, 0), jax.tree.map(lambda a: a[-1], logits)
 
   def project(z):
     return norms.project(z, x, eps, norm)
@@ -106,7 +112,7 @@ def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter):
 
   x0 = _start(start_key, x, eps, norm)
   grad0, loss0, logits0 = loss_and_grad(x0, init_key)
-  fooled0 = jnp.argmax(logits0, -1) != y
+  fooled0 = fooled_fn(logits0, y)
   step0 = jnp.full((batch,), 2.0 * eps, x.dtype)
   # Of the loss history since the last checkpoint only the number of increases is needed.
   init = dict(x=x0, x_old=x0, grad=grad0, loss_prev=loss0, x_best=x0, grad_best=grad0,
@@ -120,7 +126,7 @@ def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter):
     z1 = project(s["x"] + step * direction(s["grad"]))
     z1 = project(s["x"] + (z1 - s["x"]) * momentum + (s["x"] - s["x_old"]) * (1 - momentum))
     grad, loss, logits = loss_and_grad(z1, jax.random.fold_in(loop_key, i))
-    now_fooled = jnp.argmax(logits, -1) != y
+    now_fooled = fooled_fn(logits, y)
     mask = lambda m: norms.per_example(m, x)
     x_best_adv = jnp.where(mask(now_fooled), z1, s["x_best_adv"])
     improved = loss > s["loss_best"]
@@ -189,7 +195,7 @@ def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "li
 
 
 def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, loss_of,
-                   num_runs: int):
+                   num_runs: int, fooled_fn=misclassified):
   """Runs loss_of(run) (run: a traced index, e.g. the target's rank) for each of `num_runs` runs,
   `restarts` times each, as one scan (one compiled APGD loop, however many targets); per example
   keeps the first run that fools it, otherwise the highest-loss point of the last run. Once
@@ -205,7 +211,7 @@ def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_it
     run, restart = run_and_restart
     k = jax.random.fold_in(jax.random.fold_in(key, run), restart)
     best_adv, best, now, step = _apgd_run(logits_fn, x, y, k, eps, norm, steps, loss_of(run),
-                                             rho, eot_iter)
+                                          rho, eot_iter, fooled_fn)
     take = now & ~fooled
     chosen = jnp.where(norms.per_example(take, x), best_adv,
                        jnp.where(norms.per_example(fooled, x), x_adv, best))
@@ -216,7 +222,7 @@ def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_it
   init = (jnp.zeros(x.shape[:1], bool), x, jnp.zeros(x.shape[:1], x.dtype))
   (_, x_adv, step), _ = lax.scan(one, norms.varying_like(init, x), (runs, restart_index))
   check_key = jax.random.fold_in(key, 2**30)
-  success = jnp.argmax(call_logits(logits_fn, x_adv, check_key), -1) != y
+  success = fooled_fn(call_logits(logits_fn, x_adv, check_key), y)
   return x_adv, {"success": success, "step_size": step, **norms.distances(x_adv, x)}
 
 

@@ -58,8 +58,9 @@ def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
   """Returns (x_adv, info) with per-example info: success (re-checked on a fresh forward pass),
   l2, linf, and the binary search's final bracket [const_lower, const] (const: the smallest
   constant that succeeded, or the last one tried if none did)."""
-  key, check_key = jax.random.split(key)
-  t = resolve_targets(logits_fn, x, y, target, targets)
+  key, check_key, target_key = jax.random.split(key, 3)
+  t = resolve_targets(lambda z: call_logits(logits_fn, z, target_key), x, y, target, targets,
+                      target_key)
 
   def violation(x_new, step_key):
     logits = call_logits(logits_fn, x_new, step_key)

@@ -86,10 +86,21 @@ def check_batch(x, labels, targets: Optional[jax.Array] = None) -> None:
       chex.assert_equal_shape_prefix([x, classes], 1, custom_message=f"one of {name} per input")
 
 
-def resolve_targets(logits_fn, x, labels, target: str, targets: Optional[jax.Array]):
-  """target='none' (untargeted), 'given' (use `targets`) or 'least_likely' (argmin of the clean
-  logits, for LL-PGD). Checks the batch first (check_batch)."""
+def random_targets(key, labels: jax.Array, num_classes: int) -> jax.Array:
+  """A class drawn uniformly from the K - 1 classes other than each label."""
+  return (labels + jax.random.randint(key, labels.shape, 1, num_classes)) % num_classes
+
+
+def resolve_targets(logits_fn, x, labels, target: str, targets: Optional[jax.Array],
+                    key: Optional[jax.Array] = None):
+  """target='none' (untargeted), 'given' (use `targets`), 'least_likely' (argmin of the clean
+  logits, for LL-PGD) or 'random' (uniform over the other classes; needs `key`). Checks the
+  batch first (check_batch)."""
   check_batch(x, labels, targets)
+  if target == "random":
+    if key is None:
+      raise ValueError("target='random' needs a key.")
+    return random_targets(key, labels, jax.eval_shape(logits_fn, x).shape[-1])
   if target == "none":
     return None
   if target == "given":
@@ -98,4 +109,5 @@ def resolve_targets(logits_fn, x, labels, target: str, targets: Optional[jax.Arr
     return targets
   if target == "least_likely":
     return least_likely_class(logits_fn(x))
-  raise ValueError(f"unknown target mode {target!r}; choose 'none', 'given' or 'least_likely'.")
+  raise ValueError(f"unknown target mode {target!r}; choose 'none', 'given', 'least_likely' or "
+                   "'random'.")

@@ -65,6 +65,20 @@ class Defense:
     """Width of the network's last layer (k, or 2k for Target Training)."""
     return self.num_classes
 
+  def wrap_model(self, model):
+    """The network the defense trains and deploys, built around the configured model (a defense
+    that grows extra heads on it, e.g. paper 003's, returns a wrapping module); default: the
+    model itself."""
+    return model
+
+  @classmethod
+  def derive_options(cls, options: dict, load_trained: Callable, num_classes: int,
+                     batch_size: int) -> dict:
+    """The defense's options with any that are derived from another trained experiment filled
+    in (`load_trained(name)` -> its TrainedExperiment), before the defense is built; the
+    derived values are saved in the experiment's config.json. Default: unchanged."""
+    return options
+
   def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int) -> Any:
     """The defense's own training state (a pytree), checkpointed with the rest."""
     return {}

@@ -20,6 +20,9 @@ class Detector:
 
   num_classes: int
   name: str = "detector"
+  # A detector with a fixed decision rule (flag iff score >= fixed_threshold) keeps it; others
+  # get their threshold at the configured false-positive rate on clean held-out images.
+  fixed_threshold = None
 
   def fit(self, batches: Iterable[tuple[dict, np.ndarray]]) -> dict:
     """State from (network outputs {'logits', 'embedding'}, true labels) of training batches."""

@@ -77,10 +77,13 @@ class DetectionEvaluator:
     self._embed = lambda x: embed(state.params, state.batch_stats, x)
     held_out = exp.test_ds.rows(num_attack, cfg.num_threshold_examples)
     self.held_out_scores = self.scores(held_out.images)
-    self.threshold = metrics.threshold_at_fpr(self.held_out_scores, cfg.false_positive_rate)
+    fixed = detector.fixed_threshold
+    self.threshold = (metrics.threshold_at_fpr(self.held_out_scores, cfg.false_positive_rate)
+                      if fixed is None else float(fixed))
     self.summary = {
         "detector": detector.name, "options": cfg.options.to_dict(),
-        "target_false_positive_rate": cfg.false_positive_rate, "threshold": self.threshold,
+        "target_false_positive_rate": cfg.false_positive_rate if fixed is None else None,
+        "fixed_threshold": fixed is not None, "threshold": self.threshold,
         "held_out_examples": len(held_out),
         "held_out_false_positive_rate": float(np.mean(self.held_out_scores >= self.threshold))}
 
@@ -104,6 +107,14 @@ class DetectionEvaluator:
     successful = clean_correct & ~adv_correct
     accepted = adv_scores < self.threshold
     out = {"num_successful": int(successful.sum()),
+           # Paper 003's detection rate: flagged among all adversarial versions of the
+           # correctly classified attacked images, successful or not.
+           "flagged_rate": float(np.mean(~accepted[clean_correct]))
+           if clean_correct.any() else float("nan"),
+           # Its precision with as many benign images (those clean images) mixed in, as
+           # paper 003's Figures 5-6: flagged adversarial / everything flagged.
+           "flagged_precision": _flagged_precision(~accepted[clean_correct],
+                                                   clean_scores[clean_correct] >= self.threshold),
            "misclassified_and_accepted": float(np.mean((successful & accepted)[clean_correct]))
            if clean_correct.any() else float("nan")}
     if successful.any() and clean_correct.any():
@@ -111,3 +122,8 @@ class DetectionEvaluator:
                                    self.threshold, adv_correct[successful],
                                    clean_correct[clean_correct]))
     return out
+
+
+def _flagged_precision(adv_flagged: np.ndarray, clean_flagged: np.ndarray) -> Optional[float]:
+  flagged = int(adv_flagged.sum() + clean_flagged.sum())
+  return float(adv_flagged.sum() / flagged) if flagged else None

@@ -95,10 +95,16 @@ def markdown_table(summary: dict) -> str:
 
 def detection_lines(summary: dict) -> list:
   d = summary["detection"]
-  lines = ["", f"## Detector: {d['detector']} (threshold fixed on {d['held_out_examples']} "
-           f"held-out clean test images at a false-positive rate of "
-           f"{pct(d['target_false_positive_rate'])}: {pct(d['held_out_false_positive_rate'])} "
-           f"there, {pct(d['attacked_clean_false_positive_rate'])} on the attacked images)", "",
+  if d.get("fixed_threshold"):
+    how = (f"its own fixed decision rule (threshold {d['threshold']:g}); false positives on "
+           f"{d['held_out_examples']} held-out clean test images: "
+           f"{pct(d['held_out_false_positive_rate'])}")
+  else:
+    how = (f"threshold fixed on {d['held_out_examples']} held-out clean test images at a "
+           f"false-positive rate of {pct(d['target_false_positive_rate'])}: "
+           f"{pct(d['held_out_false_positive_rate'])} there")
+  lines = ["", f"## Detector: {d['detector']} ({how}, "
+           f"{pct(d['attacked_clean_false_positive_rate'])} on the attacked images)", "",
            "| Attack | Successful | Detection rate | ROC AUC | Accuracy on accepted | "
            "Misclassified and accepted |", "|---|---|---|---|---|---|"]
   for r in summary["attacks"].values():

@@ -34,9 +34,10 @@ def make_attack_runner(spec, build_logits: Callable, mesh) -> Callable:
     key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
     target = build_logits(model_params, batch_stats, y, detector_state)
     if info.queries:
-      # Evaluation targets are networks, which treat examples independently (query attacks
-      # cannot be detector-aware, the one label-paired target).
-      target = Oracle(target, info.access, info.oracle_budget(params), independent_examples=True)
+      # Evaluation targets are networks, which treat examples independently, except the
+      # detector-aware target (it pairs each row with its label: queries must keep the batch).
+      target = Oracle(target, info.access, info.oracle_budget(params),
+                      independent_examples=not spec.detector_aware)
     x_adv, report = fn(target, x, y, key, **params)
     return x_adv, report.get("queries", jnp.full(x.shape[:1], -1, jnp.int32))
 

@@ -117,11 +117,17 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                        f"a randomised defense ({defense.name!r} is deterministic).")
     detector_aware = bool(entry.get("detector_aware", False))
     detector_weight = float(entry.get("detector_weight", 1.0))
-    if detector_aware and not (has_detector and threat in ("white_box", "transfer")
-                               and attacks_lib.attack_info(name).access == "gradient"):
+    access = attacks_lib.attack_info(name).access
+    if detector_aware and not (has_detector and (
+        (threat in ("white_box", "transfer") and access == "gradient")
+        or (threat == "white_box" and access in ("scores", "labels")))):
       raise ValueError(f"eval.attacks.{key}: a detector-aware attack is a white-box (or "
-                       "transfer) gradient attack on a deployed system with a detector "
-                       "(eval.detection.detector).")
+                       "transfer) gradient attack, or a query attack (its Oracle answers "
+                       "with the system's decision: rejected inputs count as the true class), "
+                       "on a deployed system with a detector (eval.detection.detector).")
+    if detector_aware and access in ("scores", "labels") and defense.randomised:
+      raise ValueError(f"eval.attacks.{key}: a detector-aware query attack needs a "
+                       f"deterministic defense; {defense.name!r} is randomised.")
     if attacks_lib.attack_info(name).needs_detector and not detector_aware:
       raise ValueError(f"eval.attacks.{key}: {name!r} attacks a classifier and its detector: "
                        "set detector_aware=True (and eval.detection.detector).")

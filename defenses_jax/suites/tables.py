@@ -12,13 +12,17 @@ NOT_RUN = "not run"
 ATTACK_METRICS = {
     "auc": ("detection", "auc"),
     "detection_rate": ("detection", "detection_rate"),
+    "flagged_rate": ("detection", "flagged_rate"),
+    "flagged_precision": ("detection", "flagged_precision"),
+    "precision": ("detection", "precision"),
+    "recall": ("detection", "recall"),
     "misclassified_and_accepted": ("detection", "misclassified_and_accepted"),
     "mean_l2_per_pixel_evading": ("detection", "mean_l2_per_pixel_evading"),
     "mean_l2_per_pixel": (None, "mean_l2_per_pixel"),
     "attack_success_rate": (None, "attack_success_rate"),
 }
 # '<member>:<key>': a number of the member's detector evaluation (summary['detection']).
-MEMBER_DETECTION_KEYS = ("worst_case_misclassified_and_accepted",
+MEMBER_DETECTION_KEYS = ("worst_case_misclassified_and_accepted", "held_out_false_positive_rate",
                          "worst_case_bounded_misclassified_and_accepted", "davies_bouldin_index")
 UNTRUSTED = "(!)"  # A sanity check failed for this cell's evaluation.
 OTHER_SETTINGS = "(other settings)"  # Attack params overridden: not comparable with the paper.
