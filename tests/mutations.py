@@ -405,5 +405,28 @@ MUTATIONS = (
              "    total = classification\n", "    total = classification + _weighted_mean("
              "per_example[partner], weights)\n", (_T + "test_pdm.py",),
              "the CE and RCE baselines are not plain CE and RCE"),
+    # Paper 003 (collaborative defense).
+    Mutation("classmap_keeps_the_true_class", "defenses_jax/defenses/collaborative.py",
+             "candidates = [r for r in range(k) if r != y]", "candidates = list(range(k))",
+             (_T + "test_collaborative.py",), "a class paired with itself"),
+    Mutation("pair_margin_against_itself", "defenses_jax/defenses/collaborative.py",
+             "best_other = jnp.where(is_top, top2[:, 1:2], top2[:, 0:1])",
+             "best_other = top2[:, 0:1]", (_T + "test_collaborative.py",),
+             "the accept margin compares Z'_r with itself"),
+    Mutation("lock_does_not_multiply", "defenses_jax/defenses/collaborative.py",
+             "    z, _, lock = self.split(logits)\n    return z * lock",
+             "    z, _, lock = self.split(logits)\n    return z", (_T + "test_collaborative.py",),
+             "Z* = Z: the gradient lock unit is bypassed"),
+    Mutation("robust_objective_unbounded", "defenses_jax/defenses/collaborative.py",
+             "- jnp.minimum(cross_entropy(robust_adv, robust_labels), bound))",
+             "- cross_entropy(robust_adv, robust_labels))", (_T + "test_collaborative.py",),
+             "equation 9's negative term unbounded"),
+    Mutation("pair_apgd_ignores_the_detector", "defenses_jax/attacks/pair_evasion.py",
+             "+ jnp.minimum(_at(out[\"accept_if\"], t), margin_cap))", ")",
+             (_T + "test_collaborative.py",), "the pair attack forgets Z'"),
+    Mutation("bpda_differentiates_the_lock", "defenses_jax/attacks/pair_evasion.py",
+             'surrogate = out["base_logits"] * jax.lax.stop_gradient(out["lock"])',
+             'surrogate = out["base_logits"] * out["lock"]', (_T + "test_collaborative.py",),
+             "BPDA that is the plain gradient"),
 
 )

@@ -7,7 +7,8 @@ from defenses_jax.models import MODELS, create_model
 INPUT_SHAPES = {"tt_mnist_cnn": (28, 28, 1), "lenet": (28, 28, 1)}
 EMBEDDING_WIDTH = {"tt_mnist_cnn": 128, "tt_cifar_cnn": 4 * 4 * 128, "lenet": 84,
                    "resnet8": 64, "resnet20": 64, "resnet32": 64, "resnet56": 64, "resnet18": 512,
-                   "small_vgg": 512}
+                   "small_vgg": 512, "collab_oracle": 512, "plain_cnn": 512,
+                   "collab_substitute_mnist": 200, "collab_substitute_cifar10": 256}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

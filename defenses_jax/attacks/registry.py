@@ -29,6 +29,7 @@ from defenses_jax.attacks.deepfool import deepfool
 from defenses_jax.attacks.detector_evasion import cw_wb, feature_matching
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.jsma import jsma
+from defenses_jax.attacks.pair_evasion import cw_pair, pair_apgd
 from defenses_jax.attacks.query.gen_attack import gen_attack, gen_attack_query_budget
 from defenses_jax.attacks.query.hop_skip_jump import hop_skip_jump, hop_skip_jump_query_budget
 from defenses_jax.attacks.query.random_search import random_search
@@ -99,6 +100,10 @@ ATTACKS = Registry("attack", {
                         needs_detector=True),
     "feature_matching": AttackInfo(feature_matching, "gradient", "linf", budget_param="steps",
                                    needs_detector=True),
+    "cw_pair": AttackInfo(cw_pair, "gradient", "l2", budget_param="max_iterations",
+                          needs_detector=True),
+    "pair_apgd": AttackInfo(pair_apgd, "gradient", "linf", budget_param="steps",
+                            needs_detector=True),
     "apgd": AttackInfo(apgd, "gradient", "linf", budget_param="steps"),
     "apgd_t": AttackInfo(apgd_targeted, "gradient", "linf", budget_param="steps"),
     "autoattack": AttackInfo(autoattack, "gradient", "linf", budget_param="steps"),

@@ -6,6 +6,7 @@ from defenses_jax.defenses.base import Defense, Deployed, Network
 from defenses_jax.defenses.standard import StandardTraining
 from defenses_jax.defenses.adversarial_training import AdversarialTraining
 from defenses_jax.defenses.atda import ATDA
+from defenses_jax.defenses.collaborative import Collaborative
 from defenses_jax.defenses.free_adv import FreeAdv
 from defenses_jax.defenses.pdm import PDM
 from defenses_jax.defenses.sim_adv import SimAdv
@@ -20,6 +21,7 @@ DEFENSES = Registry("defense", {
     "free_adv": FreeAdv,
     "atda": ATDA,
     "pdm": PDM,
+    "collaborative": Collaborative,
 })
 
 
@@ -27,5 +29,5 @@ def create_defense(name: str, num_classes: int, **options) -> Defense:
   return DEFENSES.create(name, options, num_classes=num_classes)
 
 
-__all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Defense", "Deployed", "FreeAdv",
+__all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Collaborative", "Defense", "Deployed", "FreeAdv",
            "Network", "PDM", "SimAdv", "StandardTraining", "TargetTraining", "create_defense"]

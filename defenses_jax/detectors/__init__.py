@@ -13,9 +13,11 @@ from defenses_jax.detectors.base import Detector
 from defenses_jax.experiment import variables
 from defenses_jax.detectors.class_mean import ClassMeanDistance
 from defenses_jax.detectors.kde import KernelDensity
+from defenses_jax.detectors.pair import PairDetector
 from defenses_jax.registry import Registry
 
-DETECTORS = Registry("detector", {"class_mean": ClassMeanDistance, "kde": KernelDensity})
+DETECTORS = Registry("detector", {"class_mean": ClassMeanDistance, "kde": KernelDensity,
+                                  "pair": PairDetector})
 
 
 def create_detector(name: str, num_classes: int, **options) -> Detector:
@@ -51,5 +53,5 @@ def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:
   return fitted
 
 
-__all__ = ["DETECTORS", "ClassMeanDistance", "Detector", "KernelDensity", "cache_path",
+__all__ = ["DETECTORS", "ClassMeanDistance", "Detector", "KernelDensity", "PairDetector", "cache_path",
            "create_detector", "fitted_state"]

@@ -75,3 +75,31 @@ class LeNet(nn.Module):
     x = self.activation(nn.Dense(120)(x))
     embedding = self.activation(nn.Dense(84)(x))
     return _outputs(nn.Dense(self.num_outputs)(embedding), embedding, return_embedding)
+
+
+class PlainCNN(nn.Module):
+  """Stages of 3x3 Conv-ReLU ('SAME') each followed by MaxPool 2x2, then Dense-ReLU layers and
+  Dense num_outputs; dropout (when `dropout` > 0) after every pool and every hidden dense layer.
+  Paper 003's Table 1 networks: the oracle (32-32 / 64-64 / 128-128, Dense 512, dropout 0.2)
+  and the substitutes (MNIST: 32-32 / 64-64, Dense 200-200; CIFAR-10: 64-64 / 128-128, Dense
+  256-256; no dropout). The paper gives neither padding nor the dense layers' activation:
+  'SAME' and ReLU are ours. The embedding is the last hidden layer before its dropout (where
+  paper 003 grows its second logits head)."""
+
+  num_outputs: int = 10
+  conv_stages: tuple = ((32, 32), (64, 64), (128, 128))
+  dense: tuple = (512,)
+  dropout: float = 0.2
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_embedding: bool = False):
+    drop = lambda z: nn.Dropout(self.dropout, deterministic=not train)(z) if self.dropout else z
+    for stage in self.conv_stages:
+      for features in stage:
+        x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
+      x = drop(nn.max_pool(x, (2, 2), strides=(2, 2)))
+    x = x.reshape((x.shape[0], -1))
+    embedding = x
+    for i, width in enumerate(self.dense):
+      embedding = nn.relu(nn.Dense(width)(x if i == 0 else drop(embedding)))
+    return _outputs(nn.Dense(self.num_outputs)(drop(embedding)), embedding, return_embedding)
