@@ -7,6 +7,9 @@ Kinds:
   training_curves clean and monitored robust accuracy after every epoch (from metrics.jsonl)
   accuracy_vs_eps accuracy under one of each member's eval.attacks over eps (paper 002
                   Figure 3)                                (attack, eps_values, num_examples)
+  detection_vs_param  detection metrics of a series of each member's evaluated attacks, e.g.
+                  precision and recall over C&W's kappa (paper 003 Figures 5-6); read from
+                  results/eval.json, nothing recomputed     (attacks, x_values, x_label, metrics)
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from defenses_jax.evaluation.report import pyplot
 from defenses_jax.evaluation.evaluator import accuracy_vs_eps
 from defenses_jax.experiment import TrainedExperiment
 
-KINDS = ("rho_steps", "rho_iteration", "training_curves", "accuracy_vs_eps")
+KINDS = ("rho_steps", "rho_iteration", "training_curves", "accuracy_vs_eps",
+         "detection_vs_param")
+FROM_RESULTS = ("training_curves", "detection_vs_param")  # Read from files; never cached stale.
 
 
 def _training_curve(workdir: str, name: str) -> dict:
@@ -39,9 +44,22 @@ def _training_curve(workdir: str, name: str) -> dict:
   return {"epoch": epochs, "test_accuracy": clean, "robust_accuracy": robust}
 
 
+def _detection_series(workdir: str, name: str, fig) -> dict:
+  path = os.path.join(os.path.abspath(workdir), name, "results", "eval.json")
+  attacks = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      attacks = json.load(f)["attacks"]
+  series = {metric: [(attacks.get(key, {}).get("detection") or {}).get(metric)
+                     for key in fig.attacks] for metric in fig.metrics}
+  return {"x": list(fig.x_values), **series}
+
+
 def _compute(kind: str, fig, member_config, workdir: str, datasets) -> dict:
   if kind == "training_curves":
     return _training_curve(workdir, member_config.experiment_name)
+  if kind == "detection_vs_param":
+    return _detection_series(workdir, member_config.experiment_name, fig)
   if kind == "accuracy_vs_eps":
     return accuracy_vs_eps(member_config, workdir, fig.attack, fig.eps_values, fig.num_examples,
                            datasets)
@@ -52,7 +70,7 @@ def _compute(kind: str, fig, member_config, workdir: str, datasets) -> dict:
   return rho.rho_vs_iteration(trained, fig.eps, fig.n1, fig.n2, fig.num_examples, batch)
 
 
-def _plot(kind: str, title: str, data: dict, path: str) -> None:
+def _plot(kind: str, title: str, data: dict, path: str, x_label: str = "") -> None:
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, d in data.items():
@@ -63,12 +81,19 @@ def _plot(kind: str, title: str, data: dict, path: str) -> None:
     elif kind == "accuracy_vs_eps":
       ax.plot([p["eps"] for p in d["points"]], [p["robust_accuracy"] for p in d["points"]],
               "-o", ms=3, label=name)
+    elif kind == "detection_vs_param":
+      for metric in (k for k in d if k != "x"):
+        points = [(x, v) for x, v in zip(d["x"], d[metric]) if v is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "-o", ms=3,
+                label=f"{name} {metric}")
     else:
       x = d["n"] if kind == "rho_steps" else d["iteration"]
       ax.plot(x, d["rho"], "-o", ms=3, label=name)
-  ax.set_xlabel({"rho_steps": "n1 = n2", "rho_iteration": "iteration",
-                 "training_curves": "epoch", "accuracy_vs_eps": "eps (perturbation)"}[kind])
-  ax.set_ylabel("rho" if kind.startswith("rho") else "accuracy")
+  ax.set_xlabel(x_label or {"rho_steps": "n1 = n2", "rho_iteration": "iteration",
+                            "training_curves": "epoch", "accuracy_vs_eps": "eps (perturbation)"
+                            }[kind])
+  ax.set_ylabel("rho" if kind.startswith("rho") else
+                "rate" if kind == "detection_vs_param" else "accuracy")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -96,9 +121,9 @@ def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: boo
       with open(cache) as f:
         cached = json.load(f)
     fresh = cached is not None and cached["spec"] == spec and cached["steps"] == steps
-    if not fresh and fig.kind != "training_curves" and not compute:
+    if not fresh and fig.kind not in FROM_RESULTS and not compute:
       continue
-    if fresh and fig.kind != "training_curves":
+    if fresh and fig.kind not in FROM_RESULTS:
       data = cached["data"]
     else:
       data = {name: _compute(fig.kind, fig, config.members[name], workdir, datasets)
@@ -108,6 +133,6 @@ def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: boo
       with open(cache, "w") as f:
         json.dump({"spec": spec, "steps": steps, "data": data}, f, indent=2)
       path = os.path.join(out_dir, f"{fig_id}.png")
-      _plot(fig.kind, fig.title, data, path)
+      _plot(fig.kind, fig.title, data, path, fig.get("x_label", ""))
       drawn[fig_id] = path
   return drawn
