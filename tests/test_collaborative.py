@@ -13,7 +13,8 @@ from defenses_jax.attacks.detector_evasion import DetectedSystem
 from defenses_jax.attacks.pair_evasion import cw_pair, pair_apgd, pair_violation
 from defenses_jax.defenses import create_defense
 from defenses_jax.defenses.collaborative import (CollaborativeNet, classmap_from_counts,
-                                                 pair_accept_margins, robust_objective)
+                                                 fgs_confusion, pair_accept_margins,
+                                                 robust_objective)
 from defenses_jax.detectors import create_detector
 
 
@@ -204,3 +205,57 @@ def test_cw_pair_finds_accepted_examples_and_returns_failures_unchanged():
                         max_iterations=50, learning_rate=0.05, target="random")
   assert not np.asarray(info["success"]).any()
   np.testing.assert_array_equal(x_adv, X)
+
+
+def _packed_linear(a, b, lock):
+  """Packed logits [Z, Z', g] of a linear system: Z = x A, Z' = x B, g a constant per class."""
+  a, b, lock = jnp.asarray(a), jnp.asarray(b), jnp.asarray(lock)
+  return lambda x: jnp.concatenate([x @ a, x @ b, jnp.broadcast_to(lock, (x.shape[0],
+                                                                          lock.shape[0]))], -1)
+
+
+def test_training_batch_crafts_fgs_on_z_star_and_pairs_labels_through_the_classmap():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+  lock = np.array([3.0, 0.2, 1.0])  # Far from 1: FGS on Z alone points elsewhere.
+  x = rng.uniform(0.3, 0.7, size=(8, 6))
+  y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+  defense = create_defense("collaborative", 3, classmap=(2, 0, 1), fgs_epsilon=0.1)
+  batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+  out, _ = defense.training_batch(batch, jax.random.key(0), _packed_linear(a, b, lock), {})
+
+  def ce_grad_sign(weight):  # sign of d CE(x W, y) / dx, in numpy.
+    logits = x @ weight
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.sign((p - np.eye(3)[y]) @ weight.T)
+
+  np.testing.assert_allclose(out["image"][:8], x)
+  np.testing.assert_allclose(out["image"][8:], x + 0.1 * ce_grad_sign(a * lock), atol=1e-6)
+  # The test tells the two apart: FGS on Z (without the lock) moves differently.
+  assert np.any(ce_grad_sign(a) != ce_grad_sign(a * lock))
+  np.testing.assert_array_equal(out["label"], y)
+  np.testing.assert_array_equal(out["robust_label"], np.array((2, 0, 1))[y])
+
+
+def test_gray_box_target_is_the_z_head_and_the_white_box_target_is_z_star():
+  rng = np.random.default_rng(1)
+  a, b, lock = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), np.array([2.0, 0.5, 1.5])
+  x = rng.uniform(size=(5, 4))
+  defense = create_defense("collaborative", 3, classmap=(1, 2, 0))
+  net = _packed_linear(a, b, lock)
+  np.testing.assert_allclose(defense.attack_target("gray_box", net)(jnp.asarray(x)), x @ a,
+                             rtol=1e-5)
+  np.testing.assert_allclose(defense.attack_target("white_box", net)(jnp.asarray(x)),
+                             (x @ a) * lock, rtol=1e-5)
+
+
+def test_fgs_confusion_counts_by_true_then_predicted_class():
+  # Each image is one-hot in a 3-pixel space; the map sends class y's pixel to class
+  # (y + 1) % 3 with a margin FGS at eps 0.01 cannot overturn.
+  perm = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32) * 10
+  images = np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 2, 2]] * 0.5 + 0.25
+  labels = np.array([0, 0, 1, 2, 2, 2])
+  counts, probs = fgs_confusion(lambda x: x @ jnp.asarray(perm), images, labels, 3, 0.01, 4)
+  np.testing.assert_array_equal(counts, [[0, 2, 0], [0, 0, 1], [3, 0, 0]])
+  assert probs.shape == (3, 3) and np.all(probs.argmax(-1) == [1, 2, 0])

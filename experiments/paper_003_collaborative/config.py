@@ -14,8 +14,12 @@ figures .png).
 
 Threat models as the paper's section 2.2 and 4.3: black-box examples are crafted on the
 substitute (Table 1, trained on the same training set) and transferred; gray-box examples are
-crafted on the oracle itself (which is the Original model's own white-box attack) and fed to
-the defended model; the nearly-white-box attack is equation 10 on the defended model.
+crafted on the model itself without its Z' branch (section 4.4.2): for the Original that is its
+own white-box attack, for the Defended one the attack on its Z head (which knows the weights
+but not the defence; the lock unit reads Z', so it goes too); the examples of the undefended
+oracle, transferred to the defended model, are a further row (the other reading of "crafted on
+the oracle itself", section 4.3); the nearly-white-box attack is equation 10 on the defended
+model.
 
 Settings the paper does not give, and ours: optimiser Adam 1e-3 with batch 128 (cpu: 15
 epochs; full: 50); the training FGS eps and the Classmap's FGS eps 0.1 (the paper's only stated
@@ -64,12 +68,15 @@ def get_config(arg=None):
   c.tables = ml_collections.ConfigDict(paper_003_tables(
       dataset, names, labels, kappas(scale), ADAPTIVE_EPS[dataset][1]))
   c.figures = ml_collections.ConfigDict({
-      "order": ("figure_5_black_box", "figure_6_gray_box"),
+      "order": ("figure_5_black_box", "figure_6_gray_box", "figure_6b_undefended_oracle"),
       "figure_5_black_box": detection_figure(
           "Figure 5: detecting black-box C&W examples (crafted on the substitute)", names,
           "cw_bb", scale),
       "figure_6_gray_box": detection_figure(
-          "Figure 6: detecting gray-box C&W examples (crafted on the oracle)", names,
+          "Figure 6: detecting gray-box C&W examples (crafted on the Z head)", names,
+          "cw_gb", scale),
+      "figure_6b_undefended_oracle": detection_figure(
+          "Figure 6 (b): detecting C&W examples crafted on the undefended oracle", names,
           "cw_gray", scale),
   })
   return c
@@ -115,6 +122,8 @@ def member_config(dataset: str, scale: str, experiment: str, model: str, attacks
 
 def collab_config(dataset: str, scale: str, names: dict, paper: dict, cw: dict):
   attacks = {**transferred(paper, names["substitute"], "_bb"),
+             **gray_box({k: v for k, v in paper.items() if k != "cw_k40"}),  # cw_gb_k40 below.
+             **gray_box(cw_sweep(scale, cw), rename=("cw_k", "cw_gb_k")),
              **transferred(paper, names["oracle"], "_gray"),
              **transferred(cw_sweep(scale, cw), names["substitute"], "", rename=("cw_k", "cw_bb_k")),
              **transferred(cw_sweep(scale, cw), names["oracle"], "", rename=("cw_k", "cw_gray_k")),
@@ -170,6 +179,18 @@ def pair_sweep(scale: str, cw: dict, target: str = "none") -> dict:
   return {f"{prefix}{k}": attack("cw_pair", f"eq. 10 C&W {kind}, kappa {k}, eta 1/1, "
                                  f"{_cw_label(cw)}", kappa=float(k), target=target,
                                  detector_aware=True, **cw) for k in kappas(scale)}
+
+
+def gray_box(attacks: dict, rename=None) -> dict:
+  """The same attacks crafted on the defended model's Z head alone (the paper's gray box:
+  "crafted on the oracle (without the Z' branch)", by an attacker who knows the weights but
+  not the defence; without Z' there is no lock unit either)."""
+  out = {}
+  for key, entry in attacks.items():
+    new_key = key.replace(*rename) if rename else key + "_gb"
+    out[new_key] = dict(entry, threat_model="gray_box",
+                        label=f"{entry['label']}, on the Z head")
+  return out
 
 
 def transferred(attacks: dict, source: str, suffix: str, rename=None) -> dict:
