@@ -442,5 +442,18 @@ MUTATIONS = (
     Mutation("collab_gray_box_sees_the_lock", "defenses_jax/defenses/collaborative.py",
              "return lambda z: self.split(net(z))[0]", "return lambda z: self.class_logits(net(z))",
              (_T + "test_collaborative.py",), "the gray-box attacker knows the defence"),
+    # Paper 004 (g: an attack on a frozen f_b as the input transformation).
+    Mutation("transform_ascends_towards_least_likely", "defenses_jax/defenses/attack_transform.py",
+             "jnp.argmin(clean, -1), -1.0", "jnp.argmin(clean, -1), 1.0",
+             (_T + "test_attack_transform.py",), "g moves away from y_L instead of towards it"),
+    Mutation("transform_targets_most_likely", "defenses_jax/defenses/attack_transform.py",
+             "jnp.argmin(clean, -1), -1.0", "jnp.argmax(clean, -1), -1.0",
+             (_T + "test_attack_transform.py",), "the least-likely target is the most likely"),
+    Mutation("transform_ball_around_iterate", "defenses_jax/defenses/attack_transform.py",
+             "return box(x + offset_op(moved - x))", "return box(offset_op(moved - x) + xp)",
+             (_T + "test_attack_transform.py",), "the Delta-ball drifts with the iterate"),
+    Mutation("equation_5_clip_is_identity", "defenses_jax/defenses/attack_transform.py",
+             "1.0 / (1.0 + jnp.abs(v)) ** 2),)", "1.0),)",
+             (_T + "test_attack_transform.py",), "equation 5's outside slope is 1"),
 
 )
