@@ -118,10 +118,12 @@ class Experiment:
     self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), config.train.batch_size,
                                                     config.train.replays)
     self.total_steps = self.steps_per_epoch * config.train.epochs
-    self.config = config = _with_derived_defense_options(config, workdir, datasets,
+    load_trained = lambda name: load_experiment(workdir, name, like=config, datasets=datasets)
+    self.config = config = _with_derived_defense_options(config, load_trained,
                                                          self.train_ds.num_classes)
     self.defense = create_defense(config.defense.name, self.train_ds.num_classes,
-                                  **config.defense.options.to_dict())
+                                  **config.defense.options.to_dict()).bind_trained(
+                                      load_trained, self.train_ds.image_shape)
     self.model = self.defense.wrap_model(create_model(config.model.name,
                                                       self.defense.output_width(),
                                                       **config.model.options.to_dict()))
@@ -152,13 +154,12 @@ class Experiment:
                                   out_specs=parallel.REPLICATED)
 
 
-def _with_derived_defense_options(config, workdir: str, datasets, num_classes: int):
+def _with_derived_defense_options(config, load_trained, num_classes: int):
   """config with the defense's derived options filled in (Defense.derive_options; e.g. paper
   003's Classmap from its oracle), as a new config when any changed."""
   options = config.defense.options.to_dict()
   derived = DEFENSES.lookup(config.defense.name).derive_options(
-      options, lambda name: load_experiment(workdir, name, like=config, datasets=datasets),
-      num_classes, config.eval.batch_size)
+      options, load_trained, num_classes, config.eval.batch_size)
   if derived == options:
     return config
   config = ml_collections.ConfigDict(config.to_dict())

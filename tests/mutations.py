@@ -455,5 +455,15 @@ MUTATIONS = (
     Mutation("equation_5_clip_is_identity", "defenses_jax/defenses/attack_transform.py",
              "1.0 / (1.0 + jnp.abs(v)) ** 2),)", "1.0),)",
              (_T + "test_attack_transform.py",), "equation 5's outside slope is 1"),
+    Mutation("adv_transform_trains_on_x", "defenses_jax/defenses/adv_transform.py",
+             'images = jax.lax.stop_gradient(self.transform(batch["image"], key))',
+             'images = batch["image"]', (_T + "test_adv_transform.py",), "f_a trained on x, not g(x)"),
+    Mutation("adv_transform_deploys_without_g", "defenses_jax/defenses/adv_transform.py",
+             "return Deployed(self.class_logits(net(self.transform(x, key))))",
+             "return Deployed(self.class_logits(net(x)))", (_T + "test_adv_transform.py",),
+             "the deployed classifier skips g"),
+    Mutation("adv_transform_accepts_a_retrained_fb", "defenses_jax/defenses/adv_transform.py",
+             "if self.transform_step >= 0 and int(fb.state.step) != self.transform_step:",
+             "if False:", (_T + "test_adv_transform.py",), "f_a restored on a changed f_b"),
 
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from defenses_jax.defenses.base import Defense, Deployed, Network
 from defenses_jax.defenses.standard import StandardTraining
 from defenses_jax.defenses.adversarial_training import AdversarialTraining
+from defenses_jax.defenses.adv_transform import AdvTransform
 from defenses_jax.defenses.atda import ATDA
 from defenses_jax.defenses.collaborative import Collaborative
 from defenses_jax.defenses.free_adv import FreeAdv
@@ -22,6 +23,7 @@ DEFENSES = Registry("defense", {
     "atda": ATDA,
     "pdm": PDM,
     "collaborative": Collaborative,
+    "adv_transform": AdvTransform,
 })
 
 
@@ -29,5 +31,5 @@ def create_defense(name: str, num_classes: int, **options) -> Defense:
   return DEFENSES.create(name, options, num_classes=num_classes)
 
 
-__all__ = ["DEFENSES", "ATDA", "AdversarialTraining", "Collaborative", "Defense", "Deployed", "FreeAdv",
+__all__ = ["DEFENSES", "ATDA", "AdvTransform", "AdversarialTraining", "Collaborative", "Defense", "Deployed", "FreeAdv",
            "Network", "PDM", "SimAdv", "StandardTraining", "TargetTraining", "create_defense"]

@@ -79,6 +79,12 @@ class Defense:
     derived values are saved in the experiment's config.json. Default: unchanged."""
     return options
 
+  def bind_trained(self, load_trained: Callable, image_shape: tuple) -> "Defense":
+    """The defense with any trained parts it deploys but does not train attached (paper 004's
+    frozen f_b, restored by `load_trained(name)` -> its TrainedExperiment), when the experiment
+    is built. Default: itself."""
+    return self
+
   def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int) -> Any:
     """The defense's own training state (a pytree), checkpointed with the rest."""
     return {}

@@ -1,0 +1,127 @@
+"""Adversarial transformation (paper 004, "defense by attack"): the deployed classifier is
+f_a(g(x)), g an attack on a frozen model f_b (defenses/attack_transform.py) started at a random
+point of its Delta-ball, f_a trained on g(x) only (equation 1).
+
+f_b is its own experiment (`transform_experiment`: any trained member of the same workdir, e.g.
+a standard or adversarially trained small VGG), restored from its checkpoint when this
+experiment is built (`bind_trained`) and never trained further: its weights are constants of
+the compiled steps, so no gradient can reach them. Its checkpoint step is recorded in this
+experiment's config (`transform_step`), so f_a's checkpoints are refused once f_b is retrained.
+An untrained f_b (the paper's Table 1, first column) is `transform_model` initialised from
+`transform_seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from defenses_jax.defenses.attack_transform import (VARIANTS, TransformSettings,
+                                                    attack_transform)
+from defenses_jax.defenses.base import Defense, Deployed, Network, unit_weighted
+
+# Without a random start g is deterministic and ignores its key; this one stands in for None.
+_UNUSED_KEY = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvTransform(Defense):
+  num_classes: int
+  transform_experiment: str = ""  # The trained f_b (an experiment of the same workdir).
+  transform_model: str = ""  # Or an untrained f_b: this model, initialised from transform_seed.
+  transform_model_options: Any = ()  # The untrained model's options (a dict; kept as items).
+  transform_seed: int = 0
+  transform_step: int = -1  # f_b's checkpoint step (derived; -1: not yet read).
+  variant: str = "paper"  # 'paper' | 'code': ../shared/reference/algorithms.md section 7.
+  delta: float = 0.2
+  steps: int = 13
+  step_fraction: float = 0.0  # 0: the variant's (paper 1/6, code 1/10).
+  random_start: bool = True
+  name: str = "adv_transform"
+  # f_b in inference mode, attached by bind_trained (not part of the defense's identity).
+  frozen: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+  def __post_init__(self):
+    if self.variant not in VARIANTS:
+      raise ValueError(f"unknown adv_transform variant {self.variant!r}; choose one of "
+                       f"{sorted(VARIANTS)}.")
+    if bool(self.transform_experiment) == bool(self.transform_model):
+      raise ValueError("adv_transform needs exactly one f_b: `transform_experiment` (a trained "
+                       "experiment) or `transform_model` (an untrained model, from "
+                       "transform_seed).")
+    # As sorted items: the defense stays hashable (jit keys on it).
+    object.__setattr__(self, "transform_model_options",
+                       tuple(sorted(dict(self.transform_model_options or {}).items())))
+    self.settings  # Validates delta, steps and step_fraction before any compute.
+
+  @property
+  def settings(self) -> TransformSettings:
+    preset = dict(VARIANTS[self.variant], random_start=self.random_start)
+    if self.step_fraction:
+      preset["step_fraction"] = self.step_fraction
+    return TransformSettings(delta=self.delta, steps=self.steps, **preset)
+
+  @property
+  def randomised(self) -> bool:
+    return self.random_start
+
+  @classmethod
+  def derive_options(cls, options: dict, load_trained: Callable, num_classes: int,
+                     batch_size: int) -> dict:
+    if not options.get("transform_experiment") or options.get("transform_step", -1) >= 0:
+      return options
+    cls(num_classes=num_classes, **options)  # Validates before f_b loads.
+    fb = load_trained(options["transform_experiment"])
+    return {**options, "transform_step": int(fb.state.step)}
+
+  def bind_trained(self, load_trained: Callable, image_shape: tuple) -> "AdvTransform":
+    if self.transform_model:
+      from defenses_jax.models import create_model  # Models import nothing from defenses.
+      model = create_model(self.transform_model, self.num_classes,
+                           **dict(self.transform_model_options))
+      variables = model.init({"params": jax.random.key(self.transform_seed)},
+                             jnp.zeros((1, *image_shape), jnp.float32), train=False)
+      return dataclasses.replace(self, frozen=Network(model, dict(variables)))
+    fb = load_trained(self.transform_experiment)
+    if self.transform_step >= 0 and int(fb.state.step) != self.transform_step:
+      raise ValueError(
+          f"f_b {self.transform_experiment!r} is at step {int(fb.state.step)}, but this "
+          f"experiment was trained on it at step {self.transform_step}: f_b changed, so f_a "
+          "must be retrained (a new workdir or experiment name).")
+    if fb.exp.train_ds.image_shape != tuple(image_shape):
+      raise ValueError(f"f_b {self.transform_experiment!r} takes images "
+                       f"{fb.exp.train_ds.image_shape}, this experiment {tuple(image_shape)}.")
+    return dataclasses.replace(self, frozen=fb.network())
+
+  def fb_logits(self, x: jax.Array) -> jax.Array:
+    if self.frozen is None:
+      raise ValueError("adv_transform: f_b is not attached; build the experiment through "
+                       "experiment.Experiment, which restores it (bind_trained).")
+    return self.frozen(x)
+
+  def transform(self, x: jax.Array, key: Optional[jax.Array] = None, **ops) -> jax.Array:
+    """g(x, key); `ops`: attack_transform's sign_op / offset_op (the BPDA surfaces)."""
+    key = jax.random.key(_UNUSED_KEY) if key is None else key
+    return attack_transform(self.fb_logits, x, key, self.settings, **ops)
+
+  def training_batch(self, batch, key, logits_fn, defense_state):
+    images = jax.lax.stop_gradient(self.transform(batch["image"], key))
+    return unit_weighted(images, batch["label"]), defense_state
+
+  def deployed(self, net: Callable, x: jax.Array, key: Optional[jax.Array] = None) -> Deployed:
+    if getattr(net, "detector", None) is not None:
+      outputs = self.deployed_outputs(net, x, key)
+      return Deployed(outputs["class_logits"], outputs["detector_score"])
+    return Deployed(self.class_logits(net(self.transform(x, key))))
+
+  def deployed_outputs(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None
+                       ) -> dict:
+    transformed = self.transform(x, key)
+    outputs = net.outputs(transformed)
+    outputs.update(class_logits=self.class_logits(outputs["logits"]), transformed=transformed)
+    if net.detector is not None:
+      outputs["detector_score"] = net.detector.score(net.detector_state, outputs, transformed)
+    return outputs
