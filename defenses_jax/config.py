@@ -108,12 +108,13 @@ def base_config() -> ml_collections.ConfigDict:
 def attack(name: str, label: str, threat_model: str = "white_box", source_experiment: str = "",
            eot_samples: int = 1, fit_examples: int = 0, detector_aware: bool = False,
            detector_weight: float = 1.0, detector_fpr: float = 0.0, num_examples: int = 0,
-           **params) -> dict:
+           surface: str = "", **params) -> dict:
   """One entry of config.eval.attacks (eot_samples > 1: EOT against a randomised defense;
   fit_examples: the training images a universal attack is fitted on, 0 for its default;
   detector_aware: evade the evaluation's detector too, its score times detector_weight, at the
   threshold of false-positive rate detector_fpr on clean held-out images (0: the deployed one);
-  num_examples: run on the first N attacked images only, 0 for all of them)."""
+  num_examples: run on the first N attacked images only, 0 for all of them; surface: one of
+  the defense's named white-box attack surfaces, e.g. paper 004's 'bpda_identity')."""
   # label_params: what the label describes, so that an override of params on the command line
   # is shown in the label instead of running under a label that no longer fits.
   entry = {"attack": name, "label": label, "threat_model": threat_model, "params": params,
@@ -128,4 +129,6 @@ def attack(name: str, label: str, threat_model: str = "white_box", source_experi
     entry["detector_fpr"] = detector_fpr
   if num_examples:
     entry["num_examples"] = num_examples
+  if surface:
+    entry["surface"] = surface
   return entry

@@ -116,3 +116,65 @@ def test_f_a_trains_on_g_with_f_b_frozen_and_refuses_a_retrained_f_b(tmp_path):
     experiment_lib.load_experiment(str(tmp_path), "fa", datasets=datasets)
   with pytest.raises(CheckpointMismatchError, match="defense"):
     train_lib.train_and_evaluate(fa_config, str(tmp_path), datasets)
+
+
+def test_attack_surfaces_keep_g_forward_and_change_only_its_gradient():
+  # delta 0.3 around bright pixels: the box clip holds many of them, where the plain gradient
+  # through g is 0 and BPDA-identity's is f_a's own.
+  defense = untrained(delta=0.3, steps=3)
+  ds = blob_dataset(4, seed=2)
+  x = jnp.asarray(np.clip(ds.images + 0.6, 0, 1))
+  w = jax.random.normal(jax.random.key(1), (x[0].size, 4))
+  fa = lambda z: z.reshape(z.shape[0], -1) @ w
+  key = jax.random.key(7)
+  deployed = defense.deployed(fa, x, key).class_logits
+  targets = {s: defense.attack_target("white_box", fa, s) for s in defense.attack_surfaces}
+  for surface, target in targets.items():
+    assert target.stochastic
+    np.testing.assert_allclose(target(x, key), deployed, rtol=1e-5, atol=1e-5, err_msg=surface)
+  loss = lambda f: (lambda z: jnp.sum(f(z, key)[:, 0]))
+  identity_grad = jax.grad(loss(targets["bpda_identity"]))(x)
+  np.testing.assert_allclose(identity_grad, np.broadcast_to(w[:, 0].reshape(x.shape[1:]),
+                                                           x.shape), rtol=1e-5)
+  plain = jax.grad(loss(defense.attack_target("white_box", fa)))(x)
+  held = np.asarray(defense.transform(x, key)) >= 1.0  # Pixels the box clip holds at 1.
+  assert held.any() and np.all(np.asarray(plain)[held] == 0.0)
+  # Equation 5 and straight-through differentiate f_b's gradient step: not BPDA-I's identity.
+  for surface in ("bpda_softsign", "straight_through"):
+    assert not np.allclose(jax.grad(loss(targets[surface]))(x), identity_grad), surface
+  with pytest.raises(ValueError, match="attack surface"):
+    defense.attack_target("gray_box", fa, "bpda_identity")
+  with pytest.raises(ValueError, match="attack surface"):
+    create_defense("standard", 4).attack_target("white_box", fa, "bpda_identity")
+
+
+def test_attack_specs_check_the_surface_before_compute():
+  from defenses_jax.evaluation.threat_models import parse_attack_specs
+  from experiments.common import attack
+  defense = create_defense("adv_transform", 4, transform_model="lenet")
+  pgd = dict(eps=0.1, step_size=0.01, steps=5)
+  specs = parse_attack_specs({"a": attack("pgd", "BPDA-I", surface="bpda_identity", **pgd)},
+                             defense)
+  assert specs[0].surface == "bpda_identity"
+  for bad in (attack("pgd", "x", surface="bpda_magic", **pgd),
+              attack("pgd", "x", surface="bpda_identity", threat_model="gray_box", **pgd)):
+    with pytest.raises(ValueError, match="surface"):
+      parse_attack_specs({"a": bad}, defense)
+  with pytest.raises(ValueError, match="surface"):
+    parse_attack_specs({"a": attack("pgd", "x", surface="bpda_identity", **pgd)},
+                       create_defense("standard", 4))
+
+
+def test_saved_examples_are_matched_on_surface_and_eot_draws_too():
+  from defenses_jax.evaluation.evaluator import crafted_as
+  from defenses_jax.evaluation.threat_models import parse_attack_specs
+  from experiments.common import attack
+  defense = create_defense("adv_transform", 4, transform_model="lenet")
+  pgd = dict(eps=0.1, step_size=0.01, steps=5)
+  plain, bpda, eot = parse_attack_specs({
+      "plain": attack("pgd", "PGD", **pgd),
+      "bpda": attack("pgd", "BPDA-I", surface="bpda_identity", **pgd),
+      "eot": attack("pgd", "EOT", eot_samples=8, **pgd)}, defense)
+  assert crafted_as(plain) == pgd  # As saved before surfaces existed: old files still match.
+  assert crafted_as(bpda) == {**pgd, "__surface": "bpda_identity"}
+  assert crafted_as(eot) == {**pgd, "__eot_samples": 8}

@@ -31,5 +31,5 @@ def create_defense(name: str, num_classes: int, **options) -> Defense:
   return DEFENSES.create(name, options, num_classes=num_classes)
 
 
-__all__ = ["DEFENSES", "ATDA", "AdvTransform", "AdversarialTraining", "Collaborative", "Defense", "Deployed", "FreeAdv",
-           "Network", "PDM", "SimAdv", "StandardTraining", "TargetTraining", "create_defense"]
+__all__ = ["DEFENSES", "ATDA", "AdvTransform", "AdversarialTraining", "Collaborative", "Defense",
+           "Deployed", "FreeAdv", "Network", "PDM", "SimAdv", "StandardTraining", "TargetTraining", "create_defense"]

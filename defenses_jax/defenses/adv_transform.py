@@ -19,12 +19,27 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from defenses_jax.attacks.wrappers import stochastic
 from defenses_jax.defenses.attack_transform import (VARIANTS, TransformSettings,
-                                                    attack_transform)
+                                                    attack_transform, bpda_sign,
+                                                    equation_5_clip)
 from defenses_jax.defenses.base import Defense, Deployed, Network, unit_weighted
 
 # Without a random start g is deterministic and ignores its key; this one stands in for None.
 _UNUSED_KEY = 0
+
+# The white-box surfaces an attack can pick (`surface`), each g(x) on the forward pass:
+SURFACES = {
+    # BPDA-I: the identity on the way back (the paper's Table 1 and Figures 6-7).
+    "bpda_identity": None,
+    # Equation 5: sgn differentiated as soft sign or tanh, the projection as 1 inside the
+    # ball and 1 / (1 + |delta|)^2 outside (the paper's Figure 5).
+    "bpda_softsign": "softsign",
+    "bpda_tanh": "tanh",
+    # Through g's unrolled steps: sgn straight-through, the clips' true derivatives (a second
+    # derivative of f_b: beyond the paper).
+    "straight_through": "identity",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +56,7 @@ class AdvTransform(Defense):
   step_fraction: float = 0.0  # 0: the variant's (paper 1/6, code 1/10).
   random_start: bool = True
   name: str = "adv_transform"
+  attack_surfaces = tuple(SURFACES)
   # f_b in inference mode, attached by bind_trained (not part of the defense's identity).
   frozen: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -106,6 +122,19 @@ class AdvTransform(Defense):
     """g(x, key); `ops`: attack_transform's sign_op / offset_op (the BPDA surfaces)."""
     key = jax.random.key(_UNUSED_KEY) if key is None else key
     return attack_transform(self.fb_logits, x, key, self.settings, **ops)
+
+  def surface_transform(self, surface: str, x: jax.Array, key: Optional[jax.Array] = None):
+    """g(x, key) forward, differentiated as `surface` says."""
+    if surface == "bpda_identity":  # Straight-through: the value of g, the gradient of x.
+      return x + jax.lax.stop_gradient(self.transform(x, key) - x)
+    sign_op = bpda_sign(SURFACES[surface])
+    if surface == "straight_through":
+      return self.transform(x, key, sign_op=sign_op)
+    return self.transform(x, key, sign_op=sign_op, offset_op=equation_5_clip(self.delta))
+
+  def surface_target(self, surface: str, net: Callable) -> Callable:
+    logits = lambda z, key=None: self.class_logits(net(self.surface_transform(surface, z, key)))
+    return stochastic(logits) if self.randomised else logits
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     images = jax.lax.stop_gradient(self.transform(batch["image"], key))

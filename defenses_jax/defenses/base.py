@@ -60,6 +60,9 @@ class Defense:
   # A randomised deployed classifier (e.g. a random input transformation) uses the key it is
   # given; its white-box attack target is then stochastic (attacks draw a fresh key per call).
   randomised = False
+  # Named white-box attack surfaces besides the deployed classifier itself (e.g. paper 004's
+  # BPDA stand-ins for its transformation): an attack picks one with its `surface` field.
+  attack_surfaces: tuple = ()
 
   def output_width(self) -> int:
     """Width of the network's last layer (k, or 2k for Target Training)."""
@@ -144,14 +147,25 @@ class Defense:
     """The defense's own strongest adaptive attack surface (defenses that have one)."""
     raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
 
+  def surface_target(self, surface: str, net: Callable) -> Callable:
+    """The logits function of one of `attack_surfaces` (stochastic when randomised)."""
+    raise ValueError(f"defense {self.name!r} defines no attack surfaces.")
+
   @property
   def has_adaptive_attack(self) -> bool:
     return type(self).adaptive_logits is not Defense.adaptive_logits
 
-  def attack_target(self, threat_model: str, net: Callable) -> Callable:
+  def attack_target(self, threat_model: str, net: Callable, surface: str = "") -> Callable:
     """What an attacker under `threat_model` differentiates: white_box (and transfer, on its
     source) the deployed classifier's class scores, stochastic when the defense is
-    randomised; gray_box the bare network; adaptive the defense's own adaptive surface."""
+    randomised, or the named `surface` of it; gray_box the bare network; adaptive the
+    defense's own adaptive surface."""
+    if surface:
+      if surface not in self.attack_surfaces or threat_model not in ("white_box", "transfer"):
+        raise ValueError(f"attack surface {surface!r}: defense {self.name!r} has "
+                         f"{list(self.attack_surfaces) or 'none'}, for white-box (or transfer) "
+                         f"attacks; got threat_model {threat_model!r}.")
+      return self.surface_target(surface, net)
     if threat_model == "gray_box":
       return net
     if threat_model == "adaptive":

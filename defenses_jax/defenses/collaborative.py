@@ -268,12 +268,12 @@ class Collaborative(Defense):
       outputs["detector_score"] = net.detector.score(net.detector_state, outputs, x)
     return outputs
 
-  def attack_target(self, threat_model: str, net: Callable) -> Callable:
+  def attack_target(self, threat_model: str, net: Callable, surface: str = "") -> Callable:
     # Gray-box (paper 003 section 2.2: the oracle's parameters, not the defense): the base
     # classifier's own logits Z, without Z' and the lock unit.
-    if threat_model == "gray_box":
+    if threat_model == "gray_box" and not surface:
       return lambda z: self.split(net(z))[0]
-    return super().attack_target(threat_model, net)
+    return super().attack_target(threat_model, net, surface)
 
 
 def robust_objective(robust_clean: jax.Array, robust_adv: jax.Array, robust_labels: jax.Array,

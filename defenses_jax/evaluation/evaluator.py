@@ -70,8 +70,8 @@ class _Evaluator:
   def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment],
              progress=None) -> AttackRun:
     if source is not None and not spec.detector_aware:  # Saved examples ignore detectors.
-      saved = crafted.find(source.exp.exp_dir, spec.attack, spec.params, int(source.state.step),
-                           self.labels)
+      saved = crafted.find(source.exp.exp_dir, spec.attack, crafted_as(spec),
+                           int(source.state.step), self.labels)
       if saved is not None:
         x_adv = saved[0]
         pred = run_over_dataset(data_lib.ArrayDataset(x_adv, self.labels, self.ds.num_classes,
@@ -91,7 +91,7 @@ class _Evaluator:
                              spec.detector_weight)
       detector_state = detection.state
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
-                           spec.eot_samples, evade)
+                           spec.eot_samples, evade, spec.surface)
     runner = make_attack_runner(spec, build, self.mesh)
     s = crafted_on.state
 
@@ -230,6 +230,13 @@ def accuracy_vs_eps(config: ml_collections.ConfigDict, workdir: str, attack_key:
           "points": _sweep(ev, spec, eps_values, ev.clean_correct())}
 
 
+def crafted_as(spec: AttackSpec) -> dict:
+  """What saved examples are matched on: the attack's params, and its EOT draws and surface
+  where they are not the defaults (so files saved before these existed still match)."""
+  extra = {"__eot_samples": spec.eot_samples} if spec.eot_samples > 1 else {}
+  return {**spec.params, **extra, **({"__surface": spec.surface} if spec.surface else {})}
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              datasets: Optional[tuple] = None) -> dict:
   trained = TrainedExperiment(config, workdir, datasets)
@@ -301,8 +308,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                            adv_scores[clean_correct[:n] & ~adv_correct])
     if (config.eval.save_adversarial_examples and spec.threat_model == "white_box"
         and not spec.detector_aware and jax.process_index() == 0):  # What transfer reuses.
-      crafted.save(results_dir, spec.key, spec.attack, spec.params, int(trained.state.step),
-                   x_adv, attack_ds.labels[:n])
+      crafted.save(results_dir, spec.key, spec.attack, crafted_as(spec),
+                   int(trained.state.step), x_adv, attack_ds.labels[:n])
     examples[spec.label] = x_adv[:NUM_EXAMPLE_IMAGES]
   bar.close()
   summary = {

@@ -52,6 +52,9 @@ class AttackSpec:
   # Run on the first num_examples attacked images only (0: all), for attacks too costly for
   # the whole attacked subset (paper 000's ZOO: 200 images).
   num_examples: int = 0
+  # A named white-box surface of the defense (its `attack_surfaces`, e.g. paper 004's
+  # 'bpda_identity'); "": the deployed classifier itself.
+  surface: str = ""
   # Params that differ from those the label was written for (a command-line override such as
   # --config.eval.attacks.cw.params.max_iterations=5): {name: [label's value, value run]}. The
   # label then says so, and tables do not compare the row with the paper's number.
@@ -78,7 +81,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
                             "eot_samples", "fit_examples", "detector_aware",
                             "detector_weight", "detector_fpr", "label_params",
-                            "num_examples"}
+                            "num_examples", "surface"}
     if unknown:
       raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
@@ -146,6 +149,12 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     if num_examples < 0:
       raise ValueError(f"eval.attacks.{key}: num_examples must be >= 0 (0: every attacked "
                        "image).")
+    surface = str(entry.get("surface", ""))
+    if surface and (surface not in defense.attack_surfaces or threat != "white_box"
+                    or detector_aware or universal):
+      raise ValueError(f"eval.attacks.{key}: surface {surface!r} must be one of defense "
+                       f"{defense.name!r}'s attack surfaces {list(defense.attack_surfaces)}, "
+                       "for a white-box attack that is neither detector-aware nor universal.")
     overridden = _overridden(entry.get("label_params"), params)
     label = entry.get("label", key)
     if overridden:
@@ -155,7 +164,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                             eot_samples=eot_samples, fit_examples=fit_examples,
                             detector_aware=detector_aware, detector_weight=detector_weight,
                             detector_fpr=detector_fpr,
-                            num_examples=num_examples))
+                            num_examples=num_examples, surface=surface))
   return specs
 
 
@@ -177,7 +186,7 @@ class DetectorTarget(NamedTuple):
 
 
 def logits_builder(threat_model: str, model, defense, eot_samples: int = 1,
-                   evade: Optional[DetectorTarget] = None) -> Callable:
+                   evade: Optional[DetectorTarget] = None, surface: str = "") -> Callable:
   """(params, batch_stats[, labels, detector_state]) -> the logits function the attacker
   differentiates (transfer: the white-box target of the source it is crafted on), averaged
   over `eot_samples` draws of a randomised defense. With `evade`, the white-box target with the
@@ -185,7 +194,8 @@ def logits_builder(threat_model: str, model, defense, eot_samples: int = 1,
 
   def build(params, batch_stats, labels=None, detector_state=None):
     if evade is None:
-      target = defense.attack_target(threat_model, Network(model, variables(params, batch_stats)))
+      target = defense.attack_target(threat_model, Network(model, variables(params, batch_stats)),
+                                     surface)
     else:
       net = Network(model, variables(params, batch_stats), evade.detector, detector_state)
       target = _detector_aware_target(defense, net, labels, evade)
