@@ -443,6 +443,10 @@ MUTATIONS = (
              "return lambda z: self.split(net(z))[0]", "return lambda z: self.class_logits(net(z))",
              (_T + "test_collaborative.py",), "the gray-box attacker knows the defence"),
     # Paper 004 (g: an attack on a frozen f_b as the input transformation).
+    Mutation("eot_chunks_keep_the_first", "defenses_jax/attacks/wrappers.py",
+             "log_probs = jax.lax.map(jax.checkpoint(one_draw), keys, batch_size=chunk)",
+             "log_probs = jax.vmap(one_draw)(keys[:chunk])", (_T + "test_attacks.py",),
+             "chunked EOT averages its first chunk only"),
     Mutation("transform_ascends_towards_least_likely", "defenses_jax/defenses/attack_transform.py",
              "jnp.argmin(clean, -1), -1.0", "jnp.argmin(clean, -1), 1.0",
              (_T + "test_attack_transform.py",), "g moves away from y_L instead of towards it"),

@@ -407,3 +407,15 @@ def test_attacks_reject_malformed_batches_before_running(name):
     attack(x, y[:-1])
   with pytest.raises(AssertionError, match="float"):
     attack((x * 255).astype(jnp.uint8), y)  # Images as bytes, not in [0, 1].
+
+
+def test_eot_in_chunks_equals_eot_at_once():
+  fn, _, _ = linear_model(3)
+  noisy = lambda x, key: fn(x + 0.05 * jax.random.normal(key, x.shape))
+  x = interior_inputs(4)
+  y = jnp.argmax(fn(x), -1)
+  key = jax.random.key(3)
+  at_once, chunked = attacks.eot(noisy, 10, chunk=10), attacks.eot(noisy, 10, chunk=4)
+  np.testing.assert_allclose(chunked(x, key), at_once(x, key), rtol=1e-6, atol=1e-6)
+  grad_of = lambda lf: jax.grad(lambda z: jnp.sum(objectives.cross_entropy(lf(z, key), y)))(x)
+  np.testing.assert_allclose(grad_of(chunked), grad_of(at_once), rtol=1e-5, atol=1e-7)
