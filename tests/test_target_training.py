@@ -57,6 +57,11 @@ def test_the_second_half_of_the_batch_is_the_attack_output(name, num_classes, la
   np.testing.assert_array_equal(out["label"], np.concatenate([labels, labels + label_offset]))
   with pytest.raises(ValueError, match="unknown attack"):
     create_defense("target_training", 3, attack="pgdd")
+  if name == "adversarial_training":  # Madry et al.: the attacked copies alone.
+    madry = create_defense(name, num_classes, include_clean=False, **options)
+    only, _ = madry.training_batch(batch, jax.random.key(0), logits_fn, state)
+    np.testing.assert_allclose(only["image"], out["image"][3:], atol=1e-6)
+    np.testing.assert_array_equal(only["label"], labels)
 
 
 def test_prediction_merges_each_class_with_its_duplicate():

@@ -27,6 +27,9 @@ class AdversarialTraining(Defense):
   num_classes: int
   attack: str = "fgsm"
   attack_params: Optional[dict] = None
+  # True: each batch with its adversarial copies (Goodfellow et al., Kurakin et al.; paper 000's
+  # baselines); False: the adversarial examples only (Madry et al. 2018's min-max training).
+  include_clean: bool = True
   name: str = "adversarial_training"
 
   def __post_init__(self):
@@ -34,5 +37,7 @@ class AdversarialTraining(Defense):
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     x_adv = adversarial_examples(self.attack, self.attack_params or {}, logits_fn, batch, key)
+    if not self.include_clean:
+      return unit_weighted(x_adv, batch["label"]), defense_state
     return unit_weighted(jnp.concatenate([batch["image"], x_adv]),
                          jnp.concatenate([batch["label"], batch["label"]])), defense_state
