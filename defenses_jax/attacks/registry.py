@@ -32,6 +32,7 @@ from defenses_jax.attacks.jsma import jsma
 from defenses_jax.attacks.pair_evasion import cw_pair, pair_apgd
 from defenses_jax.attacks.query.gen_attack import gen_attack, gen_attack_query_budget
 from defenses_jax.attacks.query.hop_skip_jump import hop_skip_jump, hop_skip_jump_query_budget
+from defenses_jax.attacks.query.es_sign_pgd import es_sign_pgd, es_sign_pgd_query_budget
 from defenses_jax.attacks.query.random_search import random_search
 from defenses_jax.attacks.query.square import square
 from defenses_jax.attacks.query.zoo import zoo, zoo_query_budget
@@ -114,6 +115,8 @@ ATTACKS = Registry("attack", {
     "gen_attack": AttackInfo(gen_attack, "scores", "linf", budget_param="max_steps",
                              query_budget=gen_attack_query_budget),
     "square": AttackInfo(square, "scores", "linf", budget_param="max_queries"),
+    "es_sign_pgd": AttackInfo(es_sign_pgd, "scores", "linf", budget_param="steps",
+                              query_budget=es_sign_pgd_query_budget),
     "zoo": AttackInfo(zoo, "scores", "l2", budget_param="max_iterations",
                       query_budget=zoo_query_budget),
     "uap": AttackInfo(uap, "universal", "linf", budget_param="max_passes",

@@ -6,8 +6,10 @@ which counts their queries per example and refuses gradients.
     zoo            scores  ZOO: CW-L2 with finite-difference coordinate ADAM / Newton
     gen_attack     scores  GenAttack: a genetic search in the L-inf ball
     square         scores  Square: random square windows, L-inf / L2 (AutoAttack's member)
+    es_sign_pgd    scores  sign-PGD on an antithetic ES gradient estimate (the k-WTA break)
 """
 
+from defenses_jax.attacks.query.es_sign_pgd import es_sign_pgd
 from defenses_jax.attacks.query.gen_attack import gen_attack
 from defenses_jax.attacks.query.hop_skip_jump import hop_skip_jump
 from defenses_jax.attacks.query.oracle import Oracle, QueryAccessError
@@ -15,5 +17,5 @@ from defenses_jax.attacks.query.random_search import random_search
 from defenses_jax.attacks.query.square import square
 from defenses_jax.attacks.query.zoo import zoo
 
-__all__ = ["Oracle", "QueryAccessError", "gen_attack", "hop_skip_jump", "random_search",
+__all__ = ["Oracle", "QueryAccessError", "es_sign_pgd", "gen_attack", "hop_skip_jump", "random_search",
            "square", "zoo"]
