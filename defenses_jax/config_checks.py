@@ -35,5 +35,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if ev.monitor.attack and ev.monitor.attack not in keys:
     problems.append(f"eval.monitor.attack {ev.monitor.attack!r} is not one of eval.attacks "
                     f"({sorted(keys)})")
+  for group, members in dict(ev.get("worst_case_groups") or {}).items():
+    if not members or set(members) - keys:
+      problems.append(f"eval.worst_case_groups.{group} must name attacks of eval.attacks "
+                      f"({sorted(keys)}); got {list(members)}")
   if problems:
     raise ValueError("bad config: " + "; ".join(problems) + ".")

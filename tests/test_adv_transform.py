@@ -6,6 +6,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,6 +14,8 @@ from conftest import blob_dataset, tiny_config
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
 from defenses_jax.checkpoint import CheckpointMismatchError
+from defenses_jax.evaluation import evaluate
+from experiments.common import attack
 from defenses_jax.defenses import create_defense
 from defenses_jax.defenses.base import Network
 from defenses_jax.models import create_model
@@ -86,6 +89,16 @@ def fb_and_fa_configs(fb_epochs=1):
   fa.defense.options.transform_experiment = "fb"
   fa.defense.options.delta = 0.1
   fa.defense.options.steps = 3
+  fa.defense.options.metric_images = 8
+  fa.defense.options.metric_samples = 16
+  fa.eval.num_attack_examples = 16
+  fa.eval.sanity.enabled = False
+  pgd = dict(eps=0.2, step_size=0.05, steps=5)
+  fa.eval.attacks = ml_collections.ConfigDict({
+      "pgd": attack("pgd", "PGD through g", **pgd),
+      "pgd_bpda": attack("pgd", "PGD, BPDA-identity", surface="bpda_identity", **pgd)})
+  fa.eval.worst_case_groups = ml_collections.ConfigDict({"bpda_only": ("pgd_bpda",),
+                                                         "both": ("pgd", "pgd_bpda")})
   return fb, fa
 
 
@@ -99,6 +112,11 @@ def test_f_a_trains_on_g_with_f_b_frozen_and_refuses_a_retrained_f_b(tmp_path):
   with open(tmp_path / "fa" / "config.json") as f:
     saved = json.load(f)["defense"]["options"]
   assert saved["transform_step"] == int(fb_before.state.step)
+  out = evaluate(fa_config, str(tmp_path), datasets)
+  assert 0.0 < out["defense_metrics"]["expected_image_linf"] <= 0.1 + 1e-6
+  groups, attacks = out["worst_case_groups"], out["attacks"]
+  assert groups["bpda_only"] == pytest.approx(attacks["pgd_bpda"]["robust_accuracy"])
+  assert groups["both"] <= min(groups["bpda_only"], attacks["pgd"]["robust_accuracy"])
   fb_after = experiment_lib.load_experiment(str(tmp_path), "fb", datasets=datasets)
   for a, b in zip(jax.tree.leaves(fb_before.state.params), jax.tree.leaves(fb_after.state.params)):
     np.testing.assert_array_equal(a, b)
@@ -178,3 +196,18 @@ def test_saved_examples_are_matched_on_surface_and_eot_draws_too():
   assert crafted_as(plain) == pgd  # As saved before surfaces existed: old files still match.
   assert crafted_as(bpda) == {**pgd, "__surface": "bpda_identity"}
   assert crafted_as(eot) == {**pgd, "__eot_samples": 8}
+
+
+def test_table_cells_read_the_defense_numbers_and_named_worst_cases():
+  from defenses_jax.suites import tables as paper_tables
+  from experiments.common import table, table_row
+  summary = {"clean_accuracy": 0.9, "attacks": {},
+             "defense_metrics": {"expected_image_linf": 0.13},
+             "worst_case_groups": {"bpda": 0.42}}
+  config = ml_collections.ConfigDict({"order": ("t",), "t": table(
+      "T", (("d", "dist"), ("w", "worst"), ("m", "missing")), [table_row(
+          "fa", {"d": 0.136}, d="fa:defense:expected_image_linf", w="fa:worst_case:bpda",
+          m="fa:worst_case:eot")])})
+  cells = paper_tables.fill_tables(config, {"fa": summary})[0]["rows"][0]["cells"]
+  assert [c["ours"] for c in cells] == [0.13, 0.42, None]
+  assert [c["status"] for c in cells] == ["ok", "ok", "missing"] and cells[0]["paper"] == 0.136

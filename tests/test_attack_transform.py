@@ -107,3 +107,20 @@ def test_settings_refuse_nonsense_before_compute():
     TransformSettings(delta=0.0)
   with pytest.raises(ValueError, match="objective"):
     TransformSettings(objective="most_unlikely")
+
+
+def test_expected_image_distance_of_the_code_variant_is_known():
+  # Code variant on the linear f_b: each pixel ends at clip(d0 + 1.3 delta s, -delta, delta)
+  # with d0 ~ U[-delta, delta]; for delta 0.2 its mean magnitude is
+  # 2.5 [int_{0.06}^{0.2} u du + 0.2 x 0.26] = 0.1755 on every pixel (nothing clips to the box).
+  import dataclasses
+  from defenses_jax.defenses import create_defense
+  defense = create_defense("adv_transform", 2, transform_model="lenet", variant="code",
+                           delta=0.2, steps=13, metric_images=3, metric_samples=4000)
+  defense = dataclasses.replace(defense, frozen=fb)
+  metrics = defense.evaluation_metrics(None, X, jax.random.key(0))
+  assert abs(metrics["expected_image_linf"] - 0.1755) < 0.006, metrics
+  # The paper variant washes the start out: E g = g = clip(x + delta s), 0.2 from x.
+  paper = dataclasses.replace(defense, variant="paper")
+  assert abs(paper.evaluation_metrics(None, X, jax.random.key(0))["expected_image_linf"]
+             - 0.2) < 1e-5

@@ -147,6 +147,12 @@ class Defense:
     """The defense's own strongest adaptive attack surface (defenses that have one)."""
     raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
 
+  def evaluation_metrics(self, net: Callable, images, key: jax.Array) -> dict:
+    """Numbers of the defense itself on the evaluation's clean attacked images, {name: float}
+    (e.g. paper 004's distance of the expected transformed image); tables read them as
+    '<member>:defense:<name>'. Default: none."""
+    return {}
+
   def surface_target(self, surface: str, net: Callable) -> Callable:
     """The logits function of one of `attack_surfaces` (stochastic when randomised)."""
     raise ValueError(f"defense {self.name!r} defines no attack surfaces.")

@@ -258,6 +258,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   clean_accuracy = evaluate_clean(exp.eval_step(), trained.state, exp.test_ds,
                                   config.eval.batch_size, exp.mesh)
   clean_correct = ev.clean_correct()
+  defense_metrics = exp.defense.evaluation_metrics(trained.network(), attack_ds.images,
+                                                   jax.random.fold_in(ev.key, 7 * 2**20))
   clean_scores = None if detection is None else detection.scores(attack_ds.images)
   results, per_attack_correct, examples, roc, evading = {}, {}, {}, {}, {}
   results_dir = os.path.join(exp.exp_dir, "results")
@@ -321,6 +323,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       "worst_case_robust_accuracy": metrics.worst_case_accuracy(
           clean_correct, per_attack_correct.values()) if specs else None,
   }
+  if defense_metrics:
+    summary["defense_metrics"] = defense_metrics
+  # Per example, the worst case over a named subset of the attacks (e.g. every BPDA variant).
+  groups = dict(config.eval.get("worst_case_groups") or {})
+  if groups:
+    summary["worst_case_groups"] = {
+        name: metrics.worst_case_accuracy(clean_correct, [per_attack_correct[k] for k in keys])
+        for name, keys in groups.items()}
   if detection is not None:
     bounded = [s.key for s in specs if "eps" in s.params and s.threat_model != "transfer"]
     summary["detection"] = {

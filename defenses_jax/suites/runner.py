@@ -89,8 +89,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if key in paper_tables.MEMBER_DETECTION_KEYS and not members[member].eval.detection.detector:
           raise ValueError(f"{table_id}, row {label!r}: {key!r} needs a detector in member "
                            f"{member!r}'s eval.detection.")
+        section, _, name = key.partition(":")
+        if section == "worst_case" and name not in dict(
+            members[member].eval.get("worst_case_groups") or {}):
+          raise ValueError(f"{table_id}, row {label!r}: member {member!r} has no "
+                           f"eval.worst_case_groups.{name}.")
         if key in ("clean", "time") or key.startswith("time_ratio:") or (
-            key in paper_tables.MEMBER_DETECTION_KEYS):
+            key in paper_tables.MEMBER_DETECTION_KEYS) or section in paper_tables.MEMBER_SECTIONS:
           continue
         attack_key, _, metric = key.partition(":")
         if attack_key not in members[member].eval.attacks:

@@ -24,6 +24,9 @@ ATTACK_METRICS = {
 # '<member>:<key>': a number of the member's detector evaluation (summary['detection']).
 MEMBER_DETECTION_KEYS = ("worst_case_misclassified_and_accepted", "held_out_false_positive_rate",
                          "worst_case_bounded_misclassified_and_accepted", "davies_bouldin_index")
+# '<member>:<section>:<name>': the defense's own numbers (Defense.evaluation_metrics) and the
+# worst case over a named group of attacks (eval.worst_case_groups).
+MEMBER_SECTIONS = {"defense": "defense_metrics", "worst_case": "worst_case_groups"}
 UNTRUSTED = "(!)"  # A sanity check failed for this cell's evaluation.
 OTHER_SETTINGS = "(other settings)"  # Attack params overridden: not comparable with the paper.
 
@@ -53,6 +56,11 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
     return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
   if key == "clean":
     return {"source": spec, "ours": summary["clean_accuracy"], "paper": paper, "status": "ok"}
+  section, _, name = key.partition(":")
+  if section in MEMBER_SECTIONS:  # '<member>:defense:<name>', '<member>:worst_case:<group>'.
+    values = summary.get(MEMBER_SECTIONS[section]) or {}
+    return {"source": spec, "ours": values.get(name), "paper": paper,
+            "status": "ok" if name in values else "missing"}
   if key in MEMBER_DETECTION_KEYS:  # None (shown "-"): no correctly classified attacked image.
     detection = summary.get("detection") or {}
     return {"source": spec, "ours": detection.get(key), "paper": paper,
