@@ -59,3 +59,14 @@ def test_unknown_model_or_option_is_rejected():
   with pytest.raises(ValueError, match="unknown activation"):
     create_model("resnet20", 10, activation="gelu").init(jax.random.key(0),
                                                          jnp.zeros((1, 32, 32, 3)))
+
+
+def test_small_vgg_width_scales_every_layer_and_refuses_nonsense():
+  x = jnp.zeros((1, 28, 28, 1))
+  widths = lambda model: [leaf.shape[-1] for leaf in jax.tree.leaves(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), x))["params"]) if leaf.ndim > 1]
+  # Six 3x3 convolutions, then Dense 512 - Dense 512 - Dense k.
+  assert widths(create_model("small_vgg", 10)) == [64, 128, 64, 64, 128, 128, 512, 512, 10]
+  assert widths(create_model("small_vgg", 10, width=0.125)) == [8, 16, 8, 8, 16, 16, 64, 64, 10]
+  with pytest.raises(ValueError, match="width must be > 0"):
+    jax.eval_shape(lambda: create_model("small_vgg", 10, width=0.0).init(jax.random.key(0), x))
