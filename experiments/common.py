@@ -45,6 +45,14 @@ def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) ->
   return dataset, scale
 
 
+def set_cpu_dataset(c, dataset: str) -> None:
+  """A cpu-scale member's data: the embedded MNIST subset (offline), or for another dataset a
+  subset of tfds' of the same size (4,000 training / 1,000 test images; download once)."""
+  c.dataset.name = "mnist_embedded" if dataset == "mnist" else dataset
+  if dataset != "mnist":
+    c.dataset.num_train_examples, c.dataset.num_test_examples = 4000, 1000
+
+
 def table(title: str, columns, rows, note: str = "", row_header: str = "Attack",
           formats: dict = None) -> dict:
   """One table of a paper suite. columns: ((key, title), ...) in display order; rows from

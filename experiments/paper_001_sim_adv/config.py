@@ -17,7 +17,8 @@ state seconds per step times the number of steps, measured in the same run on th
 
 import ml_collections
 
-from experiments.common import attack, autoattack_entry, base_config, parse_dataset_scale
+from experiments.common import (attack, autoattack_entry, base_config, parse_dataset_scale,
+                                set_cpu_dataset)
 from experiments.paper_001_sim_adv.tables import paper_001_tables
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -81,9 +82,7 @@ def member_config(dataset: str, scale: str, method: str, defense: str, options: 
   c.train.learning_rate = other_rate(scale) if method == "sim_adv_altlr" else main_rate(scale)
   c.train.schedule = "constant"
   if scale == "cpu":
-    c.dataset.name = "mnist_embedded" if dataset == "mnist" else dataset
-    if dataset != "mnist":  # No embedded copy: a subset of tfds' (download once).
-      c.dataset.num_train_examples, c.dataset.num_test_examples = 4000, 1000
+    set_cpu_dataset(c, dataset)
     # One SIM(10,20) cycle; BIM(10,30)-Adv costs 31 forward-backward passes per step, which
     # makes it (with Madry-Adv) two thirds of this scale's training time on 2 CPU cores.
     epochs, c.train.batch_size = 20, 64

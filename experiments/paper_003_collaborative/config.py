@@ -33,7 +33,7 @@ the first 100 test images and sweeps kappa over 0, 20, 40 (the paper: 0-40 in st
 
 import ml_collections
 
-from experiments.common import attack, base_config, parse_dataset_scale
+from experiments.common import attack, base_config, parse_dataset_scale, set_cpu_dataset
 from experiments.paper_003_collaborative.tables import paper_003_tables
 
 DATASETS = ("mnist", "cifar10")
@@ -99,9 +99,7 @@ def member_config(dataset: str, scale: str, experiment: str, model: str, attacks
   c.train.batch_size = 128
   c.train.schedule = "cosine"
   if scale == "cpu":
-    c.dataset.name = "mnist_embedded" if dataset == "mnist" else dataset
-    if dataset != "mnist":  # No embedded CIFAR-10: a subset of tfds' (download once).
-      c.dataset.num_train_examples, c.dataset.num_test_examples = 4000, 1000
+    set_cpu_dataset(c, dataset)
     c.train.epochs = 15
     c.train.checkpoint_every_steps = 200
     c.eval.batch_size = 100
