@@ -485,5 +485,25 @@ MUTATIONS = (
     Mutation("adv_transform_accepts_a_retrained_fb", "defenses_jax/defenses/adv_transform.py",
              "if self.transform_step >= 0 and int(fb.state.step) != self.transform_step:",
              "if False:", (_T + "test_adv_transform.py",), "f_a restored on a changed f_b"),
+    Mutation("eot_mean_is_the_first_draw", "defenses_jax/attacks/wrappers.py",
+             "return jnp.mean(log_probs, axis=0)", "return log_probs[0]",
+             (_T + "test_adv_transform.py::"
+              "test_eot_gradient_of_the_deployed_classifier_is_the_mean_of_single_draw_gradients",),
+             "EOT keeps one draw of g instead of the average"),
+    Mutation("figure_cells_not_validated", "defenses_jax/suites/runner.py",
+             "        _check_cell(cell, members, f\"figures.{fig_id}\")", "        pass",
+             (_T + "test_adv_transform_suite.py::"
+              "test_configs_validate_and_a_bad_figure_cell_fails_before_training",),
+             "a figure's misspelt cell found only after hours of training"),
+    Mutation("small_vgg_width_ignored", "defenses_jax/models/vgg.py",
+             "scaled = lambda units: max(1, round(units * self.width))",
+             "scaled = lambda units: units", (_T + "test_models.py",),
+             "the cpu-scale f_b silently at full width"),
+    Mutation("figure_cells_read_the_paper_column", "defenses_jax/suites/tables.py",
+             'return _cell(spec, None, results, {})["ours"]',
+             'return _cell(spec, None, results, {})["paper"]',
+             (_T + "test_adv_transform_suite.py::"
+              "test_adv_transform_suite_fills_every_table_cell_and_figure",),
+             "figures drawn from no numbers"),
 
 )

@@ -61,6 +61,29 @@ def test_deployed_is_f_a_of_g_with_g_in_the_ball_and_a_fresh_draw_per_key():
   assert getattr(defense.attack_target("white_box", fa), "stochastic", False)
 
 
+@pytest.mark.parametrize("surface", ["", "bpda_identity"])
+def test_eot_gradient_of_the_deployed_classifier_is_the_mean_of_single_draw_gradients(surface):
+  from defenses_jax.attacks import eot
+  defense = untrained(delta=0.1, steps=3)
+  model = create_model("lenet", 4)
+  ds = blob_dataset(4, seed=2)
+  x, y = jnp.asarray(ds.images), jnp.asarray(ds.labels)
+  fa = Network(model, model.init(jax.random.key(5), x[:1]))
+  target = (defense.surface_target(surface, fa) if surface else
+            defense.attack_target("white_box", fa))
+  key, draws = jax.random.key(7), 5
+  true_class_log_prob = lambda log_probs: jnp.sum(jnp.take_along_axis(log_probs, y[:, None], 1))
+  # Chunks of 2 (three rematerialised chunks) and all 5 draws at once.
+  for chunk in (2, 5):
+    averaged = eot(target, draws, chunk=chunk)
+    eot_grad = jax.grad(lambda z: true_class_log_prob(averaged(z, key)))(x)
+    singles = [jax.grad(lambda z, k=k: true_class_log_prob(jax.nn.log_softmax(target(z, k))))(x)
+               for k in jax.random.split(key, draws)]
+    np.testing.assert_allclose(eot_grad, np.mean(singles, 0), rtol=1e-4, atol=1e-7)
+    # The draws differ: a single draw's gradient is not the average.
+    assert not np.allclose(singles[0], singles[1], atol=1e-6)
+
+
 def test_training_batch_is_g_of_the_batch_and_no_gradient_reaches_f_b():
   defense = untrained(delta=0.1, steps=3)
   ds = blob_dataset(8, seed=0)

@@ -29,7 +29,8 @@ def shrink(member):
   cuts = {"max_iterations": 3, "binary_search_steps": 1, "max_total_iterations": 6,
           "max_iter": 3, "steps": 2, "n2": 2, "restarts": 2, "max_passes": 1, "max_iter_df": 2,
           "square_queries": 10, "coordinates": 4, "phase1_iterations": 3, "phase2_iterations": 3,
-          "phase1_binary_steps": 1, "phase2_binary_steps": 1}
+          "phase1_binary_steps": 1, "phase2_binary_steps": 1, "max_steps": 3,
+          "max_queries": 40, "eot_iter": 2}
   for entry in member.eval.attacks.values():
     for name, value in cuts.items():
       if name in entry.params:

@@ -10,6 +10,9 @@ Kinds:
   detection_vs_param  detection metrics of a series of each member's evaluated attacks, e.g.
                   precision and recall over C&W's kappa (paper 003 Figures 5-6); read from
                   results/eval.json, nothing recomputed     (attacks, x_values, x_label, metrics)
+  cells_vs_param  table cells over a parameter that changes across members or attacks, e.g.
+                  accuracy vs g's steps, one f_a per value (paper 004 Figures 5-7); read from
+                  results, nothing recomputed      (series: ((label, (cell, ...)), ...), x_values, x_label)
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from defenses_jax.evaluation.evaluator import accuracy_vs_eps
 from defenses_jax.experiment import TrainedExperiment
 
 KINDS = ("rho_steps", "rho_iteration", "training_curves", "accuracy_vs_eps",
-         "detection_vs_param")
-FROM_RESULTS = ("training_curves", "detection_vs_param")  # Read from files; never cached stale.
+         "detection_vs_param", "cells_vs_param")
+FROM_RESULTS = ("training_curves", "detection_vs_param", "cells_vs_param")  # Read from files; never cached stale.
 
 
 def _training_curve(workdir: str, name: str) -> dict:
@@ -53,6 +56,28 @@ def _detection_series(workdir: str, name: str, fig) -> dict:
   series = {metric: [(attacks.get(key, {}).get("detection") or {}).get(metric)
                      for key in fig.attacks] for metric in fig.metrics}
   return {"x": list(fig.x_values), **series}
+
+
+def _cell_series(workdir: str, fig) -> dict:
+  """{series label: [value per x]} of a cells_vs_param figure, looked up as table cells."""
+  from defenses_jax.suites import tables  # Tables read results; figures only draw them.
+  members = {cell.partition(":")[0] for _, cells in fig.series for cell in cells}
+  results = {}
+  for name in members:
+    path = os.path.join(os.path.abspath(workdir), name, "results", "eval.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        results[name] = json.load(f)
+  series = {label: [tables.cell_value(cell, results) for cell in cells]
+            for label, cells in fig.series}
+  return {"x": list(fig.x_values), **series}
+
+
+def figure_members(fig) -> tuple:
+  """The members a figure reads: `members`, or those its series' cells name."""
+  if "series" in fig:
+    return tuple(sorted({c.partition(":")[0] for _, cells in fig.series for c in cells}))
+  return tuple(fig.members)
 
 
 def _compute(kind: str, fig, member_config, workdir: str, datasets) -> dict:
@@ -81,11 +106,11 @@ def _plot(kind: str, title: str, data: dict, path: str, x_label: str = "") -> No
     elif kind == "accuracy_vs_eps":
       ax.plot([p["eps"] for p in d["points"]], [p["robust_accuracy"] for p in d["points"]],
               "-o", ms=3, label=name)
-    elif kind == "detection_vs_param":
+    elif kind in ("detection_vs_param", "cells_vs_param"):
       for metric in (k for k in d if k != "x"):
         points = [(x, v) for x, v in zip(d["x"], d[metric]) if v is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], "-o", ms=3,
-                label=f"{name} {metric}")
+                label=f"{name} {metric}".strip())
     else:
       x = d["n"] if kind == "rho_steps" else d["iteration"]
       ax.plot(x, d["rho"], "-o", ms=3, label=name)
@@ -94,6 +119,8 @@ def _plot(kind: str, title: str, data: dict, path: str, x_label: str = "") -> No
                             }[kind])
   ax.set_ylabel("rho" if kind.startswith("rho") else
                 "rate" if kind == "detection_vs_param" else "accuracy")
+  if kind == "cells_vs_param":
+    ax.set_xticks(next(iter(data.values()))["x"])
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -115,7 +142,7 @@ def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: boo
     if "attack" in fig:  # The attack's settings too: a changed attack makes the figure stale.
       spec["attack_entries"] = json.loads(json.dumps(
           {name: config.members[name].eval.attacks[fig.attack].to_dict() for name in fig.members}))
-    steps = {name: latest_checkpoint_step(workdir, name) for name in fig.members}
+    steps = {name: latest_checkpoint_step(workdir, name) for name in figure_members(fig)}
     cached = None
     if os.path.exists(cache):
       with open(cache) as f:
@@ -125,6 +152,8 @@ def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: boo
       continue
     if fresh and fig.kind not in FROM_RESULTS:
       data = cached["data"]
+    elif fig.kind == "cells_vs_param":  # One plot of several members' results.
+      data = {"": _cell_series(workdir, fig)}
     else:
       data = {name: _compute(fig.kind, fig, config.members[name], workdir, datasets)
               for name in fig.members}

@@ -79,36 +79,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"{table_id}, row {label!r}: columns {keys}, but cells for "
                          f"{sorted(row['cells'])} and paper numbers for {sorted(row['paper'])}.")
       for cell in row["cells"].values():
-        if cell in ("", paper_tables.NOT_RUN):
-          continue
-        member, _, key = cell.partition(":")
-        if member not in members:
-          raise ValueError(f"{table_id}, row {label!r}: unknown member {member!r}.")
-        if key.startswith("time_ratio:") and key.partition(":")[2] not in members:
-          raise ValueError(f"{table_id}, row {label!r}: unknown member in {key!r}.")
-        if key in paper_tables.MEMBER_DETECTION_KEYS and not members[member].eval.detection.detector:
-          raise ValueError(f"{table_id}, row {label!r}: {key!r} needs a detector in member "
-                           f"{member!r}'s eval.detection.")
-        section, _, name = key.partition(":")
-        if section == "worst_case" and name not in dict(
-            members[member].eval.get("worst_case_groups") or {}):
-          raise ValueError(f"{table_id}, row {label!r}: member {member!r} has no "
-                           f"eval.worst_case_groups.{name}.")
-        if key in ("clean", "time") or key.startswith("time_ratio:") or (
-            key in paper_tables.MEMBER_DETECTION_KEYS) or section in paper_tables.MEMBER_SECTIONS:
-          continue
-        attack_key, _, metric = key.partition(":")
-        if attack_key not in members[member].eval.attacks:
-          raise ValueError(f"{table_id}, row {label!r}: member {member!r} has no attack "
-                           f"{attack_key!r} in its eval.attacks "
-                           f"({sorted(members[member].eval.attacks.keys())}).")
-        if metric and metric not in paper_tables.ATTACK_METRICS:
-          raise ValueError(f"{table_id}, row {label!r}: unknown metric {metric!r}; choose one "
-                           f"of {sorted(paper_tables.ATTACK_METRICS)}.")
-        if (paper_tables.ATTACK_METRICS.get(metric, (None,))[0] == "detection"
-            and not members[member].eval.detection.detector):
-          raise ValueError(f"{table_id}, row {label!r}: metric {metric!r} needs a detector in "
-                           f"member {member!r}'s eval.detection.")
+        _check_cell(cell, members, f"{table_id}, row {label!r}")
+  for fig_id in (config.figures.order if "figures" in config else ()):
+    for _, cells in config.figures[fig_id].get("series") or ():
+      for cell in cells:
+        _check_cell(cell, members, f"figures.{fig_id}")
+
+
+def _check_cell(cell: str, members, where: str) -> None:
+  """A cell names a member and a result that member will produce."""
+  if cell in ("", paper_tables.NOT_RUN):
+    return
+  member, _, key = cell.partition(":")
+  if member not in members:
+    raise ValueError(f"{where}: unknown member {member!r}.")
+  if key.startswith("time_ratio:") and key.partition(":")[2] not in members:
+    raise ValueError(f"{where}: unknown member in {key!r}.")
+  if key in paper_tables.MEMBER_DETECTION_KEYS and not members[member].eval.detection.detector:
+    raise ValueError(f"{where}: {key!r} needs a detector in member {member!r}'s "
+                     "eval.detection.")
+  section, _, name = key.partition(":")
+  if section == "worst_case" and name not in dict(
+      members[member].eval.get("worst_case_groups") or {}):
+    raise ValueError(f"{where}: member {member!r} has no eval.worst_case_groups.{name}.")
+  if key in ("clean", "time") or key.startswith("time_ratio:") or (
+      key in paper_tables.MEMBER_DETECTION_KEYS) or section in paper_tables.MEMBER_SECTIONS:
+    return
+  attack_key, _, metric = key.partition(":")
+  if attack_key not in members[member].eval.attacks:
+    raise ValueError(f"{where}: member {member!r} has no attack {attack_key!r} in its "
+                     f"eval.attacks ({sorted(members[member].eval.attacks.keys())}).")
+  if metric and metric not in paper_tables.ATTACK_METRICS:
+    raise ValueError(f"{where}: unknown metric {metric!r}; choose one of "
+                     f"{sorted(paper_tables.ATTACK_METRICS)}.")
+  if (paper_tables.ATTACK_METRICS.get(metric, (None,))[0] == "detection"
+      and not members[member].eval.detection.detector):
+    raise ValueError(f"{where}: metric {metric!r} needs a detector in member {member!r}'s "
+                     "eval.detection.")
 
 
 def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "train",

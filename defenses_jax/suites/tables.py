@@ -84,6 +84,11 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
           "median_l2": result["median_l2"], "median_linf": result["median_linf"]}
 
 
+def cell_value(spec: str, results: dict) -> Optional[float]:
+  """Our number of one cell ('<member>:...', as in a table), None where there is none."""
+  return _cell(spec, None, results, {})["ours"]
+
+
 def fill_tables(tables_config, results: dict, training: Optional[dict] = None) -> list[dict]:
   """The configured tables with every cell looked up in `results` ({member: eval summary}) and
   `training` ({member: train summary}, for training-time cells). Columns are named; a row's
