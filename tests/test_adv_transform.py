@@ -197,6 +197,11 @@ def test_attack_specs_check_the_surface_before_compute():
   specs = parse_attack_specs({"a": attack("pgd", "BPDA-I", surface="bpda_identity", **pgd)},
                              defense)
   assert specs[0].surface == "bpda_identity"
+  # Crafted on a source through its surface, then transferred (paper 004's appendix A.3).
+  transfer = parse_attack_specs({"t": attack(
+      "pgd", "x", surface="bpda_softsign", threat_model="transfer", source_experiment="fa_n1",
+      **pgd)}, defense)[0]
+  assert transfer.surface == "bpda_softsign" and transfer.threat_model == "transfer"
   for bad in (attack("pgd", "x", surface="bpda_magic", **pgd),
               attack("pgd", "x", surface="bpda_identity", threat_model="gray_box", **pgd)):
     with pytest.raises(ValueError, match="surface"):

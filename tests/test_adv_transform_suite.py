@@ -46,10 +46,11 @@ def test_adv_transform_suite_fills_every_table_cell_and_figure(tmp_path, small_s
   assert table_1["columns"] == ["Untrained", "1 epoch", "Adv. trained"]
   assert [c["paper"] for c in table_1["rows"][1]["cells"]] == [0.306, 0.307, 0.805]
   # Worst cases: a superset of attacks can only lower robust accuracy.
-  rows_3 = {r["label"].split(",")[0] + str(i): r["cells"][1]["ours"]
-            for i, r in enumerate(tables["table_3"]["rows"])}
-  bpda, paper, everything = list(rows_3.values())[2:5]
-  assert everything <= paper <= bpda
+  robust = {r["label"]: r["cells"][1]["ours"] for r in tables["table_3"]["rows"]}
+  ours = [v for label, v in robust.items() if label.startswith("Ours")]
+  assert len(ours) == 3 and ours[2] <= ours[1] <= ours[0]  # BPDA types <= paper's <= all.
+  madry = [v for label, v in robust.items() if label.startswith("Madry")]
+  assert madry[0] <= madry[1]  # Its worst case against PGD alone.
   with open(tmp_path / "ours_mnist_cpu" / "config.json") as f:
     options = json.load(f)["defense"]["options"]
   assert options["transform_experiment"] == "fb_adv_mnist_cpu" and options["transform_step"] > 0
@@ -70,6 +71,10 @@ def test_configs_validate_and_a_bad_figure_cell_fails_before_training():
   with pytest.raises(ValueError, match="svhn_cpu|'cpu', 'full'"):
     adv_transform.get_config("svhn_cpu")
   label, cells = config.figures.figure_7_eot.series[0]
+  config.figures.figure_6_delta.series = ((label, cells[:-1]),)
+  with pytest.raises(ValueError, match="figure_6_delta, series .*2 cells for 3 x values"):
+    suite.validate(config)
+  config = adv_transform.get_config("cpu")
   config.figures.figure_7_eot.series = ((label, cells[:-1] + ("ours_mnist_cpu:bpda_i_eot999",)),)
   # run_suite validates first, before any member trains.
   with pytest.raises(ValueError, match="figures.figure_7_eot: .*no attack 'bpda_i_eot999'"):

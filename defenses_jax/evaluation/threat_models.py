@@ -150,11 +150,14 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
       raise ValueError(f"eval.attacks.{key}: num_examples must be >= 0 (0: every attacked "
                        "image).")
     surface = str(entry.get("surface", ""))
-    if surface and (surface not in defense.attack_surfaces or threat != "white_box"
-                    or detector_aware or universal):
+    # A transfer attack's surface is the source's (crafted there as a white-box attack); a
+    # source without it fails when its target is built.
+    if surface and ((threat == "white_box" and surface not in defense.attack_surfaces)
+                    or threat not in ("white_box", "transfer") or detector_aware or universal):
       raise ValueError(f"eval.attacks.{key}: surface {surface!r} must be one of defense "
                        f"{defense.name!r}'s attack surfaces {list(defense.attack_surfaces)}, "
-                       "for a white-box attack that is neither detector-aware nor universal.")
+                       "for a white-box (or transfer) attack that is neither detector-aware "
+                       "nor universal.")
     overridden = _overridden(entry.get("label_params"), params)
     label = entry.get("label", key)
     if overridden:

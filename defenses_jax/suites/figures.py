@@ -95,7 +95,8 @@ def _compute(kind: str, fig, member_config, workdir: str, datasets) -> dict:
   return rho.rho_vs_iteration(trained, fig.eps, fig.n1, fig.n2, fig.num_examples, batch)
 
 
-def _plot(kind: str, title: str, data: dict, path: str, x_label: str = "") -> None:
+def _plot(kind: str, title: str, data: dict, path: str, x_label: str = "",
+          x_log: bool = False) -> None:
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, d in data.items():
@@ -115,12 +116,16 @@ def _plot(kind: str, title: str, data: dict, path: str, x_label: str = "") -> No
       x = d["n"] if kind == "rho_steps" else d["iteration"]
       ax.plot(x, d["rho"], "-o", ms=3, label=name)
   ax.set_xlabel(x_label or {"rho_steps": "n1 = n2", "rho_iteration": "iteration",
-                            "training_curves": "epoch", "accuracy_vs_eps": "eps (perturbation)"
+                            "training_curves": "epoch", "accuracy_vs_eps": "eps (perturbation)",
+                            "detection_vs_param": "parameter", "cells_vs_param": "parameter"
                             }[kind])
   ax.set_ylabel("rho" if kind.startswith("rho") else
                 "rate" if kind == "detection_vs_param" else "accuracy")
   if kind == "cells_vs_param":
+    if x_log:
+      ax.set_xscale("log")
     ax.set_xticks(next(iter(data.values()))["x"])
+    ax.set_xticklabels([f"{x:g}" for x in next(iter(data.values()))["x"]])
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -162,6 +167,6 @@ def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: boo
       with open(cache, "w") as f:
         json.dump({"spec": spec, "steps": steps, "data": data}, f, indent=2)
       path = os.path.join(out_dir, f"{fig_id}.png")
-      _plot(fig.kind, fig.title, data, path, fig.get("x_label", ""))
+      _plot(fig.kind, fig.title, data, path, fig.get("x_label", ""), fig.get("x_log", False))
       drawn[fig_id] = path
   return drawn

@@ -81,7 +81,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       for cell in row["cells"].values():
         _check_cell(cell, members, f"{table_id}, row {label!r}")
   for fig_id in (config.figures.order if "figures" in config else ()):
-    for _, cells in config.figures[fig_id].get("series") or ():
+    fig = config.figures[fig_id]
+    for label, cells in fig.get("series") or ():
+      if len(cells) != len(fig.x_values):
+        raise ValueError(f"figures.{fig_id}, series {label!r}: {len(cells)} cells for "
+                         f"{len(fig.x_values)} x values.")
       for cell in cells:
         _check_cell(cell, members, f"figures.{fig_id}")
 

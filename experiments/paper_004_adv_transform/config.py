@@ -39,7 +39,7 @@ probability 0.10, range 0.15, temperature 0.3; untargeted).
 
 import ml_collections
 
-from experiments.common import attack, base_config, set_cpu_dataset
+from experiments.common import attack, autoattack_entry, base_config, set_cpu_dataset
 from experiments.paper_004_adv_transform.tables import paper_004_tables
 
 DATASETS = ("mnist", "cifar10")
@@ -72,7 +72,7 @@ def scale_settings(dataset: str, scale: str) -> dict:
         ga=dict(max_steps=100, label="100 steps"), square_queries=1000,
         es=dict(steps=20, samples=(20, 50), boundaries=(10,), chunk=50,
                 label="20 steps, 20 then 50 directions"),
-        autoattack=dict(steps=20, eot_iter=5), bpda_long=200)
+        autoattack=dict(steps=20, eot_iter=5), bpda_long=200, eot_long=10)
   eps = 0.031
   return dict(
       eps=eps, eps_label="0.031", delta=0.2, steps=13,
@@ -85,8 +85,9 @@ def scale_settings(dataset: str, scale: str) -> dict:
       attack_examples=1000, metric=dict(metric_images=100, metric_samples=5000),
       hsj=dict(steps=64, label="64 steps (foolbox's default)"),
       ga=dict(max_steps=1000, label="1,000 steps (foolbox's default)"), square_queries=5000,
-      es=dict(label="100 steps, 100 / 1,000 / 20,000 directions"),
-      autoattack=dict(steps=100, eot_iter=20), bpda_long=200)
+      es=dict(steps=100, samples=(100, 1000, 20000), boundaries=(20, 40), num_examples=200,
+              label="100 steps, 100 / 1,000 / 20,000 directions, first 200 images"),
+      autoattack=dict(steps=100, eot_iter=20), bpda_long=200, eot_long=20)
 
 
 def member_names(dataset: str, scale: str, s: dict) -> dict:
@@ -177,41 +178,52 @@ def query_attacks(s: dict) -> dict:
   return {
       "hsj": attack("hop_skip_jump", f"HopSkipJump L-inf, {s['hsj']['label']}, within eps "
                     f"{s['eps_label']}", norm="linf", eps=s["eps"], **hsj),
-      "ga": attack("gen_attack", f"GenAttack, population 10, {s['ga']['label']}, eps "
-                   f"{s['eps_label']}", eps=s["eps"], population=10, mutation_rate=0.10,
+      "ga": attack("gen_attack", f"GenAttack, untargeted, population 10, {s['ga']['label']}, "
+                   f"eps {s['eps_label']}", eps=s["eps"], population=10, mutation_rate=0.10,
                    alpha=0.15, temperature=0.3, adaptive=False, **ga),
   }
 
 
-def baseline_attacks(s: dict, source: str) -> dict:
-  """What the undefended and Madry-trained f_a face in Tables 2-3."""
-  return {"pgd": pgd_entry(s), **query_attacks(s),
-          "transfer": dict(pgd_entry(s), threat_model="transfer", source_experiment=source,
-                           label=f"{pgd_entry(s)['label']}, crafted on {source}")}
+def transfer(s: dict, source: str) -> dict:
+  return dict(pgd_entry(s), threat_model="transfer", source_experiment=source,
+              label=f"{pgd_entry(s)['label']}, crafted on {source}")
+
+
+def baseline_attacks(s: dict, source: str, scale: str) -> dict:
+  """What the undefended and Madry-trained f_a face in Tables 2-3 (their worst case: all)."""
+  return {"pgd": pgd_entry(s), **query_attacks(s), "transfer": transfer(s, source),
+          "autoattack": autoattack_entry(s["eps"], s["eps_label"], scale)}
 
 
 def adaptive_attacks(s: dict) -> dict:
   """Beyond the paper, on the main model (scored per example as the worst case)."""
   eps, label, pgd = s["eps"], s["eps_label"], s["pgd"]
-  es = {k: v for k, v in s["es"].items() if k != "label"}
+  es = {k: v for k, v in s["es"].items() if k not in ("label", "num_examples")}
   aa = s["autoattack"]
   return {
       "es_sign_pgd": attack("es_sign_pgd", f"sign-PGD on an antithetic ES gradient of the "
                             f"margin (Tramer et al. 2020's k-WTA break), {s['es']['label']}, "
-                            f"eps {label}", eps=eps, **es),
+                            f"eps {label}, one draw of g per query", eps=eps,
+                            num_examples=s["es"].get("num_examples", 0), **es),
       "bpda_i_long": attack("pgd", f"BPDA-identity, {s['bpda_long']} x 5 eps / "
                             f"{s['bpda_long']}, random start, eps {label} (ME-Net's break)",
                             surface="bpda_identity", eps=eps, steps=s["bpda_long"],
                             step_size=5 * eps / s["bpda_long"], random_start=True),
+      "bpda_i_long_eot": attack("pgd", f"BPDA-identity with EOT over {s['eot_long']} draws, "
+                                f"{s['bpda_long'] // 2} x 5 eps / {s['bpda_long'] // 2}, "
+                                f"random start, eps {label}", surface="bpda_identity", eps=eps,
+                                steps=s["bpda_long"] // 2, eot_samples=s["eot_long"],
+                                step_size=10 * eps / s["bpda_long"], random_start=True),
       "pgd_through_g": attack("pgd", f"PGD through g's unrolled steps (sgn straight-through), "
-                              f"EOT over {min(s['eot'], 5)} draws, {pgd['steps']} x "
+                              f"EOT over {s['eot_long']} draws, {pgd['steps']} x "
                               f"{pgd['step_size']:.4g}, eps {label}",
-                              surface="straight_through", eot_samples=min(s["eot"], 5),
+                              surface="straight_through", eot_samples=s["eot_long"],
                               random_start=False, **pgd),
       "autoattack_rand": attack("autoattack", f"AutoAttack rand (APGD-CE, APGD-DLR, EOT "
                                 f"{aa['eot_iter']}, {aa['steps']} steps), eps {label}",
                                 eps=eps, version="rand", **aa),
-      "square": attack("square", f"Square, {s['square_queries']:,} queries, eps {label}",
+      "square": attack("square", f"Square, {s['square_queries']:,} queries, one draw of g "
+                       f"per query, eps {label}",
                        eps=eps, max_queries=s["square_queries"]),
   }
 
@@ -240,7 +252,7 @@ def get_config(arg=None):
         {"bpda_softsign": bpda_eq5(s, "bpda_softsign"), "bpda_tanh": bpda_eq5(s, "bpda_tanh")},
         fb=names["fb_adv"], steps=n, random_start=False)
   sweep = {"bpda_i": bpda_i(s, s["eot"]), "white_box_transfer": white_box_transfer(s),
-           **{f"bpda_i_eot{e}": bpda_i(s, e) for e in s["eot_values"]}}
+           **{eot_key(s, e): bpda_i(s, e) for e in s["eot_values"]}}
   for d in s["deltas"]:  # Figures 6-7: an f_a per Delta.
     if d != s["delta"]:
       members[names[delta_role(d)]] = fa_member(names[delta_role(d)], dataset, scale, s,
@@ -251,34 +263,59 @@ def get_config(arg=None):
   members[names["no_defense"]] = base_member(names["no_defense"], dataset, scale, s,
                                              s["fa_model"], s["fa_epochs"])
   members[names["no_defense"]].eval.attacks = ml_collections.ConfigDict(
-      baseline_attacks(s, names["source"]))
+      baseline_attacks(s, names["source"], scale))
   madry = base_member(names["madry"], dataset, scale, s, s["fa_model"], s["fa_epochs"])
   madry.defense.name = "adversarial_training"
   madry.defense.options = ml_collections.ConfigDict({
       "attack": "madry", "attack_params": dict(s["at_attack"]), "include_clean": False})
-  madry.eval.attacks = ml_collections.ConfigDict(baseline_attacks(s, names["source"]))
+  madry.eval.attacks = ml_collections.ConfigDict(baseline_attacks(s, names["source"], scale))
   members[names["madry"]] = madry
+  for role in ("no_defense", "madry"):
+    members[names[role]].eval.worst_case_groups = ml_collections.ConfigDict(
+        {"all": tuple(baseline_attacks(s, names["source"], scale))})
   ours_attacks = {
       **sweep, "bpda_softsign": bpda_eq5(s, "bpda_softsign"),
-      "bpda_tanh": bpda_eq5(s, "bpda_tanh"), "pgd_plain": pgd_entry(s),
-      **{k: v for k, v in baseline_attacks(s, names["source"]).items() if k != "pgd"},
+      "bpda_tanh": bpda_eq5(s, "bpda_tanh"),
+      "pgd_plain": dict(pgd_entry(s), label=f"{pgd_entry(s)['label']}, by autodiff through "
+                        "f_a(g(x)) (dg/dx: the identity where no clip holds), one draw per step"),
+      "transfer_small_n": transfer_from_small_n(s, names),
+      **{k: v for k, v in baseline_attacks(s, names["source"], scale).items()
+         if k not in ("pgd", "autoattack")},
       **adaptive_attacks(s)}
   ours = fa_member(names["ours"], dataset, scale, s, ours_attacks, fb=names["fb_adv"])
   bpda_keys = ("bpda_i", "bpda_softsign", "bpda_tanh") + tuple(
-      f"bpda_i_eot{e}" for e in s["eot_values"])
-  paper_keys = bpda_keys + ("white_box_transfer", "pgd_plain", "transfer", "hsj", "ga")
+      eot_key(s, e) for e in s["eot_values"] if e != s["eot"])
+  paper_keys = bpda_keys + ("white_box_transfer", "pgd_plain", "transfer", "transfer_small_n",
+                            "hsj", "ga")
   ours.eval.worst_case_groups = ml_collections.ConfigDict({
       "bpda": bpda_keys, "paper": paper_keys, "adaptive": tuple(adaptive_attacks(s)),
       "all": paper_keys + tuple(adaptive_attacks(s))})
   ours.eval.sanity.enabled = True  # The main model's evaluation checks itself.
   members[names["ours"]] = ours
   c.members = ml_collections.ConfigDict(members)
-  c.order = tuple(names[r] for r in names if r.startswith("fb_")) + (names["source"],) + tuple(
-      names[r] for r in names if not r.startswith("fb_") and r != "source")
+  # Transfer sources first: the independent model, and Figure 5's f_a (N = 1 feeds Ours).
+  first = [r for r in names if r.startswith("fb_")] + ["source"] + [
+      f"fa_n{n}" for n in s["n_values"]]
+  c.order = tuple(names[r] for r in first) + tuple(names[r] for r in names if r not in first)
   labels = {key: entry["label"] for m in members.values() for key, entry in m.eval.attacks.items()}
   c.tables = ml_collections.ConfigDict(paper_004_tables(dataset, scale, names, s, labels))
   c.figures = ml_collections.ConfigDict(figures(names, s))
   return c
+
+
+def transfer_from_small_n(s: dict, names: dict) -> dict:
+  """Equation 5's BPDA crafted on Figure 5's f_a with the fewest steps N (where the paper finds
+  BPDA works) and transferred to Ours (the paper's appendix A.3)."""
+  n = min(s["n_values"])
+  entry = bpda_eq5(s, "bpda_softsign")
+  return dict(entry, threat_model="transfer", source_experiment=names[f"fa_n{n}"],
+              label=f"{entry['label']}, crafted on {names[f'fa_n{n}']} (g with N {n}, no "
+                    "random start)")
+
+
+def eot_key(s: dict, draws: int) -> str:
+  """Figure 7's BPDA-I entry for `draws` EOT draws (the main entry at the main count)."""
+  return "bpda_i" if draws == s["eot"] else f"bpda_i_eot{draws}"
 
 
 def white_box_transfer(s: dict) -> dict:
@@ -297,7 +334,7 @@ def figures(names: dict, s: dict) -> dict:
                for label, cell in (("standard accuracy", "clean"),
                               (f"BPDA-I, EOT {s['eot']}", "bpda_i"),
                               ("white-box transfer", "white_box_transfer")))
-  fig7 = tuple((f"Delta {d:g}", tuple(f"{delta_member(d)}:bpda_i_eot{e}"
+  fig7 = tuple((f"Delta {d:g}", tuple(f"{delta_member(d)}:{eot_key(s, e)}"
                                        for e in s["eot_values"])) for d in s["deltas"])
   return {
       "order": ("figure_5_steps", "figure_6_delta", "figure_7_eot"),
@@ -310,5 +347,6 @@ def figures(names: dict, s: dict) -> dict:
           x_values=tuple(s["deltas"]), x_label="Delta (g's ball)", series=fig6),
       "figure_7_eot": dict(kind="cells_vs_param", title=(
           f"Figure 7: BPDA-I accuracy vs EOT draws (eps {s['eps_label']})"),
-          x_values=tuple(s["eot_values"]), x_label="EOT draws of g per step", series=fig7),
+          x_values=tuple(s["eot_values"]), x_label="EOT draws of g per step", series=fig7,
+          x_log=True),
   }
