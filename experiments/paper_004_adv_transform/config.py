@@ -68,11 +68,12 @@ def scale_settings(dataset: str, scale: str) -> dict:
         fa_model="lenet", fa_epochs=5, optimizer=("adam", 1e-3),
         n_values=(1, 4, 13), deltas=(0.1, 0.2, 0.3), eot_values=(1, 5, 20),
         attack_examples=100, metric=dict(metric_images=50, metric_samples=500),
-        hsj=dict(steps=5, max_queries=2000, label="5 steps, at most 2,000 queries"),
-        ga=dict(max_steps=100, label="100 steps"), square_queries=1000,
-        es=dict(steps=20, samples=(20, 50), boundaries=(10,), chunk=50,
-                label="20 steps, 20 then 50 directions"),
-        autoattack=dict(steps=20, eot_iter=5), bpda_long=200, eot_long=10)
+        hsj=dict(steps=5, max_queries=1000, label="5 steps, at most 1,000 queries"),
+        ga=dict(max_steps=50, label="50 steps"), square_queries=500,
+        es=dict(steps=10, step_size=eps / 8, samples=(20, 50), boundaries=(5,), chunk=50,
+                label="10 x eps/8, 20 then 50 directions"),
+        autoattack=dict(steps=20, eot_iter=5), bpda_long=200,
+        long_eot=dict(steps=50, eot=10))
   eps = 0.031
   return dict(
       eps=eps, eps_label="0.031", delta=0.2, steps=13,
@@ -87,7 +88,8 @@ def scale_settings(dataset: str, scale: str) -> dict:
       ga=dict(max_steps=1000, label="1,000 steps (foolbox's default)"), square_queries=5000,
       es=dict(steps=100, samples=(100, 1000, 20000), boundaries=(20, 40), num_examples=200,
               label="100 steps, 100 / 1,000 / 20,000 directions, first 200 images"),
-      autoattack=dict(steps=100, eot_iter=20), bpda_long=200, eot_long=20)
+      autoattack=dict(steps=100, eot_iter=20), bpda_long=200,
+      long_eot=dict(steps=100, eot=20))
 
 
 def member_names(dataset: str, scale: str, s: dict) -> dict:
@@ -199,7 +201,7 @@ def adaptive_attacks(s: dict) -> dict:
   """Beyond the paper, on the main model (scored per example as the worst case)."""
   eps, label, pgd = s["eps"], s["eps_label"], s["pgd"]
   es = {k: v for k, v in s["es"].items() if k not in ("label", "num_examples")}
-  aa = s["autoattack"]
+  aa, long_eot = s["autoattack"], s["long_eot"]
   return {
       "es_sign_pgd": attack("es_sign_pgd", f"sign-PGD on an antithetic ES gradient of the "
                             f"margin (Tramer et al. 2020's k-WTA break), {s['es']['label']}, "
@@ -209,15 +211,15 @@ def adaptive_attacks(s: dict) -> dict:
                             f"{s['bpda_long']}, random start, eps {label} (ME-Net's break)",
                             surface="bpda_identity", eps=eps, steps=s["bpda_long"],
                             step_size=5 * eps / s["bpda_long"], random_start=True),
-      "bpda_i_long_eot": attack("pgd", f"BPDA-identity with EOT over {s['eot_long']} draws, "
-                                f"{s['bpda_long'] // 2} x 5 eps / {s['bpda_long'] // 2}, "
-                                f"random start, eps {label}", surface="bpda_identity", eps=eps,
-                                steps=s["bpda_long"] // 2, eot_samples=s["eot_long"],
-                                step_size=10 * eps / s["bpda_long"], random_start=True),
+      "bpda_i_long_eot": attack("pgd", f"BPDA-identity with EOT over {long_eot['eot']} draws, "
+                                f"{long_eot['steps']} x 5 eps / {long_eot['steps']}, random "
+                                f"start, eps {label}", surface="bpda_identity", eps=eps,
+                                steps=long_eot["steps"], eot_samples=long_eot["eot"],
+                                step_size=5 * eps / long_eot["steps"], random_start=True),
       "pgd_through_g": attack("pgd", f"PGD through g's unrolled steps (sgn straight-through), "
-                              f"EOT over {s['eot_long']} draws, {pgd['steps']} x "
+                              f"EOT over {long_eot['eot']} draws, {pgd['steps']} x "
                               f"{pgd['step_size']:.4g}, eps {label}",
-                              surface="straight_through", eot_samples=s["eot_long"],
+                              surface="straight_through", eot_samples=long_eot["eot"],
                               random_start=False, **pgd),
       "autoattack_rand": attack("autoattack", f"AutoAttack rand (APGD-CE, APGD-DLR, EOT "
                                 f"{aa['eot_iter']}, {aa['steps']} steps), eps {label}",
