@@ -23,10 +23,11 @@ nothing of the image) with the paper's Delta = 0.2 and N = 13; f_b the small VGG
 (g differentiates f_b N times per image, in training and at every attack query: at full width
 one f_a training step costs 4.4 s on 2 cores); f_a LeNet-5 trained 5 epochs with Adam 1e-3
 (every f_a, baselines included, the same); PGD 20 x eps/8 (the paper's 50 x eps/15.5) and
-BPDA-I with 10 EOT draws (the paper's 500; Figure 7 sweeps 1-20); Table 1 with f_b trained
+BPDA-I with 10 EOT draws (the paper's 500; Figure 7 sweeps 1-10); Table 1 with f_b trained
 1, 5 and 20 epochs (the paper adds 2, 10, 15); Figure 5 at N = 1, 4, 13, Figure 6 at Delta =
 0.1, 0.2, 0.3; E g(x) of Table 1 from 500 draws on 50 images (the paper's 5,000); query
-attacks with cut budgets (labels). Every attack runs on the first 100 test images.
+attacks with cut budgets (labels). Every attack runs on the first 100 test images, but the
+query attacks on the main model on the first 50 (each query runs g).
 
 Settings the paper does not give, and ours: f_b's adversarial training (Madry et al.: PGD on
 the adversarial examples only; cpu eps 0.1, 10 x eps/4; full 8/255, 7 x 2/255), the Madry
@@ -66,14 +67,17 @@ def scale_settings(dataset: str, scale: str) -> dict:
         fb_model="small_vgg", fb_options={"width": 0.125}, fb_epochs=(1, 5, 20),
         fb_adv_epochs=10, at_attack=dict(eps=eps, n1=4, n2=10),
         fa_model="lenet", fa_epochs=5, optimizer=("adam", 1e-3),
-        n_values=(1, 4, 13), deltas=(0.1, 0.2, 0.3), eot_values=(1, 5, 20),
+        n_values=(1, 4, 13), deltas=(0.1, 0.2, 0.3), eot_values=(1, 4, 10),
         attack_examples=100, metric=dict(metric_images=50, metric_samples=500),
         hsj=dict(steps=5, max_queries=1000, label="5 steps, at most 1,000 queries"),
         ga=dict(max_steps=50, label="50 steps"), square_queries=500,
         es=dict(steps=10, step_size=eps / 8, samples=(20, 50), boundaries=(5,), chunk=50,
                 label="10 x eps/8, 20 then 50 directions"),
         autoattack=dict(steps=20, eot_iter=5), bpda_long=200,
-        long_eot=dict(steps=50, eot=10))
+        long_eot=dict(steps=50, eot=10), through_g_eot=5,
+        # The query attacks on the main model run on its first 50 attacked images (each
+        # query runs g: 13 gradients of f_b), the other attacks on all 100.
+        query_examples=50, sanity_examples=10)
   eps = 0.031
   return dict(
       eps=eps, eps_label="0.031", delta=0.2, steps=13,
@@ -89,7 +93,8 @@ def scale_settings(dataset: str, scale: str) -> dict:
       es=dict(steps=100, samples=(100, 1000, 20000), boundaries=(20, 40), num_examples=200,
               label="100 steps, 100 / 1,000 / 20,000 directions, first 200 images"),
       autoattack=dict(steps=100, eot_iter=20), bpda_long=200,
-      long_eot=dict(steps=100, eot=20))
+      long_eot=dict(steps=100, eot=20), through_g_eot=20, query_examples=0,
+      sanity_examples=200)
 
 
 def member_names(dataset: str, scale: str, s: dict) -> dict:
@@ -217,9 +222,9 @@ def adaptive_attacks(s: dict) -> dict:
                                 steps=long_eot["steps"], eot_samples=long_eot["eot"],
                                 step_size=5 * eps / long_eot["steps"], random_start=True),
       "pgd_through_g": attack("pgd", f"PGD through g's unrolled steps (sgn straight-through), "
-                              f"EOT over {long_eot['eot']} draws, {pgd['steps']} x "
+                              f"EOT over {s['through_g_eot']} draws, {pgd['steps']} x "
                               f"{pgd['step_size']:.4g}, eps {label}",
-                              surface="straight_through", eot_samples=long_eot["eot"],
+                              surface="straight_through", eot_samples=s["through_g_eot"],
                               random_start=False, **pgd),
       "autoattack_rand": attack("autoattack", f"AutoAttack rand (APGD-CE, APGD-DLR, EOT "
                                 f"{aa['eot_iter']}, {aa['steps']} steps), eps {label}",
@@ -284,6 +289,9 @@ def get_config(arg=None):
       **{k: v for k, v in baseline_attacks(s, names["source"], scale).items()
          if k not in ("pgd", "autoattack")},
       **adaptive_attacks(s)}
+  if s["query_examples"]:
+    for key in ("hsj", "ga", "es_sign_pgd", "square"):
+      ours_attacks[key] = on_first_images(ours_attacks[key], s["query_examples"])
   ours = fa_member(names["ours"], dataset, scale, s, ours_attacks, fb=names["fb_adv"])
   bpda_keys = ("bpda_i", "bpda_softsign", "bpda_tanh") + tuple(
       eot_key(s, e) for e in s["eot_values"] if e != s["eot"])
@@ -293,6 +301,7 @@ def get_config(arg=None):
       "bpda": bpda_keys, "paper": paper_keys, "adaptive": tuple(adaptive_attacks(s)),
       "all": paper_keys + tuple(adaptive_attacks(s))})
   ours.eval.sanity.enabled = True  # The main model's evaluation checks itself.
+  ours.eval.sanity.num_examples = s["sanity_examples"]
   members[names["ours"]] = ours
   c.members = ml_collections.ConfigDict(members)
   # Transfer sources first: the independent model, and Figure 5's f_a (N = 1 feeds Ours).
@@ -313,6 +322,11 @@ def transfer_from_small_n(s: dict, names: dict) -> dict:
   return dict(entry, threat_model="transfer", source_experiment=names[f"fa_n{n}"],
               label=f"{entry['label']}, crafted on {names[f'fa_n{n}']} (g with N {n}, no "
                     "random start)")
+
+
+def on_first_images(entry: dict, n: int) -> dict:
+  """The attack on the first n attacked images only (the rest count as it left them)."""
+  return dict(entry, num_examples=n, label=f"{entry['label']}, first {n} images")
 
 
 def eot_key(s: dict, draws: int) -> str:
