@@ -49,7 +49,7 @@ def test_adv_transform_suite_fills_every_table_cell_and_figure(tmp_path, small_s
   robust = {r["label"]: r["cells"][1]["ours"] for r in tables["table_3"]["rows"]}
   ours = [v for label, v in robust.items() if label.startswith("Ours")]
   assert len(ours) == 3 and ours[2] <= ours[1] <= ours[0]  # BPDA types <= paper's <= all.
-  madry = [v for label, v in robust.items() if label.startswith("Madry")]
+  madry = [v for label, v in robust.items() if label.startswith("Madry")][:2]
   assert madry[0] <= madry[1]  # Its worst case against PGD alone.
   with open(tmp_path / "ours_mnist_cpu" / "config.json") as f:
     options = json.load(f)["defense"]["options"]

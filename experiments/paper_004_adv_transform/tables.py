@@ -54,8 +54,11 @@ def paper_004_tables(dataset: str, scale: str, names: dict, s: dict, labels: dic
       f"{metric['metric_images']} test images", paper_1("linf"),
       **{key: f"{fa[key]}:defense:expected_image_linf" for key, _ in columns_1})]
 
+  madry_title = "Madry et al. (adversarial training" + (
+      ", here on each batch and its PGD examples: LeNet stays at chance on the adversarial "
+      "examples alone)" if s["madry_include_clean"] else ")")
   columns_2 = (("clean", "Clean"), ("transfer", "Transfer"), ("hsj", "HSJ"), ("ga", "GA"))
-  model_rows = (("no_defense", "No defense"), ("madry", "Madry et al. (adversarial training)"),
+  model_rows = (("no_defense", "No defense"), ("madry", madry_title),
                 ("ours", "Ours (f_a(g(x)), adversarially trained f_b)"))
   rows_2 = [table_row(title, PAPER_TABLE_2[role], clean=f"{names[role]}:clean",
                       **{a: f"{names[role]}:{a}" for a, _ in columns_2[1:]})
@@ -67,10 +70,10 @@ def paper_004_tables(dataset: str, scale: str, names: dict, s: dict, labels: dic
       table_row(f"No defense, worst case under {baseline_attacks} (the paper: PGD)",
                 PAPER_TABLE_3["no_defense"], std=f"{names['no_defense']}:clean",
                 rob=f"{names['no_defense']}:worst_case:all"),
-      table_row(f"Madry et al., worst case under {baseline_attacks} (the paper: PGD)",
+      table_row(f"{madry_title}, worst case under {baseline_attacks} (the paper: PGD)",
                 PAPER_TABLE_3["madry"], std=f"{names['madry']}:clean",
                 rob=f"{names['madry']}:worst_case:all"),
-      table_row(f"Madry et al., PGD alone [{labels['pgd']}]", {},
+      table_row(f"{madry_title}, PGD alone [{labels['pgd']}]", {},
                 std=f"{names['madry']}:clean", rob=f"{names['madry']}:pgd"),
       table_row(f"Ours, worst case under every BPDA-type attack ({bpda_rows}; the EOT sweep)",
                 PAPER_TABLE_3["ours_bpda"], std=f"{ours}:clean", rob=f"{ours}:worst_case:bpda"),
@@ -85,7 +88,7 @@ def paper_004_tables(dataset: str, scale: str, names: dict, s: dict, labels: dic
 
   madry = names["madry"]
   rows_time = [
-      table_row("Madry et al. (f_a, adversarial examples only)", {}, time=f"{madry}:time",
+      table_row(madry_title, {}, time=f"{madry}:time",
                 ratio=f"{madry}:time_ratio:{madry}"),
       table_row("Ours: f_a on g(x)", {}, time=f"{ours}:time",
                 ratio=f"{ours}:time_ratio:{madry}"),
