@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 500
   c.eval.every_epochs = 1  # Clean test accuracy during training.
   c.eval.num_attack_examples = -1  # Attacks run on the first N test images (-1: all).
+  # Early-stopping attacks (CW-L2, DeepFool) run over the whole attacked set with slot refill:
+  # a finished example's place in the batch goes to the next image (evaluation/slot_runner.py).
+  # Same per-image results on a deterministic model; False: batch after batch.
+  c.eval.slot_refill = True
   # key -> {attack, label, threat_model, params, source_experiment}; see defenses_jax/evaluation/threat_models.py.
   c.eval.attacks = ml_collections.ConfigDict()
   # Robust accuracy under one of eval.attacks after every epoch, in metrics.jsonl ("" for none).

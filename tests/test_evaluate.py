@@ -5,6 +5,7 @@ import functools
 import json
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -71,6 +72,15 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
   adv_ok = np.argmax(network(saved["x_adv"]), -1) == blobs[1].labels[:32]
   assert out["attacks"]["pgd"]["robust_accuracy"] == pytest.approx(np.mean(clean_ok & adv_ok))
   assert out["clean_accuracy_attacked_subset"] == pytest.approx(np.mean(clean_ok))
+  # CW-L2 and DeepFool run with slot refill over the 32 images (slots of 16): each image gets
+  # what the attack gives it in a batch of its own.
+  for name, run in (("cw", functools.partial(attacks_lib.cw_l2, binary_search_steps=3,
+                                             max_iterations=30)),
+                    ("deepfool", attacks_lib.deepfool)):
+    refilled = np.load(tmp_path / "tiny" / "results" / "adversarial" / f"{name}.npz")["x_adv"]
+    expected, _ = run(network, jnp.asarray(x), jnp.asarray(blobs[1].labels[:32]),
+                      jax.random.key(0))
+    np.testing.assert_allclose(refilled, expected, atol=1e-4, err_msg=name)
   checks = {c["check"] for c in out["sanity"]}
   assert {"gradients", "unbounded", "more_steps", "noise_weaker",
           "transfer_not_stronger"} <= checks

@@ -1,6 +1,7 @@
 """Paper suites: a tiny run of the Target Training suite end to end (every member trained and
 evaluated, tables filled), resumption, and bad suite configs rejected before any training."""
 
+import inspect
 import json
 import os
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import blob_dataset
+from defenses_jax.attacks.registry import attack_info
 from defenses_jax.suites import runner as suite
 from experiments.common import table_row
 from experiments.paper_000_target_training import config as target_training
@@ -30,9 +32,13 @@ def shrink(member):
           "phase1_binary_steps": 1, "phase2_binary_steps": 1, "max_steps": 3,
           "max_queries": 40, "eot_iter": 2}
   for entry in member.eval.attacks.values():
+    # Defaults too (DeepFool's 50 iterations cost minutes on a tiny CNN with XLA's optimisations
+    # off); a cut never lengthens an attack.
+    defaults = inspect.signature(attack_info(entry.attack).fn).parameters
     for name, value in cuts.items():
-      if name in entry.params:
-        entry.params[name] = value
+      current = entry.params.get(name, defaults[name].default if name in defaults else None)
+      if isinstance(current, int) and not isinstance(current, bool):
+        entry.params[name] = min(current, value)
     if "fit_examples" in entry:
       entry.fit_examples = 16
   options = member.defense.options

@@ -11,18 +11,24 @@ Networks"), following their reference implementation:
   means margin >= kappa;
 - early abort per example when its objective stops decreasing (checked every max_iterations/10);
 - examples never successfully attacked are returned unchanged (as the clean input).
+
+
+The optimisation is a per-example state machine (attacks/stepped.py): each example runs its own
+binary-search step and Adam iterations and moves on when it aborts early, so that the slot
+runner can refill a finished example's place with the next image.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from defenses_jax.attacks.norms import distances, per_example, varying_like
-from defenses_jax.attacks.objectives import is_successful, margin, resolve_targets
+from defenses_jax.attacks.norms import distances, per_example
+from defenses_jax.attacks.objectives import (check_batch, is_successful, margin, random_targets,
+                                             resolve_targets)
+from defenses_jax.attacks.stepped import SteppedAttack, run_batch, run_until_done, select_examples
 from defenses_jax.attacks.wrappers import call_logits
 
 _NO_UPPER_BOUND = 1e10
@@ -58,91 +64,160 @@ def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
   """Returns (x_adv, info) with per-example info: success (re-checked on a fresh forward pass),
   l2, linf, and the binary search's final bracket [const_lower, const] (const: the smallest
   constant that succeeded, or the last one tried if none did)."""
-  key, check_key, target_key = jax.random.split(key, 3)
-  t = resolve_targets(lambda z: call_logits(logits_fn, z, target_key), x, y, target, targets,
-                      target_key)
+  attack = cw_l2_stepped(logits_fn, kappa=kappa, binary_search_steps=binary_search_steps,
+                         max_iterations=max_iterations, learning_rate=learning_rate,
+                         initial_const=initial_const, abort_early=abort_early, target=target,
+                         targets=targets)
+  return run_batch(attack, x, y, key)
 
-  def violation(x_new, step_key):
+
+def cw_l2_stepped(logits_fn: Callable, *, kappa: float = 0.0, binary_search_steps: int = 9,
+                  max_iterations: int = 1000, learning_rate: float = 1e-2,
+                  initial_const: float = 1e-3, abort_early: bool = True, target: str = "none",
+                  targets: Optional[jax.Array] = None) -> SteppedAttack:
+  """CW-L2 as a SteppedAttack. A random target is drawn from each example's own key, so that it
+  does not depend on which images share the batch."""
+
+  def violation(x_new, aux, step_key):
+    y, t = aux
     logits = call_logits(logits_fn, x_new, step_key)
     # The reference code's f6: max(Z_y - max_{j != y} Z_j + kappa, 0) = max(kappa - margin, 0).
     return jnp.maximum(kappa - margin(logits, y, t), 0.0), is_successful(logits, y, t, kappa)
 
-  best_x, const, lower = cw_l2_search(
-      violation, x, key, binary_search_steps=binary_search_steps, max_iterations=max_iterations,
-      learning_rate=learning_rate, initial_const=initial_const, abort_early=abort_early)
-  # Re-check on a fresh forward pass; a candidate that no longer succeeds (it can only differ by
-  # float noise) is replaced by the clean input, so failures are always returned as x.
-  success = is_successful(call_logits(logits_fn, best_x, check_key), y, t, kappa)
-  x_adv = jnp.where(per_example(success, x), best_x, x)
-  return x_adv, {"success": success, **distances(x_adv, x), "const": const, "const_lower": lower}
+  search = CWSearch(violation, binary_search_steps=binary_search_steps,
+                    max_iterations=max_iterations, learning_rate=learning_rate,
+                    initial_const=initial_const, abort_early=abort_early)
+
+  def init(x, y, example_keys, key):
+    check_batch(x, y, targets)
+    if target == "random":
+      num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
+      t = jax.vmap(lambda k, label: random_targets(k, label, num_classes))(example_keys, y)
+    else:
+      t = resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets, key)
+    return search.start(x, (y, t))
+
+  def finish(state, key):
+    y, t = state.aux
+    best_x, const, lower = search.result(state)
+    # Re-check on a fresh forward pass; a candidate that no longer succeeds (it can only differ
+    # by float noise) is replaced by the clean input, so failures are always returned as x.
+    success = is_successful(call_logits(logits_fn, best_x, key), y, t, kappa)
+    x_adv = jnp.where(per_example(success, state.x), best_x, state.x)
+    return x_adv, {"success": success, **distances(x_adv, state.x), "const": const,
+                   "const_lower": lower}
+
+  return SteppedAttack(init, search.step, search.done, finish)
 
 
 def cw_l2_search(violation_fn: Callable, x, key, *, binary_search_steps: int,
                  max_iterations: int, learning_rate: float, initial_const: float,
                  abort_early: bool = True, start=None):
-  """The Carlini-Wagner L2 optimisation with any constraint term: minimises
+  """The Carlini-Wagner L2 optimisation with any constraint term on one batch: minimises
   ||x' - x||^2 + c * violation(x') per example (Adam in tanh space, binary search on c, early
   abort, smallest-L2 successful iterate kept), where `violation_fn(x', key) -> (violation >= 0,
   success)` per example. `start` (default x): where each outer step's optimisation starts (in
   input space); distances are always measured from x. Returns (best_x: x where nothing
   succeeded, const: the bracket's upper end or the last constant tried, const_lower)."""
-  batch = x.shape[0]
-  w_clean = to_tanh_space(x)
-  w_start = w_clean if start is None else to_tanh_space(start)
-  # x as the tanh map reproduces it (within 5e-7); distances are measured from it, as in the
-  # reference code.
-  x_clean = from_tanh_space(w_clean)
-  check_every = max(max_iterations // 10, 1)
+  search = CWSearch(lambda z, _, k: violation_fn(z, k), binary_search_steps=binary_search_steps,
+                    max_iterations=max_iterations, learning_rate=learning_rate,
+                    initial_const=initial_const, abort_early=abort_early)
+  state, _ = run_until_done(search.step, search.done, search.start(x, None, start), key, x)
+  return search.result(state)
 
-  def objective(w, const, step_key):
-    x_new = from_tanh_space(w)
-    violation, success = violation_fn(x_new, step_key)
-    l2sq = jnp.sum(jnp.square(x_new - x_clean).reshape(batch, -1), axis=-1)
-    losses = l2sq + const * violation
-    return jnp.sum(losses), (losses, l2sq, success, x_new)
 
-  grad_fn = jax.grad(objective, has_aux=True)
+class CWState(NamedTuple):
+  """One row per example: where it is in its own binary search and Adam iterations."""
+  x: jax.Array  # The clean input.
+  x_clean: jax.Array  # x as the tanh map reproduces it (within 5e-7): distances are from it.
+  w_start: jax.Array  # Where each outer step starts, in tanh space.
+  aux: Any  # What the violation needs per example (labels, targets), or None.
+  w: jax.Array
+  m: jax.Array
+  v: jax.Array
+  prev_obj: jax.Array  # The objective at the last early-abort check.
+  active: jax.Array  # Not yet aborted in this outer step.
+  succeeded: jax.Array  # Some iterate of this outer step succeeded.
+  best_l2: jax.Array
+  best_x: jax.Array
+  const: jax.Array
+  lower: jax.Array
+  upper: jax.Array
+  iteration: jax.Array  # Within the current outer step.
+  outer: jax.Array  # The binary-search step; the example is done at binary_search_steps.
 
-  def outer_step(carry, outer):
-    const, lower, upper, best_l2, best_x = carry
-    outer_key = jax.random.fold_in(key, outer)
 
-    def inner_cond(state):
-      i, _, _, _, _, active, _, _ = state
-      return (i < max_iterations) & jnp.any(active)
+class CWSearch:
+  """The search's state machine: start, step (one Adam iteration, then the binary-search update
+  and a fresh start for every example whose outer step ended), done and result."""
 
-    def inner_body(state):
-      i, w, m, v, prev_obj, active, succeeded, bests = state
-      grad, (obj, l2sq, success, x_new) = grad_fn(w, const, jax.random.fold_in(outer_key, i))
-      # Track the iterate that was just evaluated (before this Adam update), as the reference
-      # implementation does.
-      b_l2, b_x = bests
-      improved = success & (l2sq < b_l2) & active
-      bests = (jnp.where(improved, l2sq, b_l2), jnp.where(per_example(improved, x), x_new, b_x))
-      succeeded = succeeded | (success & active)
-      # Adam, frozen for examples that aborted early.
-      w, m, v = adam_step(w, m, v, grad, jnp.full((batch,), i + 1), learning_rate, active)
-      if abort_early:
-        at_check = (i % check_every == 0) & (i > 0)
-        stalled = at_check & (obj > prev_obj * 0.9999)
-        active = active & ~stalled
-        prev_obj = jnp.where(at_check, obj, prev_obj)
-      return i + 1, w, m, v, prev_obj, active, succeeded, bests
+  def __init__(self, violation_fn: Callable, *, binary_search_steps: int, max_iterations: int,
+               learning_rate: float, initial_const: float, abort_early: bool = True):
+    self.violation_fn = violation_fn  # (x', aux, key) -> (violation, success) per example.
+    self.binary_search_steps = binary_search_steps
+    self.max_iterations = max_iterations
+    self.learning_rate = learning_rate
+    self.initial_const = initial_const
+    self.abort_early = abort_early
+    self.check_every = max(max_iterations // 10, 1)
 
+  def start(self, x, aux, start=None) -> CWState:
+    batch = x.shape[0]
+    w_clean = to_tanh_space(x)
+    w_start = w_clean if start is None else to_tanh_space(start)
     zeros = jnp.zeros_like(w_clean)
-    init = (jnp.zeros((), jnp.int32), w_start, zeros, zeros, jnp.full((batch,), jnp.inf),
-            jnp.ones((batch,), bool), jnp.zeros((batch,), bool), (best_l2, best_x))
-    _, _, _, _, _, _, succeeded, (best_l2, best_x) = lax.while_loop(inner_cond, inner_body,
-                                                                     varying_like(init, x))
-    # Binary search on c, per example.
-    upper = jnp.where(succeeded, jnp.minimum(upper, const), upper)
-    lower = jnp.where(succeeded, lower, jnp.maximum(lower, const))
-    bracketed = upper < _NO_UPPER_BOUND
-    const = jnp.where(bracketed, (lower + upper) / 2.0, const * 10.0)
-    return (const, lower, upper, best_l2, best_x), None
+    return CWState(
+        x=x, x_clean=from_tanh_space(w_clean), w_start=w_start, aux=aux, w=w_start, m=zeros,
+        v=zeros, prev_obj=jnp.full((batch,), jnp.inf), active=jnp.ones((batch,), bool),
+        succeeded=jnp.zeros((batch,), bool), best_l2=jnp.full((batch,), jnp.inf), best_x=x,
+        const=jnp.full((batch,), self.initial_const), lower=jnp.zeros((batch,)),
+        upper=jnp.full((batch,), _NO_UPPER_BOUND), iteration=jnp.zeros((batch,), jnp.int32),
+        outer=jnp.zeros((batch,), jnp.int32))
 
-  init = (jnp.full((batch,), initial_const), jnp.zeros((batch,)),
-          jnp.full((batch,), _NO_UPPER_BOUND), jnp.full((batch,), jnp.inf), x)
-  (const, lower, upper, _, best_x), _ = lax.scan(outer_step, varying_like(init, x),
-                                                 jnp.arange(binary_search_steps))
-  return best_x, jnp.where(upper < _NO_UPPER_BOUND, upper, const), lower
+  def done(self, s: CWState):
+    return s.outer >= self.binary_search_steps
+
+  def result(self, s: CWState):
+    return s.best_x, jnp.where(s.upper < _NO_UPPER_BOUND, s.upper, s.const), s.lower
+
+  def step(self, s: CWState, key) -> CWState:
+    batch = s.x.shape[0]
+    live = ~self.done(s)
+    active = s.active & live
+
+    def objective(w):
+      x_new = from_tanh_space(w)
+      violation, success = self.violation_fn(x_new, s.aux, key)
+      l2sq = jnp.sum(jnp.square(x_new - s.x_clean).reshape(batch, -1), axis=-1)
+      losses = l2sq + s.const * violation
+      return jnp.sum(losses), (losses, l2sq, success, x_new)
+
+    grad, (obj, l2sq, success, x_new) = jax.grad(objective, has_aux=True)(s.w)
+    # Track the iterate that was just evaluated (before this Adam update), as the reference
+    # implementation does.
+    improved = success & (l2sq < s.best_l2) & active
+    best_l2 = jnp.where(improved, l2sq, s.best_l2)
+    best_x = jnp.where(per_example(improved, s.x), x_new, s.best_x)
+    succeeded = s.succeeded | (success & active)
+    # Adam, frozen for examples that aborted early (and finished ones).
+    w, m, v = adam_step(s.w, s.m, s.v, grad, s.iteration + 1, self.learning_rate, active)
+    prev_obj = s.prev_obj
+    if self.abort_early:
+      at_check = (s.iteration % self.check_every == 0) & (s.iteration > 0) & live
+      active = active & ~(at_check & (obj > prev_obj * 0.9999))
+      prev_obj = jnp.where(at_check, obj, prev_obj)
+    iteration = s.iteration + live.astype(jnp.int32)
+    s = s._replace(w=w, m=m, v=v, prev_obj=prev_obj, active=active, succeeded=succeeded,
+                   best_l2=best_l2, best_x=best_x, iteration=iteration)
+    # The outer step ends at max_iterations or at an early abort: binary search on c, then the
+    # perturbation and the Adam state are reset.
+    ended = live & ((iteration >= self.max_iterations) | ~active)
+    upper = jnp.where(succeeded, jnp.minimum(s.upper, s.const), s.upper)
+    lower = jnp.where(succeeded, s.lower, jnp.maximum(s.lower, s.const))
+    const = jnp.where(upper < _NO_UPPER_BOUND, (lower + upper) / 2.0, s.const * 10.0)
+    zeros = jnp.zeros_like(s.w)
+    restarted = s._replace(
+        w=s.w_start, m=zeros, v=zeros, prev_obj=jnp.full((batch,), jnp.inf),
+        active=jnp.ones((batch,), bool), succeeded=jnp.zeros((batch,), bool), const=const,
+        lower=lower, upper=upper, iteration=jnp.zeros((batch,), jnp.int32), outer=s.outer + 1)
+    return select_examples(ended, restarted, s)

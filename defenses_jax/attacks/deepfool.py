@@ -5,61 +5,83 @@ highest clean logits, fixed once. At each iteration every candidate's boundary i
 the closest one is stepped to (plus 1e-4), the total perturbation is scaled by (1 + overshoot),
 and the result is clipped to [0, 1]. Examples stop individually once the prediction changes.
 All candidate gradients come from one forward pass: the VJP is vmapped over the candidates.
+Written as a per-example state machine (attacks/stepped.py) for the slot runner.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch
+from defenses_jax.attacks.stepped import SteppedAttack, run_batch
 from defenses_jax.attacks.wrappers import call_logits
 
 _TINY = 1e-8
 
 
-def deepfool(logits_fn: Callable, x, y, key, *, norm: str = "l2",
-             overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
-             box_aware: bool = True):
+def deepfool(logits_fn: Callable, x, y, key, *, norm: str = "l2", overshoot: float = 0.02,
+             max_iter: int = 50, candidates: int = 10, box_aware: bool = True):
   """Returns (x_adv, info) with info = {success, iterations, l2, linf} per example.
 
   `y` is not used: DeepFool moves away from the clean prediction (an input the model already
   misclassifies is returned unchanged). It is accepted for the common attack signature.
+  Parameters: see deepfool_stepped.
+  """
+  attack = deepfool_stepped(logits_fn, norm=norm, overshoot=overshoot, max_iter=max_iter,
+                            candidates=candidates, box_aware=box_aware)
+  return run_batch(attack, x, y, key)
+
+
+class DeepFoolState(NamedTuple):
+  x: jax.Array  # The clean input.
+  xi: jax.Array  # The current iterate.
+  r_total: jax.Array  # The accumulated step (before the overshoot).
+  classes: jax.Array  # (B, k): the clean prediction, then the other candidate classes.
+  active: jax.Array  # Still classified as the clean prediction (and moving).
+  steps: jax.Array  # Iterations this example has been through (the cap is max_iter).
+  iterations: jax.Array  # Iterations in which it moved.
+
+
+def deepfool_stepped(logits_fn: Callable, *, norm: str = "l2", overshoot: float = 0.02,
+                     max_iter: int = 50, candidates: int = 10,
+                     box_aware: bool = True) -> SteppedAttack:
+  """DeepFool as a SteppedAttack.
 
   box_aware=False is the reference behaviour (the step is computed as if the image were
   unbounded, then clipped). On images with many saturated pixels (MNIST) most of such a step is
   clipped away and DeepFool creeps towards the boundary without crossing it; box_aware=True
   (default) removes the pixels held at a bound from each linearised step.
   """
-  check_batch(x, y)
-  del y
   norms.check_norm(norm)
-  key, check_key = jax.random.split(key)
-  clean_logits = call_logits(logits_fn, x, key)
-  num_classes = clean_logits.shape[-1]
-  k = min(candidates, num_classes)
-  if k < 2:
-    raise ValueError(f"DeepFool needs at least 2 candidate classes; got {k}.")
-  classes = jnp.argsort(-clean_logits, axis=-1)[:, :k]  # (B, k); column 0: clean prediction.
-  original = classes[:, 0]
-  batch = x.shape[0]
 
-  def candidate_logits_and_grads(xi, step_key):
-    logits, vjp = jax.vjp(lambda z: call_logits(logits_fn, z, step_key), xi)
+  def init(x, y, example_keys, key):
+    del example_keys  # DeepFool draws nothing per example.
+    check_batch(x, y)
+    clean_logits = call_logits(logits_fn, x, key)
+    k = min(candidates, clean_logits.shape[-1])
+    if k < 2:
+      raise ValueError(f"DeepFool needs at least 2 candidate classes; got {k}.")
+    batch = x.shape[0]
+    classes = jnp.argsort(-clean_logits, axis=-1)[:, :k]  # Column 0: the clean prediction.
+    zeros = jnp.zeros((batch,), jnp.int32)
+    return DeepFoolState(x, x, jnp.zeros_like(x), classes, jnp.ones((batch,), bool), zeros,
+                         zeros)
+
+  def step(s: DeepFoolState, key) -> DeepFoolState:
+    x, xi, classes = s.x, s.xi, s.classes
+    batch, k = classes.shape
+    logits, vjp = jax.vjp(lambda z: call_logits(logits_fn, z, key), xi)
+    num_classes = logits.shape[-1]
     cotangents = norms.match_varying(  # (k, B, K), typed like the logits (see varying_like).
         jax.nn.one_hot(classes.T, num_classes, dtype=logits.dtype), logits)
     (grads,) = jax.vmap(vjp)(cotangents)  # (k, B, ...): gradient of each candidate's logit.
     values = jnp.take_along_axis(logits, classes, axis=-1)  # (B, k)
-    return logits, values, grads
-
-  def step(state):
-    i, xi, r_total, active, iterations = state
-    logits, values, grads = candidate_logits_and_grads(xi, jax.random.fold_in(key, i))
-    active = active & (jnp.argmax(logits, -1) == original)
+    live = ~done(s)
+    active = s.active & live & (jnp.argmax(logits, -1) == classes[:, 0])
     f = values[:, 1:] - values[:, :1]  # (B, k-1): logit gaps to the reference class.
     w = grads[1:] - grads[:1]  # (k-1, B, ...)
     if box_aware:
@@ -83,19 +105,19 @@ def deepfool(logits_fn: Callable, x, y, key, *, norm: str = "l2",
     else:
       r = norms.per_example(scale, x) * jnp.sign(w_best)
     moving = norms.per_example(active, x)
-    r_total = r_total + jnp.where(moving, r, 0.0)
+    r_total = s.r_total + jnp.where(moving, r, 0.0)
     x_next = jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0)
     if box_aware:  # Keep the accumulated step equal to what the clipped image really moved.
-      r_total = (x_next - x) / (1.0 + overshoot)
-    xi = jnp.where(moving, x_next, xi)
-    return i + 1, xi, r_total, active, iterations + active.astype(jnp.int32)
+      r_total = jnp.where(moving, (x_next - x) / (1.0 + overshoot), s.r_total)
+    return s._replace(xi=jnp.where(moving, x_next, xi), r_total=r_total, active=active,
+                      steps=s.steps + live.astype(jnp.int32),
+                      iterations=s.iterations + active.astype(jnp.int32))
 
-  def cond(state):
-    i, _, _, active, _ = state
-    return (i < max_iter) & jnp.any(active)
+  def done(s: DeepFoolState):
+    return ~s.active | (s.steps >= max_iter)
 
-  init = (jnp.zeros((), jnp.int32), x, jnp.zeros_like(x), jnp.ones((batch,), bool),
-          jnp.zeros((batch,), jnp.int32))
-  _, x_adv, _, _, iterations = lax.while_loop(cond, step, norms.varying_like(init, x))
-  success = jnp.argmax(call_logits(logits_fn, x_adv, check_key), -1) != original
-  return x_adv, {"success": success, "iterations": iterations, **norms.distances(x_adv, x)}
+  def finish(s: DeepFoolState, key):
+    success = jnp.argmax(call_logits(logits_fn, s.xi, key), -1) != s.classes[:, 0]
+    return s.xi, {"success": success, "iterations": s.iterations, **norms.distances(s.xi, s.x)}
+
+  return SteppedAttack(init, step, done, finish)

@@ -23,9 +23,9 @@ import inspect
 from typing import Callable, Optional
 
 from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack
-from defenses_jax.attacks.carlini_wagner import cw_l2
+from defenses_jax.attacks.carlini_wagner import cw_l2, cw_l2_stepped
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
-from defenses_jax.attacks.deepfool import deepfool
+from defenses_jax.attacks.deepfool import deepfool, deepfool_stepped
 from defenses_jax.attacks.detector_evasion import cw_wb, feature_matching
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.jsma import jsma
@@ -53,6 +53,9 @@ class AttackInfo:
   # Attacks on a classifier *and* its detector (detector_evasion.py): their first argument is a
   # DetectedSystem, so they run only detector-aware.
   needs_detector: bool = False
+  # Early-stopping attacks: (logits_fn, **params) -> attacks.stepped.SteppedAttack, so that the
+  # slot runner (evaluation/slot_runner.py) refills an example's place once it finishes.
+  stepped: Optional[Callable] = None
 
   def __post_init__(self):
     if self.access not in ACCESS_KINDS:
@@ -61,6 +64,10 @@ class AttackInfo:
       raise ValueError("a universal attack, and only one, needs `apply`.")
     if self.queries and self.query_budget is None and self.budget_param is None:
       raise ValueError("a query attack needs a budget parameter or a query_budget function.")
+    if self.stepped is not None:  # The evaluation validates a config against fn's parameters.
+      params = lambda f, skip: set(inspect.signature(f).parameters) - skip
+      if params(self.fn, {"logits_fn", "x", "y", "key"}) != params(self.stepped, {"logits_fn"}):
+        raise ValueError(f"{self.fn.__name__} and its stepped form take different parameters.")
 
   @property
   def universal(self) -> bool:
@@ -93,9 +100,11 @@ ATTACKS = Registry("attack", {
     "pgd": AttackInfo(pgd, "gradient", "linf", budget_param="steps"),
     "madry": AttackInfo(madry, "gradient", "linf", budget_param="n2"),
     "ll_pgd": AttackInfo(ll_pgd, "gradient", "linf", budget_param="steps"),
-    "cw_l2": AttackInfo(cw_l2, "gradient", "l2", budget_param="max_iterations"),
+    "cw_l2": AttackInfo(cw_l2, "gradient", "l2", budget_param="max_iterations",
+                        stepped=cw_l2_stepped),
     "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
-    "deepfool": AttackInfo(deepfool, "gradient", "l2"),  # Stops by itself (max_iter: a cap).
+    # Stops by itself (max_iter: a cap).
+    "deepfool": AttackInfo(deepfool, "gradient", "l2", stepped=deepfool_stepped),
     "jsma": AttackInfo(jsma, "gradient", "l0"),  # Stops by itself (gamma caps the features).
     "cw_wb": AttackInfo(cw_wb, "gradient", "l2", budget_param="phase2_iterations",
                         needs_detector=True),

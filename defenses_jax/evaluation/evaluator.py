@@ -24,6 +24,7 @@ from defenses_jax.evaluation import crafted, metrics, report, sanity
 from defenses_jax.evaluation.detection import DetectionEvaluator, detector_from_config
 from defenses_jax.evaluation.runner import (make_attack_runner, make_predictor, noise_like,
                                             run_over_dataset)
+from defenses_jax.evaluation.slot_runner import make_slot_runner
 from defenses_jax.evaluation.threat_models import (AttackSpec, DetectorTarget, logits_builder,
                                                    parse_attack_specs)
 from defenses_jax.evaluation.universal import UniversalPerturbation, fitted_perturbation
@@ -57,6 +58,7 @@ class _Evaluator:
     self.predict = lambda x, number: predictor(s.params, s.batch_stats, x,
                                                jax.random.fold_in(predict_key, number))
     self.labels = self.ds.labels
+    self.slot_refill = bool(exp.config.eval.get("slot_refill", True))
     self.detection: Optional[DetectionEvaluator] = None  # Set when the system has a detector.
     # The attacker's own copy of the detector on each transfer source it crafts detector-aware
     # examples on, by source experiment name.
@@ -92,6 +94,8 @@ class _Evaluator:
       detector_state = detection.state
     build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
                            spec.eot_samples, evade, spec.surface)
+    if spec.info.stepped is not None and evade is None and self.slot_refill:
+      return self._slot_refill(spec, build, crafted_on, progress)
     runner = make_attack_runner(spec, build, self.mesh)
     s = crafted_on.state
 
@@ -104,6 +108,22 @@ class _Evaluator:
     return AttackRun(np.concatenate([o["x_adv"] for o in out]),
                      np.concatenate([o["pred"] for o in out]) == self.labels, None,
                      np.concatenate([o["queries"] for o in out]))
+
+  def _slot_refill(self, spec: AttackSpec, build, crafted_on: TrainedExperiment,
+                   progress) -> AttackRun:
+    """An early-stopping attack over the whole attacked set, a finished example's slot refilled
+    with the next image (evaluation/slot_runner.py): `batch_size` slots in all."""
+    slots = max(1, self.batch_size // self.mesh.shape["data"])
+    runner = make_slot_runner(lambda logits_fn: spec.info.stepped(logits_fn, **spec.params),
+                              build, self.mesh, slots)
+    s = crafted_on.state
+    x_adv, _ = runner(s.params, s.batch_stats, self.ds.images, self.ds.labels,
+                      jax.random.fold_in(self.key, 2**21), progress)
+    crafted_ds = data_lib.ArrayDataset(x_adv, self.labels, self.ds.num_classes, "crafted")
+    pred = run_over_dataset(crafted_ds, self.batch_size, self.mesh,
+                            lambda b, n: self.predict(b["image"], n))
+    return AttackRun(x_adv, np.concatenate(pred) == self.labels, None,
+                     np.full(len(x_adv), -1, np.int32))
 
   def _universal(self, spec: AttackSpec, crafted_on: TrainedExperiment, threat: str,
                  progress) -> AttackRun:

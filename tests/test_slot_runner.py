@@ -1,0 +1,118 @@
+"""The slot runner: early-stopping attacks over a whole set with finished slots refilled.
+
+A toy attack whose examples need a known number of steps checks the scheduling exactly (which
+image each result lands on, how many steps the set costs); CW-L2 and DeepFool check that each
+image gets what the attack gives it alone, whatever the slot count."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from defenses_jax import parallel
+from defenses_jax.attacks import carlini_wagner
+from defenses_jax.attacks.stepped import SteppedAttack, run_batch
+from defenses_jax.evaluation.slot_runner import make_slot_runner
+
+deepfool_module = __import__("defenses_jax.attacks.deepfool", fromlist=["deepfool_stepped"])
+
+
+def counting_attack(_logits_fn) -> SteppedAttack:
+  """Example i needs y_i steps; its result is x_i + the steps it took, its info its key's bits
+  (so that a result written to the wrong image, or a wrong key, shows)."""
+
+  def init(x, y, example_keys, key):
+    del key
+    return {"x": x, "left": y, "taken": jnp.zeros_like(y),
+            "key_bits": jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32))(example_keys)}
+
+  def step(s, key):
+    del key
+    live = s["left"] > 0
+    return {**s, "left": s["left"] - live, "taken": s["taken"] + live}
+
+  def finish(s, key):
+    del key
+    return s["x"] + s["taken"][:, None].astype(s["x"].dtype), {"taken": s["taken"],
+                                                               "key_bits": s["key_bits"]}
+
+  return SteppedAttack(init, step, lambda s: s["left"] <= 0, finish)
+
+
+def _run(build_attack, x, y, slots, chunk_steps=3, params=None, build_logits=None):
+  runner = make_slot_runner(build_attack, build_logits or (lambda p, b: None),
+                            parallel.make_mesh(1), slots, chunk_steps)
+  return runner(params, None, x, y, jax.random.key(7))
+
+
+def test_each_image_gets_its_own_result_and_the_set_costs_the_busiest_slot():
+  steps_needed = np.array([5, 1, 1, 1, 1, 2, 3, 1, 1], np.int32)
+  x = np.arange(9, dtype=np.float32)[:, None] * 10.0
+  x_adv, info = _run(counting_attack, x, steps_needed, slots=2)
+  np.testing.assert_array_equal(x_adv[:, 0], x[:, 0] + steps_needed)
+  np.testing.assert_array_equal(info["taken"], steps_needed)
+  # Refill on 2 slots: A runs image 0 (steps 1-5) then 6 (6-8); B runs images 1-4 (steps 1-4),
+  # 5 (5-6), 7 (7) and 8 (8): 8 steps, the 16 steps of work split evenly. Batch after batch
+  # (2 images each) the same set costs 5 + 1 + 2 + 3 + 1 = 12.
+  assert info["steps"].tolist() == [8]
+
+
+def test_one_slot_costs_the_sum_and_more_slots_than_images_the_maximum():
+  steps_needed = np.array([2, 4, 3], np.int32)
+  x = np.zeros((3, 1), np.float32)
+  assert _run(counting_attack, x, steps_needed, slots=1)[1]["steps"].tolist() == [9]
+  assert _run(counting_attack, x, steps_needed, slots=8)[1]["steps"].tolist() == [4]
+
+
+def test_an_images_key_depends_on_its_index_not_on_its_slot():
+  steps_needed = np.array([3, 1, 2, 1, 1, 2], np.int32)
+  x = np.zeros((6, 1), np.float32)
+  bits = [_run(counting_attack, x, steps_needed, slots=s)[1]["key_bits"] for s in (1, 2, 5)]
+  np.testing.assert_array_equal(bits[0], bits[1])
+  np.testing.assert_array_equal(bits[0], bits[2])
+  assert len(set(bits[0].tolist())) == 6
+
+
+def _mlp_logits(params, _batch_stats):
+  return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"]) @ params["w2"]
+
+
+@pytest.fixture(scope="module")
+def mlp():
+  params = {"w1": 0.5 * jax.random.normal(jax.random.key(1), (20, 32)),
+            "w2": jax.random.normal(jax.random.key(2), (32, 5))}
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (11, 20)))
+  y = np.asarray(jnp.argmax(_mlp_logits(params, None)(x), -1))
+  return params, x, y
+
+
+@pytest.mark.parametrize("name,build", [
+    ("cw_l2", functools.partial(carlini_wagner.cw_l2_stepped, binary_search_steps=3,
+                                max_iterations=30)),
+    ("deepfool", functools.partial(deepfool_module.deepfool_stepped, max_iter=20)),
+])
+def test_refilled_slots_give_each_image_what_the_attack_gives_it_alone(mlp, name, build):
+  params, x, y = mlp
+  x_adv, info = _run(build, x, y, slots=3, params=params, build_logits=_mlp_logits)
+  alone = jax.jit(lambda xi, yi: run_batch(build(_mlp_logits(params, None)), xi, yi,
+                                           jax.random.key(0)))
+  for i in range(len(x)):
+    expected, expected_info = alone(x[i:i + 1], y[i:i + 1])
+    np.testing.assert_allclose(x_adv[i], expected[0], atol=1e-5, err_msg=f"{name} image {i}")
+    assert info["success"][i] == expected_info["success"][0]
+  assert info["success"].any()
+
+
+def test_random_targets_follow_the_image_not_the_batch(mlp):
+  params, x, y = mlp
+  build = functools.partial(carlini_wagner.cw_l2_stepped, binary_search_steps=2,
+                            max_iterations=20, target="random")
+  outs = [_run(build, x, y, slots=s, params=params, build_logits=_mlp_logits)[0] for s in (2, 5)]
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_bad_slot_counts_fail_before_compute():
+  with pytest.raises(ValueError, match="slots"):
+    make_slot_runner(counting_attack, lambda p, b: None, parallel.make_mesh(1), 0)
