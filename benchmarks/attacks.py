@@ -32,6 +32,7 @@ from typing import Callable
 from absl import app, flags
 
 from benchmarks import references
+from benchmarks.standard_model import load_model_and_batch
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Where the standard cpu experiment lives.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 128, "Batch size (one batch is attacked).")
@@ -189,31 +190,6 @@ def settings_for(y, num_classes):
   targets = (np.asarray(y) + rng.integers(1, num_classes, size=len(y))) % num_classes
   return dict(targets=targets, apgd_eps=APGD_EPS, steps=100, num_target_classes=9, **JSMA, **UAP,
               **HSJ, **GENATTACK, **ZOO, **SQUARE)
-
-
-def load_model_and_batch(workdir, num_images):
-  import jax
-  import jax.numpy as jnp
-  from defenses_jax import train as train_lib
-  from defenses_jax.defenses import Network
-  from defenses_jax.experiment import Experiment, variables
-  from experiments import standard
-  config = standard.get_config("cpu")
-  exp = Experiment(config, workdir)
-  ckpt = exp.checkpoints()
-  if ckpt.latest_step() is None or ckpt.latest_step() < exp.total_steps:
-    ckpt.close()
-    print("training the standard cpu model first ...", flush=True)
-    train_lib.train_and_evaluate(config, workdir)
-    ckpt = exp.checkpoints()
-  state = exp.restore_or_init(ckpt)
-  ckpt.close()
-  model_variables = variables(state.params, state.batch_stats)
-  logits_fn = jax.jit(Network(exp.model, model_variables))
-  x, y = jnp.asarray(exp.test_ds.images), jnp.asarray(exp.test_ds.labels)
-  correct = jnp.argmax(logits_fn(x), -1) == y
-  x, y = x[correct][:num_images], y[correct][:num_images]
-  return logits_fn, model_variables, x, y
 
 
 def summarise(logits_fn, x, x_adv, y, seconds, targets=None, queries=None):
