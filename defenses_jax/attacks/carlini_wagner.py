@@ -216,8 +216,9 @@ class CWSearch:
     lower = jnp.where(succeeded, s.lower, jnp.maximum(s.lower, s.const))
     const = jnp.where(upper < _NO_UPPER_BOUND, (lower + upper) / 2.0, s.const * 10.0)
     zeros = jnp.zeros_like(s.w)
-    restarted = s._replace(
+    restarted = dict(  # Only the fields a restart changes (x, best_x, ... stay as they are).
         w=s.w_start, m=zeros, v=zeros, prev_obj=jnp.full((batch,), jnp.inf),
         active=jnp.ones((batch,), bool), succeeded=jnp.zeros((batch,), bool), const=const,
         lower=lower, upper=upper, iteration=jnp.zeros((batch,), jnp.int32), outer=s.outer + 1)
-    return select_examples(ended, restarted, s)
+    current = {name: getattr(s, name) for name in restarted}
+    return s._replace(**select_examples(ended, restarted, current))
