@@ -11,6 +11,8 @@ from typing import Callable
 
 import flax.linen as nn
 
+from defenses_jax.models.conv import Conv
+
 # PyTorch-style running-average momentum: the statistics settle within a few hundred steps,
 # which matters for the short cpu-scale runs.
 BN_MOMENTUM = 0.9
@@ -30,8 +32,8 @@ class TargetTrainingMnistCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)
-    x = norm()(nn.relu(nn.Conv(32, (3, 3), padding="VALID")(x)))
-    x = norm()(nn.relu(nn.Conv(64, (3, 3), padding="VALID")(x)))
+    x = norm()(nn.relu(Conv(32, (3, 3), padding="VALID")(x)))
+    x = norm()(nn.relu(Conv(64, (3, 3), padding="VALID")(x)))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = nn.Dropout(0.25, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
@@ -50,7 +52,7 @@ class TargetTrainingCifarCNN(nn.Module):
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
     for features, drop in ((32, 0.2), (64, 0.3), (128, 0.4)):
       for _ in range(2):
-        x = nn.elu(nn.Conv(features, (3, 3), padding="SAME")(x))
+        x = nn.elu(Conv(features, (3, 3), padding="SAME")(x))
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
       x = nn.Dropout(drop, deterministic=not train)(x)
@@ -69,8 +71,8 @@ class LeNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
     del train  # No train-time behaviour.
-    x = nn.max_pool(self.activation(nn.Conv(6, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
-    x = nn.max_pool(self.activation(nn.Conv(16, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
+    x = nn.max_pool(self.activation(Conv(6, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
+    x = nn.max_pool(self.activation(Conv(16, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = self.activation(nn.Dense(120)(x))
     embedding = self.activation(nn.Dense(84)(x))
@@ -96,7 +98,7 @@ class PlainCNN(nn.Module):
     drop = lambda z: nn.Dropout(self.dropout, deterministic=not train)(z) if self.dropout else z
     for stage in self.conv_stages:
       for features in stage:
-        x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
+        x = nn.relu(Conv(features, (3, 3), padding="SAME")(x))
       x = drop(nn.max_pool(x, (2, 2), strides=(2, 2)))
     x = x.reshape((x.shape[0], -1))
     embedding = x

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from defenses_jax.models.cnn import BN_MOMENTUM, _outputs
+from defenses_jax.models.conv import Conv
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -36,13 +37,13 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM)
-    y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), padding="SAME",
+    y = Conv(self.features, (3, 3), (self.strides, self.strides), padding="SAME",
                 use_bias=False)(x)
     y = self.activation(norm()(y))
-    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(y)
+    y = Conv(self.features, (3, 3), padding="SAME", use_bias=False)(y)
     y = norm(scale_init=nn.initializers.zeros)(y)  # Each block starts as the identity.
     if x.shape != y.shape:
-      x = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False)(x)
+      x = Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False)(x)
       x = norm()(x)
     return self.activation(x + y)
 
@@ -58,7 +59,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
     act = activation_by_name(self.activation)
-    x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False)(x)
+    x = Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False)(x)
     x = act(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x))
     for stage, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for block in range(blocks):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from defenses_jax.models.cnn import BN_MOMENTUM, _outputs
+from defenses_jax.models.conv import Conv
 
 # 'M' is a 2x2 max-pool; integers are 3x3 conv + BatchNorm + ReLU with that many filters.
 SMALL_VGG_LAYERS = (64, "M", 128, "M", 64, 64, "M", 128, 128, "M")
@@ -29,7 +30,7 @@ class SmallVGG(nn.Module):
       if layer == "M":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       else:
-        x = nn.Conv(scaled(layer), (3, 3), padding="SAME", use_bias=False)(x)
+        x = Conv(scaled(layer), (3, 3), padding="SAME", use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
