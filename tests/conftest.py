@@ -12,9 +12,13 @@ import pytest
 # The repository root is on sys.path through pyproject.toml's [tool.pytest.ini_options].
 collect_ignore = [] if os.environ.get("DEFENSES_JAX_MULTIDEVICE") else ["multidevice"]
 
+# Test models are tiny: XLA's optimisation passes cost more than they save here. Set in the
+# environment, so that the processes tests start (launch.py, the notebook's kernel, the
+# multi-device and multi-host runs) compile the same way.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 import jax  # noqa: E402
 
-# Test models are tiny: XLA's optimisation passes cost more than they save here.
 jax.config.update("jax_disable_most_optimizations", True)
 
 from defenses_jax import data as data_lib  # noqa: E402
