@@ -13,13 +13,16 @@ import pytest
 collect_ignore = [] if os.environ.get("DEFENSES_JAX_MULTIDEVICE") else ["multidevice"]
 
 # Test models are tiny: XLA's optimisation passes cost more than they save here. Set in the
-# environment, so that the processes tests start (launch.py, the notebook's kernel, the
-# multi-device and multi-host runs) compile the same way.
+# environment (JAX reads it when it is imported), so that the processes tests start (launch.py,
+# the notebook's kernel, the multi-device and multi-host runs) compile the same way; an explicit
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 turns the optimisations back on everywhere.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 
-jax.config.update("jax_disable_most_optimizations", True)
+# The same here, in case a plugin imported JAX before this file ran.
+jax.config.update("jax_disable_most_optimizations",
+                  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true"))
 
 from defenses_jax import data as data_lib  # noqa: E402
 from experiments.common import base_config  # noqa: E402

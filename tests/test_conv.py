@@ -18,7 +18,7 @@ CASES = [  # (features, kernel, strides, padding, input size): every form the mo
     (8, (3, 3), (1, 1), "SAME", 8),
     (6, (5, 5), (1, 1), "SAME", 7),
     (8, (3, 3), (2, 2), "SAME", 9),  # ResNet's strided block, odd input.
-    (8, (1, 1), (2, 2), "VALID", 8),  # ResNet's projection shortcut.
+    (8, (1, 1), (2, 2), "SAME", 8),  # ResNet's projection shortcut (flax's default padding).
     (4, (3, 3), (1, 1), ((2, 0), (1, 1)), 6),  # Explicit, asymmetric padding.
 ]
 

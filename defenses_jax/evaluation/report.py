@@ -152,11 +152,11 @@ def plot_roc(curves: dict, path: str) -> None:
 
 def _tiles(images: np.ndarray, cmap, pad: int = 2) -> np.ndarray:
   """A row of images as one RGB strip, `pad` white pixels between them; values in [0, 1].
-  Grayscale images go through `cmap`, colour images are shown as they are."""
+  Grayscale images go through `cmap`, colour images are shown as they are (alpha dropped)."""
   if images.shape[-1] == 1:
     rgb = cmap(np.clip(images[..., 0], 0, 1))[..., :3]
   else:
-    rgb = np.clip(images, 0, 1)
+    rgb = np.clip(images[..., :3], 0, 1)
   n, h, w, _ = rgb.shape
   strip = np.ones((h, n * (w + pad) - pad, 3))
   for j in range(n):
@@ -171,14 +171,16 @@ def plot_examples(clean: np.ndarray, adversarial: dict, path: str) -> None:
   plt = pyplot()
   gray, seismic = plt.get_cmap("gray"), plt.get_cmap("seismic")
   pad = 2
+  if clean.ndim == 3:  # (N, H, W): one channel.
+    clean, adversarial = clean[..., None], {k: v[..., None] for k, v in adversarial.items()}
   rows, labels = [_tiles(clean, gray, pad)], ["clean"]
   for label, x_adv in adversarial.items():
     diff = x_adv - clean
     scale = max(float(np.abs(diff).max()), 1e-8)
-    # Colour images' differences are shown through the colour map as their channel mean.
+    if diff.shape[-1] != 1:  # Colour: each pixel's largest change, with its sign.
+      largest = np.abs(diff).argmax(-1)[..., None]
+      diff = np.take_along_axis(diff, largest, -1)
     shown = (diff / scale + 1) / 2
-    if shown.shape[-1] != 1:
-      shown = shown.mean(-1, keepdims=True)
     rows += [_tiles(x_adv, gray, pad), _tiles(shown, seismic, pad)]
     labels += [label[:18], "no change" if scale < 1e-6 else f"diff x{1 / scale:.0f}"]
   h = rows[0].shape[0]
