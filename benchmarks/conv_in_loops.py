@@ -14,9 +14,10 @@ for both convolutions, and checks that both give the same adversarial examples.
 
 import json
 import os
-import time
 
 from absl import app, flags
+
+from benchmarks.timing import median_seconds
 
 _BATCH = flags.DEFINE_integer("batch", 128, "Images per batch.")
 _SIZE = flags.DEFINE_integer("size", 28, "Image height and width (one channel).")
@@ -26,15 +27,6 @@ _DISABLE_OPT = flags.DEFINE_bool("disable_optimizations", False,
                                  "jax_disable_most_optimizations, as the tests run.")
 _OUTPUT = flags.DEFINE_string("output", "", "Write the results JSON here as well.")
 
-
-def _median_seconds(fn, repeats):
-  fn()  # Compiles.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
 
 
 def main(argv):
@@ -92,9 +84,9 @@ def main(argv):
       return optax.apply_updates(p, updates), opt_state
 
     opt_state = tx.init(params)
-    loop_s = _median_seconds(lambda: looped(params, x, y).block_until_ready(), _REPEATS.value)
-    step_s = _median_seconds(stepwise, _REPEATS.value)
-    madry_s = _median_seconds(
+    loop_s = median_seconds(lambda: looped(params, x, y).block_until_ready(), _REPEATS.value)
+    step_s = median_seconds(stepwise, _REPEATS.value)
+    madry_s = median_seconds(
         lambda: jax.block_until_ready(madry_step(params, opt_state, x, y)), _REPEATS.value)
     adversarial[name] = np.asarray(looped(params, x, y))
     rows.append({"convolution": name, "pgd_in_loop_img_per_s": n / loop_s,

@@ -19,9 +19,10 @@ Both sides use float32 and every CPU core (torch's intra-op threads: its default
 
 import json
 import os
-import time
 
 from absl import app, flags
+
+from benchmarks.timing import median_seconds
 
 _BATCH = flags.DEFINE_integer("batch", 128, "Images per batch.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per row (the median is reported).")
@@ -30,15 +31,6 @@ _OUTPUT = flags.DEFINE_string("output", "", "Write the results JSON here as well
 
 EPS, STEP, PGD_STEPS, MADRY_STEPS, LR = 0.3, 0.01, 40, 7, 0.01
 
-
-def _median_seconds(fn, repeats):
-  fn()  # Compiles / warms up.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
 
 
 def _jax_rows(x_np, y_np, repeats):
@@ -83,12 +75,12 @@ def _jax_rows(x_np, y_np, repeats):
   key = jax.random.key(2)
   n = len(x_np)
   return variables, {
-      "pgd40_img_per_s": n / _median_seconds(
+      "pgd40_img_per_s": n / median_seconds(
           lambda: pgd40(variables, x, y).block_until_ready(), repeats),
-      "madry_steps_per_s": 1 / _median_seconds(
+      "madry_steps_per_s": 1 / median_seconds(
           lambda: jax.block_until_ready(madry_step(params, stats, opt_state, x, y, key)),
           repeats),
-      "clean_steps_per_s": 1 / _median_seconds(
+      "clean_steps_per_s": 1 / median_seconds(
           lambda: jax.block_until_ready(clean_step(params, stats, opt_state, x, y, key)),
           repeats),
   }
@@ -130,10 +122,10 @@ def _torch_rows(model, x_np, y_np, repeats, channels_last=False, compiled=False)
 
   n = len(x_np)
   return {
-      "pgd40_img_per_s": n / _median_seconds(lambda: pgd(x, y, PGD_STEPS), repeats),
-      "madry_steps_per_s": 1 / _median_seconds(
+      "pgd40_img_per_s": n / median_seconds(lambda: pgd(x, y, PGD_STEPS), repeats),
+      "madry_steps_per_s": 1 / median_seconds(
           lambda: train_update(pgd(x, y, MADRY_STEPS), y), repeats),
-      "clean_steps_per_s": 1 / _median_seconds(lambda: train_update(x, y), repeats),
+      "clean_steps_per_s": 1 / median_seconds(lambda: train_update(x, y), repeats),
   }
 
 
