@@ -231,7 +231,10 @@ _CORE = (
              "jnp.where(better, start + flat // n, best[1])", "jnp.where(better, flat // n, best[1])",
              (_T + "test_jsma.py",)),
     Mutation("jsma_domain_never_shrinks", "defenses_jax/attacks/jsma.py",
-             "return i + 1, z, domain & ~change, active", "return i + 1, z, domain, active", (_T + "test_jsma.py",)),
+             "domain=s.domain & ~change, active", "domain=s.domain, active", (_T + "test_jsma.py",)),
+    Mutation("jsma_finished_examples_keep_changing", "defenses_jax/attacks/jsma.py",
+             "active = s.active & (keep_going | ~live)", "active = keep_going | ~live",
+             (_T + "test_slot_runner.py",)),
     Mutation("square_leaves_the_linf_ball", "defenses_jax/attacks/query/square.py",
              "jnp.clip(jnp.clip(candidate, x - eps, x + eps), 0.0, 1.0)",
              "jnp.clip(candidate, 0.0, 1.0)", (_T + "test_square.py",)),
@@ -355,6 +358,22 @@ _CORE = (
     Mutation("int64_labels_wrap", "defenses_jax/data.py",
              "if labels.size and (labels.min() < int32.min or labels.max() > int32.max):",
              "if False:", (_T + "test_data.py",)),
+    # Mixed precision (config.model.compute_dtype, models/precision.py).
+    Mutation("bfloat16_input_cast_dropped", "defenses_jax/models/precision.py",
+             "args, kwargs = _cast_floats((args, kwargs), self.dtype)", "pass",
+             (_T + "test_mixed_precision.py::test_bfloat16_computes_in_bfloat16_and_keeps_state_"
+              "and_outputs_float32",),
+             "float32 inputs: flax promotes every layer back to float32, nothing runs in bfloat16"),
+    Mutation("batch_stats_cast_to_bfloat16", "defenses_jax/models/precision.py",
+             'if name == "params" else collection',
+             'if name in ("params", "batch_stats") else collection',
+             (_T + "test_mixed_precision.py::test_batchnorm_running_statistics_keep_float32_"
+              "precision",), "BatchNorm running averages rounded to 8 bits at every step"),
+    Mutation("bfloat16_excess_precision_allowed", "defenses_jax/parallel.py",
+             'COMPILER_OPTIONS = {"xla_allow_excess_precision": False}', "COMPILER_OPTIONS = {}",
+             (_T + "test_mixed_precision.py::test_pgd_and_cw_l2_find_the_same_under_bfloat16_as_"
+              "under_float32",),
+             "an attack's loop and the fresh prediction round bfloat16 differently"),
     # The slot runner (evaluation/slot_runner.py) for early-stopping attacks.
     Mutation("slot_refill_skips_an_image", "defenses_jax/evaluation/slot_runner.py",
              "new_index = c.next[0] + jnp.cumsum(finished) - 1",

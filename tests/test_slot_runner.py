@@ -1,8 +1,9 @@
 """The slot runner: early-stopping attacks over a whole set with finished slots refilled.
 
 A toy attack whose examples need a known number of steps checks the scheduling exactly (which
-image each result lands on, how many steps the set costs); CW-L2 and DeepFool check that each
-image gets what the attack gives it alone, whatever the slot count."""
+image each result lands on, how many steps the set costs); the early-stopping attacks (CW-L2,
+CW-L-inf, DeepFool, JSMA) check that each image gets what the attack gives it alone, in refilled
+slots and in one fixed batch (a finished example's state must not move while others run)."""
 
 import functools
 
@@ -17,6 +18,9 @@ from defenses_jax.attacks.stepped import SteppedAttack, run_batch
 from defenses_jax.evaluation.slot_runner import make_slot_runner
 
 deepfool_module = __import__("defenses_jax.attacks.deepfool", fromlist=["deepfool_stepped"])
+jsma_module = __import__("defenses_jax.attacks.jsma", fromlist=["jsma_stepped"])
+cw_linf_module = __import__("defenses_jax.attacks.carlini_wagner_linf",
+                            fromlist=["cw_linf_stepped"])
 
 
 def counting_attack(_logits_fn) -> SteppedAttack:
@@ -53,6 +57,7 @@ def test_each_image_gets_its_own_result_and_the_set_costs_the_busiest_slot():
   x_adv, info = _run(counting_attack, x, steps_needed, slots=2)
   np.testing.assert_array_equal(x_adv[:, 0], x[:, 0] + steps_needed)
   np.testing.assert_array_equal(info["taken"], steps_needed)
+  np.testing.assert_array_equal(info["image_steps"], steps_needed)  # Counted by the runner.
   # Refill on 2 slots: A runs image 0 (steps 1-5) then 6 (6-8); B runs images 1-4 (steps 1-4),
   # 5 (5-6), 7 (7) and 8 (8): 8 steps, the 16 steps of work split evenly. Batch after batch
   # (2 images each) the same set costs 5 + 1 + 2 + 3 + 1 = 12.
@@ -88,21 +93,54 @@ def mlp():
   return params, x, y
 
 
-@pytest.mark.parametrize("name,build", [
+STEPPED_ATTACKS = [
     ("cw_l2", functools.partial(carlini_wagner.cw_l2_stepped, binary_search_steps=3,
                                 max_iterations=30)),
+    # Stops on its own at 40-49 steps per image (the constant passes largest_const).
+    ("cw_linf", functools.partial(cw_linf_module.cw_linf_stepped, max_iterations=5,
+                                  initial_const=0.1, largest_const=10.0, learning_rate=0.05,
+                                  max_total_iterations=400)),
     ("deepfool", functools.partial(deepfool_module.deepfool_stepped, max_iter=20)),
-])
+    # Least-likely targets: a random one is drawn from the example's key, which run_batch and
+    # the slot runner derive differently (test_random_targets_follow_the_image_not_the_batch).
+    ("jsma", functools.partial(jsma_module.jsma_stepped, target="least_likely", theta=-1.0,
+                               gamma=0.6)),
+]
+
+
+def _alone(build, params):
+  return jax.jit(lambda xi, yi: run_batch(build(_mlp_logits(params, None)), xi, yi,
+                                          jax.random.key(0)))
+
+
+@pytest.mark.parametrize("name,build", STEPPED_ATTACKS)
 def test_refilled_slots_give_each_image_what_the_attack_gives_it_alone(mlp, name, build):
   params, x, y = mlp
   x_adv, info = _run(build, x, y, slots=3, params=params, build_logits=_mlp_logits)
-  alone = jax.jit(lambda xi, yi: run_batch(build(_mlp_logits(params, None)), xi, yi,
-                                           jax.random.key(0)))
+  alone = _alone(build, params)
   for i in range(len(x)):
     expected, expected_info = alone(x[i:i + 1], y[i:i + 1])
     np.testing.assert_allclose(x_adv[i], expected[0], atol=1e-5, err_msg=f"{name} image {i}")
     assert info["success"][i] == expected_info["success"][0]
   assert info["success"].any()
+
+
+@pytest.mark.parametrize("name,build", STEPPED_ATTACKS)
+def test_one_batch_gives_each_image_what_the_attack_gives_it_alone(mlp, name, build):
+  params, x, y = mlp
+  x_adv, info = jax.jit(lambda xs, ys: run_batch(build(_mlp_logits(params, None)), xs, ys,
+                                                 jax.random.key(0), count_steps=True))(x, y)
+  alone = _alone(build, params)
+  steps_alone = []
+  for i in range(len(x)):
+    expected, _ = alone(x[i:i + 1], y[i:i + 1])
+    np.testing.assert_allclose(x_adv[i], expected[0], atol=1e-5, err_msg=f"{name} image {i}")
+    steps_alone.append(int(jax.jit(lambda xi, yi: run_batch(
+        build(_mlp_logits(params, None)), xi, yi, jax.random.key(0),
+        count_steps=True))(x[i:i + 1], y[i:i + 1])[1]["steps"]))
+  # The examples stop at different steps, so the batch's finished ones really wait (and must
+  # not move) while the slowest runs.
+  assert len(set(steps_alone)) > 1 and int(info["steps"]) == max(steps_alone)
 
 
 def test_random_targets_follow_the_image_not_the_batch(mlp):

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax.attacks.norms import distances, per_example
-from defenses_jax.attacks.objectives import (check_batch, is_successful, margin, random_targets,
-                                             resolve_targets)
-from defenses_jax.attacks.stepped import SteppedAttack, run_batch, run_until_done, select_examples
+from defenses_jax.attacks.objectives import check_batch, is_successful, margin
+from defenses_jax.attacks.stepped import (SteppedAttack, example_targets, run_batch,
+                                          run_until_done, select_examples)
 from defenses_jax.attacks.wrappers import call_logits
 
 _NO_UPPER_BOUND = 1e10
@@ -90,11 +90,7 @@ def cw_l2_stepped(logits_fn: Callable, *, kappa: float = 0.0, binary_search_step
 
   def init(x, y, example_keys, key):
     check_batch(x, y, targets)
-    if target == "random":
-      num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
-      t = jax.vmap(lambda k, label: random_targets(k, label, num_classes))(example_keys, y)
-    else:
-      t = resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets, key)
+    t = example_targets(logits_fn, x, y, target, targets, example_keys, key)
     return search.start(x, (y, t))
 
   def finish(state, key):

@@ -22,18 +22,22 @@ images: 27 (probability form) and 29 (ours) of 32 towards random targets at gamm
 at gamma 0.1. Decrease mode (theta < 0) subtracts |theta|, clipped at 0. The n^2 pair search
 runs in chunks of rows (`chunk_size`), so memory per example is chunk_size x n, not n^2 (CIFAR:
 9.4M pairs).
+
+The attack is a per-example state machine (attacks/stepped.py): an example that reaches its
+target stops, and the slot runner refills its place with the next image.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from defenses_jax.attacks import norms
-from defenses_jax.attacks.objectives import check_batch, least_likely_class
+from defenses_jax.attacks.objectives import check_batch, least_likely_class, random_targets
+from defenses_jax.attacks.stepped import SteppedAttack, run_batch
 from defenses_jax.attacks.wrappers import call_logits
 
 JSMA_TARGETS = ("random", "least_likely", "given")
@@ -76,7 +80,27 @@ def jsma(logits_fn: Callable, x, y, key, *, theta: float = 1.0, gamma: float = 1
   by default 'given' when `targets` are passed, else 'random'.
   gamma: the largest fraction of features changed; theta: the change per feature (> 0
   increases, < 0 decreases)."""
-  check_batch(x, y, targets)
+  attack = jsma_stepped(logits_fn, theta=theta, gamma=gamma, target=target, targets=targets,
+                        chunk_size=chunk_size)
+  return run_batch(attack, x, y, key)
+
+
+class JSMAState(NamedTuple):
+  """One row per example."""
+  x: jax.Array  # The clean input.
+  t: jax.Array  # The target class.
+  z: jax.Array  # The current image, flattened (B, n).
+  domain: jax.Array  # (B, n) features still allowed to change.
+  active: jax.Array  # Not yet stopped (target reached, no valid pair, < 2 features left).
+  steps: jax.Array  # Steps run (bounded by floor(n gamma / 2)).
+  iterations: jax.Array  # Steps that changed a pair.
+
+
+def jsma_stepped(logits_fn: Callable, *, theta: float = 1.0, gamma: float = 1.0,
+                 target: Optional[str] = None, targets: Optional[jax.Array] = None,
+                 chunk_size: int = 256) -> SteppedAttack:
+  """JSMA as a SteppedAttack (parameters: see jsma). A random target is drawn from each
+  example's own key, so that it does not depend on which images share the batch."""
   if target is None:
     target = "random" if targets is None else "given"
   if targets is not None and target != "given":  # Silently attacking other targets misleads.
@@ -84,54 +108,60 @@ def jsma(logits_fn: Callable, x, y, key, *, theta: float = 1.0, gamma: float = 1
                      "leave target unset) to attack them.")
   if target not in JSMA_TARGETS:
     raise ValueError(f"unknown JSMA target {target!r}; choose one of {JSMA_TARGETS}.")
+  if target == "given" and targets is None:
+    raise ValueError("target='given' needs a `targets` array of classes.")
   if theta == 0 or not 0 < gamma <= 1:
     raise ValueError(f"JSMA needs theta != 0 and 0 < gamma <= 1; got {theta}, {gamma}.")
-  batch, shape = x.shape[0], x.shape[1:]
-  n = x[0].size
   increase = theta > 0
-  target_key, clean_key, loop_key, check_key = jax.random.split(key, 4)
-  clean = call_logits(logits_fn, x, clean_key)
-  num_classes = clean.shape[-1]
-  if target == "given":
-    if targets is None:
-      raise ValueError("target='given' needs a `targets` array of classes.")
-    t = targets
-  elif target == "least_likely":
-    t = least_likely_class(clean)
-  else:
-    t = (y + jax.random.randint(target_key, y.shape, 1, num_classes)) % num_classes
-  max_iters = int(n * gamma / 2)
-  flat_x = x.reshape(batch, n)
-  domain0 = flat_x < 1.0 if increase else flat_x > 0.0
-  one_hot_t = jax.nn.one_hot(t, num_classes, dtype=x.dtype)
 
-  def step(state):
-    i, z, domain, active, iterations = state
-    images = z.reshape(x.shape)
-    log_probs, vjp = jax.vjp(lambda v: jax.nn.log_softmax(call_logits(
-        logits_fn, v, jax.random.fold_in(loop_key, i))), images)
-    (grad,) = vjp(norms.match_varying(one_hot_t, log_probs))
+  def init(x, y, example_keys, key):
+    check_batch(x, y, targets)
+    batch, n = x.shape[0], x[0].size
+    if target == "given":
+      t = targets
+    else:
+      clean = call_logits(logits_fn, x, key)
+      t = (least_likely_class(clean) if target == "least_likely" else
+           jax.vmap(lambda k, label: random_targets(k, label, clean.shape[-1]))(example_keys, y))
+    flat_x = x.reshape(batch, n)
+    return JSMAState(x=x, t=t, z=flat_x, domain=flat_x < 1.0 if increase else flat_x > 0.0,
+                     active=jnp.ones((batch,), bool), steps=jnp.zeros((batch,), jnp.int32),
+                     iterations=jnp.zeros((batch,), jnp.int32))
+
+  def max_steps(s: JSMAState) -> int:
+    return int(s.x[0].size * gamma / 2)
+
+  def done(s: JSMAState):
+    return ~s.active | (s.steps >= max_steps(s))
+
+  def step(s: JSMAState, key) -> JSMAState:
+    batch, n = s.z.shape
+    live = ~done(s)
+    log_probs, vjp = jax.vjp(
+        lambda v: jax.nn.log_softmax(call_logits(logits_fn, v, key)), s.z.reshape(s.x.shape))
+    (grad,) = vjp(norms.match_varying(jax.nn.one_hot(s.t, log_probs.shape[-1],
+                                                     dtype=log_probs.dtype), log_probs))
     alpha = grad.reshape(batch, n)  # dlog F_t/dx: dF_t/dx over F_t (see the module docstring).
     beta = -alpha  # The other classes: d(1 - F_t)/dx, on the same scale.
     sign = 1.0 if increase else -1.0
-    outside = ~domain
+    outside = ~s.domain
     alpha = alpha - sign * 2 * outside * jnp.max(jnp.abs(alpha), -1, keepdims=True)
     beta = beta + sign * 2 * outside * jnp.max(jnp.abs(beta), -1, keepdims=True)
     score, p, q = best_pair(alpha, beta, increase, chunk_size)
-    active = (active & (jnp.argmax(log_probs, -1) != t) & (jnp.sum(domain, -1) >= 2)
-              & (score > 0))  # No valid pair: stop (the reference would modify feature 0).
-    change = (jax.nn.one_hot(p, n, dtype=bool) | jax.nn.one_hot(q, n, dtype=bool)) & active[:, None]
-    z = jnp.where(change, jnp.clip(z + theta, 0.0, 1.0), z)
-    return i + 1, z, domain & ~change, active, iterations + active.astype(jnp.int32)
+    keep_going = ((jnp.argmax(log_probs, -1) != s.t) & (jnp.sum(s.domain, -1) >= 2)
+                  & (score > 0))  # No valid pair: stop (the reference would modify feature 0).
+    active = s.active & (keep_going | ~live)
+    changing = active & live
+    change = (jax.nn.one_hot(p, n, dtype=bool) | jax.nn.one_hot(q, n, dtype=bool)) & changing[:, None]
+    z = jnp.where(change, jnp.clip(s.z + theta, 0.0, 1.0), s.z)
+    return s._replace(z=z, domain=s.domain & ~change, active=active,
+                      steps=s.steps + live.astype(jnp.int32),
+                      iterations=s.iterations + changing.astype(jnp.int32))
 
-  def keep_going(state):
-    i, _, _, active, _ = state
-    return (i < max_iters) & jnp.any(active)
+  def finish(s: JSMAState, key):
+    x_adv = s.z.reshape(s.x.shape)
+    success = jnp.argmax(call_logits(logits_fn, x_adv, key), -1) == s.t
+    return x_adv, {"success": success, "targets": s.t, "iterations": s.iterations,
+                   **norms.distances(x_adv, s.x)}
 
-  init = (jnp.zeros((), jnp.int32), flat_x, domain0, jnp.ones((batch,), bool),
-          jnp.zeros((batch,), jnp.int32))
-  _, z, _, _, iterations = lax.while_loop(keep_going, step, norms.varying_like(init, x))
-  x_adv = z.reshape((batch,) + shape)
-  success = jnp.argmax(call_logits(logits_fn, x_adv, check_key), -1) == t
-  return x_adv, {"success": success, "targets": t, "iterations": iterations,
-                 **norms.distances(x_adv, x)}
+  return SteppedAttack(init, step, done, finish)

@@ -24,11 +24,11 @@ from typing import Callable, Optional
 
 from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack
 from defenses_jax.attacks.carlini_wagner import cw_l2, cw_l2_stepped
-from defenses_jax.attacks.carlini_wagner_linf import cw_linf
+from defenses_jax.attacks.carlini_wagner_linf import cw_linf, cw_linf_stepped
 from defenses_jax.attacks.deepfool import deepfool, deepfool_stepped
 from defenses_jax.attacks.detector_evasion import cw_wb, feature_matching
 from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
-from defenses_jax.attacks.jsma import jsma
+from defenses_jax.attacks.jsma import jsma, jsma_stepped
 from defenses_jax.attacks.pair_evasion import cw_pair, pair_apgd
 from defenses_jax.attacks.query.gen_attack import gen_attack, gen_attack_query_budget
 from defenses_jax.attacks.query.hop_skip_jump import hop_skip_jump, hop_skip_jump_query_budget
@@ -102,10 +102,12 @@ ATTACKS = Registry("attack", {
     "ll_pgd": AttackInfo(ll_pgd, "gradient", "linf", budget_param="steps"),
     "cw_l2": AttackInfo(cw_l2, "gradient", "l2", budget_param="max_iterations",
                         stepped=cw_l2_stepped),
-    "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations"),
+    "cw_linf": AttackInfo(cw_linf, "gradient", "linf", budget_param="max_total_iterations",
+                          stepped=cw_linf_stepped),
     # Stops by itself (max_iter: a cap).
     "deepfool": AttackInfo(deepfool, "gradient", "l2", stepped=deepfool_stepped),
-    "jsma": AttackInfo(jsma, "gradient", "l0"),  # Stops by itself (gamma caps the features).
+    # Stops by itself (gamma caps the features).
+    "jsma": AttackInfo(jsma, "gradient", "l0", stepped=jsma_stepped),
     "cw_wb": AttackInfo(cw_wb, "gradient", "l2", budget_param="phase2_iterations",
                         needs_detector=True),
     "feature_matching": AttackInfo(feature_matching, "gradient", "linf", budget_param="steps",

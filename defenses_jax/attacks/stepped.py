@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from defenses_jax.attacks.norms import varying_like
+from defenses_jax.attacks.objectives import random_targets, resolve_targets
+from defenses_jax.attacks.wrappers import call_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,16 @@ class SteppedAttack:
   step: Callable[[Any, jax.Array], Any]
   done: Callable[[Any], jax.Array]
   finish: Callable[[Any, jax.Array], tuple]
+
+
+def example_targets(logits_fn, x, y, target: str, targets, example_keys, key):
+  """The targets of a stepped attack's fresh examples, as objectives.resolve_targets, except that
+  a random target is drawn from each example's own key: it does not depend on which images
+  share the batch (or the slots)."""
+  if target == "random":
+    num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
+    return jax.vmap(lambda k, label: random_targets(k, label, num_classes))(example_keys, y)
+  return resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets, key)
 
 
 def select_examples(mask, new, old):

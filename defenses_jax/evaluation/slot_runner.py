@@ -39,6 +39,8 @@ class _Slots(NamedTuple):
   next: jax.Array  # (1,) the next local image to start.
   finished: jax.Array  # (1,) local images finished.
   steps: jax.Array  # (1,) attack steps run on this device.
+  begun: jax.Array  # (S,) the device's step count when each slot's image started.
+  image_steps: jax.Array  # (n_local,) the steps each finished image took.
   x_adv: jax.Array  # (n_local, ...) results, written as images finish.
   info: Any  # Per-example info, (n_local,) per field.
 
@@ -48,7 +50,8 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
   """run(params, batch_stats, images, labels, key, progress=None) -> (x_adv, info) for a whole
   (host numpy) test set; `build_attack(logits_fn) -> SteppedAttack`; `build_logits(params,
   batch_stats)` -> the attacked logits function (threat_models.logits_builder); `slots` per
-  device. info also holds "steps": the attack steps each device ran."""
+  device. info also holds "steps": the attack steps each device ran, and "image_steps": the
+  steps each image took (what it costs alone)."""
   if slots < 1 or chunk_steps < 1:
     raise ValueError(f"slots and chunk_steps must be positive; got {slots}, {chunk_steps}.")
   devices = mesh.shape[parallel.DATA_AXIS]
@@ -70,6 +73,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
     first = jnp.minimum(slots, n_local)
     carry = _Slots(state, index, jnp.arange(slots) < n_local, jnp.full((1,), first, jnp.int32),
                    jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32),
+                   jnp.zeros((slots,), jnp.int32), jnp.zeros((n_local,), jnp.int32),
                    jnp.zeros((n_local,) + x_adv.shape[1:], x_adv.dtype),
                    jax.tree.map(lambda a: jnp.zeros((n_local,) + a.shape[1:], a.dtype), info))
     return jax.tree.map(lambda v: match_varying(v, images), carry)
@@ -87,6 +91,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
       dest = jnp.where(finished, c.index, n_local)  # Out of range: not written.
       x_out = c.x_adv.at[dest].set(x_adv, mode="drop")
       info_out = jax.tree.map(lambda buf, v: buf.at[dest].set(v, mode="drop"), c.info, info)
+      image_steps = c.image_steps.at[dest].set(steps - c.begun, mode="drop")
       new_index = c.next[0] + jnp.cumsum(finished) - 1
       load = finished & (new_index < n_local)
       source = jnp.minimum(new_index, n_local - 1)
@@ -96,7 +101,8 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
       done_now = jnp.sum(finished).astype(jnp.int32)
       return c._replace(
           state=select_examples(load, fresh, c.state), index=jnp.where(load, new_index, c.index),
-          valid=(c.valid & ~finished) | load,
+          valid=(c.valid & ~finished) | load, begun=jnp.where(load, steps, c.begun),
+          image_steps=image_steps,
           next=jnp.minimum(c.next + done_now, n_local), finished=c.finished + done_now,
           x_adv=x_out, info=info_out)
 
@@ -143,6 +149,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
                            "none left in its slots.")
     info = jax.tree.map(lambda a: to_host(a)[:n], carry.info)
     info["steps"] = to_host(carry.steps)
+    info["image_steps"] = to_host(carry.image_steps)[:n]
     return to_host(carry.x_adv)[:n], info
 
   return run
