@@ -2,7 +2,7 @@
 
 A toy attack whose examples need a known number of steps checks the scheduling exactly (which
 image each result lands on, how many steps the set costs); the early-stopping attacks (CW-L2,
-CW-L-inf, DeepFool, JSMA) check that each image gets what the attack gives it alone, in refilled
+CW-L-inf, DeepFool, APGD-T with restarts, JSMA) check that each image gets what the attack gives it alone, in refilled
 slots and in one fixed batch (a finished example's state must not move while others run)."""
 
 import functools
@@ -19,6 +19,8 @@ from defenses_jax.evaluation.slot_runner import make_slot_runner
 
 deepfool_module = __import__("defenses_jax.attacks.deepfool", fromlist=["deepfool_stepped"])
 jsma_module = __import__("defenses_jax.attacks.jsma", fromlist=["jsma_stepped"])
+apgd_stepped_module = __import__("defenses_jax.attacks.apgd_stepped",
+                                 fromlist=["apgd_stepped"])
 cw_linf_module = __import__("defenses_jax.attacks.carlini_wagner_linf",
                             fromlist=["cw_linf_stepped"])
 
@@ -93,7 +95,9 @@ def mlp():
   return params, x, y
 
 
-STEPPED_ATTACKS = [
+# Attacks whose per-example draws are none or fixed (least-likely targets), so that an image's
+# result alone is its result in any batch.
+DETERMINISTIC_ATTACKS = [
     ("cw_l2", functools.partial(carlini_wagner.cw_l2_stepped, binary_search_steps=3,
                                 max_iterations=30)),
     # Stops on its own at 40-49 steps per image (the constant passes largest_const).
@@ -101,43 +105,43 @@ STEPPED_ATTACKS = [
                                   initial_const=0.1, largest_const=10.0, learning_rate=0.05,
                                   max_total_iterations=400)),
     ("deepfool", functools.partial(deepfool_module.deepfool_stepped, max_iter=20)),
-    # Least-likely targets: a random one is drawn from the example's key, which run_batch and
-    # the slot runner derive differently (test_random_targets_follow_the_image_not_the_batch).
     ("jsma", functools.partial(jsma_module.jsma_stepped, target="least_likely", theta=-1.0,
                                gamma=0.6)),
 ]
+# And two that draw from each example's key (random starts, random targets): the key follows
+# the image's position in the attacked set.
+STEPPED_ATTACKS = DETERMINISTIC_ATTACKS + [
+    ("apgd_t", functools.partial(apgd_stepped_module.apgd_targeted_stepped, eps=0.05, steps=8,
+                                 num_target_classes=3, restarts=2)),
+    ("cw_l2_random_target", functools.partial(carlini_wagner.cw_l2_stepped, binary_search_steps=2,
+                                              max_iterations=20, target="random")),
+]
 
 
-def _alone(build, params):
-  return jax.jit(lambda xi, yi: run_batch(build(_mlp_logits(params, None)), xi, yi,
-                                          jax.random.key(0)))
+def _one_batch(build, params, x, y, count_steps=False):
+  return jax.jit(lambda xs, ys: run_batch(build(_mlp_logits(params, None)), xs, ys,
+                                          jax.random.key(7), count_steps))(x, y)
 
 
 @pytest.mark.parametrize("name,build", STEPPED_ATTACKS)
-def test_refilled_slots_give_each_image_what_the_attack_gives_it_alone(mlp, name, build):
+def test_refilled_slots_give_each_image_what_one_batch_of_the_set_gives_it(mlp, name, build):
   params, x, y = mlp
   x_adv, info = _run(build, x, y, slots=3, params=params, build_logits=_mlp_logits)
-  alone = _alone(build, params)
-  for i in range(len(x)):
-    expected, expected_info = alone(x[i:i + 1], y[i:i + 1])
-    np.testing.assert_allclose(x_adv[i], expected[0], atol=1e-5, err_msg=f"{name} image {i}")
-    assert info["success"][i] == expected_info["success"][0]
+  expected, expected_info = _one_batch(build, params, x, y)
+  np.testing.assert_allclose(x_adv, expected, atol=1e-5, err_msg=name)
+  np.testing.assert_array_equal(info["success"], expected_info["success"])
   assert info["success"].any()
 
 
-@pytest.mark.parametrize("name,build", STEPPED_ATTACKS)
+@pytest.mark.parametrize("name,build", DETERMINISTIC_ATTACKS)
 def test_one_batch_gives_each_image_what_the_attack_gives_it_alone(mlp, name, build):
   params, x, y = mlp
-  x_adv, info = jax.jit(lambda xs, ys: run_batch(build(_mlp_logits(params, None)), xs, ys,
-                                                 jax.random.key(0), count_steps=True))(x, y)
-  alone = _alone(build, params)
+  x_adv, info = _one_batch(build, params, x, y, count_steps=True)
   steps_alone = []
   for i in range(len(x)):
-    expected, _ = alone(x[i:i + 1], y[i:i + 1])
+    expected, expected_info = _one_batch(build, params, x[i:i + 1], y[i:i + 1], count_steps=True)
     np.testing.assert_allclose(x_adv[i], expected[0], atol=1e-5, err_msg=f"{name} image {i}")
-    steps_alone.append(int(jax.jit(lambda xi, yi: run_batch(
-        build(_mlp_logits(params, None)), xi, yi, jax.random.key(0),
-        count_steps=True))(x[i:i + 1], y[i:i + 1])[1]["steps"]))
+    steps_alone.append(int(expected_info["steps"]))
   # The examples stop at different steps, so the batch's finished ones really wait (and must
   # not move) while the slowest runs.
   assert len(set(steps_alone)) > 1 and int(info["steps"]) == max(steps_alone)

@@ -80,77 +80,95 @@ def misclassified(logits, y):
   return jnp.argmax(logits, -1) != y
 
 
+def _schedule(steps: int):
+  """(is_checkpoint (steps,), the interval ending at each checkpoint (steps,), 0 elsewhere)."""
+  mask = jnp.zeros((steps,), bool).at[jnp.asarray(checkpoints(steps))].set(True)
+  lengths = jnp.zeros((steps,), jnp.int32)
+  previous = -1
+  for at in checkpoints(steps):
+    lengths = lengths.at[at].set(at - previous)
+    previous = at
+  return mask, lengths
+
+
+def _loss_and_grad(logits_fn, loss_fn, y, z, key, eot_iter):
+  """The loss's gradient and value averaged over `eot_iter` draws, and the last draw's output."""
+
+  def total(zz, kk):
+    logits = call_logits(logits_fn, zz, kk)
+    per_example = loss_fn(logits, y)
+    return jnp.sum(per_example), (per_example, logits)
+
+  keys = jax.random.split(key, eot_iter)
+  grads, (losses, logits) = jax.vmap(lambda kk: jax.grad(total, has_aux=True)(z, kk))(keys)
+  return jnp.mean(grads, 0), jnp.mean(losses, 0), jax.tree.map(lambda a: a[-1], logits)
+
+
+def _first_state(z, grad, loss, fooled, eps):
+  """A run's state after its evaluation at the random start z."""
+  batch = z.shape[0]
+  # Of the loss history since the last checkpoint only the number of increases is needed.
+  return dict(x=z, x_old=z, grad=grad, loss_prev=loss, x_best=z, grad_best=grad, loss_best=loss,
+              x_best_adv=z, fooled=fooled, step=jnp.full((batch,), 2.0 * eps, z.dtype),
+              increases=jnp.zeros((batch,), jnp.int32), loss_best_last=loss,
+              reduced_last=jnp.ones((batch,), bool))
+
+
+def _next_point(s, i, x, eps, norm):
+  """The point iteration i (per example) evaluates: a step along the gradient's steepest-ascent
+  direction, then momentum (none on the first step), projected each time."""
+  project = lambda z: norms.project(z, x, eps, norm)
+  momentum = norms.per_example(jnp.where(i > 0, 0.75, 1.0), x)
+  step = norms.per_example(s["step"], x)
+  z1 = project(s["x"] + step * norms.steepest_ascent(s["grad"], norm))
+  return project(s["x"] + (z1 - s["x"]) * momentum + (s["x"] - s["x_old"]) * (1 - momentum))
+
+
+def _update(s, i, z1, grad, loss, now_fooled, schedule, rho):
+  """The state after iteration i (per example) evaluated z1: best points, and at a checkpoint
+  the step size halved (and a return to the best point) where the loss oscillates or stalls."""
+  checkpoint_mask, lengths = schedule
+  mask = lambda m: norms.per_example(m, z1)
+  x_best_adv = jnp.where(mask(now_fooled), z1, s["x_best_adv"])
+  improved = loss > s["loss_best"]
+  x_best = jnp.where(mask(improved), z1, s["x_best"])
+  grad_best = jnp.where(mask(improved), grad, s["grad_best"])
+  loss_best = jnp.where(improved, loss, s["loss_best"])
+  increases = s["increases"] + (loss > s["loss_prev"]).astype(jnp.int32)
+  at_checkpoint = checkpoint_mask[i]
+  oscillating = increases <= rho * lengths[i]
+  stalled = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
+  halve = at_checkpoint & (oscillating | stalled)
+  return dict(
+      x_old=s["x"],
+      x=jnp.where(mask(halve), x_best, z1),
+      grad=jnp.where(mask(halve), grad_best, grad),
+      loss_prev=loss, x_best=x_best, grad_best=grad_best, loss_best=loss_best,
+      x_best_adv=x_best_adv, fooled=s["fooled"] | now_fooled,
+      step=jnp.where(halve, s["step"] / 2.0, s["step"]),
+      increases=jnp.where(at_checkpoint, 0, increases),
+      loss_best_last=jnp.where(at_checkpoint, loss_best, s["loss_best_last"]),
+      reduced_last=jnp.where(at_checkpoint, halve, s["reduced_last"]))
+
+
 def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter,
               fooled_fn=misclassified):
   """One restart: (x_best_adv, x_best, fooled, step_size). `logits_fn` may return any pytree
   that loss_fn(out, y) and fooled_fn(out, y) (default: misclassified) read."""
   batch = x.shape[0]
   start_key, init_key, loop_key = jax.random.split(key, 3)
-  checkpoint_mask = jnp.zeros((steps,), bool).at[jnp.asarray(checkpoints(steps))].set(True)
-  # Interval length at each checkpoint (for the oscillation count), 0 elsewhere.
-  lengths = jnp.zeros((steps,), jnp.int32)
-  previous = -1
-  for at in checkpoints(steps):
-    lengths = lengths.at[at].set(at - previous)
-    previous = at
-
-  def loss_and_grad(z, k):
-    def total(zz, kk):
-      logits = call_logits(logits_fn, zz, kk)
-      per_example = loss_fn(logits, y)
-      return jnp.sum(per_example), (per_example, logits)
-
-    keys = jax.random.split(k, eot_iter)
-    grads, (losses, logits) = jax.vmap(lambda kk: jax.grad(total, has_aux=True)(z, kk))(keys)
-    return jnp.mean(grads, 0), jnp.mean(losses, 0), jax.tree.map(lambda a: a[-1], logits)
-
-  def project(z):
-    return norms.project(z, x, eps, norm)
-
-  def direction(g):
-    return norms.steepest_ascent(g, norm)
-
+  schedule = _schedule(steps)
   x0 = _start(start_key, x, eps, norm)
-  grad0, loss0, logits0 = loss_and_grad(x0, init_key)
-  fooled0 = fooled_fn(logits0, y)
-  step0 = jnp.full((batch,), 2.0 * eps, x.dtype)
-  # Of the loss history since the last checkpoint only the number of increases is needed.
-  init = dict(x=x0, x_old=x0, grad=grad0, loss_prev=loss0, x_best=x0, grad_best=grad0,
-              loss_best=loss0, x_best_adv=x0, fooled=fooled0, step=step0,
-              increases=jnp.zeros((batch,), jnp.int32), loss_best_last=loss0,
-              reduced_last=jnp.ones((batch,), bool))
+  grad0, loss0, logits0 = _loss_and_grad(logits_fn, loss_fn, y, x0, init_key, eot_iter)
 
   def iteration(i, s):
-    momentum = jnp.where(i > 0, 0.75, 1.0)
-    step = norms.per_example(s["step"], x)
-    z1 = project(s["x"] + step * direction(s["grad"]))
-    z1 = project(s["x"] + (z1 - s["x"]) * momentum + (s["x"] - s["x_old"]) * (1 - momentum))
-    grad, loss, logits = loss_and_grad(z1, jax.random.fold_in(loop_key, i))
-    now_fooled = fooled_fn(logits, y)
-    mask = lambda m: norms.per_example(m, x)
-    x_best_adv = jnp.where(mask(now_fooled), z1, s["x_best_adv"])
-    improved = loss > s["loss_best"]
-    x_best = jnp.where(mask(improved), z1, s["x_best"])
-    grad_best = jnp.where(mask(improved), grad, s["grad_best"])
-    loss_best = jnp.where(improved, loss, s["loss_best"])
-    increases = s["increases"] + (loss > s["loss_prev"]).astype(jnp.int32)
-    # Checkpoint: halve the step (and go back to the best point) where the loss oscillates.
-    at_checkpoint = checkpoint_mask[i]
-    oscillating = increases <= rho * lengths[i]
-    stalled = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
-    halve = at_checkpoint & (oscillating | stalled)
-    new = dict(
-        x_old=s["x"],
-        x=jnp.where(mask(halve), x_best, z1),
-        grad=jnp.where(mask(halve), grad_best, grad),
-        loss_prev=loss, x_best=x_best, grad_best=grad_best, loss_best=loss_best,
-        x_best_adv=x_best_adv, fooled=s["fooled"] | now_fooled,
-        step=jnp.where(halve, s["step"] / 2.0, s["step"]),
-        increases=jnp.where(at_checkpoint, 0, increases),
-        loss_best_last=jnp.where(at_checkpoint, loss_best, s["loss_best_last"]),
-        reduced_last=jnp.where(at_checkpoint, halve, s["reduced_last"]))
-    return new
+    i = jnp.full((batch,), i)
+    z1 = _next_point(s, i, x, eps, norm)
+    grad, loss, logits = _loss_and_grad(logits_fn, loss_fn, y, z1,
+                                        jax.random.fold_in(loop_key, i[0]), eot_iter)
+    return _update(s, i, z1, grad, loss, fooled_fn(logits, y), schedule, rho)
 
+  init = _first_state(x0, grad0, loss0, fooled_fn(logits0, y), eps)
   s = lax.fori_loop(0, steps, iteration, norms.varying_like(init, x))
   return s["x_best_adv"], s["x_best"], s["fooled"], s["step"]
 
@@ -179,19 +197,26 @@ def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "li
   norms.check_norm(norm)
   key, clean_key = jax.random.split(key)
   clean = call_logits(logits_fn, x, clean_key)
-  num_classes = clean.shape[-1]
+  _check_targeted(clean.shape[-1], num_target_classes)
+  ranked = _ranked_targets(clean, y)
+  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter,
+                        lambda run: _loss_fn("dlr", jnp.take(ranked, run, axis=1)),
+                        num_runs=num_target_classes)
+
+
+def _check_targeted(num_classes: int, num_target_classes: int):
   if num_classes < 4:  # The denominator z_pi1 - (z_pi3 + z_pi4) / 2 needs four classes.
     raise ValueError(f"targeted DLR needs at least 4 classes; the model has {num_classes}.")
   if not 1 <= num_target_classes <= num_classes - 1:
     raise ValueError(f"APGD-T needs 1 <= num_target_classes <= {num_classes - 1}; got "
                      f"{num_target_classes}.")
-  # Classes by decreasing clean logit, the true class last: ranked[:, 0] is the highest other
-  # class (AutoAttack takes the 2nd, 3rd, ... highest, i.e. the same on correctly classified
-  # inputs, which are the only ones it attacks).
-  ranked = jnp.argsort(jnp.where(jnp.arange(num_classes) == y[:, None], jnp.inf, -clean), -1)
-  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter,
-                        lambda run: _loss_fn("dlr", jnp.take(ranked, run, axis=1)),
-                        num_runs=num_target_classes)
+
+
+def _ranked_targets(clean, y):
+  """Classes by decreasing clean logit, the true class last: [:, 0] is the highest other class
+  (AutoAttack takes the 2nd, 3rd, ... highest, i.e. the same on correctly classified inputs,
+  which are the only ones it attacks)."""
+  return jnp.argsort(jnp.where(jnp.arange(clean.shape[-1]) == y[:, None], jnp.inf, -clean), -1)
 
 
 def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, loss_of,

@@ -23,6 +23,7 @@ import inspect
 from typing import Callable, Optional
 
 from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack
+from defenses_jax.attacks.apgd_stepped import apgd_stepped, apgd_targeted_stepped
 from defenses_jax.attacks.carlini_wagner import cw_l2, cw_l2_stepped
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf, cw_linf_stepped
 from defenses_jax.attacks.deepfool import deepfool, deepfool_stepped
@@ -116,8 +117,10 @@ ATTACKS = Registry("attack", {
                           needs_detector=True),
     "pair_apgd": AttackInfo(pair_apgd, "gradient", "linf", budget_param="steps",
                             needs_detector=True),
-    "apgd": AttackInfo(apgd, "gradient", "linf", budget_param="steps"),
-    "apgd_t": AttackInfo(apgd_targeted, "gradient", "linf", budget_param="steps"),
+    # Restarts (and APGD-T's targets) stop once one fools the example.
+    "apgd": AttackInfo(apgd, "gradient", "linf", budget_param="steps", stepped=apgd_stepped),
+    "apgd_t": AttackInfo(apgd_targeted, "gradient", "linf", budget_param="steps",
+                         stepped=apgd_targeted_stepped),
     "autoattack": AttackInfo(autoattack, "gradient", "linf", budget_param="steps"),
     "random_search": AttackInfo(random_search, "labels", "linf", budget_param="max_queries"),
     # HopSkipJump's Oracle budget is its schedule's most (an upper bound for any input size).

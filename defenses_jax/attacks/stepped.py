@@ -52,6 +52,13 @@ def example_targets(logits_fn, x, y, target: str, targets, example_keys, key):
   return resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets, key)
 
 
+def example_keys(key, index):
+  """The keys of the examples at these positions of the attacked set (a batch, or the whole set
+  in the slot runner, which derives them the same way): an example's own draws depend on its
+  position, not on the other examples beside it."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+
+
 def select_examples(mask, new, old):
   """Per example (leading axis): `new` where mask, else `old`, for every leaf of a state."""
 
@@ -81,8 +88,9 @@ def run_until_done(step: Callable, done: Callable, state, key, like):
 def run_batch(attack: SteppedAttack, x, y, key, count_steps: bool = False):
   """The attack on one batch, stepped until every example is done: (x_adv, info), info with
   "steps" (the batch's step count, its slowest example's) if count_steps."""
-  examples_key, init_key, loop_key, finish_key = jax.random.split(key, 4)
-  state = attack.init(x, y, jax.random.split(examples_key, x.shape[0]), init_key)
+  examples_key, calls_key = jax.random.split(key)
+  init_key, loop_key, finish_key = jax.random.split(calls_key, 3)
+  state = attack.init(x, y, example_keys(examples_key, jnp.arange(x.shape[0])), init_key)
   state, steps = run_until_done(attack.step, attack.done, state, loop_key, x)
   x_adv, info = attack.finish(state, finish_key)
   return (x_adv, {**info, "steps": steps}) if count_steps else (x_adv, info)

@@ -8,10 +8,11 @@ the test set; when examples finish, their results are written out and their slot
 next images. The set costs about the mean number of steps per image instead of the sum over
 batches of each batch's maximum, with one compilation and no host round trip per step.
 
-Each image's own draws (e.g. a random target) come from a key folded with its index in the
-test set, and the attack's per-example trajectory does not depend on the other slots, so on a
-deterministic model every image's result is the fixed-batch attack's, whatever the slot count
-or the number of devices. A randomised model's draws are per call (shared by the slots), as in
+Each image's own draws (a random target, APGD's random starts) come from a key folded with its
+index in the test set (as stepped.run_batch folds the position in its batch), and the attack's
+per-example trajectory does not depend on the other slots, so on a deterministic model every
+image's result is what one batch of the whole set gives it, whatever the slot count or the
+number of devices. A randomised model's draws are per call (shared by the slots), as in
 the fixed-batch runner.
 
 The loop runs in chunks of `chunk_steps` steps, so that a long attack reports progress.
@@ -28,7 +29,7 @@ from jax import lax
 
 from defenses_jax import parallel
 from defenses_jax.attacks.norms import match_varying
-from defenses_jax.attacks.stepped import SteppedAttack, select_examples
+from defenses_jax.attacks.stepped import SteppedAttack, example_keys, select_examples
 from defenses_jax.evaluation.runner import to_host
 
 
@@ -56,7 +57,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
     raise ValueError(f"slots and chunk_steps must be positive; got {slots}, {chunk_steps}.")
   devices = mesh.shape[parallel.DATA_AXIS]
 
-  def keys(key):
+  def keys(key):  # As stepped.run_batch splits its key, so that one batch of the set agrees.
     device = lax.axis_index(parallel.DATA_AXIS)
     examples, calls = jax.random.split(key)
     return examples, jax.random.fold_in(calls, device)
@@ -68,7 +69,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
     index = jnp.minimum(jnp.arange(slots), n_local - 1)
     offset = lax.axis_index(parallel.DATA_AXIS) * n_local
     state = attack.init(images[index], labels[index],
-                        _example_keys(examples_key, offset + index), calls_key)
+                        example_keys(examples_key, offset + index), calls_key)
     x_adv, info = jax.eval_shape(attack.finish, state, calls_key)
     first = jnp.minimum(slots, n_local)
     carry = _Slots(state, index, jnp.arange(slots) < n_local, jnp.full((1,), first, jnp.int32),
@@ -96,7 +97,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
       load = finished & (new_index < n_local)
       source = jnp.minimum(new_index, n_local - 1)
       fresh = attack.init(images[source], labels[source],
-                          _example_keys(examples_key, offset + source),
+                          example_keys(examples_key, offset + source),
                           jax.random.fold_in(init_key, steps))
       done_now = jnp.sum(finished).astype(jnp.int32)
       return c._replace(
@@ -153,10 +154,6 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
     return to_host(carry.x_adv)[:n], info
 
   return run
-
-
-def _example_keys(key, global_index):
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(global_index)
 
 
 def _pad(a: np.ndarray, rows: int) -> np.ndarray:
