@@ -34,6 +34,16 @@ from defenses_jax.checksum import state_checksums
 # Config sections that fix the shape and meaning of the saved state. Changing anything else
 # (epochs, logging, evaluation) keeps the checkpoints usable.
 IDENTITY_SECTIONS = ("model", "dataset", "defense", "seed", "distill")
+# Keys of those sections that say how the state is computed with, not what it is: the saved
+# parameters are float32 whatever model.compute_dtype the run used.
+_RUNTIME_KEYS = {"model": ("compute_dtype",)}
+
+
+def _identity(config: dict, section: str):
+  value = config.get(section)
+  if isinstance(value, dict) and section in _RUNTIME_KEYS:
+    value = {k: v for k, v in value.items() if k not in _RUNTIME_KEYS[section]}
+  return value
 
 
 class CheckpointMismatchError(ValueError):
@@ -159,11 +169,12 @@ class ExperimentCheckpoints:
             "checkpoints are to be kept with the config of this run.") from e
     for section in IDENTITY_SECTIONS:
       # A section missing from the saved config predates it, so it held the default.
-      if section in saved and saved[section] != config.get(section):
+      before, now = _identity(saved, section), _identity(config, section)
+      if section in saved and before != now:
         raise CheckpointMismatchError(
-            f"{self.exp_dir} holds an experiment with {section}={saved.get(section)!r}, but "
-            f"this run has {section}={config.get(section)!r}. Use another experiment_name "
-            "or workdir, or delete the old directory.")
+            f"{self.exp_dir} holds an experiment with {section}={before!r}, but this run has "
+            f"{section}={now!r}. Use another experiment_name or workdir, or delete the old "
+            "directory.")
     return saved
 
   def write_config(self) -> None:

@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "tt_mnist_cnn"
   c.model.options = ml_collections.ConfigDict()  # The model's own keyword arguments.
+  # "bfloat16": compute in bfloat16 with float32 parameters, optimiser state, BatchNorm
+  # statistics and outputs (models/precision.py); for GPU/TPU speed. Not part of the model's
+  # identity: a float32-trained checkpoint can be evaluated in bfloat16 and the reverse.
+  c.model.compute_dtype = "float32"
 
   c.defense = ml_collections.ConfigDict()
   c.defense.name = "standard"
@@ -70,8 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 500
   c.eval.every_epochs = 1  # Clean test accuracy during training.
   c.eval.num_attack_examples = -1  # Attacks run on the first N test images (-1: all).
-  # Early-stopping attacks (CW-L2, DeepFool) run over the whole attacked set with slot refill:
-  # a finished example's place in the batch goes to the next image (evaluation/slot_runner.py).
+  # Early-stopping attacks (CW-L2, CW-L-inf, DeepFool, JSMA) run over the whole attacked set
+  # with slot refill: a finished example's place in the batch goes to the next image
+  # (evaluation/slot_runner.py).
   # Same per-image results on a deterministic model; False: batch after batch.
   c.eval.slot_refill = True
   # key -> {attack, label, threat_model, params, source_experiment}; see defenses_jax/evaluation/threat_models.py.

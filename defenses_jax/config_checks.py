@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from defenses_jax.models.precision import check_compute_dtype
+
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming every size, interval or rate that cannot work."""
@@ -39,5 +41,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not members or set(members) - keys:
       problems.append(f"eval.worst_case_groups.{group} must name attacks of eval.attacks "
                       f"({sorted(keys)}); got {list(members)}")
+  try:  # Absent from configs saved before the switch existed: they ran in float32.
+    check_compute_dtype(config.model.get("compute_dtype", "float32"))
+  except ValueError as e:
+    problems.append(str(e).rstrip("."))
   if problems:
     raise ValueError("bad config: " + "; ".join(problems) + ".")

@@ -21,6 +21,7 @@ from defenses_jax import parallel
 from defenses_jax.checkpoint import ExperimentCheckpoints, experiment_dir
 from defenses_jax.defenses import DEFENSES, Defense, Network, create_defense
 from defenses_jax.models import create_model
+from defenses_jax.models.precision import with_compute_dtype
 from defenses_jax.config_checks import check_config
 from defenses_jax.optim import create_optimizer
 
@@ -124,9 +125,11 @@ class Experiment:
     self.defense = create_defense(config.defense.name, self.train_ds.num_classes,
                                   **config.defense.options.to_dict()).bind_trained(
                                       load_trained, self.train_ds.image_shape)
-    self.model = self.defense.wrap_model(create_model(config.model.name,
-                                                      self.defense.output_width(),
-                                                      **config.model.options.to_dict()))
+    model = self.defense.wrap_model(create_model(config.model.name, self.defense.output_width(),
+                                                 **config.model.options.to_dict()))
+    # Wrapped last, around the defense's heads too: every apply (train step, Network, attacks)
+    # then computes in the configured dtype.
+    self.model = with_compute_dtype(model, config.model.get("compute_dtype", "float32"))
     self.tx = create_optimizer(config.train, self.steps_per_epoch)
 
   def initial_state(self) -> TrainState:
@@ -211,4 +214,7 @@ def load_experiment(workdir: str, name: str, like: Optional[ml_collections.Confi
                      f"{like.experiment_name} uses {like.dataset.name}.")
   config.dataset.num_train_examples = like.dataset.num_train_examples
   config.dataset.num_test_examples = like.dataset.num_test_examples
+  # A transfer source, teacher or frozen f_b runs in this run's precision (a runtime choice, not
+  # part of the trained model).
+  config.model.compute_dtype = like.model.get("compute_dtype", "float32")
   return TrainedExperiment(config, workdir, datasets)

@@ -18,6 +18,16 @@ DATA_AXIS = "data"
 REPLICATED = P()
 SHARDED = P(DATA_AXIS)
 
+# Compiles of networks (data_parallel: every train, eval and attack step; the detector and UAP
+# fits) round each bfloat16 value (model.compute_dtype) where the program says so. Otherwise XLA
+# may keep some in float32 ("excess precision") depending on how it fuses the code around them:
+# the network inside an attack's loop and the same network in the attack's fresh re-check then
+# differed by a bfloat16 step of the logits (0.4%), and CW-L2, which stops just past the decision
+# boundary, lost 9-15% of its successes on re-check (tests/test_mixed_precision.py). A no-op
+# for float32 programs. Jit your own attack code with it too:
+# jax.jit(f, compiler_options=parallel.COMPILER_OPTIONS).
+COMPILER_OPTIONS = {"xla_allow_excess_precision": False}
+
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
   """A 1-D `data` mesh over all (or the first `num_devices`) devices JAX sees."""
@@ -46,7 +56,8 @@ def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=
   attacks mark their loop carries accordingly (attacks.norms.varying_like).
   """
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                               check_vma=check_vma), donate_argnums=donate_argnums)
+                               check_vma=check_vma), donate_argnums=donate_argnums,
+                 compiler_options=COMPILER_OPTIONS)
 
 
 def shard_batch(local_batch: dict, mesh: Mesh) -> dict:

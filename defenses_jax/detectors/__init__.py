@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 
+from defenses_jax import parallel
 from defenses_jax.checkpoint import step_artifact_path
 from defenses_jax.defenses.base import Network
 from defenses_jax.detectors.base import Detector
@@ -37,7 +38,8 @@ def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:
   if os.path.exists(path):
     with np.load(path) as saved:
       return {k: saved[k] for k in saved.files}
-  outputs_fn = jax.jit(lambda v, x: Network(exp.model, v).outputs(x))
+  outputs_fn = jax.jit(lambda v, x: Network(exp.model, v).outputs(x),
+                       compiler_options=parallel.COMPILER_OPTIONS)
   trained = variables(state.params, state.batch_stats)
   ds = exp.train_ds
 

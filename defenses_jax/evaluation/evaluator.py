@@ -370,6 +370,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     summary["eps_sweep"] = _eps_sweep(ev, specs, config.eval.eps_sweep, clean_correct)
   summary["paper"] = config.paper.to_dict()
   summary["eval_config"] = config.eval.to_dict()  # Lets a suite tell a stale result from a current one.
+  # Kept with the results, and checked by a suite: a bfloat16 result is not a float32 one.
+  summary["compute_dtype"] = config.model.get("compute_dtype", "float32")
   write_json(os.path.join(results_dir, "eval.json"), summary)
   if jax.process_index() == 0:
     report.write_report(summary, results_dir, clean_images=attack_ds.images[:NUM_EXAMPLE_IMAGES],

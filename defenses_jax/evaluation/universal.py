@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from defenses_jax import parallel
 from defenses_jax.checkpoint import step_artifact_path
 from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
 
@@ -44,7 +45,8 @@ def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: i
   ds = exp.train_ds.take(spec.fit_examples)
   build = logits_builder(threat_model, exp.model, exp.defense, spec.eot_samples)
   fit = jax.jit(lambda params, batch_stats, x, key: spec.fn(build(params, batch_stats), x, key,
-                                                            **spec.params))
+                                                            **spec.params),
+                compiler_options=parallel.COMPILER_OPTIONS)
   key = jax.random.fold_in(jax.random.key(seed), 5 * 2**20)
   v, info = fit(state.params, state.batch_stats, jnp.asarray(ds.images), key)
   v = np.asarray(v)

@@ -16,7 +16,7 @@ its detection AUC), '<member>:<detection key>' (tables.MEMBER_DETECTION_KEYS),
 reports an attack this library lacks) or '' (no entry in the paper).
 
 Re-running resumes: training from each member's last checkpoint, evaluation skips members whose
-results/eval.json matches their current checkpoint and eval config.
+results/eval.json matches their current checkpoint, eval config and model.compute_dtype.
 """
 
 from __future__ import annotations
@@ -188,5 +188,8 @@ def _evaluation_is_current(member: ml_collections.ConfigDict, workdir: str) -> b
   if previous is None:
     return False
   same_config = previous.get("eval_config") == json.loads(json.dumps(member.eval.to_dict()))
+  # Results from before the switch existed were computed in float32.
+  same_config &= (previous.get("compute_dtype", "float32")
+                  == member.model.get("compute_dtype", "float32"))
   return same_config and previous.get("step") == latest_checkpoint_step(
       workdir, member.experiment_name)
