@@ -114,13 +114,21 @@ def to_nhwc(x):
   return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def torch_port(logits_fn, variables, x):
-  """The PyTorch model, after checking it computes our logits on x."""
+def logits_gap(model, logits_fn, x) -> float:
+  """The largest absolute difference between the PyTorch model's logits on x (NHWC, fed to it
+  as NCHW on its device) and logits_fn(x), in whatever mode the model is in."""
   import torch
-  model = torch_mnist_cnn(variables)
+  device = next(model.parameters()).device
   with torch.no_grad():
-    theirs = model(to_nchw(x)).numpy()
-  gap = float(np.abs(theirs - np.asarray(logits_fn(x))).max())
+    theirs = model(to_nchw(x).to(device)).cpu().numpy()
+  return float(np.abs(theirs - np.asarray(logits_fn(x))).max())
+
+
+def torch_port(logits_fn, variables, x, build=None):
+  """The PyTorch model build(variables) (default: the MNIST CNN), in inference mode, after
+  checking that it computes our logits on x to PARITY_TOLERANCE."""
+  model = (build or torch_mnist_cnn)(variables)
+  gap = logits_gap(model, logits_fn, x)
   if gap > PARITY_TOLERANCE:
     raise RuntimeError(f"PyTorch port differs from the JAX model by {gap:.2e} in the logits")
   return model
