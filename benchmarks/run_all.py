@@ -58,8 +58,9 @@ OTHER_COMMANDS = {
         "--output=benchmarks/results/side_by_side_gpu_bf16.json",
         "python -m benchmarks.attacks --workdir=runs --num_images=512 "
         "--output=benchmarks/results/attacks_gpu.json",
-        "python -m benchmarks.slot_refill --workdir=runs --num_images=10000 --batch_size=512 "
-        "--cw_binary_steps=9 --cw_iterations=1000 --output=benchmarks/results/slot_refill_gpu.json",
+        "python -m benchmarks.slot_refill --workdir=runs --batch_size=512 --cw_num_images=969 "
+        "--apgd_num_images=969 --cw_binary_steps=9 --cw_iterations=1000 "
+        "--output=benchmarks/results/slot_refill_gpu.json",
     ],
 }
 
