@@ -128,6 +128,11 @@ def resume_changes(saved: Optional[dict], config: dict, step: int) -> dict:
   before, now = saved.get("train", {}), json.loads(json.dumps(config.get("train", {})))
   changes = {f"train.{k}": [before.get(k), now.get(k)] for k in sorted(set(before) | set(now))
              if before.get(k) != now.get(k) and k in before and k not in _NOT_TRAINING}
+  # Not part of the checkpoint's identity (the state is float32 either way), but the steps
+  # after it ran in another precision: recorded with the run, allowed.
+  dtypes = [(c.get("model") or {}).get("compute_dtype", "float32") for c in (saved, config)]
+  if dtypes[0] != dtypes[1]:
+    changes["model.compute_dtype"] = dtypes
   fixed = [k for k in changes if k.split(".", 1)[1] in FIXED_ON_RESUME]
   if fixed:
     raise CheckpointMismatchError(

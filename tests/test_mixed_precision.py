@@ -238,3 +238,28 @@ def test_compiler_options_leave_float32_results_unchanged(tmp_path):
   for fn in (net, grad):
     np.testing.assert_array_equal(jax.jit(fn)(x),
                                   jax.jit(fn, compiler_options=parallel.COMPILER_OPTIONS)(x))
+
+
+def test_cached_fits_and_saved_examples_are_kept_apart_by_precision():
+  """Detector states, universal perturbations and saved adversarial examples made on a bfloat16
+  network are not reused for a float32 one (or the reverse); float32 keeps the keys it always
+  had, so files saved before the switch still match."""
+  from defenses_jax.checkpoint import resume_changes, step_artifact_path
+  from defenses_jax.detectors import cache_path as detector_path, create_detector
+  from defenses_jax.evaluation import universal
+  from defenses_jax.evaluation.evaluator import crafted_as
+  detector = create_detector("class_mean", 10)
+  old_detector = step_artifact_path("/e", "detectors", detector.name, dict(vars(detector)), 7)
+  assert detector_path("/e", detector, 7) == old_detector
+  assert detector_path("/e", detector, 7, "bfloat16") != old_detector
+  spec = parse_attack_specs({"uap": attack("uap", "UAP", fit_examples=8, eps=0.1)}, None)[0]
+  assert (universal.cache_path("/e", spec, "white_box", 0, 7)
+          != universal.cache_path("/e", spec, "white_box", 0, 7, "bfloat16"))
+  pgd_spec = parse_attack_specs({"pgd": attack("pgd", "PGD", eps=0.1, step_size=0.01, steps=2)}, None)[0]
+  assert crafted_as(pgd_spec) == dict(pgd_spec.params)
+  assert crafted_as(pgd_spec, "bfloat16") != crafted_as(pgd_spec)
+  # A resumed run that switches precision records it (not refused: the state is float32).
+  saved = {"model": {"name": MODEL}, "train": {"epochs": 2}}
+  now = {"model": {"name": MODEL, "compute_dtype": "bfloat16"}, "train": {"epochs": 2}}
+  assert resume_changes(saved, now, 5) == {"model.compute_dtype": ["float32", "bfloat16"]}
+  assert resume_changes(saved, saved, 5) == {}

@@ -14,12 +14,14 @@ An untrained f_b (the paper's Table 1, first column) is `transform_model` initia
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from defenses_jax import parallel
 from defenses_jax.attacks.wrappers import stochastic
 from defenses_jax.defenses.attack_transform import (VARIANTS, TransformSettings,
                                                     attack_transform, bpda_sign,
@@ -123,7 +125,7 @@ class AdvTransform(Defense):
       return {}
     samples = self.metric_samples if self.randomised else 1  # Deterministic: E g = g.
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=parallel.COMPILER_OPTIONS)  # As the runners.
     def linf_to_mean(x, key):
       keys = jax.random.split(key, samples)
       total = jax.lax.map(lambda k: self.transform(x, k), keys, batch_size=min(samples, 32))

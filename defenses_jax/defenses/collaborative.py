@@ -34,6 +34,7 @@ The network's logits are packed as [Z, Z', g] (3K columns); `class_logits` is Z 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -44,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from defenses_jax import parallel
 from defenses_jax.attacks.gradient import fgsm
 from defenses_jax.defenses.adversarial_training import adversarial_examples
 from defenses_jax.defenses.base import Defense, Network
@@ -84,7 +86,7 @@ def fgs_confusion(logits_fn: Callable, images: np.ndarray, labels: np.ndarray,
   on logits_fn with the true labels), by true class and predicted class."""
   key = jax.random.key(0)  # FGS is deterministic; the key is part of the attack signature.
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=parallel.COMPILER_OPTIONS)  # As the runners.
   def predictions(x, y):
     x_adv, _ = fgsm(logits_fn, x, y, key, eps=epsilon)
     return jax.nn.softmax(logits_fn(x_adv))

@@ -25,16 +25,22 @@ def create_detector(name: str, num_classes: int, **options) -> Detector:
   return DETECTORS.create(name, options, num_classes=num_classes)
 
 
-def cache_path(exp_dir: str, detector: Detector, step: int) -> str:
+def cache_path(exp_dir: str, detector: Detector, step: int,
+               compute_dtype: str = "float32") -> str:
   """<exp_dir>/detectors/<name>-<options hash>-step<step>.npz: a state belongs to one
-  checkpoint step and one detector configuration."""
-  return step_artifact_path(exp_dir, "detectors", detector.name, dict(vars(detector)), step)
+  checkpoint step, one detector configuration and the precision the network ran in (bfloat16
+  embeddings are not float32 ones; float32 keeps the hash it always had)."""
+  settings = dict(vars(detector))
+  if compute_dtype != "float32":
+    settings["__compute_dtype"] = compute_dtype
+  return step_artifact_path(exp_dir, "detectors", detector.name, settings, step)
 
 
 def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:
   """The detector's state for this checkpoint: loaded if cached, else fitted on the training
   images (the network in inference mode) and saved (by process 0)."""
-  path = cache_path(exp.exp_dir, detector, int(state.step))
+  path = cache_path(exp.exp_dir, detector, int(state.step),
+                    exp.config.model.get("compute_dtype", "float32"))
   if os.path.exists(path):
     with np.load(path) as saved:
       return {k: saved[k] for k in saved.files}

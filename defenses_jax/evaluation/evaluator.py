@@ -72,7 +72,9 @@ class _Evaluator:
   def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment],
              progress=None) -> AttackRun:
     if source is not None and not spec.detector_aware:  # Saved examples ignore detectors.
-      saved = crafted.find(source.exp.exp_dir, spec.attack, crafted_as(spec),
+      saved = crafted.find(source.exp.exp_dir, spec.attack,
+                           crafted_as(spec, source.exp.config.model.get("compute_dtype",
+                                                                        "float32")),
                            int(source.state.step), self.labels)
       if saved is not None:
         x_adv = saved[0]
@@ -250,10 +252,13 @@ def accuracy_vs_eps(config: ml_collections.ConfigDict, workdir: str, attack_key:
           "points": _sweep(ev, spec, eps_values, ev.clean_correct())}
 
 
-def crafted_as(spec: AttackSpec) -> dict:
-  """What saved examples are matched on: the attack's params, and its EOT draws and surface
-  where they are not the defaults (so files saved before these existed still match)."""
+def crafted_as(spec: AttackSpec, compute_dtype: str = "float32") -> dict:
+  """What saved examples are matched on: the attack's params, and its EOT draws, surface and
+  the precision the network ran in where they are not the defaults (so files saved before these
+  existed still match)."""
   extra = {"__eot_samples": spec.eot_samples} if spec.eot_samples > 1 else {}
+  if compute_dtype != "float32":
+    extra["__compute_dtype"] = compute_dtype
   return {**spec.params, **extra, **({"__surface": spec.surface} if spec.surface else {})}
 
 
@@ -330,7 +335,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                            adv_scores[clean_correct[:n] & ~adv_correct])
     if (config.eval.save_adversarial_examples and spec.threat_model == "white_box"
         and not spec.detector_aware and jax.process_index() == 0):  # What transfer reuses.
-      crafted.save(results_dir, spec.key, spec.attack, crafted_as(spec),
+      crafted.save(results_dir, spec.key, spec.attack,
+                   crafted_as(spec, config.model.get("compute_dtype", "float32")),
                    int(trained.state.step), x_adv, attack_ds.labels[:n])
     examples[spec.label] = x_adv[:NUM_EXAMPLE_IMAGES]
   bar.close()

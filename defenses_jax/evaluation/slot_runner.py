@@ -52,7 +52,8 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
   (host numpy) test set; `build_attack(logits_fn) -> SteppedAttack`; `build_logits(params,
   batch_stats)` -> the attacked logits function (threat_models.logits_builder); `slots` per
   device. info also holds "steps": the attack steps each device ran, and "image_steps": the
-  steps each image took (what it costs alone)."""
+  steps each image took (what it costs alone). Per-image inputs come only as `images` and
+  `labels`: an attack built with a fixed array (e.g. `targets=`) is for run_batch, not here."""
   if slots < 1 or chunk_steps < 1:
     raise ValueError(f"slots and chunk_steps must be positive; got {slots}, {chunk_steps}.")
   devices = mesh.shape[parallel.DATA_AXIS]

@@ -27,10 +27,13 @@ class UniversalPerturbation(NamedTuple):
   path: str  # Where it is cached.
 
 
-def cache_path(exp_dir: str, spec: AttackSpec, threat_model: str, seed: int, step: int) -> str:
-  return step_artifact_path(exp_dir, "universal", spec.attack, {
-      "params": spec.params, "threat_model": threat_model, "eot_samples": spec.eot_samples,
-      "fit_examples": spec.fit_examples, "seed": seed}, step)
+def cache_path(exp_dir: str, spec: AttackSpec, threat_model: str, seed: int, step: int,
+               compute_dtype: str = "float32") -> str:
+  settings = {"params": spec.params, "threat_model": threat_model,
+              "eot_samples": spec.eot_samples, "fit_examples": spec.fit_examples, "seed": seed}
+  if compute_dtype != "float32":  # Fitted on a bfloat16 network; float32 keeps its old hash.
+    settings["compute_dtype"] = compute_dtype
+  return step_artifact_path(exp_dir, "universal", spec.attack, settings, step)
 
 
 def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: int
@@ -38,7 +41,8 @@ def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: i
   """The universal perturbation for this attack on this checkpoint: loaded if cached, else
   fitted (one device: the fit is sequential over images) and saved by process 0."""
   exp, state = crafted_on.exp, crafted_on.state
-  path = cache_path(exp.exp_dir, spec, threat_model, seed, int(state.step))
+  path = cache_path(exp.exp_dir, spec, threat_model, seed, int(state.step),
+                    exp.config.model.get("compute_dtype", "float32"))
   if os.path.exists(path):
     with np.load(path) as saved:
       return UniversalPerturbation(saved["v"], json.loads(str(saved["info"])), path)
