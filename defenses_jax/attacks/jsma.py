@@ -36,8 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from defenses_jax.attacks import norms
-from defenses_jax.attacks.objectives import check_batch, least_likely_class, random_targets
-from defenses_jax.attacks.stepped import SteppedAttack, run_batch
+from defenses_jax.attacks.objectives import check_batch
+from defenses_jax.attacks.stepped import SteppedAttack, example_targets, run_batch
 from defenses_jax.attacks.wrappers import call_logits
 
 JSMA_TARGETS = ("random", "least_likely", "given")
@@ -117,12 +117,7 @@ def jsma_stepped(logits_fn: Callable, *, theta: float = 1.0, gamma: float = 1.0,
   def init(x, y, example_keys, key):
     check_batch(x, y, targets)
     batch, n = x.shape[0], x[0].size
-    if target == "given":
-      t = targets
-    else:
-      clean = call_logits(logits_fn, x, key)
-      t = (least_likely_class(clean) if target == "least_likely" else
-           jax.vmap(lambda k, label: random_targets(k, label, clean.shape[-1]))(example_keys, y))
+    t = example_targets(logits_fn, x, y, target, targets, example_keys, key)
     flat_x = x.reshape(batch, n)
     return JSMAState(x=x, t=t, z=flat_x, domain=flat_x < 1.0 if increase else flat_x > 0.0,
                      active=jnp.ones((batch,), bool), steps=jnp.zeros((batch,), jnp.int32),
