@@ -75,9 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.every_epochs = 1  # Clean test accuracy during training.
   c.eval.num_attack_examples = -1  # Attacks run on the first N test images (-1: all).
   # Early-stopping attacks (CW-L2, CW-L-inf, DeepFool, JSMA, APGD / APGD-T: a restart or
-  # target that fools the example ends it) run over the whole attacked set
-  # with slot refill: a finished example's place in the batch goes to the next image
-  # (evaluation/slot_runner.py).
+  # target that fools the example ends it; HopSkipJump: no start, budget spent or within eps)
+  # run over the whole attacked set with slot refill: a finished example's place in the batch
+  # goes to the next image (evaluation/slot_runner.py).
   # Same per-image results on a deterministic model; False: batch after batch.
   c.eval.slot_refill = True
   # key -> {attack, label, threat_model, params, source_experiment}; see defenses_jax/evaluation/threat_models.py.

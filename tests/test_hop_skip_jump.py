@@ -2,8 +2,6 @@
 gradient estimate on their own, exact query counts and budgets, and the guards (already
 misclassified inputs, failed initialisation, eps, targets, no gradients)."""
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,11 +9,9 @@ import pytest
 
 from defenses_jax import parallel
 from defenses_jax.attacks.query import Oracle, QueryAccessError
+from defenses_jax.attacks.query import hop_skip_jump_parts as hsj_lib
 from defenses_jax.attacks.query.hop_skip_jump import (binary_search, hop_skip_jump,
                                                       hop_skip_jump_query_budget)
-
-# The module itself (the package's `hop_skip_jump` is the function).
-hsj_lib = sys.modules["defenses_jax.attacks.query.hop_skip_jump"]
 
 
 def affine(w, b):
@@ -55,6 +51,15 @@ class CountingOracle(Oracle):
   def query(self, x, counts, key, active=None):
     out = super().query(x, counts, key, active)
     jax.debug.callback(lambda answered: self._add(answered, 1), out[2])
+    return out
+
+  def query_units(self, xs, owner, mask, counts, key):
+    out = super().query_units(xs, owner, mask, counts, key)
+
+    def add(owner, mask, answered):  # Each answered row's masked queries, to its example.
+      np.add.at(self.seen, owner, mask.sum(1) * answered)
+
+    jax.debug.callback(add, owner, mask, out[2])
     return out
 
 
@@ -116,8 +121,8 @@ def test_gradient_estimate_matches_the_simulated_cosine():
   # Known answers from a numpy simulation of the reference's estimator (20,000 draws, d = 100):
   # at a point of the boundary of a linear classifier mean cos(g, w) is 0.626 with 100
   # directions and 0.931 with 1000; at a point where 80% of the directions are adversarial,
-  # 0.575 with 100 (0.492 without the baseline subtraction). The estimate must not depend on
-  # how the directions are chunked (100 = 3 x 30 + 1 x 5 + 5 x 1, 1000 = 15 x 64 + 5 x 8).
+  # 0.575 with 100 (0.492 without the baseline subtraction). Units of 30 directions: the last
+  # of 100 is a partial one (10 directions), which must count exactly its 10.
   d, batch, delta = 100, 200, 1e-3
   rng = np.random.default_rng(3)
   w = jnp.asarray(rng.normal(size=d), jnp.float32)
@@ -126,21 +131,60 @@ def test_gradient_estimate_matches_the_simulated_cosine():
   c = 0.5 * w.sum()
   on_boundary = x - ((x @ w - c) / (w @ w))[:, None] * w
   inside = on_boundary + 0.8416 / np.sqrt(d) * delta * unit  # P(u.w/|w| > -0.8416/sqrt(d)) = 0.8
-  oracle = Oracle(affine(w, -c), "labels", 10_000)
-  decide = hsj_lib._Decision(oracle, jnp.zeros(batch, jnp.int32), None, None)
-  estimate = lambda chunk: jax.jit(lambda z, n, k: hsj_lib._estimate_gradient(
-      decide, z, jnp.full((batch,), delta), oracle.initial_counts(batch), k,
-      jnp.ones((batch,), bool), n, chunk, "l2"))
-  by_chunk = {30: estimate(30), 64: estimate(64)}
-  for point, n, chunk, low, high in ((on_boundary, 100, 30, 0.60, 0.65),
-                                     (on_boundary, 1000, 64, 0.92, 0.94),
-                                     (inside, 100, 30, 0.55, 0.60)):
-    g, counts, exhausted = by_chunk[chunk](point, jnp.int32(n), jax.random.key(4))
+  oracle = Oracle(affine(w, -c), "labels", 10_000, independent_examples=True)
+  keys = jax.random.split(jax.random.key(4), batch)
+  for point, n, low, high in ((on_boundary, 100, 0.60, 0.65), (on_boundary, 1000, 0.92, 0.94),
+                              (inside, 100, 0.55, 0.60)):
+    g, counts, refused = _estimate(oracle, point, jnp.full((batch,), n), keys, delta)
     np.testing.assert_array_equal(counts, n)
-    assert not bool(exhausted.any())
+    assert not bool(refused.any())
     np.testing.assert_allclose(jnp.linalg.norm(g, axis=-1), 1, rtol=1e-5)
     cosine = float(jnp.mean(g @ unit))
     assert low < cosine < high, (n, cosine)
+
+
+def _estimate(oracle, point, n, keys, delta, compact=True, active=None, chunk=30):
+  batch = point.shape[0]
+  decide = hsj_lib.Decision(oracle, jnp.zeros(batch, jnp.int32), None, None)
+  active = jnp.ones((batch,), bool) if active is None else active
+  return jax.jit(lambda z, n, a: hsj_lib.estimate_gradient(
+      decide, z, jnp.full((batch,), delta), n, keys, oracle.initial_counts(batch),
+      jax.random.key(5), a, chunk=chunk, max_evals=1000, norm="l2",
+      compact=compact))(point, n, active)
+
+
+def test_an_examples_estimate_depends_only_on_its_own_directions():
+  # Examples needing 100 or 1000 directions in one call, packed into shared Oracle calls
+  # (compact) or each example's units in its own row: each example's estimate is what it gets
+  # when every example needs the same number, and inactive examples ask nothing. "The same" up
+  # to float rounding: a unit may land in a full call or in a smaller one, two compiled
+  # programs that may round the same arithmetic differently (1e-7 here; a different direction
+  # or a flipped answer would move the estimate by ~1e-3).
+  d, batch, delta = 30, 12, 1e-2
+  rng = np.random.default_rng(6)
+  w = jnp.asarray(rng.normal(size=d), jnp.float32)
+  x = jnp.asarray(0.5 + rng.uniform(-0.1, 0.1, (batch, d)), jnp.float32)
+  c = 0.5 * w.sum()
+  point = x - ((x @ w - c) / (w @ w))[:, None] * w
+  oracle = Oracle(affine(w, -c), "labels", 10_000, independent_examples=True)
+  keys = jax.random.split(jax.random.key(7), batch)
+  mixed = jnp.asarray(np.where(np.arange(batch) % 3 == 0, 1000, 100), jnp.int32)
+  active = jnp.arange(batch) != 4
+  results = [_estimate(oracle, point, mixed, keys, delta, compact, active)
+             for compact in (True, False)]
+  for g, counts, _ in results:
+    for n in (100, 1000):
+      alone, _, _ = _estimate(oracle, point, jnp.full((batch,), n), keys, delta)
+      rows = np.flatnonzero((np.asarray(mixed) == n) & np.asarray(active))
+      np.testing.assert_allclose(np.asarray(g)[rows], np.asarray(alone)[rows], atol=1e-6)
+    np.testing.assert_array_equal(counts, np.where(np.asarray(active), mixed, 0))
+  np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
+  # The directions follow the example's key: examples and keys reversed together, the
+  # estimates come back reversed.
+  reverse = slice(None, None, -1)
+  g_reversed, _, _ = _estimate(oracle, point[reverse], mixed[reverse], keys[reverse], delta,
+                               True, active[reverse])
+  np.testing.assert_allclose(np.asarray(g_reversed)[reverse], results[0][0], atol=1e-6)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
@@ -199,6 +243,11 @@ def test_counts_agree_with_the_default_schedule_and_a_small_budget_stops_every_e
     np.testing.assert_array_equal(info["success"], adversarial)
     assert adversarial.all()  # The init found a point in its first ~25 queries.
     assert np.all(np.isfinite(np.asarray(x_adv)))
+    # The second estimate (141 directions) does not fit: it is not started, so no directions
+    # are spent on it, in units of 100 or of 10 alike.
+    _, small_units = run(oracle, chunk=10, **params)
+    np.testing.assert_array_equal(small_units["queries"], info["queries"])
+    np.testing.assert_array_equal(info["iterations"], 1)
 
 
 def test_an_already_misclassified_input_costs_one_query_and_no_nan():
@@ -236,7 +285,8 @@ def test_eps_keeps_only_points_inside_the_ball():
   d, batch = 50, 4
   w, b, x, y = affine_problem(d, batch, seed=8)
   oracle = Oracle(affine(w, b), "labels", 10**6)
-  attack = jax.jit(lambda x, y, k, eps: hop_skip_jump(oracle, x, y, k, steps=5, eps=eps))
+  attack = jax.jit(lambda x, y, k, eps: hop_skip_jump(oracle, x, y, k, steps=5, eps=eps,
+                                                      stop_within_eps=False))
   x_adv, info = attack(x, y, jax.random.key(0), 1e-3)  # Below every example's distance.
   np.testing.assert_array_equal(x_adv, x)
   np.testing.assert_array_equal(info["success"], False)
@@ -247,6 +297,32 @@ def test_eps_keeps_only_points_inside_the_ball():
   assert bool(info["success"].all()) and np.all(np.asarray(x_adv @ w + b) > 0)
   np.testing.assert_allclose(info["distance"], found, rtol=1e-6)
   np.testing.assert_allclose(info["l2"], found, rtol=1e-5)
+
+
+def test_stopping_within_eps_keeps_every_success_and_saves_queries():
+  # An example stops once its best point is within eps: success within eps cannot change
+  # after that, so it matches the full run's, at fewer queries for the early successes; the
+  # others run the same trajectory as without stopping.
+  d, batch = 50, 16
+  w, b, x, y = affine_problem(d, batch, seed=12)
+  oracle = Oracle(affine(w, b), "labels", 10**6)
+  run = lambda stop, eps: jax.jit(lambda x, y, k: hop_skip_jump(
+      oracle, x, y, k, steps=8, eps=eps, stop_within_eps=stop))(x, y, jax.random.key(3))
+  _, full = run(False, None)
+  eps = float(np.median(np.asarray(full["distance"]))) * 1.02
+  x_stop, stopped = run(True, eps)
+  x_all, kept = run(False, eps)
+  np.testing.assert_array_equal(stopped["success"], kept["success"])
+  success = np.asarray(kept["success"])
+  assert 0 < success.sum() < batch
+  assert np.all(np.asarray(stopped["distance"])[success] <= eps)
+  assert np.all(np.asarray(x_stop @ w + b)[success] > 0)
+  early = np.asarray(stopped["iterations"]) < 8
+  assert early[success].any() and not early[~success].any()
+  queries_stop, queries_all = np.asarray(stopped["queries"]), np.asarray(kept["queries"])
+  assert np.all(queries_stop[early] < queries_all[early])
+  np.testing.assert_array_equal(queries_stop[~early], queries_all[~early])
+  np.testing.assert_array_equal(np.asarray(x_stop)[~early], np.asarray(x_all)[~early])
 
 
 def test_targeted_attack_from_given_starts():

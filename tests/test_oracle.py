@@ -169,3 +169,24 @@ def test_independent_examples_run_as_one_flat_batch_with_the_same_answers():
   by_position = lambda z: logits_fn(z) + bias
   answers, _, _ = Oracle(by_position, "scores", 100).query_many(x, counts, jax.random.key(0))
   np.testing.assert_allclose(answers[2, 0], np.asarray(logits_fn(x[:, 0]))[2] + 2.0, rtol=1e-5)
+
+
+def test_query_units_count_each_examples_masked_queries_in_row_order():
+  # Rows of 3 query slots, owned by examples 0, 0, 2, 0 (example 1 has none): only masked
+  # queries count, and a row is answered only if it fits after the example's earlier rows.
+  oracle = Oracle(logits_fn, "labels", budget=6, independent_examples=True)
+  x = jnp.asarray(np.random.default_rng(5).uniform(size=(4, 3, 2, 2, 1)), jnp.float32)
+  owner = jnp.asarray([0, 0, 2, 0])
+  mask = jnp.asarray([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
+  counts = jnp.asarray([1, 0, 5], jnp.int32)
+  labels, counts, answered = oracle.query_units(x, owner, mask, counts, jax.random.key(0))
+  # Example 0: 1 + 3 + 2 = 6 fits, the last row's 3 more do not; example 2: 5 + 1 = 6.
+  np.testing.assert_array_equal(answered, [True, True, True, False])
+  np.testing.assert_array_equal(counts, [6, 0, 6])
+  np.testing.assert_array_equal(labels[1, :2], np.asarray(logits_fn(x[1, :2])).argmax(-1))
+  np.testing.assert_array_equal(labels[3], -1)
+  # The same rows through the per-example path (vmapped over the row's queries) agree.
+  paired = Oracle(logits_fn, "labels", budget=6).query_units(
+      x, owner, mask, jnp.asarray([1, 0, 5], jnp.int32), jax.random.key(0))
+  np.testing.assert_array_equal(paired[0], labels)
+  np.testing.assert_array_equal(paired[1], counts)

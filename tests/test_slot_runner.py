@@ -2,7 +2,7 @@
 
 A toy attack whose examples need a known number of steps checks the scheduling exactly (which
 image each result lands on, how many steps the set costs); the early-stopping attacks (CW-L2,
-CW-L-inf, DeepFool, APGD-T with restarts, JSMA) check that each image gets what the attack gives it alone, in refilled
+CW-L-inf, DeepFool, APGD-T with restarts, JSMA, HopSkipJump) check that each image gets what the attack gives it alone, in refilled
 slots and in one fixed batch (a finished example's state must not move while others run)."""
 
 import functools
@@ -14,6 +14,7 @@ import pytest
 
 from defenses_jax import parallel
 from defenses_jax.attacks import carlini_wagner
+from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.stepped import SteppedAttack, run_batch
 from defenses_jax.evaluation.slot_runner import make_slot_runner
 
@@ -21,6 +22,8 @@ deepfool_module = __import__("defenses_jax.attacks.deepfool", fromlist=["deepfoo
 jsma_module = __import__("defenses_jax.attacks.jsma", fromlist=["jsma_stepped"])
 apgd_stepped_module = __import__("defenses_jax.attacks.apgd_stepped",
                                  fromlist=["apgd_stepped"])
+hsj_module = __import__("defenses_jax.attacks.query.hop_skip_jump",
+                        fromlist=["hop_skip_jump_stepped"])
 cw_linf_module = __import__("defenses_jax.attacks.carlini_wagner_linf",
                             fromlist=["cw_linf_stepped"])
 
@@ -115,6 +118,14 @@ STEPPED_ATTACKS = DETERMINISTIC_ATTACKS + [
                                  num_target_classes=3, restarts=2)),
     ("cw_l2_random_target", functools.partial(carlini_wagner.cw_l2_stepped, binary_search_steps=2,
                                               max_iterations=20, target="random")),
+    # A query attack, through an Oracle whose rows of different examples share calls: noise
+    # draws and directions from each example's key, examples stopping within eps or not.
+    ("hop_skip_jump", lambda f: hsj_module.hop_skip_jump_stepped(
+        Oracle(f, "labels", 10**6, independent_examples=True), steps=4, init_evals=20,
+        max_init_queries=30, chunk=16)),
+    ("hop_skip_jump_eps", lambda f: hsj_module.hop_skip_jump_stepped(
+        Oracle(f, "labels", 10**6, independent_examples=True), norm="linf", steps=6,
+        init_evals=20, max_init_queries=30, chunk=16, eps=0.08)),
 ]
 
 

@@ -32,7 +32,8 @@ from defenses_jax.attacks.gradient import bim, fgsm, ll_pgd, madry, pgd
 from defenses_jax.attacks.jsma import jsma, jsma_stepped
 from defenses_jax.attacks.pair_evasion import cw_pair, pair_apgd
 from defenses_jax.attacks.query.gen_attack import gen_attack, gen_attack_query_budget
-from defenses_jax.attacks.query.hop_skip_jump import hop_skip_jump, hop_skip_jump_query_budget
+from defenses_jax.attacks.query.hop_skip_jump import (hop_skip_jump, hop_skip_jump_query_budget,
+                                                      hop_skip_jump_stepped)
 from defenses_jax.attacks.query.es_sign_pgd import es_sign_pgd, es_sign_pgd_query_budget
 from defenses_jax.attacks.query.random_search import random_search
 from defenses_jax.attacks.query.square import square
@@ -54,8 +55,9 @@ class AttackInfo:
   # Attacks on a classifier *and* its detector (detector_evasion.py): their first argument is a
   # DetectedSystem, so they run only detector-aware.
   needs_detector: bool = False
-  # Early-stopping attacks: (logits_fn, **params) -> attacks.stepped.SteppedAttack, so that the
-  # slot runner (evaluation/slot_runner.py) refills an example's place once it finishes.
+  # Early-stopping attacks: (logits_fn, **params) -> attacks.stepped.SteppedAttack (a query
+  # attack: (oracle, **params)), so that the slot runner (evaluation/slot_runner.py) refills an
+  # example's place once it finishes.
   stepped: Optional[Callable] = None
 
   def __post_init__(self):
@@ -67,7 +69,8 @@ class AttackInfo:
       raise ValueError("a query attack needs a budget parameter or a query_budget function.")
     if self.stepped is not None:  # The evaluation validates a config against fn's parameters.
       params = lambda f, skip: set(inspect.signature(f).parameters) - skip
-      if params(self.fn, {"logits_fn", "x", "y", "key"}) != params(self.stepped, {"logits_fn"}):
+      model = {"logits_fn", "oracle"}
+      if params(self.fn, model | {"x", "y", "key"}) != params(self.stepped, model):
         raise ValueError(f"{self.fn.__name__} and its stepped form take different parameters.")
 
   @property
@@ -124,8 +127,10 @@ ATTACKS = Registry("attack", {
     "autoattack": AttackInfo(autoattack, "gradient", "linf", budget_param="steps"),
     "random_search": AttackInfo(random_search, "labels", "linf", budget_param="max_queries"),
     # HopSkipJump's Oracle budget is its schedule's most (an upper bound for any input size).
+    # Examples stop early: no adversarial start, out of budget, or (eps) success settled.
     "hop_skip_jump": AttackInfo(hop_skip_jump, "labels", "l2", budget_param="steps",
-                                query_budget=hop_skip_jump_query_budget),
+                                query_budget=hop_skip_jump_query_budget,
+                                stepped=hop_skip_jump_stepped),
     "gen_attack": AttackInfo(gen_attack, "scores", "linf", budget_param="max_steps",
                              query_budget=gen_attack_query_budget),
     "square": AttackInfo(square, "scores", "linf", budget_param="max_queries"),

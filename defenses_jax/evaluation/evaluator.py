@@ -19,6 +19,7 @@ import numpy as np
 
 from defenses_jax import data as data_lib
 from defenses_jax.attacks import norms
+from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.wrappers import call_logits
 from defenses_jax.evaluation import crafted, metrics, report, sanity
 from defenses_jax.evaluation.detection import DetectionEvaluator, detector_from_config
@@ -116,16 +117,24 @@ class _Evaluator:
     """An early-stopping attack over the whole attacked set, a finished example's slot refilled
     with the next image (evaluation/slot_runner.py): `batch_size` slots in all."""
     slots = max(1, self.batch_size // self.mesh.shape["data"])
-    runner = make_slot_runner(lambda logits_fn: spec.info.stepped(logits_fn, **spec.params),
-                              build, self.mesh, slots)
+    info = spec.info
+
+    def build_attack(logits_fn):
+      if info.queries:  # Seen only through an Oracle; networks treat examples independently.
+        logits_fn = Oracle(logits_fn, info.access, info.oracle_budget(spec.params),
+                           independent_examples=True)
+      return info.stepped(logits_fn, **spec.params)
+
+    runner = make_slot_runner(build_attack, build, self.mesh, slots)
     s = crafted_on.state
-    x_adv, _ = runner(s.params, s.batch_stats, self.ds.images, self.ds.labels,
-                      jax.random.fold_in(self.key, 2**21), progress)
+    x_adv, attack_info = runner(s.params, s.batch_stats, self.ds.images, self.ds.labels,
+                                jax.random.fold_in(self.key, 2**21), progress)
     crafted_ds = data_lib.ArrayDataset(x_adv, self.labels, self.ds.num_classes, "crafted")
     pred = run_over_dataset(crafted_ds, self.batch_size, self.mesh,
                             lambda b, n: self.predict(b["image"], n))
+    queries = attack_info.get("queries", np.full(len(x_adv), -1, np.int32))
     return AttackRun(x_adv, np.concatenate(pred) == self.labels, None,
-                     np.full(len(x_adv), -1, np.int32))
+                     np.asarray(queries, np.int32))
 
   def _universal(self, spec: AttackSpec, crafted_on: TrainedExperiment, threat: str,
                  progress) -> AttackRun:

@@ -72,6 +72,7 @@ class Oracle:
     if budget < 1:
       raise ValueError(f"the query budget must be >= 1; got {budget}.")
     self._logits_fn, self.access, self.budget = logits_fn, access, int(budget)
+    self.independent_examples = bool(independent_examples)
     self._flat = independent_examples and not getattr(logits_fn, "stochastic", False)
 
   def initial_counts(self, batch_size: int) -> jax.Array:
@@ -108,6 +109,29 @@ class Oracle:
       keys = jax.random.split(key, q)
       answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
     return (self._mask(answers, answered), counts + q * answered.astype(counts.dtype), answered)
+
+  def query_units(self, xs: jax.Array, owner: jax.Array, mask: jax.Array, counts: jax.Array,
+                  key: jax.Array):
+    """Queries in units: row r of xs (R, Q, ...) holds up to Q queries of example owner[r]
+    (those where mask (R, Q)), so that one call can serve some examples with several rows and
+    others with none. A row is answered only if all its masked queries fit in its example's
+    budget after the rows before it; only masked queries are counted. Returns (answers (R, Q,
+    ...), counts (B,), answered (R,)). Rows of different examples run as one flat batch, so an
+    Oracle whose examples are not independent needs owner == arange(B) (row r is example r)."""
+    batch = counts.shape[0]
+    asked = jnp.sum(mask, axis=1, dtype=counts.dtype)
+    mine = (owner[:, None] == jnp.arange(batch)[None, :]).astype(counts.dtype)  # (R, B)
+    before = jnp.sum((jnp.cumsum(mine * asked[:, None], axis=0) - mine * asked[:, None]) * mine,
+                     axis=1)  # The example's queries in earlier rows of this call.
+    answered = (asked > 0) & (counts[owner] + before + asked <= self.budget)
+    if self._flat:
+      flat = self._answer(xs.reshape((-1,) + xs.shape[2:]), key)
+      answers = flat.reshape(xs.shape[:2] + flat.shape[1:])
+    else:
+      keys = jax.random.split(key, xs.shape[1])
+      answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
+    counts = counts + jnp.sum(mine * (asked * answered)[:, None], axis=0)
+    return self._mask(answers, answered), counts, answered
 
   def _mask(self, answers, answered):
     if self.access == "scores":
