@@ -59,7 +59,7 @@ OTHER_COMMANDS = {
         "python -m benchmarks.attacks --workdir=runs --num_images=512 "
         "--output=benchmarks/results/attacks_gpu.json",
         "python -m benchmarks.slot_refill --workdir=runs --batch_size=512 --cw_num_images=969 "
-        "--apgd_num_images=969 --cw_binary_steps=9 --cw_iterations=1000 "
+        "--apgd_num_images=969 --hsj_num_images=969 --cw_binary_steps=9 --cw_iterations=1000 "
         "--output=benchmarks/results/slot_refill_gpu.json",
     ],
 }

@@ -1,5 +1,5 @@
 """Slot refill against batch after batch: early-stopping attacks (CW-L2, CW-L-inf, DeepFool,
-JSMA, APGD-T over its targets) over a whole test set on the paper 000 MNIST CNN (experiments/standard.py:cpu, trained first if no checkpoint
+JSMA, APGD-T over its targets, HopSkipJump within eps) over a whole test set on the paper 000 MNIST CNN (experiments/standard.py:cpu, trained first if no checkpoint
 exists), the same slots / batch size for both.
 
 Batch after batch, every batch runs until its slowest example stops; with slot refill
@@ -8,7 +8,8 @@ images per second both ways and their ratio, the attack steps each way (batch af
 sum over batches of each batch's slowest example; slot refill: the busiest device's steps; a
 count that does not depend on the machine's load), and the largest difference between the two
 runs' adversarial examples (the same per image up to float rounding: the model is
-deterministic; except APGD-T's, whose random starts the two runs draw from different keys). A run under a minute is timed on its second, compiled call; a longer one once,
+deterministic; except APGD-T's and HopSkipJump's, whose random starts, noise and directions
+the two runs draw from different keys). A run under a minute is timed on its second, compiled call; a longer one once,
 its compilation included (marked in the JSON).
 
 The embedded cpu test set has 1,000 images, so a set of 8 batches ends on one batch's slowest
@@ -23,7 +24,7 @@ on an accelerator, so this is the ratio a full-size test set would see.
   # no dataset download there), 512 slots, the reference CW-L2 budget; the projection to
   # 10,000 images (--project_to) gives the full-size test set's ratio.
   python -m benchmarks.slot_refill --workdir=runs --batch_size=512 --cw_num_images=969 \\
-      --apgd_num_images=969 --cw_binary_steps=9 --cw_iterations=1000 \\
+      --apgd_num_images=969 --hsj_num_images=969 --cw_binary_steps=9 --cw_iterations=1000 \\
       --output=benchmarks/results/slot_refill_gpu.json
 """
 
@@ -36,7 +37,8 @@ from absl import app, flags
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Where the standard cpu experiment lives.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Test images attacked (the first ones).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size, and slots of the slot runner.")
-_ATTACKS = flags.DEFINE_list("attacks", ["deepfool", "jsma", "apgd_t", "cw_l2", "cw_linf"],
+_ATTACKS = flags.DEFINE_list("attacks",
+                             ["deepfool", "jsma", "apgd_t", "cw_l2", "cw_linf", "hsj"],
                              "Which attacks to run.")
 _CW_STEPS = flags.DEFINE_integer("cw_binary_steps", 5, "CW-L2 binary search steps.")
 _CW_ITERATIONS = flags.DEFINE_integer("cw_iterations", 100, "CW-L2 iterations per step.")
@@ -48,6 +50,10 @@ _APGD_EPS = flags.DEFINE_float("apgd_eps", 0.05, "APGD-T's L-inf budget (0.05: a
                                "the undefended CNN's images stay robust, benchmarks/attacks.py).")
 _APGD_STEPS = flags.DEFINE_integer("apgd_steps", 100, "APGD-T iterations per target.")
 _APGD_IMAGES = flags.DEFINE_integer("apgd_num_images", 256, "Images for the APGD-T row.")
+_HSJ_EPS = flags.DEFINE_float("hsj_eps", 0.1, "HopSkipJump's L-inf eps (an image stops once "
+                              "within it).")
+_HSJ_STEPS = flags.DEFINE_integer("hsj_steps", 10, "HopSkipJump iterations at most.")
+_HSJ_IMAGES = flags.DEFINE_integer("hsj_num_images", 384, "Images for the HopSkipJump row.")
 _PROJECT_TO = flags.DEFINE_integer("project_to", 10_000, "Test-set size of the projection.")
 _PROJECT_BATCH = flags.DEFINE_integer("project_batch", 0,
                                       "Batch / slots of the projection (0: --batch_size).")
@@ -60,6 +66,14 @@ def attack_builders():
   from defenses_jax.attacks.carlini_wagner_linf import cw_linf_stepped
   from defenses_jax.attacks.deepfool import deepfool_stepped
   from defenses_jax.attacks.jsma import jsma_stepped
+  from defenses_jax.attacks.query import Oracle
+  from defenses_jax.attacks.query.hop_skip_jump import (hop_skip_jump_query_budget,
+                                                        hop_skip_jump_stepped)
+  hsj = dict(norm="linf", steps=_HSJ_STEPS.value, eps=_HSJ_EPS.value)
+  # Labels only, through an Oracle that packs different images' queries into one call, as the
+  # evaluation's; its budget is the schedule's most (28 x 28 inputs).
+  hsj_oracle = lambda f: Oracle(f, "labels", hop_skip_jump_query_budget(d=784, **hsj),
+                                independent_examples=True)
   cw = dict(binary_search_steps=_CW_STEPS.value, max_iterations=_CW_ITERATIONS.value,
             learning_rate=1e-2, initial_const=1e-3)
   # The reference's schedule with a shorter wait per constant (its 1000 steps are hours on 2
@@ -67,6 +81,9 @@ def attack_builders():
   cw_linf = dict(max_iterations=_CW_LINF_ITERATIONS.value, learning_rate=5e-3,
                  initial_const=1e-5, max_total_iterations=20_000)
   return {
+      # An image stops once its best point is within eps (or after its last iteration).
+      "hsj": (f"HopSkipJump L-inf (eps {_HSJ_EPS.value}, at most {_HSJ_STEPS.value} iterations)",
+              lambda f: hop_skip_jump_stepped(hsj_oracle(f), **hsj), _HSJ_IMAGES.value),
       # AutoAttack's APGD-T: 9 targets, 1 + steps gradients each; an image stops at the first
       # target that fools it. Its random starts come from keys the two runs derive differently
       # (by batch, by position in the set): success agrees within noise, not bit for bit.
