@@ -185,6 +185,7 @@ def test_query_units_count_each_examples_masked_queries_in_row_order():
   np.testing.assert_array_equal(counts, [6, 0, 6])
   np.testing.assert_array_equal(labels[1, :2], np.asarray(logits_fn(x[1, :2])).argmax(-1))
   np.testing.assert_array_equal(labels[3], -1)
+  assert int(labels[1, 2]) == -1 and int(labels[2, 1]) == -1  # Unmasked: not answered either.
   # The same rows through the per-example path (vmapped over the row's queries) agree.
   paired = Oracle(logits_fn, "labels", budget=6).query_units(
       x, owner, mask, jnp.asarray([1, 0, 5], jnp.int32), jax.random.key(0))

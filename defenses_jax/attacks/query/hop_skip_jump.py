@@ -61,7 +61,7 @@ Returns (x_adv, info). x_adv is the adversarial point of smallest attack-norm di
 False, so that robust accuracy at eps, judged on x_adv, is honest. info: success (adversarial
 under the Oracle and, with eps, within it), distance (attack norm of x_adv - x; inf where
 success is False), found_distance (of the best adversarial point found, even outside eps; inf
-if none), queries, iterations (completed), targets (targeted only), l2, linf, l0 (of x_adv - x).
+if none), queries, iterations (started), targets (targeted only), l2, linf, l0 (of x_adv - x).
 
 With eps and stop_within_eps (the default), an example stops as soon as its best point is
 within eps: its success within eps is settled (a later point is only closer), so robust
@@ -152,9 +152,10 @@ def hop_skip_jump_stepped(oracle, *, norm: str = "l2", steps: int = 40, gamma: f
                           target: str = "none", targets: Optional[jax.Array] = None,
                           starts: Optional[jax.Array] = None,
                           max_queries: Optional[int] = None) -> SteppedAttack:
-  """HopSkipJump as a per-example state machine (attacks/stepped.py): one step is one noise
-  draw for an example still looking for its start (then its blend and projection searches),
-  and one whole iteration for an example on the boundary; parameters as hop_skip_jump."""
+  """HopSkipJump as a per-example state machine (attacks/stepped.py): one step is one round of
+  noise draws (1, 1, 2, 4, ... up to a unit) for an example still looking for its start (then
+  its blend and projection searches), and one whole iteration for an example on the boundary;
+  parameters as hop_skip_jump."""
   norms.check_norm(norm)
   _check(steps, gamma, init_evals, max_evals, max_init_queries, max_step_halvings,
          max_search_steps, chunk, max_queries, eps)
@@ -322,7 +323,9 @@ def hop_skip_jump(oracle, x, y, key, *, norm: str = "l2", steps: int = 40, gamma
   uniform-noise draws (the reference asserts after 1e4; 1000 is foolbox's number of blended
   noise directions); max_step_halvings: the cap on step-size halvings; max_search_steps: the
   cap on binary-search halvings (ceil(log2(1/theta)) is below it up to d ~ 10^6 for L-inf);
-  chunk: directions per example and Oracle call; eps: the threat model's radius, None for a
+  chunk: an Oracle call asks batch x chunk queries, in units of chunk / 4 (one example's
+  directions or draws; packed across examples when the Oracle's examples are independent,
+  else four units of each example per call); eps: the threat model's radius, None for a
   pure minimum-norm attack; stop_within_eps: with eps, an example stops once its best point is
   within eps (its success is settled); target: 'none' or 'given' (with `targets`); starts:
   optional first initialisation candidates (B, ...); max_queries: a per-example query budget

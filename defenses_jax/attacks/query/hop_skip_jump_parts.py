@@ -193,7 +193,7 @@ def unit_size(chunk: int) -> int:
 
 def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, chunk: int,
                max_evals: int, norm: str, compact: bool) -> Asked:
-  """Asks the Oracle, in units of unit_size(chunk, compact) queries, for every example its
+  """Asks the Oracle, in units of unit_size(chunk) queries, for every example its
   n_evals (B,) gradient directions at x_t (at most max_evals; unit k of directions from
   fold_in(keys[example], k)) or its draws (one unit at most). Each Oracle call asks about
   B x chunk queries (fewer for what is left when less than that is): with `compact` the

@@ -115,8 +115,9 @@ class Oracle:
     """Queries in units: row r of xs (R, Q, ...) holds up to Q queries of example owner[r]
     (those where mask (R, Q)), so that one call can serve some examples with several rows and
     others with none. A row is answered only if all its masked queries fit in its example's
-    budget after the rows before it; only masked queries are counted. Returns (answers (R, Q,
-    ...), counts (B,), answered (R,)). Rows of different examples run as one flat batch, so an
+    budget after the queries of its example's earlier rows in this call (as asked, answered or
+    not); only masked queries of answered rows are answered and counted (the rest: NaN scores,
+    label -1). Returns (answers (R, Q, ...), counts (B,), answered (R,)). Rows of different examples run as one flat batch, so an
     Oracle whose examples are not independent needs owner == arange(B) (row r is example r)."""
     batch = counts.shape[0]
     asked = jnp.sum(mask, axis=1, dtype=counts.dtype)
@@ -131,7 +132,12 @@ class Oracle:
       keys = jax.random.split(key, xs.shape[1])
       answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
     counts = counts + jnp.sum(mine * (asked * answered)[:, None], axis=0)
-    return self._mask(answers, answered), counts, answered
+    # Only the masked queries of answered rows are answered (and counted): no free answers.
+    keep = mask & answered[:, None]
+    keep = keep.reshape(keep.shape + (1,) * (answers.ndim - 2))
+    if self.access == "scores":
+      return jnp.where(keep, answers, jnp.nan), counts, answered
+    return jnp.where(keep, answers, -1), counts, answered
 
   def _mask(self, answers, answered):
     if self.access == "scores":
