@@ -100,15 +100,21 @@ def test_evaluation_on_eight_devices_matches_one_device(tmp_path):
   config.eval.attacks = ml_collections.ConfigDict({
       "pgd": attack("pgd", "PGD", eps=0.3, step_size=0.05, steps=5, random_start=False),
       "deepfool": attack("deepfool", "DeepFool"),
-      "cw": attack("cw_l2", "CW", binary_search_steps=2, max_iterations=20)})
+      "cw": attack("cw_l2", "CW", binary_search_steps=2, max_iterations=20),
+      # A query attack with slot refill: 4 slots on each of 8 devices against 32 on one, each
+      # image's noise and directions from its position in the set.
+      "hsj": attack("hop_skip_jump", "HSJ", steps=3, init_evals=10, max_init_queries=20,
+                    chunk=8)})
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   eight = evaluate(config, str(tmp_path), datasets=blobs)
   config.num_devices = 1
   one = evaluate(config, str(tmp_path), datasets=blobs)
-  for key in ("pgd", "deepfool", "cw"):
+  for key in ("pgd", "deepfool", "cw", "hsj"):
     assert eight["attacks"][key]["robust_accuracy"] == one["attacks"][key]["robust_accuracy"]
     np.testing.assert_allclose(eight["attacks"][key]["median_l2"], one["attacks"][key]["median_l2"],
                                rtol=1e-4)
+  assert eight["attacks"]["hsj"]["queries"] == one["attacks"]["hsj"]["queries"]
+  assert eight["attacks"]["hsj"]["attack_success_rate"] > 0
 
 
 @pytest.mark.parametrize("defense,options", [
