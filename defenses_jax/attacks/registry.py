@@ -35,6 +35,7 @@ from defenses_jax.attacks.query.gen_attack import gen_attack, gen_attack_query_b
 from defenses_jax.attacks.query.hop_skip_jump import (hop_skip_jump, hop_skip_jump_query_budget,
                                                       hop_skip_jump_stepped)
 from defenses_jax.attacks.query.es_sign_pgd import es_sign_pgd, es_sign_pgd_query_budget
+from defenses_jax.attacks.query.oracle import Oracle
 from defenses_jax.attacks.query.random_search import random_search
 from defenses_jax.attacks.query.square import square
 from defenses_jax.attacks.query.zoo import zoo, zoo_query_budget
@@ -92,6 +93,12 @@ class AttackInfo:
     if not self.queries:
       raise ValueError("only query attacks have an Oracle budget.")
     return int(self.query_budget(**params)) if self.query_budget else self.budget(params)
+
+  def oracle(self, logits_fn: Callable, params: dict, independent_examples: bool) -> Oracle:
+    """What a query attack with these parameters gets of the model: an Oracle of its access
+    kind and budget."""
+    return Oracle(logits_fn, self.access, self.oracle_budget(params),
+                  independent_examples=independent_examples)
 
   def norm_of(self, params: dict) -> str:
     """The norm the attack runs in with these parameters."""

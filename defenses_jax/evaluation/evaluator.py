@@ -19,7 +19,6 @@ import numpy as np
 
 from defenses_jax import data as data_lib
 from defenses_jax.attacks import norms
-from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.wrappers import call_logits
 from defenses_jax.evaluation import crafted, metrics, report, sanity
 from defenses_jax.evaluation.detection import DetectionEvaluator, detector_from_config
@@ -121,8 +120,7 @@ class _Evaluator:
 
     def build_attack(logits_fn):
       if info.queries:  # Seen only through an Oracle; networks treat examples independently.
-        logits_fn = Oracle(logits_fn, info.access, info.oracle_budget(spec.params),
-                           independent_examples=True)
+        logits_fn = info.oracle(logits_fn, spec.params, independent_examples=True)
       return info.stepped(logits_fn, **spec.params)
 
     runner = make_slot_runner(build_attack, build, self.mesh, slots)

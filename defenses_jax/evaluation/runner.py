@@ -13,7 +13,6 @@ from jax import lax
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
 from defenses_jax.attacks import norms
-from defenses_jax.attacks.query import Oracle
 from defenses_jax.defenses.base import Network
 from defenses_jax.experiment import variables
 
@@ -36,8 +35,7 @@ def make_attack_runner(spec, build_logits: Callable, mesh) -> Callable:
     if info.queries:
       # Evaluation targets are networks, which treat examples independently, except the
       # detector-aware target (it pairs each row with its label: queries must keep the batch).
-      target = Oracle(target, info.access, info.oracle_budget(params),
-                      independent_examples=not spec.detector_aware)
+      target = info.oracle(target, params, independent_examples=not spec.detector_aware)
     x_adv, report = fn(target, x, y, key, **params)
     return x_adv, report.get("queries", jnp.full(x.shape[:1], -1, jnp.int32))
 

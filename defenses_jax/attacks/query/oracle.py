@@ -22,7 +22,6 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from defenses_jax.attacks.norms import per_example
 from defenses_jax.attacks.wrappers import call_logits
 
 ACCESS = ("scores", "labels")
@@ -102,13 +101,17 @@ class Oracle:
     answered = counts + q <= self.budget
     if active is not None:
       answered = answered & active
+    return (self._mask(self._answer_many(xs, key), answered),
+            counts + q * answered.astype(counts.dtype), answered)
+
+  def _answer_many(self, xs, key):
+    """Answers to xs (R, Q, ...): one flat batch of R * Q rows where examples are independent,
+    else the model vmapped over Q with a fresh key per query (a randomised defense draws anew)."""
     if self._flat:
       flat = self._answer(xs.reshape((-1,) + xs.shape[2:]), key)
-      answers = flat.reshape(xs.shape[:2] + flat.shape[1:])
-    else:  # A fresh key for each query (a randomised defense draws anew).
-      keys = jax.random.split(key, q)
-      answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
-    return (self._mask(answers, answered), counts + q * answered.astype(counts.dtype), answered)
+      return flat.reshape(xs.shape[:2] + flat.shape[1:])
+    keys = jax.random.split(key, xs.shape[1])
+    return jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
 
   def query_units(self, xs: jax.Array, owner: jax.Array, mask: jax.Array, counts: jax.Array,
                   key: jax.Array):
@@ -117,29 +120,22 @@ class Oracle:
     others with none. A row is answered only if all its masked queries fit in its example's
     budget after the queries of its example's earlier rows in this call (as asked, answered or
     not); only masked queries of answered rows are answered and counted (the rest: NaN scores,
-    label -1). Returns (answers (R, Q, ...), counts (B,), answered (R,)). Rows of different examples run as one flat batch, so an
-    Oracle whose examples are not independent needs owner == arange(B) (row r is example r)."""
+    label -1). Returns (answers (R, Q, ...), counts (B,), answered (R,)). Rows of different
+    examples run as one flat batch, so an Oracle whose examples are not independent needs
+    owner == arange(B) (row r is example r)."""
     batch = counts.shape[0]
     asked = jnp.sum(mask, axis=1, dtype=counts.dtype)
     mine = (owner[:, None] == jnp.arange(batch)[None, :]).astype(counts.dtype)  # (R, B)
     before = jnp.sum((jnp.cumsum(mine * asked[:, None], axis=0) - mine * asked[:, None]) * mine,
                      axis=1)  # The example's queries in earlier rows of this call.
     answered = (asked > 0) & (counts[owner] + before + asked <= self.budget)
-    if self._flat:
-      flat = self._answer(xs.reshape((-1,) + xs.shape[2:]), key)
-      answers = flat.reshape(xs.shape[:2] + flat.shape[1:])
-    else:
-      keys = jax.random.split(key, xs.shape[1])
-      answers = jax.vmap(self._answer, in_axes=(1, 0), out_axes=1)(xs, keys)
     counts = counts + jnp.sum(mine * (asked * answered)[:, None], axis=0)
     # Only the masked queries of answered rows are answered (and counted): no free answers.
     keep = mask & answered[:, None]
-    keep = keep.reshape(keep.shape + (1,) * (answers.ndim - 2))
-    if self.access == "scores":
-      return jnp.where(keep, answers, jnp.nan), counts, answered
-    return jnp.where(keep, answers, -1), counts, answered
+    return self._mask(self._answer_many(xs, key), keep), counts, answered
 
-  def _mask(self, answers, answered):
-    if self.access == "scores":
-      return jnp.where(per_example(answered, answers), answers, jnp.nan)
-    return jnp.where(per_example(answered, answers), answers, -1)
+  def _mask(self, answers, keep):
+    """Answers where `keep` (its shape a leading part of the answers'), else NaN scores or
+    label -1."""
+    keep = keep.reshape(keep.shape + (1,) * (answers.ndim - keep.ndim))
+    return jnp.where(keep, answers, jnp.nan if self.access == "scores" else -1)
