@@ -18,7 +18,9 @@ args.add_argument("--out", required=True)
 args = args.parse_args()
 
 # The device count is fixed when JAX starts: before anything imports it.
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // args.num_processes}"
+# Appended to the flags the test passes on (conftest.py's compile-time flag).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_force_host_platform_device_count={8 // args.num_processes}")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def launch(workdir, out, process_id=0, num_processes=1, port=0):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ)  # Its XLA_FLAGS (conftest.py's) carries no device count.
   # Its own process group, so that a hung collective can be killed with all its children.
   return subprocess.Popen(
       [sys.executable, WORKER, f"--process_id={process_id}", f"--num_processes={num_processes}",
