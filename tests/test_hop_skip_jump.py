@@ -149,8 +149,7 @@ def _estimate(oracle, point, n, keys, delta, compact=True, active=None, chunk=30
   active = jnp.ones((batch,), bool) if active is None else active
   return jax.jit(lambda z, n, a: hsj_lib.estimate_gradient(
       decide, z, jnp.full((batch,), delta), n, keys, oracle.initial_counts(batch),
-      jax.random.key(5), a, chunk=chunk, max_evals=1000, norm="l2",
-      compact=compact))(point, n, active)
+      jax.random.key(5), a, chunk=chunk, norm="l2", compact=compact))(point, n, active)
 
 
 def test_an_examples_estimate_depends_only_on_its_own_directions():

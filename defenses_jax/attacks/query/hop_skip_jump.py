@@ -31,7 +31,9 @@ example:
      all examples packed together when the Oracle's examples are independent, and what is
      left below a call's worth in calls of an eighth (hop_skip_jump_parts.ask_packed): an
      example's estimate does not depend on which examples share its calls or at which
-     iteration they are (up to float rounding: two call sizes are two compiled programs);
+     iteration they are (up to float rounding: two call sizes are two compiled programs).
+     Each unit's sums are added to the example's running totals in unit order, so the
+     estimate's memory is two copies of the input per example whatever n_t;
    - v = g (L2) or sign(g) (L-inf); step eps = dist(x_t) / sqrt(t), halved until
      clip(x_t + eps v) is adversarial: at most `max_step_halvings` halvings, so at most
      max_step_halvings + 1 queries (the reference has no cap and can loop forever); if none
@@ -216,8 +218,7 @@ def hop_skip_jump_stepped(oracle, *, norm: str = "l2", steps: int = 40, gamma: f
     iteration_keys = jax.vmap(jax.random.fold_in)(stream(_DIRECTION_STREAM), t)
     asked = ask_packed(decide, s.x_t, delta, jnp.where(started, n_t, 0), iteration_keys,
                        Draws(draw_size, s.draws, stream(_DRAW_STREAM), s.starts), s.counts, ask_key,
-                       chunk=chunk, max_evals=max(schedule_list), norm=norm,
-                       compact=compact)
+                       chunk=chunk, norm=norm, compact=compact)
     counts = asked.counts
     draws = s.draws + asked.draws
     found = drawing & asked.found & ~asked.refused

@@ -192,20 +192,21 @@ def unit_size(chunk: int) -> int:
 
 
 def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, chunk: int,
-               max_evals: int, norm: str, compact: bool) -> Asked:
+               norm: str, compact: bool) -> Asked:
   """Asks the Oracle, in units of unit_size(chunk) queries, for every example its
-  n_evals (B,) gradient directions at x_t (at most max_evals; unit k of directions from
+  n_evals (B,) gradient directions at x_t (unit k of directions from
   fold_in(keys[example], k)) or its draws (one unit at most). Each Oracle call asks about
   B x chunk queries (fewer for what is left when less than that is): with `compact` the
   pending units of all examples packed together (an example that needs little frees rows for
   others: examples at different iterations, drawing noise or finished share the calls without
   waste), else chunk / unit_size units of each example (row r of the call is example r, for
-  an Oracle whose examples are not independent). Unit sums are kept per unit
-  and added in unit order, so an example's estimate does not depend on the examples beside it
-  or on the packing. The caller checks that the queries fit in each example's budget."""
+  an Oracle whose examples are not independent). Each example's unit sums are added to its
+  running totals one unit at a time in unit order (_add_in_unit_order), so its estimate does
+  not depend on the examples beside it or on how its units were split into calls, and the
+  memory is two (B, input) totals whatever the number of units. The caller checks that the
+  queries fit in each example's budget."""
   batch, shape = x_t.shape[0], x_t.shape[1:]
   size = unit_size(chunk)
-  max_units = -(-max_evals // size)
   per_call = batch * (chunk // size)
   dtype = x_t.dtype
   positive = delta > 0
@@ -224,8 +225,8 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
     return jnp.where(lift(index == 0, z.ndim), draws.first[owner][:, None], z)
 
   def one_call(carry, rows: int):
-    done, sums_phi_u, sums_u, n_adv, counts, refused, found, first, call = carry
-    owner, unit, valid, done = _allocate(units - done, done, rows, compact)
+    done_before, sums_phi_u, sums_u, n_adv, counts, refused, found, first, call = carry
+    owner, unit, valid, done = _allocate(units - done_before, done_before, rows, compact)
     is_draw = valid & drawing[owner]
     u = jax.vmap(lambda k: _directions(k, size, shape, dtype, norm))(
         jax.vmap(jax.random.fold_in)(keys[owner], unit))
@@ -252,9 +253,9 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
     slot = jnp.where(valid & ~is_draw, owner, batch)  # Out of range: not written.
     # An elementwise product summed over the unit (not a dot, whose accumulation order may
     # change with the call's shape): a unit's sum is the same in a full call and a small one.
-    sums_phi_u = sums_phi_u.at[slot, unit].set(jnp.sum(lift(phi, u.ndim) * u, axis=1),
-                                               mode="drop")
-    sums_u = sums_u.at[slot, unit].set(jnp.sum(u, axis=1), mode="drop")
+    sums_phi_u, sums_u = _add_in_unit_order(
+        (sums_phi_u, sums_u), (jnp.sum(lift(phi, u.ndim) * u, axis=1), jnp.sum(u, axis=1)),
+        slot, unit - done_before[owner])
     n_adv = n_adv.at[slot].add(jnp.sum(adv & use, axis=1, dtype=jnp.int32), mode="drop")
     refused = refused.at[jnp.where(valid, owner, batch)].max(valid & ~answered, mode="drop")
     hit = is_draw & jnp.any(adv, axis=1)
@@ -264,7 +265,7 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
     first = first.at[draw_slot].set(pick, mode="drop")
     return done, sums_phi_u, sums_u, n_adv, counts, refused, found, first, call + 1
 
-  zeros = jnp.zeros((batch, max_units) + shape, dtype)
+  zeros = jnp.zeros((batch,) + shape, dtype)
   none = jnp.zeros((batch,), bool)
   carry = (jnp.zeros((batch,), jnp.int32), zeros, zeros, jnp.zeros((batch,), jnp.int32), counts,
            none, none, x_t, jnp.zeros((), jnp.int32))
@@ -284,10 +285,28 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
   mean_phi = (2 * n_adv - n_evals).astype(dtype) / n
   # All phi equal: no baseline (the reference's mean(u) / -mean(u) cases, which mean(phi u) is).
   baseline = norms.per_example(jnp.where(jnp.abs(mean_phi) == 1, 0.0, mean_phi), x_t)
-  g = (jnp.sum(sums_phi_u, axis=1) - baseline * jnp.sum(sums_u, axis=1)) / norms.per_example(n,
-                                                                                             x_t)
+  g = (sums_phi_u - baseline * sums_u) / norms.per_example(n, x_t)
   g = g / jnp.maximum(norms.l2_norm(g), _TINY)
   return Asked(g, counts, refused, found, first, jnp.where(drawing, draws.size, 0))
+
+
+def _add_in_unit_order(totals, unit_sums, slot, rank):
+  """Adds the call's unit sums (each (rows, ...)) to the examples' totals (each (B, ...)): row
+  r goes to example slot[r] (B or more: nowhere) as its rank[r]-th unit of this call. Each
+  example's units are added one at a time in rank order, (((total + S_k) + S_k+1) + ...): the
+  same floats whether its units came in one call or several, and no two rows are added to one
+  example at once (a scatter-add of several would sum them in an unspecified order)."""
+  batch, rows = totals[0].shape[0], slot.shape[0]
+  # place[b, j]: the row of example b's j-th unit of this call (rows: none).
+  place = jnp.full((batch, rows), rows, jnp.int32).at[slot, rank].set(
+      jnp.arange(rows, dtype=jnp.int32), mode="drop")
+  count = jnp.zeros((batch,), jnp.int32).at[slot].add(1, mode="drop")
+
+  def add_rank(j, totals):
+    return tuple(t + jnp.take(s, place[:, j], axis=0, mode="fill", fill_value=0)
+                 for t, s in zip(totals, unit_sums))
+
+  return lax.fori_loop(0, jnp.max(count), add_rank, totals)
 
 
 def _directions(key, chunk: int, shape, dtype, norm: str):
@@ -302,12 +321,12 @@ def _directions(key, chunk: int, shape, dtype, norm: str):
 
 
 def estimate_gradient(decide, x_t, delta, n_evals, keys, counts, key, active, *, chunk: int,
-                      max_evals: int, norm: str, compact: bool):
+                      norm: str, compact: bool):
   """The sign-of-boundary gradient estimate at x_t of each active example from its own n_evals
   (B,) directions (ask_packed without draws). Returns (unit estimate, counts, refused)."""
   batch = x_t.shape[0]
   zeros = jnp.zeros((batch,), jnp.int32)
   asked = ask_packed(decide, x_t, delta, jnp.where(active, n_evals, 0), keys,
-                     Draws(zeros, zeros, keys), counts, key, chunk=chunk, max_evals=max_evals,
-                     norm=norm, compact=compact)
+                     Draws(zeros, zeros, keys), counts, key, chunk=chunk, norm=norm,
+                     compact=compact)
   return asked.estimate, asked.counts, asked.refused
