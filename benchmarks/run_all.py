@@ -49,6 +49,10 @@ OTHER_COMMANDS = {
         "--output=benchmarks/results/attacks_cpu.json",
         "python -m benchmarks.slot_refill --workdir=runs "
         "--output=benchmarks/results/slot_refill_cpu.json",
+        # On an adversarially trained CNN, where the images' costs differ (trains it first).
+        "python -m benchmarks.slot_refill --workdir=runs --model=at_pgd "
+        "--attacks=deepfool,cw_l2,cw_linf --cw_num_images=256 "
+        "--output=benchmarks/results/slot_refill_at_pgd_cpu.json",
     ],
     # conv_in_loops is about XLA CPU's convolution layouts: not a GPU benchmark.
     "gpu": [
@@ -61,6 +65,9 @@ OTHER_COMMANDS = {
         "python -m benchmarks.slot_refill --workdir=runs --batch_size=512 --cw_num_images=969 "
         "--apgd_num_images=969 --hsj_num_images=969 --cw_binary_steps=9 --cw_iterations=1000 "
         "--output=benchmarks/results/slot_refill_gpu.json",
+        "python -m benchmarks.slot_refill --workdir=runs --model=at_pgd --batch_size=512 "
+        "--attacks=deepfool,cw_l2 --cw_num_images=1000 --cw_binary_steps=9 --cw_iterations=1000 "
+        "--output=benchmarks/results/slot_refill_at_pgd_gpu.json",
     ],
 }
 

@@ -1,6 +1,8 @@
 """Slot refill against batch after batch: early-stopping attacks (CW-L2, CW-L-inf, DeepFool,
-JSMA, APGD-T over its targets, HopSkipJump within eps) over a whole test set on the paper 000 MNIST CNN (experiments/standard.py:cpu, trained first if no checkpoint
-exists), the same slots / batch size for both.
+JSMA, APGD-T over its targets, HopSkipJump within eps) over a whole test set on the paper 000
+MNIST CNN (experiments/standard.py:cpu; with --model=at_pgd the same CNN adversarially trained
+with PGD, on which the images' costs differ more; trained first if no checkpoint exists), the
+same slots / batch size for both.
 
 Batch after batch, every batch runs until its slowest example stops; with slot refill
 (evaluation/slot_runner.py) a finished example's slot takes the next image. Reported per attack:
@@ -34,7 +36,12 @@ import time
 
 from absl import app, flags
 
+from benchmarks import standard_model
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Where the standard cpu experiment lives.")
+_MODEL = flags.DEFINE_enum("model", "standard", list(standard_model.MODELS),
+                           "The attacked CNN (benchmarks/standard_model.py): undefended, or "
+                           "adversarially trained with PGD.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Test images attacked (the first ones).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size, and slots of the slot runner.")
 _ATTACKS = flags.DEFINE_list("attacks",
@@ -177,12 +184,12 @@ def main(argv):
   del argv
   import jax
   import numpy as np
-  from benchmarks.standard_model import load_model_and_batch
-  logits_fn, _, x_all, y_all = load_model_and_batch(_WORKDIR.value, _NUM_IMAGES.value)
+  logits_fn, _, x_all, y_all = standard_model.load_model_and_batch(
+      _WORKDIR.value, _NUM_IMAGES.value, _MODEL.value)
   x_all, y_all = np.asarray(x_all), np.asarray(y_all)
   builders = attack_builders()
   results = {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
-             "batch_size": _BATCH.value, "rows": {}}
+             "batch_size": _BATCH.value, "model": _MODEL.value, "rows": {}}
   for name in _ATTACKS.value:
     label, build, n = builders[name]
     x, y = x_all[:n], y_all[:n]
@@ -221,7 +228,7 @@ def main(argv):
 
 def markdown(results) -> str:
   lines = [f"Device: {results['device']} x {results['devices']}; batch / slots "
-           f"{results['batch_size']}.", "",
+           f"{results['batch_size']}; model {results.get('model', 'standard')}.", "",
            "| attack | images | batch after batch img/s | slot refill img/s | speed-up | "
            "steps (batches / slots) | steps per image (mean / max) | projected step ratio | "
            "success (batches / slots) | max difference |",
