@@ -33,7 +33,7 @@ example:
      example's estimate does not depend on which examples share its calls or at which
      iteration they are (up to float rounding: two call sizes are two compiled programs).
      Each unit's sums are added to the example's running totals in unit order, so the
-     estimate's memory is two copies of the input per example whatever n_t;
+     totals are two copies of the input per example whatever n_t (plus a call's queries);
    - v = g (L2) or sign(g) (L-inf); step eps = dist(x_t) / sqrt(t), halved until
      clip(x_t + eps v) is adversarial: at most `max_step_halvings` halvings, so at most
      max_step_halvings + 1 queries (the reference has no cap and can loop forever); if none

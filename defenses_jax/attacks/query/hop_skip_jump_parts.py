@@ -203,7 +203,8 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
   an Oracle whose examples are not independent). Each example's unit sums are added to its
   running totals one unit at a time in unit order (_add_in_unit_order), so its estimate does
   not depend on the examples beside it or on how its units were split into calls, and the
-  memory is two (B, input) totals whatever the number of units. The caller checks that the
+  totals are two (B, input) arrays whatever the number of units (a call's queries and
+  directions, rows x unit inputs, come on top). The caller checks that the
   queries fit in each example's budget."""
   batch, shape = x_t.shape[0], x_t.shape[1:]
   size = unit_size(chunk)
@@ -255,7 +256,7 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
     # change with the call's shape): a unit's sum is the same in a full call and a small one.
     sums_phi_u, sums_u = _add_in_unit_order(
         (sums_phi_u, sums_u), (jnp.sum(lift(phi, u.ndim) * u, axis=1), jnp.sum(u, axis=1)),
-        slot, unit - done_before[owner])
+        slot)
     n_adv = n_adv.at[slot].add(jnp.sum(adv & use, axis=1, dtype=jnp.int32), mode="drop")
     refused = refused.at[jnp.where(valid, owner, batch)].max(valid & ~answered, mode="drop")
     hit = is_draw & jnp.any(adv, axis=1)
@@ -290,20 +291,21 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
   return Asked(g, counts, refused, found, first, jnp.where(drawing, draws.size, 0))
 
 
-def _add_in_unit_order(totals, unit_sums, slot, rank):
+def _add_in_unit_order(totals, unit_sums, slot):
   """Adds the call's unit sums (each (rows, ...)) to the examples' totals (each (B, ...)): row
-  r goes to example slot[r] (B or more: nowhere) as its rank[r]-th unit of this call. Each
-  example's units are added one at a time in rank order, (((total + S_k) + S_k+1) + ...): the
-  same floats whether its units came in one call or several, and no two rows are added to one
-  example at once (a scatter-add of several would sum them in an unspecified order)."""
+  r goes to example slot[r] (B or more: nowhere). An example's rows in a call are consecutive
+  and in unit order (as _allocate places them), and its units are added one at a time in that
+  order, (((total + S_k) + S_k+1) + ...): the same floats whether its units came in one call or
+  several, and no two rows are added to one example at once (a scatter-add of several would
+  sum them in an unspecified order)."""
   batch, rows = totals[0].shape[0], slot.shape[0]
-  # place[b, j]: the row of example b's j-th unit of this call (rows: none).
-  place = jnp.full((batch, rows), rows, jnp.int32).at[slot, rank].set(
+  first = jnp.full((batch,), rows, jnp.int32).at[slot].min(
       jnp.arange(rows, dtype=jnp.int32), mode="drop")
   count = jnp.zeros((batch,), jnp.int32).at[slot].add(1, mode="drop")
 
   def add_rank(j, totals):
-    return tuple(t + jnp.take(s, place[:, j], axis=0, mode="fill", fill_value=0)
+    row = jnp.where(j < count, first + j, rows)  # rows: out of range, gathers zeros.
+    return tuple(t + jnp.take(s, row, axis=0, mode="fill", fill_value=0)
                  for t, s in zip(totals, unit_sums))
 
   return lax.fori_loop(0, jnp.max(count), add_rank, totals)
