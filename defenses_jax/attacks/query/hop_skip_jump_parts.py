@@ -226,8 +226,8 @@ def ask_packed(decide, x_t, delta, n_evals, keys, draws: Draws, counts, key, *, 
     return jnp.where(lift(index == 0, z.ndim), draws.first[owner][:, None], z)
 
   def one_call(carry, rows: int):
-    done_before, sums_phi_u, sums_u, n_adv, counts, refused, found, first, call = carry
-    owner, unit, valid, done = _allocate(units - done_before, done_before, rows, compact)
+    done, sums_phi_u, sums_u, n_adv, counts, refused, found, first, call = carry
+    owner, unit, valid, done = _allocate(units - done, done, rows, compact)
     is_draw = valid & drawing[owner]
     u = jax.vmap(lambda k: _directions(k, size, shape, dtype, norm))(
         jax.vmap(jax.random.fold_in)(keys[owner], unit))
