@@ -81,8 +81,9 @@ def apply_machine_settings(machine: str) -> list[str]:
     if not flags.FLAGS[name].present:
       flags.FLAGS[name].value = value
   args = []
-  for n in ("networks", "batch", "batch_for", "repeats", "precision", "torch_compile",
-            "torchattacks", "flops", "cpu_peak_gflops", "torch_threads", "torch_device", "output"):
+  for n in ("networks", "batch", "batch_for", "repeats", "precision", "metrics", "torch_compile",
+            "torchattacks", "channels_last", "flops", "cpu_peak_gflops", "torch_threads",
+            "torch_device", "output"):
     value = flags.FLAGS[n].value
     value = ",".join(value) if isinstance(value, list) else value
     args.append(f"--{n}={value}" if not isinstance(value, bool) else

@@ -58,6 +58,9 @@ _BATCH_FOR = flags.DEFINE_list("batch_for", [], "Per-network batch, e.g. resnet1
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per row (the median is reported).")
 _COMPILE = flags.DEFINE_bool("torch_compile", True, "Also time the model under torch.compile.")
 _TORCHATTACKS = flags.DEFINE_bool("torchattacks", True, "Also time torchattacks.PGD.")
+_CHANNELS_LAST = flags.DEFINE_bool("channels_last", True, "Also time PyTorch eager channels_last.")
+_METRICS = flags.DEFINE_list("metrics", ["pgd20", "pgd40", "madry", "clean"],
+                             "The rows to time (a time-limited run can leave some out).")
 _PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "tf32", "bf16"],
                                "float32 on both sides, TF32 tensor cores (GPU), or bfloat16 "
                                "compute (ours: compute_dtype; PyTorch: autocast).")
@@ -70,6 +73,7 @@ _OUTPUT = flags.DEFINE_string("output", "", "Write the results JSON here as well
 
 PGD_STEPS, MADRY_STEPS, LR, PARITY_IMAGES = (20, 40), 7, 0.01, 32
 METRICS = ("pgd20_img_per_s", "pgd40_img_per_s", "madry_steps_per_s", "clean_steps_per_s")
+METRIC_NAMES = {m.split("_")[0]: m for m in METRICS}  # --metrics=pgd20,madry,...
 OURS, EAGER, CHANNELS_LAST, COMPILED, TORCHATTACKS = (
     "ours (JAX, jit)", "PyTorch eager", "PyTorch eager, channels_last",
     "PyTorch, torch.compile(model)", "torchattacks.PGD (eager)")
@@ -123,7 +127,8 @@ def parity(name, net, module, variables, x_np):
   from benchmarks import references
   x = x_np[:PARITY_IMAGES]
   build = torch_builder(name, module)
-  with jax.default_matmul_precision("highest"):
+  # Both sides on the CPU in float32 (the port runs there), whatever the default device.
+  with jax.default_matmul_precision("highest"), jax.default_device(jax.devices("cpu")[0]):
     model = references.torch_port(lambda z: module.apply(variables, jnp.asarray(z)), variables, x,
                                   build)
     gaps = {"eval_max_abs_logit_gap": references.logits_gap(
@@ -142,7 +147,9 @@ def parity(name, net, module, variables, x_np):
 # ----------------------------------------------------------------------------- ours
 
 
-def _jax_rows(net, module, variables, x_np, y_np, repeats, peak, with_flops):
+def _jax_rows(net, module, variables, x_np, y_np, repeats, peak, with_flops, metrics, rows,
+              cost, progress):
+  """Fills rows[metric] (units per second) and cost[metric], calling progress() after each."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -191,8 +198,10 @@ def _jax_rows(net, module, variables, x_np, y_np, repeats, peak, with_flops):
           "madry_steps_per_s": (compile_madry, MADRY_STEPS, train_args, 1),
           "clean_steps_per_s": (lambda k: jit(train_update).lower(*train_args).compile(),
                                 None, train_args, 1)}
-  rows, cost, unrolled_counts = {}, {}, {}
+  unrolled_counts = {}
   for metric, (compile_with, steps, args, units) in plan.items():
+    if metric not in metrics:
+      continue
     compiled = compile_with(steps)
     seconds = median_seconds(lambda: jax.block_until_ready(compiled(*args)), repeats)
     rows[metric] = units / seconds
@@ -206,14 +215,14 @@ def _jax_rows(net, module, variables, x_np, y_np, repeats, peak, with_flops):
       if peak.get("flops_per_s"):
         c["pct_of_peak"] = 100 * c["achieved_flops_per_s"] / peak["flops_per_s"]
     cost[metric] = c
-  return rows, cost
+    progress()
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def _torch_rows(model, net, x_np, y_np, repeats, device, channels_last=False, compiled=False,
-                torchattacks=False, bf16=False):
+def _torch_rows(model, net, x_np, y_np, repeats, device, metrics=METRICS, channels_last=False,
+                compiled=False, torchattacks=False, bf16=False):
   import torch
   import torch.nn.functional as F
 
@@ -272,6 +281,8 @@ def _torch_rows(model, net, x_np, y_np, repeats, device, channels_last=False, co
     plan["clean_steps_per_s"] = (lambda: train_update(x, y), 1)
   rows, memory = {}, {}
   for metric, (fn, units) in plan.items():
+    if metric not in metrics:
+      continue
     if cuda:
       torch.cuda.reset_peak_memory_stats()
     rows[metric] = units / median_seconds(synced(fn), repeats)
@@ -294,7 +305,10 @@ def batch_sizes(networks, batch, overrides):
 
 
 def run(networks, batches, repeats, precision="float32", torch_compile=True, torchattacks=True,
-        cpu_peak_gflops=0.0, with_flops=True, torch_threads=0, torch_device="", log=print):
+        cpu_peak_gflops=0.0, with_flops=True, torch_threads=0, torch_device="", log=print,
+        progress=lambda result: None, metrics=METRICS, channels_last=True):
+  """The results dict; `progress(result)` is called with the results so far after each
+  implementation's rows (main writes them out: a run cut short by a time limit keeps them)."""
   # On GPU, JAX and PyTorch share the device: JAX allocates as it goes instead of taking 75%.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax
@@ -316,6 +330,7 @@ def run(networks, batches, repeats, precision="float32", torch_compile=True, tor
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_device": torch_device, "torch_threads": torch.get_num_threads(),
             "precision": precision, "repeats": repeats, "peak": peak, "networks": {},
+            "metrics": [m for m in METRICS if m in metrics],
             "memory_note": "ours: compiled_bytes = XLA buffer assignment (arguments + outputs "
                            "+ temporaries - aliased); device_peak_bytes_so_far = allocator "
                            "high-water mark of the whole process so far (GPU only). PyTorch: "
@@ -330,26 +345,36 @@ def run(networks, batches, repeats, precision="float32", torch_compile=True, tor
     variables = randomize_batchnorm(module.init(jax.random.key(0), x[:1]))
     build, gaps = parity(name, net, module, variables, x)
     timed = with_compute_dtype(module, "bfloat16" if precision == "bf16" else "float32")
-    ours, cost = _jax_rows(net, timed, variables, x, y, repeats, peak, with_flops)
-    rows, torch_memory = {OURS: ours}, {}
-    variants = [(EAGER, {}), (CHANNELS_LAST, {"channels_last": True})]
-    if torch_compile:
-      variants.append((COMPILED, {"compiled": True}))
-    if torchattacks:
-      variants.append((TORCHATTACKS, {"torchattacks": True}))
-    for label, options in variants:
-      rows[label], torch_memory[label] = _torch_rows(build(variables), net, x, y, repeats,
-                                                     torch_device, bf16=precision == "bf16",
-                                                     **options)
+    rows, cost, torch_memory = {OURS: {}}, {}, {}
     result["networks"][name] = {
         "title": net.title, "batch": batch, "image_shape": list(net.image_shape),
         "eps": net.eps, "step": net.step, "pgd_steps": list(PGD_STEPS),
         "madry_pgd_steps": MADRY_STEPS, "parity": gaps, "rows": rows, "ours_cost": cost,
         "torch_cuda_peak_bytes": torch_memory if torch_device == "cuda" else None}
+    _jax_rows(net, timed, variables, x, y, repeats, peak, with_flops, metrics, rows[OURS], cost,
+              lambda: progress(result))
+    # The targets' comparisons (eager, compiled) first, for a run cut short by a time limit.
+    variants = [(EAGER, {})]
+    if torch_compile:
+      variants.append((COMPILED, {"compiled": True}))
+    if channels_last:
+      variants.append((CHANNELS_LAST, {"channels_last": True}))
+    if torchattacks:
+      variants.append((TORCHATTACKS, {"torchattacks": True}))
+    for label, options in variants:
+      rows[label], torch_memory[label] = _torch_rows(build(variables), net, x, y, repeats,
+                                                     torch_device, metrics,
+                                                     bf16=precision == "bf16", **options)
+      progress(result)
     log(markdown(result, name))
   # Linux: kilobytes. The whole process (JAX, PyTorch, every network so far).
   result["process_max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   return result
+
+
+HEADS = {"pgd20_img_per_s": "PGD-20 img/s", "pgd40_img_per_s": "PGD-40 img/s",
+         "madry_steps_per_s": "Madry-AT steps/s (PGD-7)",
+         "clean_steps_per_s": "clean train steps/s"}
 
 
 def _fmt(value):
@@ -365,13 +390,14 @@ def markdown(result, name) -> str:
   ours the % of peak and memory per column."""
   r = result["networks"][name]
   rows, cost, ours = r["rows"], r["ours_cost"], r["rows"][OURS]
-  heads = ["PGD-20 img/s", "PGD-40 img/s", "Madry-AT steps/s (PGD-7)", "clean train steps/s"]
+  metrics = [m for m in result.get("metrics", METRICS) if m in cost]
+  heads = [HEADS[m] for m in metrics]
   lines = [f"{r['title']}, batch {r['batch']}, {result['precision']}, {result['device']} "
            f"(logits gap {r['parity']['eval_max_abs_logit_gap']:.1e}):", "",
            "| implementation | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
   for label, row in rows.items():
     cells = []
-    for m in METRICS:
+    for m in metrics:
       v = row.get(m)
       ratio = "" if v is None or row is ours else f" (ours {ours[m] / v:.2f}x)"
       cells.append(_fmt(v) + ratio)
@@ -379,14 +405,14 @@ def markdown(result, name) -> str:
   if any("pct_of_peak" in c for c in cost.values()):
     lines.append("| ours, % of peak | " + " | ".join(
         f"{cost[m]['pct_of_peak']:.2f}% ({cost[m]['achieved_flops_per_s'] / 1e9:.3g} GFLOP/s)"
-        for m in METRICS) + " |")
+        for m in metrics) + " |")
   lines.append("| ours, memory (XLA buffers) | " + " | ".join(
-      _mib(cost[m]["compiled_bytes"]) for m in METRICS) + " |")
-  if any(cost[m]["device_peak_bytes_so_far"] for m in METRICS):
+      _mib(cost[m]["compiled_bytes"]) for m in metrics) + " |")
+  if any(cost[m]["device_peak_bytes_so_far"] for m in metrics):
     lines.append("| ours, device peak so far | " + " | ".join(
-        _mib(cost[m]["device_peak_bytes_so_far"]) for m in METRICS) + " |")
+        _mib(cost[m]["device_peak_bytes_so_far"]) for m in metrics) + " |")
   for label, memory in (r["torch_cuda_peak_bytes"] or {}).items():
-    lines.append(f"| {label}, CUDA peak | " + " | ".join(_mib(memory.get(m)) for m in METRICS)
+    lines.append(f"| {label}, CUDA peak | " + " | ".join(_mib(memory.get(m)) for m in metrics)
                  + " |")
   return "\n".join(lines) + "\n"
 
@@ -397,18 +423,27 @@ def main(argv):
   unknown = sorted(set(networks) - set(NETWORKS))
   if unknown:
     raise app.UsageError(f"unknown networks {unknown}; choose from {sorted(NETWORKS)}")
+  unknown = sorted(set(_METRICS.value) - set(METRIC_NAMES))
+  if unknown or not _METRICS.value:
+    raise app.UsageError(f"--metrics: unknown {unknown}; choose from {sorted(METRIC_NAMES)}")
+  metrics = tuple(METRIC_NAMES[m] for m in _METRICS.value)
+  def write(result, complete=False):
+    if _OUTPUT.value:
+      os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+      with open(_OUTPUT.value, "w") as f:
+        json.dump(dict(result, complete=complete), f, indent=1)
+
   result = run(networks, batch_sizes(networks, _BATCH.value, _BATCH_FOR.value), _REPEATS.value,
                _PRECISION.value, _COMPILE.value, _TORCHATTACKS.value, _CPU_PEAK.value,
-               _FLOPS.value, _TORCH_THREADS.value, _TORCH_DEVICE.value)
+               _FLOPS.value, _TORCH_THREADS.value, _TORCH_DEVICE.value, progress=write,
+               metrics=metrics, channels_last=_CHANNELS_LAST.value)
   peak = result["peak"]
   if peak.get("flops_per_s"):
     print(f"peak: {peak['flops_per_s'] / 1e9:.4g} GFLOP/s ({peak['source']})")
   elif peak:
     print(f"peak: {peak['source']}")
+  write(result, complete=True)
   if _OUTPUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(result, f, indent=1)
     print(f"wrote {_OUTPUT.value}")
 
 
