@@ -41,7 +41,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import json
 import os
 import resource
 from typing import Callable
@@ -49,6 +48,7 @@ from typing import Callable
 from absl import app, flags
 
 from benchmarks import flops as flops_lib
+from benchmarks.results_json import write_results
 from benchmarks.timing import median_seconds
 
 _NETWORKS = flags.DEFINE_list("networks", ["mnist_cnn", "resnet20", "resnet18"],
@@ -427,12 +427,7 @@ def main(argv):
   if unknown or not _METRICS.value:
     raise app.UsageError(f"--metrics: unknown {unknown}; choose from {sorted(METRIC_NAMES)}")
   metrics = tuple(METRIC_NAMES[m] for m in _METRICS.value)
-  def write(result, complete=False):
-    if _OUTPUT.value:
-      os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-      with open(_OUTPUT.value, "w") as f:
-        json.dump(dict(result, complete=complete), f, indent=1)
-
+  write = lambda result, complete=False: write_results(_OUTPUT.value, result, complete)
   result = run(networks, batch_sizes(networks, _BATCH.value, _BATCH_FOR.value), _REPEATS.value,
                _PRECISION.value, _COMPILE.value, _TORCHATTACKS.value, _CPU_PEAK.value,
                _FLOPS.value, _TORCH_THREADS.value, _TORCH_DEVICE.value, progress=write,

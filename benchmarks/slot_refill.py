@@ -32,12 +32,12 @@ on an accelerator, so this is the ratio a full-size test set would see.
 
 import json
 import math
-import os
 import time
 
 from absl import app, flags
 
 from benchmarks import standard_model
+from benchmarks.results_json import write_results
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Where the standard cpu experiment lives.")
 _MODEL = flags.DEFINE_enum("model", "standard", list(standard_model.MODELS),
@@ -221,16 +221,9 @@ def main(argv):
                          "step_ratio": projection[0] / projection[1]}}
     results["rows"][name] = row
     print(json.dumps(row, indent=1), flush=True)
-    # After each row, so that a run cut short by a time limit keeps the rows it finished.
-    write_results(results, complete=name == _ATTACKS.value[-1])
+    write_results(_OUTPUT.value, results, complete=False)
+  write_results(_OUTPUT.value, results, complete=True)
   print(markdown(results))
-
-
-def write_results(results, complete: bool) -> None:
-  if _OUTPUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(dict(results, complete=complete), f, indent=1)
 
 
 def markdown(results) -> str:
