@@ -36,11 +36,54 @@ _CACHE_DIR = flags.DEFINE_string(
     "Persistent XLA compilation cache ('' to disable): re-runs skip recompiling.")
 
 
+def _fail(message: str) -> None:
+  """One line on stderr and exit status 1: the user's mistake, not a bug to trace."""
+  sys.exit(f"error: {message}")
+
+
+def _config_argument(argv) -> str:
+  """The value of the last --config=FILE[:ARG] in argv ('' if none)."""
+  value = ""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.partition("=")[2]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with the mistakes a newcomer makes reported in one line before JAX
+  starts: a config file that does not exist, an override of a key the config lacks, a config
+  argument (scale) the file does not know."""
+  config_file = _config_argument(argv).partition(":")[0]
+  if config_file and not os.path.isfile(config_file):
+    _fail(f"--config: no such file {config_file!r} (e.g. --config=experiments/standard.py:cpu).")
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # An override naming a key the config lacks.
+    cause = e.args[0] if e.args else e
+    detail = (cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause))
+    overrides = [a.partition("=")[0] for a in argv if a.startswith("--config.")]
+    _fail(f"{', '.join(overrides) or '--config'}: the config has no key "
+          f"{str(detail).replace(chr(10), '. ')}")
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    user = [line for line in lines if line.startswith(("defenses_jax.errors.",
+                                                       "defenses_jax.data.DataError"))]
+    if user:  # The config file refused its argument: its message, not the traceback.
+      _fail(f"--config={_config_argument(argv)}: {user[-1].partition(': ')[2]}")
+    raise
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  workdir = os.path.expanduser(_WORKDIR.value)  # '~/runs' as the shell would expand it.
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    _fail(f"--workdir={_WORKDIR.value} is a file, not a directory.")
   import jax  # After flag parsing, so --help stays fast.
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -48,6 +91,7 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", _CACHE_DIR.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from defenses_jax import distill, evaluation, train
+  from defenses_jax.errors import UserError
   from defenses_jax.preemption import Preempted
   from defenses_jax.suites import runner as suite
   config = _CONFIG.value
@@ -60,16 +104,17 @@ def main(argv):
       experiment.train.profile_steps = (first, last)
   logging.info("config:\n%s", config)
   try:
-    result = _run(config, distill, evaluation, train, suite)
+    result = _run(config, workdir, distill, evaluation, train, suite)
   except Preempted as e:  # SIGTERM: the step's checkpoint is saved; the relaunch resumes.
     logging.warning("%s", e)
     sys.exit(143)  # 128 + SIGTERM, what the scheduler expects of a terminated job.
+  except UserError as e:  # A config, data or workdir problem: its message says what to do.
+    _fail(str(e))
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
-def _run(config, distill, evaluation, train, suite):
-  workdir = os.path.expanduser(_WORKDIR.value)  # '~/runs' as the shell would expand it.
+def _run(config, workdir, distill, evaluation, train, suite):
   if suite.is_suite(config):
     result = suite.run_suite(config, workdir, _MODE.value)
   elif _MODE.value == "report":
@@ -85,4 +130,4 @@ def _run(config, distill, evaluation, train, suite):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from defenses_jax.checksum import state_checksums
+from defenses_jax.errors import UserError
 
 # Config sections that fix the shape and meaning of the saved state. Changing anything else
 # (epochs, logging, evaluation) keeps the checkpoints usable.
@@ -46,7 +47,18 @@ def _identity(config: dict, section: str):
   return value
 
 
-class CheckpointMismatchError(ValueError):
+def _optimizer_state_kind(config: dict) -> Optional[str]:
+  """What fixes the shape of the saved optimiser state: the optimiser, and for SGD whether it
+  keeps a momentum trace (optim.create_optimizer)."""
+  train = config.get("train") or {}
+  if "optimizer" not in train:
+    return None
+  if train["optimizer"] == "sgd":
+    return f"train.optimizer='sgd' {'with' if train.get('momentum') else 'without'} momentum"
+  return f"train.optimizer={train['optimizer']!r}"
+
+
+class CheckpointMismatchError(UserError, ValueError):
   """The checkpoints on disk belong to a different experiment."""
 
 
@@ -75,6 +87,22 @@ def latest_checkpoint_step(workdir: str, experiment_name: str) -> Optional[int]:
   return max(steps) if steps else None
 
 
+def recorded_step_digest(exp_dir: str, step: Optional[int]) -> Optional[str]:
+  """A digest of the checksums recorded when checkpoint `step` was saved (checksums.json):
+  which saved state this is, read without restoring it. None if none was recorded."""
+  path = os.path.join(exp_dir, "checksums.json")
+  if step is None or not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      recorded = json.load(f).get(str(step))
+  except (json.JSONDecodeError, AttributeError):
+    return None
+  if recorded is None:
+    return None
+  return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # Fixed for the life of an experiment: they define what a step is (which examples, how many per
 # epoch), so a run resumed with another value would count epochs and draw batches inconsistently.
 FIXED_ON_RESUME = ("batch_size", "replays")
@@ -85,7 +113,7 @@ _NOT_TRAINING = ("progress", "tensorboard", "profile_steps", "log_every_steps",
                  "checkpoint_every_steps")
 
 
-class ExperimentLockedError(RuntimeError):
+class ExperimentLockedError(UserError, RuntimeError):
   """Another process is training the same experiment in the same workdir."""
 
 
@@ -158,7 +186,7 @@ class ExperimentCheckpoints:
                                            max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)  # See above.
     self._manager = ocp.CheckpointManager(self.checkpoint_dir, options=options)
-    self._failed = False
+    self._failed = self._closed = False
 
   def _read_and_check_config(self, config: dict) -> Optional[dict]:
     path = os.path.join(self.exp_dir, "config.json")
@@ -172,6 +200,13 @@ class ExperimentCheckpoints:
             f"{path} is not valid JSON ({e}); it may have been cut off when a run was "
             "killed. Restore it from the experiment's config, or delete it if the "
             "checkpoints are to be kept with the config of this run.") from e
+    before, now = _optimizer_state_kind(saved), _optimizer_state_kind(config)
+    if before is not None and now is not None and before != now:
+      raise CheckpointMismatchError(
+          f"{self.exp_dir} holds checkpoints with the optimiser state of {before}, but this "
+          f"run uses {now}: their states differ, so the checkpoints cannot be restored. Use "
+          "the optimiser the experiment was trained with, or train under another "
+          "experiment_name.")
     for section in IDENTITY_SECTIONS:
       # A section missing from the saved config predates it, so it held the default.
       before, now = _identity(saved, section), _identity(config, section)
@@ -203,8 +238,10 @@ class ExperimentCheckpoints:
     for step in steps:
       try:
         state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-      except (ValueError, KeyError, OSError) as e:  # Unreadable, or another model's state.
-        failures.append((step, f"{type(e).__name__}: {e}"))
+      except Exception as e:  # noqa: BLE001 - unreadable however it fails, or another model's.
+        # Damage inside compressed data surfaces as tensorstore's bare Exception; a state of
+        # another shape as ValueError / KeyError. Either way the older step is tried next.
+        failures.append((step, f"{type(e).__name__}: {_first_line(e)}"))
         continue
       problem = self._verify(step, state, recorded.get(str(step)))
       if problem is None:
@@ -284,10 +321,16 @@ class ExperimentCheckpoints:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    if self._failed:  # Nothing more will be written: let go without waiting.
+    if self._failed or self._closed:  # Nothing more will be written: let go without waiting.
       return
+    self._closed = True
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _write_json_atomically(path: str, value) -> None:

@@ -8,6 +8,9 @@ single changed element, and any two swapped elements, change it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -41,3 +44,10 @@ def state_checksums(state) -> dict[str, int]:
   sums = jax.device_get(_checksums(state))
   return {jax.tree_util.keystr(path): int(value)
           for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def fingerprint(tree) -> str:
+  """A short hex digest of every array in `tree` (through state_checksums): what identifies a
+  trained model in the caches computed from it, whatever its checkpoint step is called."""
+  text = json.dumps(state_checksums(tree), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]

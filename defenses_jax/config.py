@@ -63,6 +63,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.replays = 1  # Train on each batch this many times in a row (Free-Adv's m).
   c.train.checkpoint_every_steps = 500
   c.train.log_every_steps = 50
+  # Divergence stops training with an error (and `diverged` in results/train.json): a loss
+  # above divergence_factor x max(its initial value, 1) for 3 log intervals in a row (0:
+  # no such check; a NaN or infinite loss always stops it), or, with fail_at_chance, a test
+  # accuracy at the end no better than always predicting the most frequent class.
+  c.train.divergence_factor = 100.0
+  c.train.fail_at_chance = True
   c.train.progress = True
   c.train.tensorboard = True  # Scalars also as TensorBoard events in <experiment>/tensorboard/.
   # (first, last): a JAX profiler trace of steps first+1 .. last in <experiment>/profile/,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from defenses_jax.errors import ConfigError
 from defenses_jax.models.precision import check_compute_dtype
 
 
@@ -23,6 +24,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"seed must be a non-negative integer; got {config.seed!r}")
   if not train.learning_rate > 0:
     problems.append(f"train.learning_rate must be positive; got {train.learning_rate!r}")
+  factor = train.get("divergence_factor", 0.0)
+  if not (isinstance(factor, (int, float)) and (factor == 0 or factor > 1)):
+    problems.append(f"train.divergence_factor must be 0 (no check) or above 1; got {factor!r}")
+  profile = tuple(train.get("profile_steps", ()))
+  if profile and not (len(profile) == 2 and 0 <= profile[0] < profile[1]):
+    problems.append(f"train.profile_steps must be (first, last) with 0 <= first < last; got "
+                    f"{profile}")
+  for name in ("sanity.num_examples", "sanity.unbounded_steps", "sanity.more_steps_factor",
+               "monitor.num_examples", "eps_sweep.num_examples"):
+    section, key = name.split(".")
+    value = ev[section][key]
+    if not isinstance(value, int) or value < 1:
+      problems.append(f"eval.{name} must be a positive integer; got {value!r}")
+  if any(not isinstance(e, (int, float)) or not e >= 0 for e in ev.eps_sweep.eps_values):
+    problems.append(f"eval.eps_sweep.eps_values must all be >= 0 (0: clean); got "
+                    f"{tuple(ev.eps_sweep.eps_values)}")
   for name in ("num_train_examples", "num_test_examples"):
     value = config.dataset[name]
     if value == 0 or value < -1:
@@ -46,4 +63,4 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     problems.append(str(e).rstrip("."))
   if problems:
-    raise ValueError("bad config: " + "; ".join(problems) + ".")
+    raise ConfigError("bad config: " + "; ".join(problems) + ".")

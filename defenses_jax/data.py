@@ -14,9 +14,14 @@ depend on the number of hosts.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import warnings
 from typing import Iterator, Optional
 
 import numpy as np
+
+from defenses_jax.errors import UserError
 
 # Datasets served by tensorflow-datasets: name -> number of classes.
 TFDS_DATASETS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
@@ -25,10 +30,19 @@ EMBEDDED_MNIST = "mnist_embedded"
 EMBEDDED_MNIST_TRAIN_SIZE = 4000
 EMBEDDED_MNIST_SPLIT_SEED = 0
 KNOWN_DATASETS = (EMBEDDED_MNIST, *TFDS_DATASETS)
+# Examples per split, known before loading (so that a suite checks its sizes before training).
+SPLIT_SIZES = {EMBEDDED_MNIST: {"train": EMBEDDED_MNIST_TRAIN_SIZE, "test": 1000},
+               "mnist": {"train": 60000, "test": 10000},
+               "fashion_mnist": {"train": 60000, "test": 10000},
+               "cifar10": {"train": 50000, "test": 10000}}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """A dataset or batch that cannot be used as given."""
+
+
+class DataWarning(UserWarning):
+  """Arrays that can be used but look like a mistake (labels from 1, images scaled twice)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +70,29 @@ class ArrayDataset:
       return self
     return ArrayDataset(self.images[:n], self.labels[:n], self.num_classes, self.name)
 
+  @functools.cached_property
+  def images_fingerprint(self) -> str:
+    """A short SHA-256 digest of the images alone."""
+    h = hashlib.sha256(f"{self.images.shape}|".encode())
+    h.update(np.ascontiguousarray(self.images).tobytes())
+    return h.hexdigest()[:16]
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A short SHA-256 digest of the images, labels and class count: which data this is,
+    whatever it is called (an experiment records it, so that it is not evaluated on other
+    data unawares)."""
+    h = hashlib.sha256(f"{self.images_fingerprint}|{self.num_classes}|".encode())
+    h.update(np.ascontiguousarray(self.labels, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+  def identity(self) -> dict:
+    """What an experiment records of its data: name, count, image shape, classes and the
+    fingerprints of the whole and of its images."""
+    return {"name": self.name, "examples": len(self), "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes, "fingerprint": self.fingerprint,
+            "images_fingerprint": self.images_fingerprint}
+
   def rows(self, start: int, n: int = -1) -> "ArrayDataset":
     """n examples from `start` on (n < 0: to the end)."""
     stop = len(self) if n < 0 else min(start + n, len(self))
@@ -73,7 +110,8 @@ def validate_examples(images, labels, num_classes: int, what: str = "dataset") -
                     f"{images.shape}. Add a channel axis for grayscale: images[..., None].")
   if images.dtype != np.float32:
     raise DataError(f"{what}: images must be float32 in [0, 1]; got {images.dtype}. "
-                    "Use from_arrays(), which converts uint8 images by dividing by 255.")
+                    "Build the dataset with data.from_arrays(), which converts uint8 images "
+                    "(0-255) by dividing by 255.")
   if labels.shape != (images.shape[0],):
     raise DataError(f"{what}: labels must have shape ({images.shape[0]},) to match the "
                     f"images; got {labels.shape}.")
@@ -99,8 +137,12 @@ def from_arrays(images, labels, num_classes: Optional[int] = None,
                 name: str = "arrays") -> ArrayDataset:
   """A dataset from in-memory arrays (for Colab users bringing their own data).
 
-  uint8 images are scaled to [0, 1]; float images must already be in [0, 1]. Grayscale images
-  of shape (N, H, W) get a channel axis. num_classes defaults to max(label) + 1.
+  uint8 images are scaled to [0, 1]; float images must already be in [0, 1]; other integer
+  types are refused (their range is ambiguous: convert them yourself). Grayscale images of
+  shape (N, H, W) get a channel axis. num_classes defaults to max(label) + 1. Arrays that work
+  but look like a mistake give a DataWarning: labels that start at 1 (class 0 would be
+  trained as a class that never occurs), float images no brighter than 1/255 (divided by 255
+  twice).
   """
   images = np.asarray(images)
   labels = np.asarray(labels)
@@ -115,6 +157,16 @@ def from_arrays(images, labels, num_classes: Optional[int] = None,
     images = images.astype(np.float32) / 255.0
   elif np.issubdtype(images.dtype, np.floating):
     images = images.astype(np.float32)
+    if images.size and np.all(np.isfinite(images)) and 0 < images.max() <= 1.0 / 255.0:
+      warnings.warn(f"{name}: the brightest pixel is {images.max():.3g}, at most 1/255: were "
+                    "the images divided by 255 twice? Float images must lie in [0, 1] with "
+                    "white at 1.", DataWarning, stacklevel=2)
+  elif np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
+    lo, hi = (int(images.min()), int(images.max())) if images.size else (0, 0)
+    raise DataError(f"{name}: images are {images.dtype} (values {lo}..{hi}); from_arrays "
+                    "takes uint8 images (0-255) or float images in [0, 1]. Convert them, e.g. "
+                    "images.astype(np.uint8) for 0-255 values, or "
+                    "(images / images_max).astype(np.float32) for another range.")
   if np.issubdtype(labels.dtype, np.integer):
     int32 = np.iinfo(np.int32)
     if labels.size and (labels.min() < int32.min or labels.max() > int32.max):
@@ -122,9 +174,15 @@ def from_arrays(images, labels, num_classes: Optional[int] = None,
       raise DataError(f"{name}: labels must be class indices; found range [{labels.min()}, "
                       f"{labels.max()}], outside int32.")
     labels = labels.astype(np.int32)
+  integer_labels = labels.size and np.issubdtype(labels.dtype, np.integer)
+  if integer_labels and labels.min() == 1 and (num_classes is None
+                                               or labels.max() == num_classes - 1):
+    warnings.warn(f"{name}: the labels run from 1 to {labels.max()} and no example has label "
+                  f"0, so class 0 is a class that never occurs ({labels.max() + 1} classes in "
+                  "all). If the labels are 1-indexed, pass labels - 1.", DataWarning,
+                  stacklevel=2)
   if num_classes is None:
-    num_classes = int(labels.max()) + 1 if labels.size and np.issubdtype(
-        labels.dtype, np.integer) else 0
+    num_classes = int(labels.max()) + 1 if integer_labels else 0
   return ArrayDataset(images, labels, int(num_classes), name)
 
 
@@ -170,6 +228,15 @@ def load_dataset(name: str, split: str, data_dir: Optional[str] = None) -> Array
     return load_tfds(name, split, data_dir)
   raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(KNOWN_DATASETS)}, or "
                   "build an ArrayDataset from your own arrays with data.from_arrays().")
+
+
+def split_size(name: str, split: str, limit: int = -1) -> Optional[int]:
+  """The examples an experiment uses of a named split, known without loading it (None for a
+  split this table does not know, e.g. tfds slicing); `limit` as dataset.num_*_examples."""
+  size = SPLIT_SIZES.get(name, {}).get(split)
+  if size is None:
+    return None
+  return size if limit < 0 else min(size, limit)
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:

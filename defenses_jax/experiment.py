@@ -6,7 +6,7 @@ training loop, which imports evaluation's robustness monitor).
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from typing import Any, Optional
 
@@ -18,11 +18,15 @@ from jax import lax
 
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
-from defenses_jax.checkpoint import ExperimentCheckpoints, experiment_dir
+from defenses_jax.checkpoint import (ExperimentCheckpoints, experiment_dir,
+                                     latest_checkpoint_step)
+from defenses_jax.checksum import fingerprint
 from defenses_jax.defenses import DEFENSES, Defense, Network, create_defense
 from defenses_jax.models import create_model
 from defenses_jax.models.precision import with_compute_dtype
 from defenses_jax.config_checks import check_config
+from defenses_jax.errors import UserError
+from defenses_jax.files import read_json, write_json
 from defenses_jax.optim import create_optimizer
 
 
@@ -98,10 +102,11 @@ class Experiment:
   before any compute. Shared by training and evaluation."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               datasets: Optional[tuple] = None):
+               datasets: Optional[tuple] = None, other_test_data: bool = False):
     check_config(config)
     self.config = config
     self.exp_dir = experiment_dir(workdir, config.experiment_name)
+    given_arrays = datasets is not None
     self.mesh = parallel.make_mesh(None if config.num_devices < 0 else config.num_devices)
     parallel.check_batch_divisible(config.train.batch_size, self.mesh, "train.batch_size")
     parallel.check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
@@ -114,6 +119,10 @@ class Experiment:
       raise data_lib.DataError(
           f"train and test data disagree: images {train_ds.image_shape} vs "
           f"{test_ds.image_shape}, classes {train_ds.num_classes} vs {test_ds.num_classes}.")
+    self.data_identity = {"source": "arrays" if given_arrays else "config",
+                          "train": train_ds.identity(), "test": test_ds.identity()}
+    check_recorded_data(self.exp_dir, self.data_identity, other_test_data,
+                        relabelled=bool(config.distill.get("teacher")))
     self.train_ds = train_ds.take(ds_cfg.num_train_examples)
     self.test_ds = test_ds.take(ds_cfg.num_test_examples)
     self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), config.train.batch_size,
@@ -170,10 +179,54 @@ def _with_derived_defense_options(config, load_trained, num_classes: int):
   return config
 
 
+DATA_RECORD = "data.json"
+
+
+def check_recorded_data(exp_dir: str, identity: dict, other_test_data: bool = False,
+                        relabelled: bool = False) -> None:
+  """Refuses data other than what the experiment was trained on (recorded in <exp_dir>/data.json
+  when training was accepted): a model trained on your own arrays must not be evaluated on the
+  config's dataset without a word, nor on other arrays. `other_test_data` allows another test
+  set, knowingly; `relabelled` (a distilled proxy, trained on its teacher's labels and loaded
+  with the true ones) compares the training images only."""
+  path = os.path.join(exp_dir, DATA_RECORD)
+  if not os.path.exists(path):
+    return
+  recorded = read_json(path)
+  described = lambda d: (f"{d['examples']} images of shape {tuple(d['image_shape'])}, "
+                         f"{d['num_classes']} classes, fingerprint {d['fingerprint']}")
+  # (A distilled proxy always trains on arrays, its teacher's labels: its images decide.)
+  if recorded.get("source") == "arrays" and identity["source"] != "arrays" and not relabelled:
+    raise data_lib.DataError(
+        f"{exp_dir} was trained on arrays you passed in (train: {described(recorded['train'])}), "
+        f"not on the config's dataset {identity['train']['name']!r}. Pass the same data: "
+        "load_experiment(workdir, name, datasets=(train, test)), or evaluate(config, workdir, "
+        "datasets=(train, test)).")
+  for split in ("train", "test"):
+    before, now = recorded[split], identity[split]
+    key = "images_fingerprint" if split == "train" and relabelled else "fingerprint"
+    if before.get(key) == now[key] or (split == "test" and other_test_data):
+      continue
+    advice = ("Pass the data it was trained on; a model trained on other data is another "
+              "experiment (another experiment_name)." if split == "train" else
+              "Pass the test set it was evaluated on, or other_test_data=True to evaluate it "
+              "on this one knowingly.")
+    raise data_lib.DataError(
+        f"{exp_dir} was trained with {split} data {described(before)}, but this run has "
+        f"{described(now)}. {advice}")
+
+
+def record_data(exp_dir: str, identity: dict) -> None:
+  """Records which data an accepted training run uses (see check_recorded_data)."""
+  path = os.path.join(exp_dir, DATA_RECORD)
+  if jax.process_index() == 0 and not os.path.exists(path):
+    write_json(path, identity)
+
+
 # Trained experiments restored from their checkpoints: the model under evaluation, a transfer
 # source, or the teacher a proxy is distilled from.
 
-class NoCheckpointError(FileNotFoundError):
+class NoCheckpointError(UserError, FileNotFoundError):
   """An experiment was needed that has not been trained."""
 
 
@@ -181,13 +234,15 @@ class TrainedExperiment:
   """An Experiment and its latest checkpointed TrainState."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               datasets: Optional[tuple] = None):
-    self.exp = Experiment(config, workdir, datasets)
+               datasets: Optional[tuple] = None, other_test_data: bool = False):
+    # Checked before anything is built or created on disk: evaluating an untrained experiment
+    # must leave nothing behind.
+    if latest_checkpoint_step(workdir, config.experiment_name) is None:
+      raise NoCheckpointError(
+          f"no checkpoint under {experiment_dir(workdir, config.experiment_name)}/checkpoints;"
+          " train first with --mode=train (same --config and --workdir).")
+    self.exp = Experiment(config, workdir, datasets, other_test_data)
     ckpt = self.exp.checkpoints()
-    if ckpt.latest_step() is None:
-      ckpt.close()
-      raise NoCheckpointError(f"no checkpoint under {self.exp.exp_dir}/checkpoints; train first "
-                              "with --mode=train (same --config and --workdir).")
     self.state = self.exp.restore_or_init(ckpt)
     ckpt.close()
 
@@ -195,20 +250,27 @@ class TrainedExperiment:
     """The trained network in inference mode: `net(x)` gives logits (what attacks take)."""
     return Network(self.exp.model, variables(self.state.params, self.state.batch_stats))
 
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """Which trained model this is (a digest of its parameters and BatchNorm statistics): part
+    of the identity of everything cached from it (detector states, perturbations, examples)."""
+    return fingerprint(variables(self.state.params, self.state.batch_stats))
+
 
 def load_experiment(workdir: str, name: str, like: Optional[ml_collections.ConfigDict] = None,
-                    datasets: Optional[tuple] = None) -> TrainedExperiment:
+                    datasets: Optional[tuple] = None,
+                    other_test_data: bool = False) -> TrainedExperiment:
   """The experiment `name` of `workdir`, from its saved config.json (e.g. in Colab:
-  `trained = load_experiment("runs", "standard_mnist_cpu")`, then `trained.network()`). With
+  `trained = load_experiment("runs", "standard_mnist_cpu")`, then `trained.network()`). An
+  experiment trained on your own arrays needs them again: `datasets=(train, test)`. With
   `like` (the experiment that needs it), it must use the same dataset and takes like's
   number of examples."""
   path = os.path.join(os.path.abspath(workdir), name, "config.json")
   if not os.path.exists(path):
     raise NoCheckpointError(f"experiment {name!r} not found at {path}; train it first.")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(read_json(path))
   if like is None:
-    return TrainedExperiment(config, workdir, datasets)
+    return TrainedExperiment(config, workdir, datasets, other_test_data)
   if config.dataset.name != like.dataset.name:
     raise ValueError(f"experiment {name!r} was trained on {config.dataset.name}, but "
                      f"{like.experiment_name} uses {like.dataset.name}.")

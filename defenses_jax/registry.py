@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from defenses_jax.errors import ConfigError
+
 
 class Registry(dict):
 
@@ -23,7 +25,7 @@ class Registry(dict):
 
   def lookup(self, name: str) -> Any:
     if name not in self:
-      raise ValueError(f"unknown {self.kind} {name!r}; choose one of {', '.join(sorted(self))}.")
+      raise ConfigError(f"unknown {self.kind} {name!r}; choose one of {', '.join(sorted(self))}.")
     return self[name]
 
   def create(self, name: str, options: dict, **fixed) -> Any:
@@ -33,4 +35,4 @@ class Registry(dict):
     try:
       return factory(**fixed, **options)
     except TypeError as e:
-      raise ValueError(f"{self.kind} {name!r} does not take options {sorted(options)}: {e}") from e
+      raise ConfigError(f"{self.kind} {name!r} does not take options {sorted(options)}: {e}") from e

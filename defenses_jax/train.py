@@ -9,29 +9,32 @@ from a checkpoint draws exactly the numbers an uninterrupted run would have draw
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
+import math
 import os
 import signal
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax import lax
 
 from defenses_jax import data as data_lib
 from defenses_jax import parallel
-from defenses_jax.checkpoint import experiment_lock, resume_changes
+from defenses_jax.checkpoint import ExperimentCheckpoints, experiment_lock, resume_changes
 from defenses_jax.defenses import Defense, Network
 from defenses_jax.evaluation.monitor import RobustnessMonitor
 from defenses_jax.evaluation.report import mark_if_stale
-from defenses_jax.evaluation.threat_models import parse_attack_specs
+from defenses_jax.evaluation.preflight import check_evaluation
 from defenses_jax.preemption import PreemptionWatch, Preempted
-from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, state_specs,
-                                     variables)
+from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, record_data,
+                                     state_specs, variables)
+from defenses_jax.files import read_json_or_none, write_json
 from defenses_jax.optim import l2_penalty, learning_rate_schedule
-from defenses_jax.progress import MetricsLog, StepTimer, progress_bar, write_json
+from defenses_jax.progress import MetricsLog, StepTimer, TrainingDiverged, progress_bar
 
 
 def make_train_step(model, defense: Defense, tx, l2_weight: float, l2_scope: str):
@@ -109,11 +112,59 @@ def train(config: ml_collections.ConfigDict, workdir: str, datasets: Optional[tu
                   held)
 
 
+@dataclasses.dataclass
+class _Run:
+  """What one training run holds while it trains (the stages of _train share it)."""
+  config: ml_collections.ConfigDict
+  exp: Experiment
+  ckpt: ExperimentCheckpoints
+  log: MetricsLog
+  train_step: Callable
+  eval_step: Callable
+  base_key: jax.Array
+  learning_rate: Callable
+  monitor: Optional[RobustnessMonitor]
+  bar: Any = None
+  timer: StepTimer = dataclasses.field(default_factory=StepTimer)
+
+  def log_train(self, step: int, epoch: int, sums):
+    """Logs the mean loss since the last log (raises TrainingDiverged); returns None."""
+    return self.log.write_train(step, epoch, jax.device_get(sums), self.bar,
+                                learning_rate=float(self.learning_rate(step - 1)))
+
+  def test_accuracy(self, state) -> float:
+    return evaluate_clean(self.eval_step, state, self.exp.test_ds, self.config.eval.batch_size,
+                          self.exp.mesh)
+
+
 def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemption, held):
+  """Training in stages: check and accept the run, resume or initialise, train epoch by epoch,
+  then check the outcome and write results/train.json. A diverged run writes train.json with
+  `diverged` and raises TrainingDiverged."""
+  run, state = _start(config, workdir, datasets, held)
+  summary: dict = {"experiment_name": config.experiment_name, "resumed_from_step": int(state.step)}
+  try:
+    state, interrupted = _train_epochs(run, state, summary, interrupt_at_step, sigterm_at_step,
+                                       preemption)
+    if interrupted:
+      return state, {"interrupted_at_step": int(state.step)}
+    return state, _finish(run, state, summary)
+  except TrainingDiverged as e:
+    summary.setdefault("final_step", run.log.last_step)
+    summary["diverged"] = str(e)
+    write_json(os.path.join(run.exp.exp_dir, "results", "train.json"), summary)
+    run.log.write(step=summary["final_step"], diverged=str(e))
+    run.ckpt.close()
+    run.bar.close()
+    raise
+
+
+def _start(config, workdir, datasets, held) -> tuple[_Run, TrainState]:
+  """Checks everything before any compute (config, data, attacks), takes the experiment's
+  lock, restores the newest intact checkpoint (or initialises) and records the accepted run."""
   exp = Experiment(config, workdir, datasets)
-  # Every attack of the config is checked before training: a typo must not wait for the end.
-  parse_attack_specs(config.eval.attacks, exp.defense,
-                     has_detector=bool(config.eval.detection.detector))
+  # The evaluation's settings are checked before training: a typo must not wait for the end.
+  check_evaluation(config, exp.defense, len(exp.test_ds))
   # Validated: now the experiment directory is ours until training returns or fails.
   held.enter_context(experiment_lock(exp.exp_dir))
   ckpt = exp.checkpoints()
@@ -121,35 +172,39 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
   start_step = int(state.step)
   changed = resume_changes(ckpt.saved_config, ckpt.config, start_step)
   ckpt.write_config()  # Only now: the run is accepted.
+  record_data(exp.exp_dir, exp.data_identity)
   specs = state_specs(exp.defense)
   train_step = parallel.data_parallel(
       make_train_step(exp.model, exp.defense, exp.tx, config.train.l2_weight,
                       config.train.l2_scope),
       exp.mesh, in_specs=(specs, parallel.SHARDED, parallel.REPLICATED),
       out_specs=(specs, parallel.REPLICATED), donate_argnums=(0,))
-  eval_step = exp.eval_step()
-  base_key = parallel.replicate(jax.random.key(config.seed + 1), exp.mesh)
   log = MetricsLog(os.path.join(exp.exp_dir, "metrics.jsonl"),
                    tensorboard_dir=os.path.join(exp.exp_dir, "tensorboard")
-                   if config.train.tensorboard else None)
+                   if config.train.tensorboard else None,
+                   divergence_factor=config.train.get("divergence_factor", 0.0))
   log.forget_after(start_step)  # Steps logged after the checkpoint are about to be re-run.
   if changed:
     log.write(step=start_step, resumed_with_changes=changed)
-  learning_rate = learning_rate_schedule(config.train, exp.steps_per_epoch)
+  run = _Run(config, exp, ckpt, log, train_step, exp.eval_step(),
+             parallel.replicate(jax.random.key(config.seed + 1), exp.mesh),
+             learning_rate_schedule(config.train, exp.steps_per_epoch),
+             # Robust accuracy every epoch (catastrophic overfitting).
+             RobustnessMonitor(config, exp) if config.eval.monitor.attack else None)
+  run.bar = progress_bar(exp.total_steps, start_step, enabled=config.train.progress,
+                         description=config.experiment_name)
+  return run, state
+
+
+def _train_epochs(run: _Run, state, summary: dict, interrupt_at_step, sigterm_at_step,
+                  preemption) -> tuple[TrainState, bool]:
+  """The epochs left to train: steps, checkpoints, logs and a clean test accuracy every
+  eval.every_epochs (in summary). Returns (state, interrupted)."""
+  config, exp = run.config, run.exp
   profile, tracing = tuple(config.train.profile_steps), False
-  if profile and not (len(profile) == 2 and 0 <= profile[0] < profile[1]):
-    raise ValueError(f"train.profile_steps must be (first, last) with 0 <= first < last; got "
-                     f"{profile}.")
-  bar = progress_bar(exp.total_steps, start_step, enabled=config.train.progress,
-                     description=config.experiment_name)
-  summary: dict = {"experiment_name": config.experiment_name, "resumed_from_step": start_step}
-  step = start_step
+  step = int(state.step)
   sums = None
-  timer = StepTimer()
-  monitor = None
-  if config.eval.monitor.attack:  # Robust accuracy every epoch (catastrophic overfitting).
-    monitor = RobustnessMonitor(config, exp)
-  for epoch in range(start_step // exp.steps_per_epoch, config.train.epochs):
+  for epoch in range(step // exp.steps_per_epoch, config.train.epochs):
     for batch in data_lib.train_batches(
         exp.train_ds, config.train.batch_size, config.seed, epoch,
         start_step=step - epoch * exp.steps_per_epoch, process_index=jax.process_index(),
@@ -157,51 +212,59 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
       if profile and step == profile[0]:  # A trace of steps first+1 .. last, for TensorBoard.
         jax.profiler.start_trace(os.path.join(exp.exp_dir, "profile"))
         tracing = True
-      state, step_sums = train_step(state, parallel.shard_batch(batch, exp.mesh), base_key)
+      state, step_sums = run.train_step(state, parallel.shard_batch(batch, exp.mesh),
+                                        run.base_key)
       sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+      if step == 0:  # The initial parameters' loss: the divergence check's reference.
+        run.log.write_initial_loss(jax.device_get(step_sums))
       step += 1
       if tracing and step == profile[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
         tracing = False
-      timer.after_step(step, state)
-      bar.update(1)
-      ckpt.save(step, state.as_dict())
+      run.timer.after_step(step, state)
+      run.bar.update(1)
+      run.ckpt.save(step, state.as_dict())
       if step % config.train.log_every_steps == 0:
-        sums = log.write_train(step, epoch, jax.device_get(sums), bar,
-                               learning_rate=float(learning_rate(step - 1)))
+        sums = run.log_train(step, epoch, sums)
       if interrupt_at_step is not None and step >= interrupt_at_step:
-        ckpt.close()
-        bar.close()
-        return state, {"interrupted_at_step": step}
+        run.ckpt.close()
+        run.bar.close()
+        return state, True
       if sigterm_at_step is not None and step == sigterm_at_step:
         os.kill(os.getpid(), signal.SIGTERM)
       if preemption.requested(step):
-        ckpt.save(step, state.as_dict(), force=True)
-        ckpt.close()  # Waits for the save to finish.
-        bar.close()
-        log.write(step=step, epoch=epoch, preempted=True)
+        run.ckpt.save(step, state.as_dict(), force=True)
+        run.ckpt.close()  # Waits for the save to finish.
+        run.bar.close()
+        run.log.write(step=step, epoch=epoch, preempted=True)
         raise Preempted(step)
     if sums is not None:
-      sums = log.write_train(step, epoch, jax.device_get(sums), bar,
-                             learning_rate=float(learning_rate(step - 1)))
+      sums = run.log_train(step, epoch, sums)
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.epochs:
-      with timer.paused(state):
-        accuracy = evaluate_clean(eval_step, state, exp.test_ds, config.eval.batch_size,
-                                  exp.mesh)
-        robust = {} if monitor is None else {"robust_accuracy": monitor(state)}
-      log.write(step=step, epoch=epoch + 1, test_accuracy=accuracy, **robust)
-      bar.set_postfix(test_acc=f"{accuracy:.4f}", refresh=False)
+      with run.timer.paused(state):
+        accuracy = run.test_accuracy(state)
+        robust = {} if run.monitor is None else {"robust_accuracy": run.monitor(state)}
+      run.log.write(step=step, epoch=epoch + 1, test_accuracy=accuracy, **robust)
+      run.bar.set_postfix(test_acc=f"{accuracy:.4f}", refresh=False)
       summary["test_accuracy"] = accuracy
-  seconds_per_step = timer.seconds_per_step(state)
+  return state, False
+
+
+def _finish(run: _Run, state, summary: dict) -> dict:
+  """The final checkpoint and results/train.json; raises TrainingDiverged (after writing it)
+  if the trained model is no better than chance."""
+  exp, step = run.exp, int(state.step)
+  seconds_per_step = run.timer.seconds_per_step(state)
   if seconds_per_step is None:  # Nothing (or one step) left to train: keep the earlier timing.
-    seconds_per_step = _previous_summary(exp.exp_dir).get("seconds_per_step")
-  ckpt.save(step, state.as_dict(), force=True)
-  ckpt.close()
-  bar.close()
+    previous = read_json_or_none(os.path.join(exp.exp_dir, "results", "train.json"),
+                                 "its training time is not carried over") or {}
+    seconds_per_step = previous.get("seconds_per_step")
+  run.ckpt.save(step, state.as_dict(), force=True)
+  run.ckpt.close()
+  run.bar.close()
   if "test_accuracy" not in summary:  # Training had already finished: just evaluate.
-    summary["test_accuracy"] = evaluate_clean(eval_step, state, exp.test_ds,
-                                              config.eval.batch_size, exp.mesh)
+    summary["test_accuracy"] = run.test_accuracy(state)
   summary.update(final_step=step, num_devices=exp.mesh.shape[parallel.DATA_AXIS],
                  num_train_examples=len(exp.train_ds), num_test_examples=len(exp.test_ds),
                  seconds_per_step=seconds_per_step,
@@ -209,15 +272,29 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
                  # excluded), comparable between methods and unaffected by resumption.
                  training_seconds=None if seconds_per_step is None else
                  seconds_per_step * exp.total_steps)
+  if run.config.train.get("fail_at_chance", True):
+    problem = chance_level(summary["test_accuracy"], exp.test_ds.labels,
+                           exp.test_ds.num_classes)
+    if problem:
+      raise TrainingDiverged(
+          f"{exp.exp_dir}: after {step} steps the test accuracy is {problem}: the model "
+          "learnt nothing (a learning rate too high or too low, labels that do not match the "
+          "images, ...). Fix the cause and train again in a fresh experiment directory "
+          "(train.fail_at_chance=False keeps such a model without this error).")
   write_json(os.path.join(exp.exp_dir, "results", "train.json"), summary)
   if jax.process_index() == 0:
     mark_if_stale(os.path.join(exp.exp_dir, "results"), step)
-  return state, summary
+  return summary
 
 
-def _previous_summary(exp_dir: str) -> dict:
-  path = os.path.join(exp_dir, "results", "train.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+def chance_level(accuracy: float, labels: np.ndarray, num_classes: int) -> Optional[str]:
+  """A sentence if `accuracy` on a test set with these labels is within noise of what always
+  predicting its most frequent class gives (3 binomial standard errors above it), else None."""
+  counts = np.bincount(np.asarray(labels), minlength=num_classes)
+  share = float(counts.max() / counts.sum())
+  limit = share + 3 * math.sqrt(share * (1 - share) / counts.sum())
+  if accuracy > limit:
+    return None
+  return (f"{accuracy:.4f}, no better than chance ({share:.4f} by always predicting the most "
+          f"frequent class; {limit:.4f} is 3 standard errors above it on {counts.sum()} test "
+          "images)")

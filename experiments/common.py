@@ -6,19 +6,15 @@ so a misspelt key is an error rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import os
+import sys
+
 # The layout and the attack entry live in the package, so that Colab users (who pip-install
 # only defenses_jax) build configs the same way; re-exported here for the experiment files.
 from defenses_jax.config import attack, base_config  # noqa: F401
+from defenses_jax.errors import ConfigError
 
 SCALES = ("cpu", "full")
-
-
-def parse_scale(arg) -> str:
-  scale = arg or "cpu"
-  if scale not in SCALES:
-    raise ValueError(f"unknown config scale {scale!r}; use one of {SCALES}, e.g. "
-                     "--config=experiments/standard.py:cpu")
-  return scale
 
 
 def autoattack_entry(eps: float, eps_label: str, scale: str) -> dict:
@@ -39,9 +35,9 @@ def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) ->
   dataset = dataset or default_dataset
   if dataset not in datasets or scale not in SCALES:
     choices = [f"{d}_{s}" for d in datasets for s in SCALES]
-    raise ValueError(f"unknown config argument {arg!r} (dataset and scale); use 'cpu', 'full' "
-                     f"or one of {choices}, "
-                     "e.g. --config=experiments/target_training.py:mnist_cpu")
+    caller = os.path.relpath(sys._getframe(1).f_code.co_filename)  # The config file itself.
+    raise ConfigError(f"unknown config argument {arg!r} (dataset and scale); use 'cpu', 'full' "
+                      f"or one of {choices}, e.g. --config={caller}:{choices[0]}")
   return dataset, scale
 
 

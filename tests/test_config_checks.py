@@ -57,7 +57,9 @@ def test_divergence_stops_the_run_and_the_log_stays_json(tmp_path, blobs):
     train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
   records = [json.loads(line) for line in lines]  # Strict JSON: no bare NaN.
-  assert records[-1]["train_loss"] is None
+  assert records[-2]["train_loss"] is None and "diverged" in records[-1]
+  summary = json.loads((tmp_path / "tiny" / "results" / "train.json").read_text())
+  assert "training loss is nan" in summary["diverged"]
 
 
 def test_channels_first_images_are_refused_with_a_hint():

@@ -60,7 +60,7 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
   # Bounded attacks stay inside their budget.
   assert out["attacks"]["pgd"]["median_linf"] <= 0.3 + 1e-5
   # The saved examples are what the table reports: recount robust accuracy from them.
-  saved = np.load(tmp_path / "tiny" / "results" / "adversarial" / "pgd.npz")
+  (saved,) = [np.load(p) for p in (tmp_path / "tiny" / "results" / "adversarial").glob("pgd-*.npz")]
   exp = experiment_lib.Experiment(config, str(tmp_path), blobs)
   ckpt = exp.checkpoints()
   state = exp.restore_or_init(ckpt)
@@ -77,7 +77,8 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
   for name, run in (("cw", functools.partial(attacks_lib.cw_l2, binary_search_steps=3,
                                              max_iterations=30)),
                     ("deepfool", attacks_lib.deepfool)):
-    refilled = np.load(tmp_path / "tiny" / "results" / "adversarial" / f"{name}.npz")["x_adv"]
+    (path,) = (tmp_path / "tiny" / "results" / "adversarial").glob(f"{name}-*.npz")
+    refilled = np.load(path)["x_adv"]
     expected, _ = run(network, jnp.asarray(x), jnp.asarray(blobs[1].labels[:32]),
                       jax.random.key(0))
     np.testing.assert_allclose(refilled, expected, atol=1e-4, err_msg=name)
@@ -143,12 +144,26 @@ def test_a_universal_perturbation_is_fitted_on_training_images_cached_and_added_
   assert out["universal"]["fooling_rate"] == pytest.approx(np.mean(fooled))
   test_x = blobs[1].images[:24]  # Informative: v fools a different share of the test images.
   assert np.mean(fooled) != np.mean(network(np.clip(test_x + v, 0, 1)) != network(test_x))
-  # A second evaluation loads the cached perturbation instead of fitting it again.
-  info = {**{k: val for k, val in out["universal"].items() if k != "cached"}, "passes": 0}
-  np.savez(cached, v=np.zeros_like(v), info=json.dumps(info))
-  again = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
-  assert again["universal"]["passes"] == 0
-  assert again["robust_accuracy"] == pytest.approx(np.mean(network(x) == y))  # v = 0 now.
+  # A second evaluation loads the cached perturbation instead of fitting it again (its norms
+  # computed from v itself); a changed file is named in a warning and fitted again.
+  from defenses_jax import artifact_cache
+  from defenses_jax.evaluation import universal
+  fit_again = universal.logits_builder
+  def no_refit(*args, **kwargs):
+    raise AssertionError("fitted again although a verified perturbation is cached")
+  universal.logits_builder = no_refit
+  try:
+    again = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
+  finally:
+    universal.logits_builder = fit_again
+  assert again["robust_accuracy"] == out["robust_accuracy"]
+  assert again["universal"]["linf"] == pytest.approx(np.abs(v).max())
+  with np.load(cached) as saved:
+    arrays = {k: saved[k] for k in saved.files}
+  np.savez(cached, **{**arrays, "v": np.zeros_like(v)})
+  with pytest.warns(artifact_cache.StaleCacheWarning, match=f"{cached}: its content does not"):
+    refitted = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
+  assert refitted["robust_accuracy"] == out["robust_accuracy"]
   assert "UAP: one perturbation" in (tmp_path / "tiny" / "results" / "eval.md").read_text()
 
 

@@ -120,8 +120,9 @@ SUMMARY = {
 
 def test_report_puts_the_paper_beside_ours_and_keeps_rows_we_did_not_run(tmp_path):
   table = report.markdown_table(SUMMARY)
-  assert "| PGD | white_box | 0.0% (differs) | 79.7% |" in table
-  assert "| FGSM | transfer from other | 12.0% | 10.0% |" in table
+  # The failed unbounded check concerns every row: each is marked as in the suites' tables.
+  assert "| PGD | white_box | 0.0% (differs) (!) | 79.7% |" in table
+  assert "| FGSM | transfer from other | 12.0% (!) | 10.0% |" in table
   assert "| zoo | - | not run | 96.0% |" in table
   assert "WARNINGS" in table and "[warn] unbounded" in table
   assert "| robust accuracy | 97.0% | 20.0% |" in table
@@ -131,3 +132,28 @@ def test_report_puts_the_paper_beside_ours_and_keeps_rows_we_did_not_run(tmp_pat
     assert (tmp_path / paths[key].split("/")[-1]).stat().st_size > 0
   report.plot_roc({"toy": ([0.1, 0.4], [0.3, 0.9])}, str(tmp_path / "roc.png"))
   assert (tmp_path / "roc.png").stat().st_size > 0
+
+
+def test_eval_md_marks_doubtful_rows_names_query_access_and_prints_counts():
+  """eval.md under-reported its doubts: a row whose check warned was not marked, ZOO was listed
+  under "white_box", a query count printed as 8515.000, and noise beating a universal
+  perturbation by one image of 32 passed."""
+  weaker = sanity.noise_weaker_than_attack("UAP", 26 / 32, 25 / 32, num_examples=32)
+  assert weaker["status"] == sanity.WARN and "on 32 images" in weaker["detail"]
+  assert sanity.noise_weaker_than_attack("UAP", 25 / 32, 25 / 32, 32)["status"] == sanity.PASS
+  summary = {**SUMMARY, "sanity": [weaker], "sanity_passed": False, "attacks": {
+      **SUMMARY["attacks"],
+      "uap": {"label": "UAP", "attack": "uap", "threat_model": "white_box",
+              "source_experiment": "", "robust_accuracy": 26 / 32, "attack_success_rate": 0.1,
+              "median_l2": 1.0, "median_linf": 0.3},
+      "zoo": {"label": "ZOO", "attack": "zoo", "threat_model": "white_box",
+              "source_experiment": "", "robust_accuracy": 0.5, "attack_success_rate": 0.5,
+              "median_l2": 1.0, "median_linf": 0.2,
+              "queries": {"budget": 10000, "mean": 8515.0, "median_successful": 4021.5}}}}
+  table = report.markdown_table(summary)
+  assert "| UAP | universal, white_box | 81.2% (!) |" in table
+  assert "| ZOO | black-box (scores) | 50.0% (differs) | 96.0% |" in table  # No (!): not its check.
+  assert "| PGD | white_box | 0.0% (differs) | 79.7% |" in table
+  assert ("ZOO: a query budget of 10,000 per image; 8,515 queries on average, median 4,021.5 "
+          "to succeed.") in table
+  assert "do not trust the rows marked (!)" in table

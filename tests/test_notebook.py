@@ -2,9 +2,14 @@
 every cell runs without error in the pinned environment, its figures are drawn, and its numbers
 are sane. DEFENSES_JAX_NOTEBOOK_QUICK=1 shrinks its data and attacks to CPU-CI size."""
 
+import importlib.metadata
+import importlib.util
 import os
+import subprocess
+import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,3 +52,30 @@ def test_the_committed_notebook_has_no_outputs():
   nbformat.validate(notebook)
   assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
   assert not any(c.get("execution_count") for c in notebook.cells if c.cell_type == "code")
+
+
+def test_the_install_cell_finds_the_code_and_keeps_the_runtimes_jax(tmp_path, monkeypatch):
+  """The first cell pip-installed a placeholder URL (failing in Colab as committed) and let pip
+  replace a GPU runtime's JAX with the CPU wheel. Run here as in a fresh runtime (defenses_jax
+  not importable), with pip's call recorded instead of made."""
+  source = next(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells
+                if c.cell_type == "code")
+  assert "OWNER" not in source
+  calls = []
+  monkeypatch.setattr(subprocess, "check_call", calls.append)
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(RuntimeError, match="Set REPOSITORY above to its git URL"):
+    exec(source, {})  # Nothing to install from: says what to do.
+  (tmp_path / "defenses_jax-main.zip").write_bytes(b"")  # Uploaded from GitHub's Download ZIP.
+  exec(source, {})
+  command = calls[-1]
+  assert command[:4] == [sys.executable, "-m", "pip", "install"]
+  assert command[-1] == str(tmp_path / "defenses_jax-main.zip")
+  with open(command[command.index("-c") + 1]) as f:
+    pins = f.read().split()
+  for name in ("jax", "jaxlib"):
+    assert f"{name}=={importlib.metadata.version(name)}" in pins
+  monkeypatch.chdir(os.path.join(REPO, "notebooks"))  # Opened inside a checkout.
+  exec(source, {})
+  assert calls[-1][-1] == REPO

@@ -149,7 +149,8 @@ def test_resuming_with_another_batch_size_is_refused_and_leaves_the_config(tmp_p
 def test_a_resumed_run_logs_every_step_once(tmp_path, blobs):
   config = tiny_config(epochs=2, checkpoint_every_steps=3)  # log_every_steps 2.
   train_lib.train(config, str(tmp_path), datasets=blobs, interrupt_at_step=5)
-  assert [r["step"] for r in train_records(tmp_path)] == [2, 4]  # Step 4: after checkpoint 3.
+  # Step 4: after checkpoint 3; step 0: the initial loss (the divergence check's reference).
+  assert [r["step"] for r in train_records(tmp_path)] == [0, 2, 4]
   train_lib.train(config, str(tmp_path), datasets=blobs)
   steps = [r["step"] for r in train_records(tmp_path) if "train_loss" in r]
   assert steps == sorted(set(steps)) and 4 in steps, steps

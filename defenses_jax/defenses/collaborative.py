@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -45,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses_jax import parallel
+from defenses_jax import artifact_cache, parallel
 from defenses_jax.attacks.gradient import fgsm
 from defenses_jax.defenses.adversarial_training import adversarial_examples
 from defenses_jax.defenses.base import Defense, Network
@@ -288,25 +286,34 @@ def robust_objective(robust_clean: jax.Array, robust_adv: jax.Array, robust_labe
 
 def oracle_classmap(oracle, defense: Collaborative, batch_size: int) -> tuple:
   """The Classmap of `defense`'s settings from the trained oracle (a TrainedExperiment), cached
-  as JSON beside the oracle's checkpoint (keyed by its step and the settings)."""
+  beside the oracle's checkpoint and reused only when verified (artifact_cache.py: checksum,
+  the settings, step, model and images that produced it, a map of every class to a class)."""
   from defenses_jax.checkpoint import step_artifact_path  # Light; avoids a cycle at import.
   settings = {"epsilon": defense.classmap_epsilon, "reading": defense.classmap_reading,
               "examples": defense.classmap_examples}
   path = step_artifact_path(oracle.exp.exp_dir, "classmaps", "classmap", settings,
-                            int(oracle.state.step)).removesuffix(".npz") + ".json"
-  if os.path.exists(path):
-    with open(path) as f:
-      return tuple(json.load(f)["classmap"])
+                            int(oracle.state.step))
   ds = oracle.exp.train_ds
   n = defense.classmap_examples or len(ds)
+  identity = {**settings, "step": int(oracle.state.step), "model": oracle.fingerprint,
+              "data": ds.take(n).fingerprint}
+
+  def contract(arrays, info):
+    classmap = arrays.get("classmap")
+    if (classmap is None or classmap.shape != (ds.num_classes,)
+        or not np.all((classmap >= 0) & (classmap < ds.num_classes))):
+      return f"it is not a map of {ds.num_classes} classes to classes"
+    return None
+
+  cached = artifact_cache.load(path, identity, contract)
+  if cached is not None:
+    return tuple(int(c) for c in cached.arrays["classmap"])
   net = oracle.network()
   deployed = lambda z: oracle.exp.defense.deployed(net, z).class_logits
   counts, probs = fgs_confusion(deployed, ds.images[:n], ds.labels[:n], ds.num_classes,
                                 defense.classmap_epsilon, batch_size)
   classmap = classmap_from_counts(counts, probs, defense.classmap_reading)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump({"classmap": classmap, "settings": settings, "counts": counts.tolist(),
-                 "fgs_accuracy": float(np.trace(counts) / counts.sum())}, f, indent=1)
+    artifact_cache.save(path, {"classmap": np.asarray(classmap, np.int32), "counts": counts},
+                        identity, {"fgs_accuracy": float(np.trace(counts) / counts.sum())})
   return classmap

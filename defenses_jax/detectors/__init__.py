@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
-from defenses_jax import parallel
+from defenses_jax import artifact_cache, parallel
 from defenses_jax.checkpoint import step_artifact_path
 from defenses_jax.defenses.base import Network
 from defenses_jax.detectors.base import Detector
@@ -36,28 +34,35 @@ def cache_path(exp_dir: str, detector: Detector, step: int,
   return step_artifact_path(exp_dir, "detectors", detector.name, settings, step)
 
 
-def fitted_state(detector: Detector, exp, state, batch_size: int) -> dict:
-  """The detector's state for this checkpoint: loaded if cached, else fitted on the training
+def fitted_state(detector: Detector, trained, batch_size: int) -> dict:
+  """The detector's state for this trained model: loaded if a verified cache exists (its
+  checksum, the detector settings, checkpoint step, model and training data that produced it,
+  and the detector's own check of the state: artifact_cache.py), else fitted on the training
   images (the network in inference mode) and saved (by process 0)."""
-  path = cache_path(exp.exp_dir, detector, int(state.step),
-                    exp.config.model.get("compute_dtype", "float32"))
-  if os.path.exists(path):
-    with np.load(path) as saved:
-      return {k: saved[k] for k in saved.files}
+  exp, state = trained.exp, trained.state
+  compute_dtype = exp.config.model.get("compute_dtype", "float32")
+  path = cache_path(exp.exp_dir, detector, int(state.step), compute_dtype)
+  identity = {"detector": dict(vars(detector)), "step": int(state.step),
+              "model": trained.fingerprint, "fit_data": exp.train_ds.fingerprint,
+              "compute_dtype": compute_dtype}
+  cached = artifact_cache.load(path, identity,
+                               lambda arrays, info: detector.check_state(arrays))
+  if cached is not None:
+    return cached.arrays
   outputs_fn = jax.jit(lambda v, x: Network(exp.model, v).outputs(x),
                        compiler_options=parallel.COMPILER_OPTIONS)
-  trained = variables(state.params, state.batch_stats)
+  trained_variables = variables(state.params, state.batch_stats)
   ds = exp.train_ds
 
   def batches():
     for start in range(0, len(ds), batch_size):
       images = ds.images[start:start + batch_size]
-      yield jax.device_get(outputs_fn(trained, images)), ds.labels[start:start + batch_size]
+      yield (jax.device_get(outputs_fn(trained_variables, images)),
+             ds.labels[start:start + batch_size])
 
   fitted = {k: np.asarray(v) for k, v in detector.fit(batches()).items()}
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path, **fitted)
+    artifact_cache.save(path, fitted, identity)
   return fitted
 
 

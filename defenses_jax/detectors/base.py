@@ -9,7 +9,7 @@ data-parallel evaluation and can be differentiated by a detector-aware attack.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import jax
 import numpy as np
@@ -32,6 +32,15 @@ class Detector:
     """(B,) scores, higher meaning more likely adversarial. `outputs` holds the network's
     `logits` and `embedding` and the deployed classifier's `class_logits`."""
     raise NotImplementedError(f"{type(self).__name__} must define score")
+
+  def check_state(self, state: dict) -> Optional[str]:
+    """A problem with a (cached) fitted state, as a sentence, or None. Default: every array
+    holds finite values; detectors with stronger invariants add theirs."""
+    for name, value in state.items():
+      value = np.asarray(value)
+      if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+        return f"its {name!r} holds non-finite values"
+    return None
 
   def anchor_embeddings(self, state: dict) -> jax.Array:
     """(num_classes, d): for each class, a training embedding the detector accepts as typical

@@ -27,21 +27,13 @@ from defenses_jax.evaluation.clustering import davies_bouldin_index
 from defenses_jax.evaluation.runner import run_over_dataset
 
 
-def detector_from_config(config: ml_collections.ConfigDict, exp, num_attack: int
-                         ) -> Optional[Detector]:
-  """The configured detector (None without one), with its settings checked before compute."""
+def detector_from_config(config: ml_collections.ConfigDict, exp) -> Optional[Detector]:
+  """The configured detector, None without one (its settings are checked by
+  preflight.check_evaluation before any compute)."""
   cfg = config.eval.detection
   if not cfg.detector:
     return None
-  detector = create_detector(cfg.detector, exp.test_ds.num_classes, **cfg.options.to_dict())
-  held_out = len(exp.test_ds) - num_attack
-  needed = int(np.ceil(1.0 / cfg.false_positive_rate)) if cfg.false_positive_rate > 0 else 1
-  if held_out < needed:
-    raise ValueError(
-        f"eval.detection needs clean held-out test images to fix its threshold at a "
-        f"false-positive rate of {cfg.false_positive_rate}: at least {needed}, but only "
-        f"{held_out} of {len(exp.test_ds)} are not attacked; lower eval.num_attack_examples.")
-  return detector
+  return create_detector(cfg.detector, exp.test_ds.num_classes, **cfg.options.to_dict())
 
 
 def make_scorer(model, defense, detector: Detector, mesh):
@@ -66,7 +58,7 @@ class DetectionEvaluator:
     cfg = config.eval.detection
     self.detector, self.mesh, self.key = detector, exp.mesh, key
     self.batch_size = config.eval.batch_size
-    self.state = fitted_state(detector, exp, state, config.eval.batch_size)
+    self.state = fitted_state(detector, trained, config.eval.batch_size)
     scorer = make_scorer(exp.model, exp.defense, detector, exp.mesh)
     self._score = lambda x, number: scorer(state.params, state.batch_stats, self.state, x,
                                             jax.random.fold_in(key, number))

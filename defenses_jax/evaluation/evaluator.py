@@ -22,6 +22,7 @@ from defenses_jax.attacks import norms
 from defenses_jax.attacks.wrappers import call_logits
 from defenses_jax.evaluation import crafted, metrics, report, sanity
 from defenses_jax.evaluation.detection import DetectionEvaluator, detector_from_config
+from defenses_jax.evaluation.preflight import check_evaluation
 from defenses_jax.evaluation.runner import (make_attack_runner, make_predictor, noise_like,
                                             run_over_dataset)
 from defenses_jax.evaluation.slot_runner import make_slot_runner
@@ -29,7 +30,9 @@ from defenses_jax.evaluation.threat_models import (AttackSpec, DetectorTarget, l
                                                    parse_attack_specs)
 from defenses_jax.evaluation.universal import UniversalPerturbation, fitted_perturbation
 from defenses_jax.experiment import TrainedExperiment, evaluate_clean, load_experiment
-from defenses_jax.progress import progress_bar, write_json
+from defenses_jax.checkpoint import latest_checkpoint_step
+from defenses_jax.files import check_writable, write_json
+from defenses_jax.progress import progress_bar
 
 NUM_EXAMPLE_IMAGES = 6  # Per attack, for the example grid.
 
@@ -72,10 +75,9 @@ class _Evaluator:
   def attack(self, spec: AttackSpec, source: Optional[TrainedExperiment],
              progress=None) -> AttackRun:
     if source is not None and not spec.detector_aware:  # Saved examples ignore detectors.
-      saved = crafted.find(source.exp.exp_dir, spec.attack,
-                           crafted_as(spec, source.exp.config.model.get("compute_dtype",
-                                                                        "float32")),
-                           int(source.state.step), self.labels)
+      saved = crafted.find(source.exp.exp_dir, crafted_identity(spec, source), self.labels,
+                           self.ds.images, spec.params.get("eps"),
+                           spec.info.norm_of(spec.params))
       if saved is not None:
         x_adv = saved[0]
         pred = run_over_dataset(data_lib.ArrayDataset(x_adv, self.labels, self.ds.num_classes,
@@ -269,17 +271,32 @@ def crafted_as(spec: AttackSpec, compute_dtype: str = "float32") -> dict:
   return {**spec.params, **extra, **({"__surface": spec.surface} if spec.surface else {})}
 
 
+def crafted_identity(spec: AttackSpec, crafted_on: TrainedExperiment) -> dict:
+  """What saved white-box examples are matched on: the attack and its settings (crafted_as),
+  the checkpoint step and the fingerprint of the model they were crafted on."""
+  dtype = crafted_on.exp.config.model.get("compute_dtype", "float32")
+  return {"attack": spec.attack, "params": crafted_as(spec, dtype),
+          "step": int(crafted_on.state.step), "model": crafted_on.fingerprint}
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             datasets: Optional[tuple] = None) -> dict:
-  trained = TrainedExperiment(config, workdir, datasets)
+             datasets: Optional[tuple] = None, other_test_data: bool = False) -> dict:
+  """Evaluates the experiment's latest checkpoint under config.eval (see the module docstring)
+  and returns the summary written to results/eval.json. `datasets` = (train, test): the data
+  an experiment trained on your own arrays was trained with; `other_test_data=True` evaluates
+  it on another test set knowingly."""
+  trained = TrainedExperiment(config, workdir, datasets, other_test_data)
   exp = trained.exp
-  specs = parse_attack_specs(config.eval.attacks, exp.defense,
-                             has_detector=bool(config.eval.detection.detector))
+  specs = check_evaluation(config, exp.defense, len(exp.test_ds))
+  results_dir = os.path.join(exp.exp_dir, "results")
+  if jax.process_index() == 0:  # Before any compute: results and cached fits must be saved.
+    for directory in (exp.exp_dir, results_dir):
+      check_writable(directory)
   sources = {spec.source_experiment: load_experiment(workdir, spec.source_experiment, config,
                                                     datasets)
              for spec in specs if spec.threat_model == "transfer"}
   attack_ds = exp.test_ds.take(config.eval.num_attack_examples)
-  detector = detector_from_config(config, exp, len(attack_ds))
+  detector = detector_from_config(config, exp)
   ev = _Evaluator(trained, attack_ds, config.eval.batch_size, config.seed)
   detection = None if detector is None else DetectionEvaluator(
       detector, trained, config, len(attack_ds), jax.random.fold_in(ev.key, 3 * 2**20))
@@ -294,7 +311,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                    jax.random.fold_in(ev.key, 7 * 2**20))
   clean_scores = None if detection is None else detection.scores(attack_ds.images)
   results, per_attack_correct, examples, roc, evading = {}, {}, {}, {}, {}
-  results_dir = os.path.join(exp.exp_dir, "results")
   bar = progress_bar(len(specs) * len(attack_ds), enabled=config.train.progress,
                      description=f"{config.experiment_name} attacks", unit="image")
   for spec in specs:
@@ -309,6 +325,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     d = norms.distances(jnp.asarray(x_adv), jnp.asarray(attack_ds.images[:n]))
     results[spec.key] = {
         "label": spec.label, "attack": spec.attack, "threat_model": spec.threat_model,
+        "access": spec.info.access,
         "params": spec.params, "source_experiment": spec.source_experiment,
         "reused_examples": reused and os.path.relpath(reused, workdir),
         "detector_aware": spec.detector_aware, "overridden_params": spec.overridden,
@@ -342,9 +359,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                            adv_scores[clean_correct[:n] & ~adv_correct])
     if (config.eval.save_adversarial_examples and spec.threat_model == "white_box"
         and not spec.detector_aware and jax.process_index() == 0):  # What transfer reuses.
-      crafted.save(results_dir, spec.key, spec.attack,
-                   crafted_as(spec, config.model.get("compute_dtype", "float32")),
-                   int(trained.state.step), x_adv, attack_ds.labels[:n])
+      crafted.save(results_dir, spec.key, crafted_identity(spec, trained), x_adv,
+                   attack_ds.labels[:n], attack_ds.images[:n])
     examples[spec.label] = x_adv[:NUM_EXAMPLE_IMAGES]
   bar.close()
   summary = {
@@ -391,6 +407,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                         adversarial_images=examples)
     if roc:
       report.plot_roc(roc, os.path.join(results_dir, "roc.png"))
+    # Training may have moved on while this ran: then these results are stale at once.
+    latest = latest_checkpoint_step(workdir, config.experiment_name)
+    if latest is not None and latest != summary["step"] and report.mark_if_stale(results_dir,
+                                                                                  latest):
+      summary["stale_since_step"] = latest
   return summary
 
 

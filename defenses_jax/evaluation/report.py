@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Optional
 
 import numpy as np
 
-from defenses_jax.evaluation import metrics
-from defenses_jax.progress import write_json
+from defenses_jax.attacks.registry import attack_info
+from defenses_jax.evaluation import metrics, sanity
+from defenses_jax.files import read_json_or_none, save_figure, write_json, write_text
 
 
 def pct(value) -> str:
@@ -25,6 +25,30 @@ def _count(value) -> str:
 
 def _num(value) -> str:
   return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _queries(value) -> str:
+  """A query count (a mean or a median of counts): 8,515 or 8,515.5, never 8515.000."""
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "-"
+  return f"{value:,.1f}".removesuffix(".0")
+
+
+UNTRUSTED = "(!)"  # A sanity check failed for this row's evaluation.
+
+
+def threat_label(result: dict) -> str:
+  """How an attack reached the model: its threat model, or for a query attack the access its
+  Oracle gives (it never sees gradients, whatever system answers), for a universal one that
+  it is one perturbation for every image."""
+  access = result.get("access") or (attack_info(result["attack"]).access if "attack" in result
+                                    else "gradient")
+  if access in ("scores", "labels"):
+    return f"black-box ({access})"
+  threat = result["threat_model"]
+  if result.get("source_experiment"):
+    threat += f" from {result['source_experiment']}"
+  return f"universal, {threat}" if access == "universal" else threat
 
 
 def differs_marker(ours, paper, tolerance: float = 0.05) -> str:
@@ -55,10 +79,9 @@ def markdown_table(summary: dict) -> str:
   for key, r in summary["attacks"].items():
     # A row run with other settings than its label's is not compared with the paper.
     theirs = None if r.get("overridden_params") else paper_robust.get(key)
-    threat = r["threat_model"] + (f" from {r['source_experiment']}" if r["source_experiment"]
-                                  else "")
-    lines.append(f"| {r['label']} | {threat} | {pct(r['robust_accuracy'])}"
-                 f"{differs_marker(r['robust_accuracy'], theirs)} | {pct(theirs)} | "
+    doubt = f" {UNTRUSTED}" if sanity.warnings_for(summary, r["label"]) else ""
+    lines.append(f"| {r['label']} | {threat_label(r)} | {pct(r['robust_accuracy'])}"
+                 f"{differs_marker(r['robust_accuracy'], theirs)}{doubt} | {pct(theirs)} | "
                  f"{pct(r['attack_success_rate'])} | {_num(r['median_l2'])} | "
                  f"{_num(r['median_linf'])} | {_count(r.get('median_l0'))} |")
   for key, value in paper_robust.items():  # Paper rows we did not run stay visible.
@@ -66,8 +89,9 @@ def markdown_table(summary: dict) -> str:
       lines.append(f"| {key} | - | not run | {pct(value)} | - | - | - | - |")
   queried = {r["label"]: r["queries"] for r in summary["attacks"].values() if r.get("queries")}
   if queried:
-    lines += [""] + [f"{label}: a query budget of {q['budget']} per image; {_num(q['mean'])} "
-                     f"queries on average, median {_num(q['median_successful'])} to succeed."
+    lines += [""] + [f"{label}: a query budget of {_queries(q['budget'])} per image; "
+                     f"{_queries(q['mean'])} queries on average, median "
+                     f"{_queries(q['median_successful'])} to succeed."
                      for label, q in queried.items()]
   fitted = {r["label"]: r["universal"] for r in summary["attacks"].values() if r.get("universal")}
   if fitted:
@@ -80,7 +104,8 @@ def markdown_table(summary: dict) -> str:
     lines += ["", f"Worst case over all attacks (per example): "
               f"{pct(summary['worst_case_robust_accuracy'])}."]
   if summary.get("sanity"):
-    verdict = "all passed" if summary["sanity_passed"] else "WARNINGS: do not trust this table"
+    verdict = ("all passed" if summary["sanity_passed"] else "WARNINGS: do not trust the rows "
+               f"marked {UNTRUSTED}")
     lines += ["", f"## Sanity checks (Carlini et al. 2019): {verdict}", ""]
     lines += [f"- [{c['status']}] {c['check']}: {c['detail']}" for c in summary["sanity"]]
   if summary.get("eps_sweep"):
@@ -131,7 +156,7 @@ def plot_eps_sweep(sweep: dict, path: str) -> None:
   ax.set(xlabel="eps", ylabel="robust accuracy", ylim=(-0.02, 1.02), title=sweep["label"])
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -146,7 +171,7 @@ def plot_roc(curves: dict, path: str) -> None:
   ax.set(xlabel="false positive rate", ylabel="detection rate", xlim=(0, 1), ylim=(0, 1.01))
   ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -195,7 +220,7 @@ def plot_examples(clean: np.ndarray, adversarial: dict, path: str) -> None:
   for side in ax.spines.values():
     side.set_visible(False)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -204,8 +229,7 @@ def write_report(summary: dict, results_dir: str, clean_images: Optional[np.ndar
   """Writes eval.md and the figures next to eval.json; returns {artifact: path}."""
   os.makedirs(results_dir, exist_ok=True)
   paths = {"table": os.path.join(results_dir, "eval.md")}
-  with open(paths["table"], "w") as f:
-    f.write(markdown_table(summary))
+  write_text(paths["table"], markdown_table(summary))
   if summary.get("eps_sweep"):
     paths["eps_sweep"] = os.path.join(results_dir, "robust_accuracy_vs_eps.png")
     plot_eps_sweep(summary["eps_sweep"], paths["eps_sweep"])
@@ -222,11 +246,8 @@ def mark_if_stale(results_dir: str, step: int) -> bool:
   """After training reaches `step`: an evaluation of an older checkpoint is marked stale, in
   eval.json (`stale_since_step`) and at the top of eval.md, until --mode=eval runs again."""
   path = os.path.join(results_dir, "eval.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    summary = json.load(f)
-  if summary.get("step") == step:
+  summary = read_json_or_none(path, "re-run --mode=eval to evaluate the trained model")
+  if summary is None or summary.get("step") == step:
     return False
   summary["stale_since_step"] = step
   write_json(path, summary)
@@ -235,7 +256,6 @@ def mark_if_stale(results_dir: str, step: int) -> bool:
     with open(md) as f:
       text = f.read()
     if not text.startswith(STALE_MARK):
-      with open(md, "w") as f:
-        f.write(f"{STALE_MARK} evaluated at step {summary.get('step')}; training has since "
-                f"reached step {step}. Re-run with --mode=eval.\n\n" + text)
+      write_text(md, f"{STALE_MARK} evaluated at step {summary.get('step')}; training has "
+                 f"since reached step {step}. Re-run with --mode=eval.\n\n" + text)
   return True

@@ -80,14 +80,27 @@ def transfer_not_stronger(transfer_name: str, transfer_accuracy: float, white_bo
 
 def noise_weaker_than_attack(attack_name: str, attack_accuracy: float, noise_accuracy: float,
                              num_examples=None) -> dict:
-  """Random noise of the attack's size must hurt less than the attack."""
-  ok = noise_accuracy >= attack_accuracy - tolerance(num_examples)
+  """Random noise of the attack's size must hurt no more than the attack: on the same images,
+  an attack that leaves even one more of them correct than noise does is not following useful
+  gradients there (no tolerance: a one-image margin passed a universal perturbation weaker than
+  noise)."""
+  ok = noise_accuracy >= attack_accuracy
+  on = f" on {num_examples} images" if num_examples else ""
   return _record("noise_weaker", ok,
                  f"{attack_name}: robust accuracy {attack_accuracy:.4f}, under random noise of the "
-                 f"same norm {noise_accuracy:.4f}" + ("" if ok else ": noise beats the attack, "
-                                                      "which is not following useful gradients"),
+                 f"same norm {noise_accuracy:.4f}{on}" + (
+                     "" if ok else ": noise beats the attack, which is not following useful "
+                     "gradients"),
                  attack=attack_name, robust_accuracy=attack_accuracy,
                  noise_accuracy=noise_accuracy)
+
+
+def warnings_for(summary: dict, label: str) -> list[str]:
+  """The details of the failed checks that concern the attack row `label` of an evaluation
+  summary: its own, those that compare it with another attack, and those of the whole
+  evaluation (gradients, the unbounded attack)."""
+  return [c["detail"] for c in summary.get("sanity") or [] if c["status"] == WARN and
+          label in (c.get("attack", label), c.get("white_box_attack"))]
 
 
 def gradients_are_informative(logits_fn: Callable, x, y, max_zero_fraction: float = 0.05) -> dict:

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from defenses_jax import attacks as attacks_lib
 from defenses_jax.defenses.base import THREAT_MODELS, Network
+from defenses_jax.errors import ConfigError
 from defenses_jax.experiment import variables
 
 DEFAULT_FIT_EXAMPLES = 1000  # Training images a universal attack is fitted on, by default.
@@ -83,78 +84,79 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                             "detector_weight", "detector_fpr", "label_params",
                             "num_examples", "surface"}
     if unknown:
-      raise ValueError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
+      raise ConfigError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
     name = entry.get("attack", key)
-    fn = attacks_lib.get_attack(name)
+    if name not in attacks_lib.ATTACKS:
+      raise ConfigError(f"eval.attacks.{key}: unknown attack {name!r}; choose one of "
+                       f"{', '.join(sorted(attacks_lib.ATTACKS))}.")
+    info = attacks_lib.attack_info(name)
     params = dict(entry.get("params", {}))
-    signature = inspect.signature(fn).parameters
-    accepted = set(signature) - {"logits_fn", "oracle", "system", "x", "y", "key"}
-    if set(params) - accepted:
-      raise ValueError(f"eval.attacks.{key}: attack {name!r} does not take "
-                       f"{sorted(set(params) - accepted)}; it takes {sorted(accepted)}.")
-    required = {p for p in accepted if signature[p].default is inspect.Parameter.empty
-                and signature[p].kind not in (inspect.Parameter.VAR_KEYWORD,
-                                              inspect.Parameter.VAR_POSITIONAL)}
+    problems = info.check_params(params)
+    if problems:
+      raise ConfigError(f"eval.attacks.{key}: " + "; ".join(problems) + ".")
+    signature = inspect.signature(info.fn).parameters
+    required = {p for p in info.params if p in signature
+                and signature[p].default is inspect.Parameter.empty}
     if required - set(params):
-      raise ValueError(f"eval.attacks.{key}: attack {name!r} needs {sorted(required - set(params))}"
-                       " in its params (it has no default).")
-    universal = attacks_lib.attack_info(name).universal
+      raise ConfigError(f"eval.attacks.{key}: attack {name!r} needs "
+                        f"{sorted(required - set(params))} in its params (it has no default).")
+    universal = info.universal
     fit_examples = int(entry.get("fit_examples", DEFAULT_FIT_EXAMPLES if universal else 0))
     if universal != (fit_examples > 0):
-      raise ValueError(f"eval.attacks.{key}: fit_examples (training images a universal "
+      raise ConfigError(f"eval.attacks.{key}: fit_examples (training images a universal "
                        "perturbation is fitted on) must be positive for a universal attack and "
                        "is only for one.")
     threat = entry.get("threat_model", "white_box")
     if threat not in THREAT_MODELS:
-      raise ValueError(f"eval.attacks.{key}: unknown threat_model {threat!r}; choose one of "
+      raise ConfigError(f"eval.attacks.{key}: unknown threat_model {threat!r}; choose one of "
                        f"{THREAT_MODELS}.")
     if threat == "adaptive" and not defense.has_adaptive_attack:
-      raise ValueError(f"eval.attacks.{key}: defense {defense.name!r} defines no adaptive attack.")
+      raise ConfigError(f"eval.attacks.{key}: defense {defense.name!r} defines no adaptive attack.")
     source = entry.get("source_experiment", "")
     if (threat == "transfer") != bool(source):
-      raise ValueError(f"eval.attacks.{key}: a transfer attack needs source_experiment (the "
+      raise ConfigError(f"eval.attacks.{key}: a transfer attack needs source_experiment (the "
                        "substitute's experiment name in the same workdir), and only it does.")
     eot_samples = int(entry.get("eot_samples", 1))
     if eot_samples < 1 or (eot_samples > 1 and not defense.randomised):
-      raise ValueError(f"eval.attacks.{key}: eot_samples must be >= 1, and above 1 only against "
+      raise ConfigError(f"eval.attacks.{key}: eot_samples must be >= 1, and above 1 only against "
                        f"a randomised defense ({defense.name!r} is deterministic).")
     detector_aware = bool(entry.get("detector_aware", False))
     detector_weight = float(entry.get("detector_weight", 1.0))
-    access = attacks_lib.attack_info(name).access
+    access = info.access
     if detector_aware and not (has_detector and (
         (threat in ("white_box", "transfer") and access == "gradient")
         or (threat == "white_box" and access in ("scores", "labels")))):
-      raise ValueError(f"eval.attacks.{key}: a detector-aware attack is a white-box (or "
+      raise ConfigError(f"eval.attacks.{key}: a detector-aware attack is a white-box (or "
                        "transfer) gradient attack, or a query attack (its Oracle answers "
                        "with the system's decision: rejected inputs count as the true class), "
                        "on a deployed system with a detector (eval.detection.detector).")
     if detector_aware and access in ("scores", "labels") and defense.randomised:
-      raise ValueError(f"eval.attacks.{key}: a detector-aware query attack needs a "
+      raise ConfigError(f"eval.attacks.{key}: a detector-aware query attack needs a "
                        f"deterministic defense; {defense.name!r} is randomised.")
-    if attacks_lib.attack_info(name).needs_detector and not detector_aware:
-      raise ValueError(f"eval.attacks.{key}: {name!r} attacks a classifier and its detector: "
+    if info.needs_detector and not detector_aware:
+      raise ConfigError(f"eval.attacks.{key}: {name!r} attacks a classifier and its detector: "
                        "set detector_aware=True (and eval.detection.detector).")
-    if attacks_lib.attack_info(name).needs_detector and defense.randomised:
-      raise ValueError(f"eval.attacks.{key}: {name!r} needs a deterministic defense; "
+    if info.needs_detector and defense.randomised:
+      raise ConfigError(f"eval.attacks.{key}: {name!r} needs a deterministic defense; "
                        f"{defense.name!r} is randomised (use a detector-aware gradient attack "
                        "with eot_samples instead).")
     if not detector_weight > 0:
-      raise ValueError(f"eval.attacks.{key}: detector_weight must be positive.")
+      raise ConfigError(f"eval.attacks.{key}: detector_weight must be positive.")
     detector_fpr = float(entry.get("detector_fpr", 0.0))
     if not 0.0 <= detector_fpr < 1.0 or (detector_fpr and not detector_aware):
-      raise ValueError(f"eval.attacks.{key}: detector_fpr (the threshold the attacker evades, "
+      raise ConfigError(f"eval.attacks.{key}: detector_fpr (the threshold the attacker evades, "
                        "as a clean false-positive rate) must be in [0, 1), and is only for a "
                        "detector-aware attack.")
     num_examples = int(entry.get("num_examples", 0))
     if num_examples < 0:
-      raise ValueError(f"eval.attacks.{key}: num_examples must be >= 0 (0: every attacked "
+      raise ConfigError(f"eval.attacks.{key}: num_examples must be >= 0 (0: every attacked "
                        "image).")
     surface = str(entry.get("surface", ""))
     # A transfer attack's surface is the source's (crafted there as a white-box attack); a
     # source without it fails when its target is built.
     if surface and ((threat == "white_box" and surface not in defense.attack_surfaces)
                     or threat not in ("white_box", "transfer") or detector_aware or universal):
-      raise ValueError(f"eval.attacks.{key}: surface {surface!r} must be one of defense "
+      raise ConfigError(f"eval.attacks.{key}: surface {surface!r} must be one of defense "
                        f"{defense.name!r}'s attack surfaces {list(defense.attack_surfaces)}, "
                        "for a white-box (or transfer) attack that is neither detector-aware "
                        "nor universal.")

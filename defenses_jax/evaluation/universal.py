@@ -8,15 +8,13 @@ parameters, the threat model it differentiates, EOT samples, fit_examples and th
 
 from __future__ import annotations
 
-import json
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses_jax import parallel
+from defenses_jax import artifact_cache, parallel
 from defenses_jax.checkpoint import step_artifact_path
 from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
 
@@ -38,25 +36,47 @@ def cache_path(exp_dir: str, spec: AttackSpec, threat_model: str, seed: int, ste
 
 def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: int
                         ) -> UniversalPerturbation:
-  """The universal perturbation for this attack on this checkpoint: loaded if cached, else
-  fitted (one device: the fit is sequential over images) and saved by process 0."""
+  """The universal perturbation for this attack on this trained model: loaded if a verified
+  cache exists (checksum; the settings, checkpoint step, model and fitting images that produced
+  it; shaped like an image and within its eps: artifact_cache.py), else fitted (one device: the
+  fit is sequential over images) and saved by process 0. Its reported norms are those of the
+  perturbation itself, never carried over from a note."""
   exp, state = crafted_on.exp, crafted_on.state
-  path = cache_path(exp.exp_dir, spec, threat_model, seed, int(state.step),
-                    exp.config.model.get("compute_dtype", "float32"))
-  if os.path.exists(path):
-    with np.load(path) as saved:
-      return UniversalPerturbation(saved["v"], json.loads(str(saved["info"])), path)
+  compute_dtype = exp.config.model.get("compute_dtype", "float32")
+  path = cache_path(exp.exp_dir, spec, threat_model, seed, int(state.step), compute_dtype)
   ds = exp.train_ds.take(spec.fit_examples)
-  build = logits_builder(threat_model, exp.model, exp.defense, spec.eot_samples)
-  fit = jax.jit(lambda params, batch_stats, x, key: spec.fn(build(params, batch_stats), x, key,
-                                                            **spec.params),
-                compiler_options=parallel.COMPILER_OPTIONS)
-  key = jax.random.fold_in(jax.random.key(seed), 5 * 2**20)
-  v, info = fit(state.params, state.batch_stats, jnp.asarray(ds.images), key)
-  v = np.asarray(v)
-  info = {k: np.asarray(a).tolist() for k, a in info.items()}
-  info["fit_examples"] = len(ds)
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path, v=v, info=json.dumps(info))
+  identity = {"attack": spec.attack, "params": spec.params, "threat_model": threat_model,
+              "eot_samples": spec.eot_samples, "seed": seed, "step": int(state.step),
+              "model": crafted_on.fingerprint, "fit_data": ds.fingerprint,
+              "compute_dtype": compute_dtype}
+  norm = spec.info.norm_of(spec.params)
+
+  def contract(arrays, info):
+    v = arrays.get("v")
+    if v is None or v.shape != ds.image_shape:
+      return f"it is not one perturbation of shape {ds.image_shape}"
+    return artifact_cache.in_box(np.abs(v)) or artifact_cache.within_norm_ball(
+        v[None], spec.params["eps"], norm)
+
+  cached = artifact_cache.load(path, identity, contract)
+  if cached is not None:
+    v, info = cached.arrays["v"], cached.info
+  else:
+    build = logits_builder(threat_model, exp.model, exp.defense, spec.eot_samples)
+    fit = jax.jit(lambda params, batch_stats, x, key: spec.fn(build(params, batch_stats), x, key,
+                                                              **spec.params),
+                  compiler_options=parallel.COMPILER_OPTIONS)
+    key = jax.random.fold_in(jax.random.key(seed), 5 * 2**20)
+    v, info = fit(state.params, state.batch_stats, jnp.asarray(ds.images), key)
+    v = np.asarray(v)
+    info = {k: np.asarray(a).tolist() for k, a in info.items()}
+    info["fit_examples"] = len(ds)
+    if jax.process_index() == 0:
+      artifact_cache.save(path, {"v": v}, identity, info)
+  info = {**info, **_norms(v)}
   return UniversalPerturbation(v, info, path)
+
+
+def _norms(v: np.ndarray) -> dict:
+  flat = np.asarray(v, np.float64).ravel()
+  return {"l2": float(np.sqrt(np.sum(flat * flat))), "linf": float(np.abs(flat).max())}

@@ -1,5 +1,6 @@
-"""A suite's figures (config.figures): computed once per trained member, cached as JSON beside
-the tables, drawn as PNG.
+"""A suite's figures (config.figures): computed once per trained member, their data cached
+beside the tables (<figure id>.json, reused only when verified: artifact_cache.py), drawn as
+PNG.
 
 Kinds:
   rho_steps       paper 001 Figure 3: rho of BIM(n, n) over n        (eps, n_values)
@@ -19,11 +20,15 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import jax
 
+from defenses_jax import artifact_cache
+from defenses_jax.checkpoint import experiment_dir, latest_checkpoint_step, recorded_step_digest
+from defenses_jax.files import read_json_or_none, save_figure
+from defenses_jax.progress import read_records
 from defenses_jax.suites import rho
-from defenses_jax.checkpoint import latest_checkpoint_step
 from defenses_jax.evaluation.report import pyplot
 from defenses_jax.evaluation.evaluator import accuracy_vs_eps
 from defenses_jax.experiment import TrainedExperiment
@@ -33,26 +38,25 @@ KINDS = ("rho_steps", "rho_iteration", "training_curves", "accuracy_vs_eps",
 FROM_RESULTS = ("training_curves", "detection_vs_param", "cells_vs_param")  # Read from files; never cached stale.
 
 
+def _eval_results(workdir: str, name: str) -> Optional[dict]:
+  """A member's eval.json, None if missing or damaged (named in a warning)."""
+  return read_json_or_none(os.path.join(os.path.abspath(workdir), name, "results", "eval.json"),
+                           "the figure leaves this member's points out")
+
+
 def _training_curve(workdir: str, name: str) -> dict:
   path = os.path.join(os.path.abspath(workdir), name, "metrics.jsonl")
   epochs, clean, robust = [], [], []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        record = json.loads(line)
-        if "test_accuracy" in record:
-          epochs.append(record["epoch"])
-          clean.append(record["test_accuracy"])
-          robust.append(record.get("robust_accuracy"))
+  for record in read_records(path) if os.path.exists(path) else []:
+    if "test_accuracy" in record:
+      epochs.append(record["epoch"])
+      clean.append(record["test_accuracy"])
+      robust.append(record.get("robust_accuracy"))
   return {"epoch": epochs, "test_accuracy": clean, "robust_accuracy": robust}
 
 
 def _detection_series(workdir: str, name: str, fig) -> dict:
-  path = os.path.join(os.path.abspath(workdir), name, "results", "eval.json")
-  attacks = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      attacks = json.load(f)["attacks"]
+  attacks = (_eval_results(workdir, name) or {}).get("attacks", {})
   series = {metric: [(attacks.get(key, {}).get("detection") or {}).get(metric)
                      for key in fig.attacks] for metric in fig.metrics}
   return {"x": list(fig.x_values), **series}
@@ -62,12 +66,7 @@ def _cell_series(workdir: str, fig) -> dict:
   """{series label: [value per x]} of a cells_vs_param figure, looked up as table cells."""
   from defenses_jax.suites import tables  # Tables read results; figures only draw them.
   members = {cell.partition(":")[0] for _, cells in fig.series for cell in cells}
-  results = {}
-  for name in members:
-    path = os.path.join(os.path.abspath(workdir), name, "results", "eval.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        results[name] = json.load(f)
+  results = {name: r for name in members if (r := _eval_results(workdir, name)) is not None}
   series = {label: [tables.cell_value(cell, results) for cell in cells]
             for label, cells in fig.series}
   return {"x": list(fig.x_values), **series}
@@ -130,8 +129,22 @@ def _plot(kind: str, title: str, data: dict, path: str, x_label: str = "",
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
+
+
+def _identity(config, fig, workdir: str) -> dict:
+  """What a figure's cached data depends on: its spec (and its attack's settings), and each
+  member's checkpoint (step and the checksums recorded when it was saved)."""
+  spec = json.loads(json.dumps(fig.to_dict()))
+  if "attack" in fig:  # The attack's settings too: a changed attack makes the figure stale.
+    spec["attack_entries"] = json.loads(json.dumps(
+        {name: config.members[name].eval.attacks[fig.attack].to_dict() for name in fig.members}))
+  checkpoints = {}
+  for name in figure_members(fig):
+    step = latest_checkpoint_step(workdir, name)
+    checkpoints[name] = [step, recorded_step_digest(experiment_dir(workdir, name), step)]
+  return {"spec": spec, "checkpoints": checkpoints}
 
 
 def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: bool = True) -> dict:
@@ -143,29 +156,24 @@ def make_figures(config, workdir: str, out_dir: str, datasets=None, compute: boo
     if fig.kind not in KINDS:
       raise ValueError(f"figures.{fig_id}: unknown kind {fig.kind!r}; choose one of {KINDS}.")
     cache = os.path.join(out_dir, f"{fig_id}.json")
-    spec = json.loads(json.dumps(fig.to_dict()))
-    if "attack" in fig:  # The attack's settings too: a changed attack makes the figure stale.
-      spec["attack_entries"] = json.loads(json.dumps(
-          {name: config.members[name].eval.attacks[fig.attack].to_dict() for name in fig.members}))
-    steps = {name: latest_checkpoint_step(workdir, name) for name in figure_members(fig)}
+    identity = _identity(config, fig, workdir)
     cached = None
-    if os.path.exists(cache):
-      with open(cache) as f:
-        cached = json.load(f)
-    fresh = cached is not None and cached["spec"] == spec and cached["steps"] == steps
-    if not fresh and fig.kind not in FROM_RESULTS and not compute:
-      continue
-    if fresh and fig.kind not in FROM_RESULTS:
-      data = cached["data"]
+    if fig.kind not in FROM_RESULTS:
+      if not compute and not os.path.exists(cache):
+        continue
+      cached = artifact_cache.load_json(cache, identity)
+      if cached is None and not compute:
+        continue
+    if cached is not None:
+      data = cached.info
     elif fig.kind == "cells_vs_param":  # One plot of several members' results.
       data = {"": _cell_series(workdir, fig)}
     else:
       data = {name: _compute(fig.kind, fig, config.members[name], workdir, datasets)
               for name in fig.members}
     if jax.process_index() == 0:
-      os.makedirs(out_dir, exist_ok=True)
-      with open(cache, "w") as f:
-        json.dump({"spec": spec, "steps": steps, "data": data}, f, indent=2)
+      if cached is None:  # The figure's data beside it, whatever its kind.
+        artifact_cache.save_json(cache, data, identity)
       path = os.path.join(out_dir, f"{fig_id}.png")
       _plot(fig.kind, fig.title, data, path, fig.get("x_label", ""), fig.get("x_log", False))
       drawn[fig_id] = path

@@ -28,13 +28,15 @@ from typing import Optional
 import jax
 import ml_collections
 
-from defenses_jax import defenses, distill, train
+from defenses_jax import data, defenses, distill, train
 from defenses_jax import evaluation
-from defenses_jax.evaluation import threat_models
+from defenses_jax.config_checks import check_config
+from defenses_jax.errors import ConfigError
+from defenses_jax.evaluation.preflight import check_evaluation
 from defenses_jax.suites import figures as suite_figures
 from defenses_jax.suites import tables as paper_tables
 from defenses_jax.checkpoint import latest_checkpoint_step
-from defenses_jax.progress import write_json
+from defenses_jax.files import read_json_or_none, write_json, write_text
 
 MODES = ("train", "eval", "report")
 
@@ -43,32 +45,34 @@ def is_suite(config: ml_collections.ConfigDict) -> bool:
   return "members" in config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Every table cell names a member and a result that member will produce; checked before any
+def validate(config: ml_collections.ConfigDict, datasets: Optional[tuple] = None) -> None:
+  """Every member's whole config (sizes, attacks and their parameters, detector) is checked,
+  and every table cell names a member and a result that member will produce, before any
   training starts."""
   members = config.members
   if config.suite_name in members:
-    raise ValueError(f"suite_name {config.suite_name!r} is also a member's name; their "
+    raise ConfigError(f"suite_name {config.suite_name!r} is also a member's name; their "
                      "directories would collide.")
   if set(config.order) != set(members.keys()):
-    raise ValueError(f"suite {config.suite_name}: order {sorted(config.order)} must list exactly "
+    raise ConfigError(f"suite {config.suite_name}: order {sorted(config.order)} must list exactly "
                      f"the members {sorted(members.keys())}.")
   for name in config.order:
     if members[name].experiment_name != name:
-      raise ValueError(f"suite member {name!r} has experiment_name "
+      raise ConfigError(f"suite member {name!r} has experiment_name "
                        f"{members[name].experiment_name!r}; they must match.")
   for position, name in enumerate(config.order):
     member = members[name]
-    defense = defenses.create_defense(member.defense.name, num_classes=10,
-                                      **member.defense.options)
-    for spec in threat_models.parse_attack_specs(
-        member.eval.attacks, defense, has_detector=bool(member.eval.detection.detector)):
+    try:
+      specs = _check_member(member, datasets)
+    except ValueError as e:
+      raise ConfigError(f"suite {config.suite_name}, member {name!r}: {e}") from None
+    for spec in specs:
       # Every member is trained before any is evaluated; a source listed later must not craft
       # examples for reuse (its saved examples would not exist yet), so only a detector-aware
       # transfer (crafted afresh on the source) may name one.
       if spec.source_experiment and spec.source_experiment not in config.order[:position] and (
           not spec.detector_aware or spec.source_experiment not in config.order):
-        raise ValueError(f"suite member {name!r}: transfer source {spec.source_experiment!r} "
+        raise ConfigError(f"suite member {name!r}: transfer source {spec.source_experiment!r} "
                          "must be a member listed before it in order.")
   for table_id in config.tables.order:
     table = config.tables[table_id]
@@ -76,7 +80,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for row in table.rows:
       label = row["label"]
       if sorted(row["cells"]) != sorted(keys) or set(row["paper"]) - set(keys):
-        raise ValueError(f"{table_id}, row {label!r}: columns {keys}, but cells for "
+        raise ConfigError(f"{table_id}, row {label!r}: columns {keys}, but cells for "
                          f"{sorted(row['cells'])} and paper numbers for {sorted(row['paper'])}.")
       for cell in row["cells"].values():
         _check_cell(cell, members, f"{table_id}, row {label!r}")
@@ -84,10 +88,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fig = config.figures[fig_id]
     for label, cells in fig.get("series") or ():
       if len(cells) != len(fig.x_values):
-        raise ValueError(f"figures.{fig_id}, series {label!r}: {len(cells)} cells for "
+        raise ConfigError(f"figures.{fig_id}, series {label!r}: {len(cells)} cells for "
                          f"{len(fig.x_values)} x values.")
       for cell in cells:
         _check_cell(cell, members, f"figures.{fig_id}")
+
+
+def _check_member(member: ml_collections.ConfigDict, datasets: Optional[tuple]) -> list:
+  """What training and evaluating the member will check first, checked now: its config's
+  numbers, its defense, its attacks, detector and sizes."""
+  check_config(member)
+  num_classes = datasets[0].num_classes if datasets else 10  # The papers' datasets have 10.
+  defense = defenses.create_defense(member.defense.name, num_classes=num_classes,
+                                    **member.defense.options)
+  if datasets:
+    num_test = len(datasets[1].take(member.dataset.num_test_examples))
+  else:
+    num_test = data.split_size(member.dataset.name, member.dataset.test_split,
+                               member.dataset.num_test_examples)
+  return check_evaluation(member, defense, num_test)
 
 
 def _check_cell(cell: str, members, where: str) -> None:
@@ -96,29 +115,29 @@ def _check_cell(cell: str, members, where: str) -> None:
     return
   member, _, key = cell.partition(":")
   if member not in members:
-    raise ValueError(f"{where}: unknown member {member!r}.")
+    raise ConfigError(f"{where}: unknown member {member!r}.")
   if key.startswith("time_ratio:") and key.partition(":")[2] not in members:
-    raise ValueError(f"{where}: unknown member in {key!r}.")
+    raise ConfigError(f"{where}: unknown member in {key!r}.")
   if key in paper_tables.MEMBER_DETECTION_KEYS and not members[member].eval.detection.detector:
-    raise ValueError(f"{where}: {key!r} needs a detector in member {member!r}'s "
+    raise ConfigError(f"{where}: {key!r} needs a detector in member {member!r}'s "
                      "eval.detection.")
   section, _, name = key.partition(":")
   if section == "worst_case" and name not in dict(
       members[member].eval.get("worst_case_groups") or {}):
-    raise ValueError(f"{where}: member {member!r} has no eval.worst_case_groups.{name}.")
+    raise ConfigError(f"{where}: member {member!r} has no eval.worst_case_groups.{name}.")
   if key in ("clean", "time") or key.startswith("time_ratio:") or (
       key in paper_tables.MEMBER_DETECTION_KEYS) or section in paper_tables.MEMBER_SECTIONS:
     return
   attack_key, _, metric = key.partition(":")
   if attack_key not in members[member].eval.attacks:
-    raise ValueError(f"{where}: member {member!r} has no attack {attack_key!r} in its "
+    raise ConfigError(f"{where}: member {member!r} has no attack {attack_key!r} in its "
                      f"eval.attacks ({sorted(members[member].eval.attacks.keys())}).")
   if metric and metric not in paper_tables.ATTACK_METRICS:
-    raise ValueError(f"{where}: unknown metric {metric!r}; choose one of "
+    raise ConfigError(f"{where}: unknown metric {metric!r}; choose one of "
                      f"{sorted(paper_tables.ATTACK_METRICS)}.")
   if (paper_tables.ATTACK_METRICS.get(metric, (None,))[0] == "detection"
       and not members[member].eval.detection.detector):
-    raise ValueError(f"{where}: metric {metric!r} needs a detector in member {member!r}'s "
+    raise ConfigError(f"{where}: metric {metric!r} needs a detector in member {member!r}'s "
                      "eval.detection.")
 
 
@@ -128,7 +147,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
   'report' (tables from existing results)."""
   if mode not in MODES:
     raise ValueError(f"unknown suite mode {mode!r}; choose one of {MODES}.")
-  validate(config)
+  validate(config, datasets)
   members = [config.members[name] for name in config.order]
   if mode == "train":
     for i, member in enumerate(members):
@@ -157,8 +176,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
     markdown = paper_tables.markdown(config.description, tables, results)
     markdown += "".join(f"\n![{name}]({os.path.basename(path)})\n" for name, path in
                         figures.items())
-    with open(os.path.join(out_dir, "tables.md"), "w") as f:
-      f.write(markdown)
+    write_text(os.path.join(out_dir, "tables.md"), markdown)
     write_json(os.path.join(out_dir, "tables.json"), {"suite": config.suite_name,
                                                             "tables": tables})
     print(markdown)
@@ -171,11 +189,10 @@ def _announce(message: str) -> None:
 
 
 def _load_json(workdir: str, name: str, filename: str) -> Optional[dict]:
+  """A member's results file; None if missing or damaged (with a warning naming it): the
+  member is then trained or evaluated again by the next run."""
   path = os.path.join(os.path.abspath(workdir), name, "results", filename)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return read_json_or_none(path, "the next run recomputes it")
 
 
 def _load_eval(workdir: str, name: str) -> Optional[dict]:

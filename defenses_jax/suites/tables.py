@@ -27,7 +27,7 @@ MEMBER_DETECTION_KEYS = ("worst_case_misclassified_and_accepted", "held_out_fals
 # '<member>:<section>:<name>': the defense's own numbers (Defense.evaluation_metrics) and the
 # worst case over a named group of attacks (eval.worst_case_groups).
 MEMBER_SECTIONS = {"defense": "defense_metrics", "worst_case": "worst_case_groups"}
-UNTRUSTED = "(!)"  # A sanity check failed for this cell's evaluation.
+UNTRUSTED = report.UNTRUSTED  # A sanity check failed for this cell's evaluation.
 OTHER_SETTINGS = "(other settings)"  # Attack params overridden: not comparable with the paper.
 
 
@@ -69,8 +69,7 @@ def _cell(spec: str, paper: Optional[float], results: dict, training: dict) -> d
   if key not in summary["attacks"]:
     return {"source": spec, "ours": None, "paper": paper, "status": "missing"}
   result = summary["attacks"][key]
-  warnings = [c["detail"] for c in summary.get("sanity", []) if c["status"] == sanity.WARN and
-              result["label"] in (c.get("attack", result["label"]), c.get("white_box_attack"))]
+  warnings = sanity.warnings_for(summary, result["label"])
   ours = result["robust_accuracy"]
   if metric:
     section, name = ATTACK_METRICS[metric]

@@ -40,6 +40,7 @@ probability 0.10, range 0.15, temperature 0.3; untargeted).
 
 import ml_collections
 
+from defenses_jax.errors import ConfigError
 from experiments.common import attack, autoattack_entry, base_config, set_cpu_dataset
 from experiments.paper_004_adv_transform.tables import paper_004_tables
 
@@ -53,8 +54,9 @@ def parse_arg(arg) -> tuple[str, str]:
     return ("mnist" if arg == "cpu" else "cifar10"), arg
   dataset, _, scale = arg.rpartition("_")
   if dataset not in DATASETS or scale not in ("cpu", "full"):
-    raise ValueError(f"unknown config argument {arg!r}; use 'cpu', 'full' or one of "
-                     f"{[f'{d}_{s}' for d in DATASETS for s in ('cpu', 'full')]}.")
+    raise ConfigError(f"unknown config argument {arg!r}; use 'cpu', 'full' or one of "
+                      f"{[f'{d}_{s}' for d in DATASETS for s in ('cpu', 'full')]}, e.g. "
+                      "--config=experiments/paper_004_adv_transform/config.py:cpu")
   return dataset, scale
 
 

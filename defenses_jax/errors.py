@@ -1,0 +1,15 @@
+"""The errors that are the user's to fix (a config, the data, a workdir, a run that diverged),
+as opposed to bugs. Each says what is wrong and what to do; launch.py prints them as one line,
+without a traceback. Library code raises the specific subclass (ConfigError, data.DataError,
+checkpoint.CheckpointMismatchError, ...); all are ValueError or OSError as well, so existing
+`except ValueError` code keeps working.
+"""
+
+
+class UserError(Exception):
+  """Base of the errors a user fixes by changing the command, config, data or workdir."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config (or its command-line override) that cannot work: unknown names, values out of
+  range, sizes that do not fit the data."""

@@ -1,0 +1,60 @@
+"""Everything an experiment's evaluation will need, checked before any training or compute:
+its attacks (names, threat models, parameter ranges), its detector (name, options, rate) and
+the sizes of what it attacks and holds out. Training runs it first, so does evaluation, and a
+paper suite runs it for every member before the first one trains: an unknown detector or a
+`false_positive_rate` of 1.5 must fail in the first second, not after hours of training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import ml_collections
+
+from defenses_jax.detectors import create_detector
+from defenses_jax.errors import ConfigError
+from defenses_jax.evaluation.threat_models import AttackSpec, parse_attack_specs
+
+
+def check_evaluation(config: ml_collections.ConfigDict, defense,
+                     num_test_examples: Optional[int]) -> list[AttackSpec]:
+  """The parsed attack specs; raises ValueError naming every problem found. `num_test_examples`
+  is the size of the test set the experiment uses (None if unknown before loading it)."""
+  ev = config.eval
+  specs = parse_attack_specs(ev.attacks, defense, has_detector=bool(ev.detection.detector))
+  problems = []
+  detector = None
+  if ev.detection.detector:
+    try:
+      detector = create_detector(ev.detection.detector, defense.num_classes,
+                                 **ev.detection.options.to_dict())
+    except ValueError as e:
+      problems.append(f"eval.detection: {e}".rstrip("."))
+    fpr = ev.detection.false_positive_rate
+    if (detector is None or detector.fixed_threshold is None) and not 0 < fpr < 1:
+      problems.append(f"eval.detection.false_positive_rate must lie in (0, 1); got {fpr!r}")
+    threshold_examples = ev.detection.num_threshold_examples
+    if threshold_examples == 0 or threshold_examples < -1:
+      problems.append("eval.detection.num_threshold_examples must be positive or -1 (all); "
+                      f"got {threshold_examples!r}")
+  if num_test_examples is not None:
+    problems += _size_problems(ev, detector, num_test_examples)
+  if problems:
+    raise ConfigError(f"{config.experiment_name}: " + "; ".join(problems) + ".")
+  return specs
+
+
+def _size_problems(ev, detector, num_test: int) -> list[str]:
+  """Without a detector, asking to attack more images than there are attacks them all."""
+  problems = []
+  attacked = num_test if ev.num_attack_examples < 0 else ev.num_attack_examples
+  fpr = ev.detection.false_positive_rate
+  if detector is not None and detector.fixed_threshold is None and 0 < fpr < 1:
+    held_out, needed = num_test - min(attacked, num_test), math.ceil(1.0 / fpr)
+    if held_out < needed:
+      problems.append(
+          f"eval.detection needs clean held-out test images to fix its threshold at a "
+          f"false-positive rate of {fpr}: at least {needed}, but only {held_out} of the "
+          f"{num_test} test images are not attacked; lower eval.num_attack_examples")
+  return problems
