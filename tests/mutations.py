@@ -351,6 +351,10 @@ _CORE = (
              "return jnp.clip(v, -eps, eps)", "return v", (_T + "test_universal.py",)),
     Mutation("uap_fooling_against_a_fixed_class", "defenses_jax/attacks/universal.py",
              "batch_size) != clean", "batch_size) != 0", (_T + "test_universal.py",)),
+    Mutation("uap_returns_its_last_pass", "defenses_jax/attacks/universal.py",
+             "passes, _, rates, v, best_pass = lax.while_loop(",
+             "passes, v, rates, _, best_pass = lax.while_loop(", (_T + "test_universal.py",),
+             "the last pass's v reported with the best pass's fooling rate (issue 37)"),
     Mutation("uap_fitted_on_test_images", "defenses_jax/evaluation/universal.py",
              "ds = exp.train_ds.take(spec.fit_examples)", "ds = exp.test_ds.take(spec.fit_examples)",
              (_T + "test_evaluate.py::test_a_universal_perturbation_is_fitted_on_training_images_"
