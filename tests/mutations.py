@@ -17,6 +17,7 @@ class Mutation:
 
 
 _T = "tests/"
+_HALVING = "test_apgd.py::test_step_size_halving_follows_autoattack_rule_on_hand_made_losses"
 _CORE = (
     # The eleven bugs that once passed every test (issue: "Tests that catch the bugs that matter").
     Mutation("pgd_returns_last_iterate", "defenses_jax/attacks/gradient.py",
@@ -207,6 +208,23 @@ _CORE = (
                                                "step_and_the_relaunch_ends_bit_identical",)),
     Mutation("apgd_never_halves", "defenses_jax/attacks/apgd.py",
              'step=jnp.where(halve, s["step"] / 2.0, s["step"])', 'step=s["step"]', (_T + "test_apgd.py",)),
+    # Issue 37: the halving rule against AutoAttack's, on hand-made loss sequences.
+    Mutation("apgd_oscillation_test_inverted", "defenses_jax/attacks/apgd.py",
+             "oscillating = increases <= rho * lengths[i]",
+             "oscillating = increases >= rho * lengths[i]", (_T + _HALVING,),
+             "halves where the loss kept rising, not where it oscillates"),
+    Mutation("apgd_oscillation_bound_strict", "defenses_jax/attacks/apgd.py",
+             "oscillating = increases <= rho * lengths[i]",
+             "oscillating = increases < rho * lengths[i]", (_T + _HALVING,),
+             "AutoAttack's check_oscillation halves at exactly rho * k rises (t <= k * k3)"),
+    Mutation("apgd_stall_ignores_the_last_halving", "defenses_jax/attacks/apgd.py",
+             'stalled = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)',
+             'stalled = s["loss_best_last"] >= loss_best', (_T + _HALVING,),
+             "halves again right after a halving that found nothing better"),
+    Mutation("apgd_last_halving_records_oscillation_only", "defenses_jax/attacks/apgd.py",
+             'reduced_last=jnp.where(at_checkpoint, halve, s["reduced_last"])',
+             'reduced_last=jnp.where(at_checkpoint, oscillating, s["reduced_last"])',
+             (_T + _HALVING,), "a halving for no improvement is forgotten at the next checkpoint"),
     Mutation("dlr_sign_flipped", "defenses_jax/attacks/apgd.py",
              "return -(true - other) / (top[:, 0] - top[:, 2] + 1e-12)",
              "return (true - other) / (top[:, 0] - top[:, 2] + 1e-12)", (_T + "test_apgd.py",)),

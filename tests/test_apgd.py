@@ -1,6 +1,7 @@
-"""APGD and the AutoAttack-style worst case: the DLR loss by hand, the step-size schedule, exact
-success sets on linear models (where the optimal attack is known), APGD at least as strong as
-PGD on a small CNN, and the worst case never above any member's robust accuracy."""
+"""APGD and the AutoAttack-style worst case: the DLR loss by hand, the step-size schedule, the
+halving rule on hand-made losses, exact success sets on linear models (where the optimal attack
+is known), APGD at least as strong as PGD on a small CNN, and the worst case never above any
+member's robust accuracy."""
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,74 @@ def test_step_size_halves_at_every_checkpoint_of_a_flat_loss():
   x = jnp.full((2, 4, 4, 1), 0.5)
   _, info = apgd(flat, x, jnp.zeros(2, jnp.int32), jax.random.key(0), eps=0.1, steps=100)
   np.testing.assert_allclose(info["step_size"], 2 * 0.1 / 2**8)  # Never an increase: 8 halvings.
+
+
+# AutoAttack's halving rule (autopgd_base.py), at each checkpoint, per example: halve (and go
+# back to the best point) if
+#   (1) the loss rose on at most rho of the steps since the last checkpoint
+#       (check_oscillation: increases <= rho * k), or
+#   (2) the last checkpoint did not halve and the best loss has not risen since
+#       ((1 - reduced_last_check) * (loss_best_last_check >= loss_best)).
+# Hand-made losses, four checkpoints of 4 steps each, rho = 0.75: (1) holds unless all 4 steps
+# rose. The start's loss is 0 and every point is x = i + 1, so the point a halving returns to
+# names the step where the best loss was. Start: step 2 eps = 1, reduced_last_check = 1.
+# (With a start loss of 0 the reference's wrap-around first comparison, see apgd.py, agrees
+# with ours.) apgd_stepped.py runs the same `_update`.
+HALVING_CASES = {
+    # name: (losses of steps 0-15, step after each checkpoint, x after each checkpoint)
+    "neither: always rising": (
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        [1, 1, 1, 1], [4, 8, 12, 16]),
+    # cp1: 1 rise -> (1), back to step 0's point. cp2: 4 rises, (2) off (cp1 halved). cp3: 4
+    # rises, cp2 did not halve and the best (10) has not risen since: (2) alone. cp4: 4 rises,
+    # still no new best, but cp3 halved: no.
+    "(2) alone at cp3": (
+        [10, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 8.5, 9, 9.5, 9.75],
+        [0.5, 0.5, 0.25, 0.25], [1, 8, 1, 16]),
+    # cp1: 3 rises of 4 = rho * 4 exactly: "at most" halves, back to step 2's point (loss 3).
+    "(1) at its bound": (
+        [1, 2, 3, 2.5, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+        [0.5, 0.5, 0.5, 0.5], [3, 8, 12, 16]),
+    # cp2: no rise and no new best since cp1, which did not halve: (1) and (2); back to step 3.
+    "(1) and (2) at cp2": (
+        [1, 2, 3, 4, 0, 0, 0, 0, 1, 2, 3, 5, 6, 7, 8, 9],
+        [1, 0.5, 0.5, 0.5], [4, 4, 12, 16]),
+    # cp2: 2 rises, but a new best (6, at step 6): (1) alone; back to step 6's point.
+    "(1) alone after a checkpoint that did not halve": (
+        [1, 2, 3, 4, 5, 4, 6, 5, 7, 8, 9, 10, 11, 12, 13, 14],
+        [1, 0.5, 0.5, 0.5], [4, 7, 12, 16]),
+}
+
+
+def test_step_size_halving_follows_autoattack_rule_on_hand_made_losses():
+  from defenses_jax.attacks.apgd import _first_state, _schedule, _update
+  # The schedule's interval lengths for 100 steps (checkpoints 21, 40, 56, ...: see above).
+  mask, lengths = _schedule(100)
+  assert list(np.asarray(lengths)[np.asarray(mask)]) == [22, 19, 16, 13, 10, 7, 6, 6]
+
+  names = list(HALVING_CASES)
+  losses = jnp.asarray([HALVING_CASES[n][0] for n in names], jnp.float32)
+  b, steps = losses.shape
+  at = [3, 7, 11, 15]
+  schedule = (jnp.zeros((steps,), bool).at[jnp.asarray(at)].set(True),
+              jnp.zeros((steps,), jnp.int32).at[jnp.asarray(at)].set(4))
+  zeros, no = jnp.zeros((b, 1)), jnp.zeros((b,), bool)
+  s = _first_state(zeros, zeros, jnp.zeros((b,)), no, eps=0.5)
+  step_after, x_after = [], []
+  for i in range(steps):
+    s = _update(s, jnp.full((b,), i), jnp.full((b, 1), i + 1.0), zeros, losses[:, i], no,
+                schedule, 0.75)
+    step_after.append(np.asarray(s["step"]))
+    x_after.append(np.asarray(s["x"])[:, 0])
+  step_after, x_after = np.stack(step_after, 1), np.stack(x_after, 1)
+  for k, name in enumerate(names):
+    _, want_step, want_x = HALVING_CASES[name]
+    np.testing.assert_array_equal(step_after[k, at], want_step, err_msg=name)
+    np.testing.assert_array_equal(x_after[k, at], want_x, err_msg=name)
+    before = np.concatenate([[1.0], step_after[k, at[:-1]]])
+    # Between checkpoints the step size never changes.
+    np.testing.assert_array_equal(step_after[k].reshape(4, 4)[:, :3],
+                                  np.repeat(before[:, None], 3, 1), err_msg=name)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.08), ("l2", 0.3)])
