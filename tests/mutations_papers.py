@@ -6,6 +6,8 @@ from __future__ import annotations
 from mutations import Mutation
 
 _T = "tests/"
+_PAIR = ("test_collaborative.py::test_the_pair_detector_pairs_z_prime_with_argmax_z_star_not_"
+         "argmax_z")
 PAPER_MUTATIONS = (
     # Paper 002 (PDM): the defense, the KDE detector, and the attacks on a detected system.
     Mutation("rce_predicts_with_z", "defenses_jax/defenses/pdm.py",
@@ -94,6 +96,14 @@ PAPER_MUTATIONS = (
     Mutation("collab_gray_box_sees_the_lock", "defenses_jax/defenses/collaborative.py",
              "return lambda z: self.split(net(z))[0]", "return lambda z: self.class_logits(net(z))",
              (_T + "test_collaborative.py",), "the gray-box attacker knows the defence"),
+    # Issue 37: bugs that show only where argmax Z and argmax Z* differ.
+    Mutation("pair_detector_reads_argmax_z", "defenses_jax/detectors/pair.py",
+             'predicted = jnp.argmax(outputs["class_logits"], axis=-1)',
+             'predicted = jnp.argmax(outputs["base_logits"], axis=-1)', (_T + _PAIR,),
+             "Z' paired with the base head's class, not the deployed Z*'s"),
+    Mutation("collab_deploys_z_not_z_star", "defenses_jax/defenses/collaborative.py",
+             "lock=lock, class_logits=z * lock,", "lock=lock, class_logits=z,", (_T + _PAIR,),
+             "the deployed system (class and pair check) bypasses the gradient lock unit"),
     # Paper 004 (g: an attack on a frozen f_b as the input transformation).
     Mutation("es_sign_pgd_ascends_the_margin", "defenses_jax/attacks/query/es_sign_pgd.py",
              "x_cur - step_size * jnp.sign(g)", "x_cur + step_size * jnp.sign(g)", (_T + "test_es_sign_pgd.py",),

@@ -12,6 +12,7 @@ from defenses_jax.attacks.gradient import pgd
 from defenses_jax.attacks.detector_evasion import DetectedSystem
 from defenses_jax.attacks.pair_evasion import cw_pair, pair_apgd, pair_violation
 from defenses_jax.defenses import create_defense
+from defenses_jax.defenses.base import Network
 from defenses_jax.defenses.collaborative import (CollaborativeNet, classmap_from_counts,
                                                  fgs_confusion, pair_accept_margins,
                                                  robust_objective)
@@ -56,6 +57,38 @@ def test_pair_margins_and_the_detector_accept_exactly_the_classmap_pairs():
   assert list(np.asarray(scores) < detector.fixed_threshold) == [True, False, True]
   with pytest.raises(ValueError, match="accept_margin"):
     detector.score({}, {"class_logits": class_logits}, robust)
+
+
+class GivenLogits(nn.Module):
+  """A network without parameters whose packed logits [Z, Z', g] are its input rows."""
+
+  @nn.compact
+  def __call__(self, x, train=False, return_embedding=False):
+    return (x, x) if return_embedding else x
+
+
+def test_the_pair_detector_pairs_z_prime_with_argmax_z_star_not_argmax_z():
+  # Classmap (1, 2, 0). Paper 003 section 3.3.3: accept iff argmax Z' = Classmap[argmax Z*],
+  # Z* = Z * g; the lock g moves the deployed class away from argmax Z in rows 0, 1 and 3.
+  packed = np.array([
+      # Z           Z'           g
+      [3, 1, 0,     0, 0, 2,     0.1, 0.9, 0.5],  # Z* = (.3, .9, 0): class 1, wants 2: accept
+      [3, 1, 0,     0, 2, 0,     0.1, 0.9, 0.5],  # class 1 (argmax Z 0 would want 1): flag
+      [0, 1, 3,     2, 0, 0,     0.5, 0.5, 0.5],  # Z* = (0, .5, 1.5): class 2, wants 0: accept
+      [0, 1, 3,     1, 0, 0,     0.5, 0.9, 0.2],  # Z* = (0, .9, .6): class 1, wants 2: flag
+      [2, 0, 1,     0, 0, 1,     0.9, 0.9, 0.9],  # class 0, wants 1, Z' says 2: flag
+  ], np.float32)
+  z, g = packed[:, :3], packed[:, 6:]
+  assert list(np.argmax(z, -1) != np.argmax(z * g, -1)) == [True, True, False, True, False]
+  defense = create_defense("collaborative", 3, classmap=(1, 2, 0))
+  detector = create_detector("pair", 3)
+  net = Network(GivenLogits(), {}, detector, detector.fit([]))
+  deployed = defense.deployed(net, jnp.asarray(packed))
+  np.testing.assert_array_equal(np.argmax(deployed.class_logits, -1), [1, 1, 2, 1, 0])
+  # -margin(Z', Classmap[argmax Z*]): row 0: -(2 - 0), row 1: -(0 - 2), row 3: -(0 - 1), ...
+  np.testing.assert_allclose(deployed.detector_score, [-2.0, 2.0, -2.0, 1.0, 1.0])
+  flagged = np.asarray(deployed.detector_score) >= detector.fixed_threshold
+  assert list(flagged) == [False, True, False, True, True]
 
 
 class TinyBase(nn.Module):
