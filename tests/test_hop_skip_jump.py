@@ -100,21 +100,38 @@ def test_binary_search_brackets_the_boundary_within_theta(norm):
   oracle = Oracle(affine(w, b), "labels", 1000)
   x_b, info = jax.jit(lambda x, f, y, k: binary_search(oracle, x, f, y, k, norm=norm))(
       x, far, y, jax.random.key(0))
-  assert np.all(np.asarray(x_b @ w + b) > 0)  # The adversarial end.
-  np.testing.assert_array_equal(info["queries"], steps)
+  boundary = info["boundary"]
+  assert np.all(np.asarray(boundary @ w + b) > 0)  # The adversarial end.
+  # Returned: the point `margin` of its distance beyond it, confirmed by one more query.
+  assert bool(info["confirmed"].all()) and np.all(np.asarray(x_b @ w + b) > 0)
+  np.testing.assert_array_equal(info["queries"], steps + 1)
   low, high = np.asarray(info["low"]), np.asarray(info["high"])
+  # max(margin x its distance, an L-inf move of MIN_BEYOND) past the end: the floor is the
+  # larger for the closest examples.
+  floor = (hsj_lib.MIN_BEYOND * np.sqrt(d) / np.linalg.norm(np.asarray(far - x), axis=-1)
+           if norm == "l2" else hsj_lib.MIN_BEYOND)
+  beyond = high + np.maximum(hsj_lib.BOUNDARY_MARGIN * high, floor)
   if norm == "l2":
     assert np.all(high - low <= theta)
     # The blend (1 - a) x + a far crosses the boundary at a* = s(x) / (s(x) - s(far)).
     crossing = np.asarray(s / (s - (far @ w + b)))
     assert np.all(low <= crossing + 1e-6) and np.all(crossing <= high + 1e-6)
-    np.testing.assert_allclose(x_b, (1 - high[:, None]) * x + high[:, None] * far, atol=1e-6)
+    np.testing.assert_allclose(boundary, (1 - high[:, None]) * x + high[:, None] * far,
+                               atol=1e-6)
+    np.testing.assert_allclose(x_b, (1 - beyond[:, None]) * x + beyond[:, None] * far,
+                               atol=1e-6)
   else:
     dist = np.abs(np.asarray(far - x)).max(-1)
     assert np.all(high - low <= np.minimum(dist * theta, theta))
-    assert np.all(np.abs(np.asarray(x_b - x)).max(-1) <= high + 1e-7)
+    assert np.all(np.abs(np.asarray(boundary - x)).max(-1) <= high + 1e-7)
+    np.testing.assert_allclose(np.abs(np.asarray(x_b - x)).max(-1), beyond, rtol=1e-5)
     below = jnp.clip(far, x - low[:, None], x + low[:, None])
     assert np.all(np.asarray(below @ w + b) <= 0)  # The low end is not adversarial.
+  # margin 0: the reference's search, its adversarial end returned, no extra query.
+  x_0, info_0 = jax.jit(lambda x, f, y, k: binary_search(oracle, x, f, y, k, norm=norm,
+                                                         margin=0.0))(x, far, y, jax.random.key(0))
+  np.testing.assert_array_equal(x_0, boundary)
+  np.testing.assert_array_equal(info_0["queries"], steps)
 
 
 def test_gradient_estimate_matches_the_simulated_cosine():
@@ -191,13 +208,14 @@ def test_queries_follow_the_schedule_exactly(norm):
   # Noise is always adversarial here (w > 0, x near 0.2: w.noise - w.x ~ 15 +- 2), and a step
   # along an estimate with a positive cosine never fails on a linear boundary, so with one
   # draw and no halvings the run asks exactly the budget's schedule: 1 + 1 + 10 + K +
-  # sum_t (n_t + 1 + K). An Oracle with exactly that budget answers every query (same result
-  # as a larger one), and a host-side count of the answered queries agrees.
+  # sum_t (n_t + 1 + K), K the projection's halvings and its query past the boundary
+  # (blend_search's margin). An Oracle with exactly that budget answers every query
+  # (same result as a larger one), and a host-side count of the answered queries agrees.
   d, batch, steps = 50, 4, 4
   w, b, x, y = affine_problem(d, batch, seed=5, centre=0.2, positive=True)
   params = dict(norm=norm, steps=steps, max_init_queries=1, max_step_halvings=0, chunk=64)
   budget = hop_skip_jump_query_budget(d=d, **params)
-  k = hsj_lib.search_steps(hsj_lib.threshold(norm, d))
+  k = hsj_lib.search_steps(hsj_lib.threshold(norm, d)) + 1  # And the confirmation query.
   evals = [int(100 * np.sqrt(t)) for t in range(1, steps + 1)]
   assert budget == 1 + 1 + 10 + k + sum(n + 1 + k for n in evals)
   assert hop_skip_jump_query_budget(**params) >= budget  # Without d: the search-steps cap.
@@ -220,7 +238,7 @@ def test_queries_follow_the_schedule_exactly(norm):
 def test_counts_agree_with_the_default_schedule_and_a_small_budget_stops_every_example():
   d, batch, steps = 50, 4, 3
   w, b, x, y = affine_problem(d, batch, seed=6, centre=0.2, positive=True)
-  k = hsj_lib.search_steps(hsj_lib.threshold("l2", d))
+  k = hsj_lib.search_steps(hsj_lib.threshold("l2", d)) + 1  # And the confirmation query.
   base = 1 + 1 + 10 + k + sum(int(100 * np.sqrt(t)) + 1 + k for t in range(1, steps + 1))
   run = lambda oracle, **p: jax.jit(lambda x, y, key: hop_skip_jump(
       oracle, x, y, key, steps=steps, **p))(x, y, jax.random.key(2))
@@ -378,3 +396,45 @@ def test_runs_data_parallel_as_the_evaluation_does():
   x_ref, queries_ref = jax.jit(attack)(x, y, jax.random.key(0))
   np.testing.assert_array_equal(x_adv, x_ref)
   np.testing.assert_array_equal(queries, queries_ref)
+
+
+def _adversarial_as_rescored(fn, x_adv, y):
+  """Per example, is x_adv misclassified when scored as an evaluation may score it: one image
+  per call, the whole batch at once, padded to a larger batch with copies of the last row (as
+  run_over_dataset pads its last batch), and in reverse order. XLA compiles each batch shape
+  to its own program, which may round the same logits differently (~1e-6 relative)."""
+  f = jax.jit(fn)
+  n = x_adv.shape[0]
+  logits = {"one per call": jnp.concatenate([f(x_adv[i:i + 1]) for i in range(n)]),
+            "whole batch": f(x_adv),
+            "padded to 64": f(jnp.concatenate([x_adv, jnp.repeat(x_adv[-1:], 64 - n, 0)]))[:n],
+            "reversed": f(x_adv[::-1])[::-1]}
+  return {name: np.asarray(jnp.argmax(v, -1) != y) for name, v in logits.items()}
+
+
+@pytest.mark.parametrize("norm,gamma", [("l2", 0.01), ("linf", 1.0)])
+def test_reported_successes_survive_rescoring_in_any_batch_shape(norm, gamma):
+  # Issue 37: the binary search ends within float32 rounding of the boundary (a logit margin of
+  # ~1e-6 after its 20 halvings at d = 784 L-inf; gamma 0.01 takes L2 to 22), and scoring the
+  # returned points in another batch shape turned reported successes back into the true class
+  # (the old code here: 7 of 16 L2 and 3 of 16 L-inf, one per call). A returned point lies
+  # max(margin x its distance, an L-inf move of 1e-5) past the boundary, confirmed by the
+  # Oracle: every batch shape agrees with info["success"], and the logit margins are far above
+  # the rounding, also for example 2, whose clean margin is only 5e-3 (L-inf distance 6e-5).
+  d, batch = 784, 16
+  rng = np.random.default_rng(13)
+  weights = jnp.asarray(rng.normal(size=(d, 3)), jnp.float32)
+  fn = lambda z: z.reshape(z.shape[0], -1) @ weights
+  x = jnp.asarray(rng.uniform(0.3, 0.7, (batch, d)), jnp.float32)
+  y = jnp.argmax(fn(x), -1)
+  oracle = Oracle(fn, "labels", 10**6, independent_examples=True)
+  x_adv, info = jax.jit(lambda x, y, k: hop_skip_jump(oracle, x, y, k, norm=norm, gamma=gamma,
+                                                      steps=2, init_evals=20))(
+      x, y, jax.random.key(0))
+  assert bool(info["success"].all())
+  for name, adversarial in _adversarial_as_rescored(fn, x_adv, y).items():
+    np.testing.assert_array_equal(adversarial, info["success"], err_msg=name)
+  logits = np.asarray(fn(x_adv), np.float64)
+  own = logits[np.arange(batch), np.asarray(y)]
+  margin = np.max(np.where(np.arange(3) == np.asarray(y)[:, None], -np.inf, logits), -1) - own
+  assert np.all(margin > 1e-4), margin  # The rounding: ~4e-5 at most here.
