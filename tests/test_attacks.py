@@ -26,14 +26,18 @@ def interior_inputs(n, seed=1):
   return jax.random.uniform(jax.random.key(seed), (n, *SHAPE), minval=0.4, maxval=0.6)
 
 
-def minimal_distances(fn, w, x, dual_norm):
-  """min over j != y of |Z_j - Z_y| / ||w_j - w_y||_dual, the exact minimal perturbation."""
+def minimal_distances(fn, w, x, dual_norm, with_gaps=False):
+  """min over j != y of |Z_j - Z_y| / ||w_j - w_y||_dual, the exact minimal perturbation (and,
+  with_gaps, the logit gap |Z_j - Z_y| of that closest boundary)."""
   logits = fn(x)
   y = jnp.argmax(logits, -1)
   gaps = jnp.abs(logits - objectives.class_logit(logits, y)[:, None])
   diff = w.T[None, :, :] - w.T[y][:, None, :]  # (B, K, 16)
   norm = jnp.sqrt(jnp.sum(diff ** 2, -1)) if dual_norm == "l2" else jnp.sum(jnp.abs(diff), -1)
   ratio = jnp.where(jax.nn.one_hot(y, w.shape[1], dtype=bool), jnp.inf, gaps / norm)
+  if with_gaps:
+    closest = jnp.argmin(ratio, -1)
+    return y, jnp.min(ratio, -1), jnp.take_along_axis(gaps, closest[:, None], -1)[:, 0]
   return y, jnp.min(ratio, -1)
 
 
@@ -41,16 +45,23 @@ def minimal_distances(fn, w, x, dual_norm):
 def test_deepfool_finds_the_exact_minimal_perturbation_in_one_step(norm, dist_key, dual):
   fn, w, _ = linear_model(5)
   x = interior_inputs(8)
-  y, d_star = minimal_distances(fn, w, x, dual)
+  y, d_star, gap = minimal_distances(fn, w, x, dual, with_gaps=True)
   x_adv, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm)
   assert bool(jnp.all(info["success"]))
   np.testing.assert_array_equal(info["iterations"], 1)
   ratio = info[dist_key] / d_star
-  # One linearised step lands on the boundary; the overshoot (0.02 by default, as the
-  # reference) then scales it by 1.02. Pinned, so that a dropped overshoot (ratio 1.0) fails.
-  np.testing.assert_allclose(ratio, 1.02, rtol=1e-3)
+  # One linearised step aims `aim` past the closest boundary in logits (a success's threshold,
+  # 1e-4 x max(1, max_j |z_j|): 1.6e-4 to 2.1e-4 here), d* (1 + aim / gap) away; the overshoot
+  # (0.02 by default, as the reference) then scales it by 1.02. The aim moves the ratio from
+  # 1.02 by at most 3.2e-4 relative here (the reference's 1e-4: 1.9e-4). Pinned, so that a
+  # dropped overshoot (ratio 1.0) or a step aimed elsewhere fails.
+  aim = 1e-4 * np.maximum(1.0, np.abs(np.asarray(fn(x))).max(-1))
+  np.testing.assert_allclose(ratio, 1.02 * (1 + aim / gap), rtol=1e-5)
   _, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm, overshoot=0.1)
-  np.testing.assert_allclose(info[dist_key] / d_star, 1.1, rtol=1e-3)
+  np.testing.assert_allclose(info[dist_key] / d_star, 1.1 * (1 + aim / gap), rtol=1e-5)
+  # tolerance 0: the reference's step, 1e-4 past the boundary.
+  _, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm, tolerance=0.0)
+  np.testing.assert_allclose(info[dist_key] / d_star, 1.02 * (1 + 1e-4 / gap), rtol=1e-5)
 
 
 def test_cw_l2_comes_within_a_few_percent_of_the_minimal_perturbation():
@@ -249,6 +260,64 @@ def test_deepfool_freezes_examples_once_they_are_fooled():
   assert done_early.any()
   np.testing.assert_array_equal(np.asarray(many)[done_early], np.asarray(one)[done_early])
   np.testing.assert_array_equal(np.asarray(info_many["iterations"])[done_early], 1)
+
+
+def _adversarial_as_rescored(fn, x_adv, clean):
+  """Per example, does x_adv leave the clean prediction when scored as an evaluation may score
+  it: one image per call, the whole batch at once, padded to a larger batch with copies of the
+  last row (as run_over_dataset pads its last batch), and in reverse order. XLA compiles each
+  batch shape to its own program, which may round the same logits differently (~1e-6
+  relative)."""
+  f = jax.jit(fn)
+  n = x_adv.shape[0]
+  logits = {"one per call": jnp.concatenate([f(x_adv[i:i + 1]) for i in range(n)]),
+            "whole batch": f(x_adv),
+            "padded to 64": f(jnp.concatenate([x_adv, jnp.repeat(x_adv[-1:], 64 - n, 0)]))[:n],
+            "reversed": f(x_adv[::-1])[::-1]}
+  return {name: np.asarray(jnp.argmax(v, -1) != clean) for name, v in logits.items()}
+
+
+@pytest.mark.parametrize("box_aware", [True, False])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_successes_survive_rescoring_in_any_batch_shape(norm, box_aware):
+  # A 3-class linear model, d = 784, logits of scale ~400 (XLA rounds them up to 3e-4
+  # differently one image per call). Half the pixels sit at 0 or 1, so that with
+  # box_aware=False the clipped steps creep to the boundary; box_aware=True lands in one step,
+  # with overshoot 0 on the reference's 1e-4 past it. Either way the old stop (the label
+  # changed) left margins of 0 to 3e-4, and 2-7 of 16 reported successes were the clean class
+  # again one image per call. An example is fooled only past 1e-4 x max(1, max_j |z_j|) of its
+  # clean logits (0.02 to 0.05 here): every batch shape agrees with info["success"]. Cut off by
+  # max_iter within that threshold of the boundary, an example comes back as x, a failure in
+  # any batch shape; otherwise its last iterate stays clear of the boundary.
+  d, batch = 784, 16
+  rng = np.random.default_rng(13)
+  weights = jnp.asarray(10 * rng.normal(size=(d, 3)), jnp.float32)
+  fn = lambda z: z.reshape(z.shape[0], -1) @ weights
+  pixels, where = rng.uniform(0.3, 0.7, (batch, d)), rng.uniform(size=(batch, d))
+  x = jnp.asarray(np.where(where < 0.25, 0.0, np.where(where < 0.5, 1.0, pixels)), jnp.float32)
+  clean_logits = np.asarray(fn(x), np.float64)
+  clean = np.argmax(clean_logits, -1)
+  threshold = 1e-4 * np.maximum(1.0, np.abs(clean_logits).max(-1))
+  overshoot = 0.0 if box_aware else 0.02
+  # In full, and cut off at max_iter where some examples are still within the threshold.
+  for max_iter in (50, 1 if box_aware else 5):
+    x_adv, info = jax.jit(lambda x, y, k: attacks.deepfool(
+        fn, x, y, k, norm=norm, box_aware=box_aware, overshoot=overshoot,
+        max_iter=max_iter))(x, jnp.asarray(clean), jax.random.key(0))
+    success = np.asarray(info["success"])
+    if max_iter == 50:
+      assert success.all()
+    for name, adversarial in _adversarial_as_rescored(fn, x_adv, clean).items():
+      np.testing.assert_array_equal(adversarial, success, err_msg=f"{name}, max_iter {max_iter}")
+    logits = np.asarray(fn(x_adv), np.float64)
+    own = logits[np.arange(batch), clean]
+    margin = np.max(np.where(np.arange(3) == clean[:, None], -np.inf, logits), -1) - own
+    assert np.all(margin[success] > threshold[success]), (margin, threshold)
+    returned_x = np.all(np.asarray(x_adv == x).reshape(batch, -1), -1)
+    assert np.all(returned_x | (margin > threshold) | (margin < -threshold)), margin
+    if max_iter < 50:
+      assert returned_x[~success].any() and not returned_x[success].any()
+      np.testing.assert_array_equal(np.asarray(info["l2"])[returned_x], 0.0)
 
 
 def test_bpda_uses_the_approximation_only_on_the_backward_pass():
