@@ -18,6 +18,8 @@ class Mutation:
 
 _T = "tests/"
 _HALVING = "test_apgd.py::test_step_size_halving_follows_autoattack_rule_on_hand_made_losses"
+_DEEPFOOL_RESCORED = _T + ("test_attacks.py::test_deepfool_successes_survive_rescoring_in_any_"
+                           "batch_shape")
 _CORE = (
     # The eleven bugs that once passed every test (issue: "Tests that catch the bugs that matter").
     Mutation("pgd_returns_last_iterate", "defenses_jax/attacks/gradient.py",
@@ -30,6 +32,14 @@ _CORE = (
     Mutation("deepfool_without_overshoot", "defenses_jax/attacks/deepfool.py",
              "x_next = jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0)",
              "x_next = jnp.clip(x + r_total, 0.0, 1.0)", (_T + "test_attacks.py",)),
+    Mutation("deepfool_stops_at_label_change", "defenses_jax/attacks/deepfool.py",
+             "active = s.active & live & (fooling_margin(logits, classes[:, 0]) <= s.threshold)",
+             "active = s.active & live & (jnp.argmax(logits, -1) == classes[:, 0])",
+             (_DEEPFOOL_RESCORED,),
+             "the old stop: a margin of ~0 that another batch shape rounds to the clean class"),
+    Mutation("deepfool_success_without_margin", "defenses_jax/attacks/deepfool.py",
+             "success = margin > s.threshold", "success = margin > 0", (_DEEPFOOL_RESCORED,),
+             "an example cut off by max_iter just past the boundary is reported a success"),
     Mutation("batchnorm_stats_psum", "defenses_jax/train.py",
              "batch_stats = lax.pmean(batch_stats, parallel.DATA_AXIS)",
              "batch_stats = lax.psum(batch_stats, parallel.DATA_AXIS)",
