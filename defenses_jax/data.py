@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from defenses_jax.errors import UserError
+from defenses_jax.data_errors import DataError  # Re-exported: data.DataError is its public name.
 
 # Datasets served by tensorflow-datasets: name -> number of classes.
 TFDS_DATASETS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
@@ -35,10 +35,6 @@ SPLIT_SIZES = {EMBEDDED_MNIST: {"train": EMBEDDED_MNIST_TRAIN_SIZE, "test": 1000
                "mnist": {"train": 60000, "test": 10000},
                "fashion_mnist": {"train": 60000, "test": 10000},
                "cifar10": {"train": 50000, "test": 10000}}
-
-
-class DataError(UserError, ValueError):
-  """A dataset or batch that cannot be used as given."""
 
 
 class DataWarning(UserWarning):
