@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from defenses_jax.data_errors import DataError  # Re-exported: data.DataError is its public name.
+from defenses_jax.errors import DataError  # Re-exported: data.DataError is its public name.
 
 # Datasets served by tensorflow-datasets: name -> number of classes.
 TFDS_DATASETS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}

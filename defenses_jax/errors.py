@@ -13,3 +13,8 @@ class UserError(Exception):
 class ConfigError(UserError, ValueError):
   """A config (or its command-line override) that cannot work: unknown names, values out of
   range, sizes that do not fit the data."""
+
+
+class DataError(UserError, ValueError):
+  """A dataset or batch that cannot be used as given (raised by data.py, which re-exports it
+  as data.DataError, and by the loaders it dispatches to, e.g. mnist_wheel.py)."""

@@ -45,7 +45,7 @@ from typing import Optional
 
 import numpy as np
 
-from defenses_jax.data_errors import DataError
+from defenses_jax.errors import DataError
 
 CACHE_ENV = "DEFENSES_JAX_DATA_DIR"
 SPLITS = ("train", "test")

@@ -33,8 +33,8 @@ class TrainingDiverged(UserError, ValueError):
 
 
 # The loss has diverged when it stays above divergence_factor x max(its initial value, 1) (the
-# loss of a fresh run's first step) for DIVERGENCE_PATIENCE log intervals in a row (a learning rate of 1e4 took a CNN's cross-entropy
-# from 2.3 to 8e16 while every value stayed finite).
+# loss of a fresh run's first step) for DIVERGENCE_PATIENCE log intervals in a row: a loss can
+# run away and stay finite (a learning rate of 1e4 took a CNN's cross-entropy from 2.3 to 8e16).
 DIVERGENCE_PATIENCE = 3
 
 

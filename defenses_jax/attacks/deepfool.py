@@ -7,28 +7,18 @@ the closest one is stepped to (plus a small logit margin), the total perturbatio
 All candidate gradients come from one forward pass: the VJP is vmapped over the candidates.
 Written as a per-example state machine (attacks/stepped.py) for the slot runner.
 
-Fooled means a logit margin (the largest other logit minus the clean prediction's) above a
-threshold, not just a changed label (the reference). The overshot point often lands within
-float32 rounding of the boundary, and XLA rounds the same logits differently for another batch
-shape, so a success seen in the attack's batch could vanish when the evaluation scored the
-point one image per call or in its own batches. On the MNIST CNN (experiments/standard.py:cpu,
-100 test images) the margins of reported successes had a median of 2e-4 and went down to 2e-5
-(L2) and 0 (L-inf: one was the clean class again scored as a whole batch); logits differed by up
-to 2.9e-5 between batch shapes, at most 1.6e-6 of the image's max |logit| (~20); with
-box_aware=False, L2, overshoot 0.2, 14 of 32 successes reported, 11 one image per call. The
-threshold is `tolerance` x max(1, max_j |z_j|) of the example's clean logits: the rounding
-grows with the logits' scale, and the default 1e-4 is 60x the largest seen there (2e-3 on that
-CNN); the floor, 1e-4 for logits of scale <= 1, is the reference's own margin past the
-linearised boundary. Each step aims this threshold past the boundary (the reference: 1e-4), so
-a linear model is still fooled in one step and an example past the boundary but within the
-threshold moves on, further past it; on that CNN the mean iterations went from 5.93
-to 5.99 (L2) and 5.47 to 5.53 (L-inf), the median distance up 0.05% and 0.03%, margins now
-8e-4 and more, and every batch shape agreed. `success` is re-checked by a fresh forward pass
-against the same threshold; an example left within the threshold of the boundary at max_iter,
-on either side, comes back as x (a failure in any batch shape). tolerance=0 gives back the
-reference's stop (the label changed) and step. Networks computed in bfloat16 (8-bit
-significands) may round far more between batch shapes (not measured): give them a larger
-tolerance.
+Fooled means a logit margin (the largest other logit minus the clean prediction's) above
+`tolerance` x max(1, max_j |z_j|) of the example's clean logits, not just a changed label (the
+reference): the reference's overshot point can land within float32 rounding of the boundary,
+and XLA rounds the same logits differently for another batch shape, so a success seen in the
+attack's batch could vanish when the evaluation scores the point in its own batches. The
+rounding grows with the logits' scale, hence the relative threshold; the default 1e-4 is far
+above the rounding seen between batch shapes (at most ~2e-6 of max |z| on the MNIST CNN). Each
+step aims the threshold past the linearised boundary (the reference: 1e-4), so a linear model
+is still fooled in one step. `success` is re-checked by a fresh forward pass against the same
+threshold; an example still within it of the boundary at max_iter comes back as x (a failure
+in every batch shape). tolerance=0 is the reference's stop and step. A network computed in
+bfloat16 rounds far more: give it a larger tolerance.
 """
 
 from __future__ import annotations

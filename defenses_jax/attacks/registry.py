@@ -159,7 +159,8 @@ ATTACKS = Registry("attack", {
     # Stops by itself (max_iter: a cap).
     "deepfool": AttackInfo(deepfool, "gradient", "l2", stepped=deepfool_stepped, params={
         "norm": checks.NORM, "overshoot": checks.NON_NEGATIVE, "max_iter": checks.COUNT,
-        "candidates": _CANDIDATES, "box_aware": checks.BOOL}),
+        "candidates": _CANDIDATES, "box_aware": checks.BOOL,
+        "tolerance": checks.NON_NEGATIVE}),
     # Stops by itself (gamma caps the features).
     "jsma": AttackInfo(jsma, "gradient", "l0", stepped=jsma_stepped, params={
         "theta": checks.Range(low=-1, high=1, nonzero=True), "gamma": checks.FRACTION,
@@ -215,6 +216,7 @@ ATTACKS = Registry("attack", {
                                     "max_step_halvings": checks.Range(low=0, integer=True),
                                     "max_search_steps": checks.Range(low=0, integer=True),
                                     "chunk": checks.COUNT,
+                                    "margin": checks.Range(low=0, high=1, high_open=True),
                                     "eps": checks.Range(low=0, low_open=True, optional=True),
                                     "stop_within_eps": checks.BOOL, "starts": checks.GIVEN,
                                     "max_queries": checks.OPTIONAL_COUNT, **_QUERY_TARGET}),

@@ -46,16 +46,14 @@ L-inf clips x' to [x - a, x + a] over a in [0, ||x' - x||_inf]. The reference lo
 the [0, 1] box both take exactly ceil(log2(1 / theta)) halvings, which is what runs here (a
 fixed count: a float32 bracket that stops shrinking cannot loop forever), capped by
 `max_search_steps`. Its adversarial end, the very array the Oracle labelled, is where the next
-iteration starts (as the reference). It lies within float rounding of the boundary (on an MNIST
-CNN, L-inf: logit margins of 0 to 1.7e-5, and the model compiled for another batch shape rounds
-up to 2.6e-5 differently), so a success resting on it can vanish when the evaluation scores it
-in another batch shape (issue 37: 16/16 successes reported, 14/16 scored one per call). So with
-`margin` > 0 (the default 1e-3) one more query asks about the point on the search line
-max(margin x its distance, an L-inf move of 1e-5) past the adversarial end (so that far past
-the last point labelled not adversarial: what a label-only attacker can know of a margin); a
-point becomes the attack's best only when the Oracle confirms it (parts.blend_search). It costs
-one query per binary search and 0.1% more distance; on that CNN its logit margins were 3e-3
-to 3e-2. margin=0 is the reference's search (and query count), success at the rounding's mercy.
+iteration starts (as the reference). That end lies within float rounding of the boundary, and
+the model compiled for another batch shape rounds differently, so a success resting on it could
+vanish when the evaluation scores it in its own batches. So with `margin` > 0 (default 1e-3)
+one more query asks about the point on the search line max(margin x its distance, an L-inf move
+of 1e-5) past the adversarial end (a margin a label-only attacker can know: that far past the
+last point labelled not adversarial), and a point becomes the attack's best only when the
+Oracle confirms it (parts.blend_search): one query per search, about 0.1% more distance.
+margin=0 is the reference's search and query count.
 
 theta = gamma / (d sqrt(d)) (L2) or gamma / d^2 (L-inf), d the number of input features.
 

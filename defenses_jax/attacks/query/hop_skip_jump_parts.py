@@ -23,13 +23,10 @@ _SMALL_CALL = 8
 _UNITS_PER_CHUNK = 4
 # How far past the binary search's adversarial end a returned point lies (blend_search): this
 # fraction of its distance, and at least an L-inf move of MIN_BEYOND (for L2 the L2 norm of
-# such a move on every feature, MIN_BEYOND sqrt(d)). On the MNIST CNN (16 images, 40 steps)
-# the adversarial end's logit margin was 0 to 1.7e-5 (L-inf), the rounding that differs
-# between batch shapes up to 2.6e-5; 1e-3 of the distance gave margins of 3e-3 to 3e-2 (L-inf
-# and L2) at 0.1% more distortion. The floor is for an input already within a hair of the
-# boundary, whose distance (and so 1e-3 of it) is tiny: both the rounding and the margin a
-# move gains scale with the model's input gradient, so an input-space floor well above
-# float32's resolution of [0, 1] (1.2e-7 at 1) holds for any model computed in float32.
+# such a move on every feature, MIN_BEYOND sqrt(d)). The floor is for an input already within a
+# hair of the boundary, whose distance (and so a fraction of it) is tiny: the rounding and the
+# margin a move gains both scale with the model's input gradient, so an input-space floor well
+# above float32's resolution of [0, 1] (1.2e-7 at 1) holds for any model computed in float32.
 BOUNDARY_MARGIN = 1e-3
 MIN_BEYOND = 1e-5
 
