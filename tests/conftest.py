@@ -71,3 +71,19 @@ def tiny_config(model: str = "lenet", epochs: int = 2, batch_size: int = 16, **t
   for k, v in train.items():
     setattr(c.train, k, v)
   return c
+
+
+def predicted_other_than_when_rescored(fn, x_adv, reference):
+  """Per example, does `fn` predict a class other than `reference` on x_adv when scored as an
+  evaluation may score it: one image per call, the whole batch at once, padded to a larger
+  batch with copies of the last row (as run_over_dataset pads its last batch), and in reverse
+  order. XLA compiles each batch shape to its own program, which may round the same logits
+  differently (~1e-6 relative); a reported success must hold in all of them."""
+  import jax.numpy as jnp
+  f = jax.jit(fn)
+  n = x_adv.shape[0]
+  logits = {"one per call": jnp.concatenate([f(x_adv[i:i + 1]) for i in range(n)]),
+            "whole batch": f(x_adv),
+            "padded to 64": f(jnp.concatenate([x_adv, jnp.repeat(x_adv[-1:], 64 - n, 0)]))[:n],
+            "reversed": f(x_adv[::-1])[::-1]}
+  return {name: np.asarray(jnp.argmax(v, -1) != reference) for name, v in logits.items()}

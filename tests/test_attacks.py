@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import predicted_other_than_when_rescored
 from defenses_jax import attacks
 from defenses_jax.attacks import objectives
 
@@ -262,21 +263,6 @@ def test_deepfool_freezes_examples_once_they_are_fooled():
   np.testing.assert_array_equal(np.asarray(info_many["iterations"])[done_early], 1)
 
 
-def _adversarial_as_rescored(fn, x_adv, clean):
-  """Per example, does x_adv leave the clean prediction when scored as an evaluation may score
-  it: one image per call, the whole batch at once, padded to a larger batch with copies of the
-  last row (as run_over_dataset pads its last batch), and in reverse order. XLA compiles each
-  batch shape to its own program, which may round the same logits differently (~1e-6
-  relative)."""
-  f = jax.jit(fn)
-  n = x_adv.shape[0]
-  logits = {"one per call": jnp.concatenate([f(x_adv[i:i + 1]) for i in range(n)]),
-            "whole batch": f(x_adv),
-            "padded to 64": f(jnp.concatenate([x_adv, jnp.repeat(x_adv[-1:], 64 - n, 0)]))[:n],
-            "reversed": f(x_adv[::-1])[::-1]}
-  return {name: np.asarray(jnp.argmax(v, -1) != clean) for name, v in logits.items()}
-
-
 @pytest.mark.parametrize("box_aware", [True, False])
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_deepfool_successes_survive_rescoring_in_any_batch_shape(norm, box_aware):
@@ -307,7 +293,7 @@ def test_deepfool_successes_survive_rescoring_in_any_batch_shape(norm, box_aware
     success = np.asarray(info["success"])
     if max_iter == 50:
       assert success.all()
-    for name, adversarial in _adversarial_as_rescored(fn, x_adv, clean).items():
+    for name, adversarial in predicted_other_than_when_rescored(fn, x_adv, clean).items():
       np.testing.assert_array_equal(adversarial, success, err_msg=f"{name}, max_iter {max_iter}")
     logits = np.asarray(fn(x_adv), np.float64)
     own = logits[np.arange(batch), clean]

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import predicted_other_than_when_rescored
 from defenses_jax import parallel
 from defenses_jax.attacks.query import Oracle, QueryAccessError
 from defenses_jax.attacks.query import hop_skip_jump_parts as hsj_lib
@@ -398,20 +399,6 @@ def test_runs_data_parallel_as_the_evaluation_does():
   np.testing.assert_array_equal(queries, queries_ref)
 
 
-def _adversarial_as_rescored(fn, x_adv, y):
-  """Per example, is x_adv misclassified when scored as an evaluation may score it: one image
-  per call, the whole batch at once, padded to a larger batch with copies of the last row (as
-  run_over_dataset pads its last batch), and in reverse order. XLA compiles each batch shape
-  to its own program, which may round the same logits differently (~1e-6 relative)."""
-  f = jax.jit(fn)
-  n = x_adv.shape[0]
-  logits = {"one per call": jnp.concatenate([f(x_adv[i:i + 1]) for i in range(n)]),
-            "whole batch": f(x_adv),
-            "padded to 64": f(jnp.concatenate([x_adv, jnp.repeat(x_adv[-1:], 64 - n, 0)]))[:n],
-            "reversed": f(x_adv[::-1])[::-1]}
-  return {name: np.asarray(jnp.argmax(v, -1) != y) for name, v in logits.items()}
-
-
 @pytest.mark.parametrize("norm,gamma", [("l2", 0.01), ("linf", 1.0)])
 def test_reported_successes_survive_rescoring_in_any_batch_shape(norm, gamma):
   # Issue 37: the binary search ends within float32 rounding of the boundary (a logit margin of
@@ -432,7 +419,7 @@ def test_reported_successes_survive_rescoring_in_any_batch_shape(norm, gamma):
                                                       steps=2, init_evals=20))(
       x, y, jax.random.key(0))
   assert bool(info["success"].all())
-  for name, adversarial in _adversarial_as_rescored(fn, x_adv, y).items():
+  for name, adversarial in predicted_other_than_when_rescored(fn, x_adv, y).items():
     np.testing.assert_array_equal(adversarial, info["success"], err_msg=name)
   logits = np.asarray(fn(x_adv), np.float64)
   own = logits[np.arange(batch), np.asarray(y)]
