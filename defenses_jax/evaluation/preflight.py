@@ -41,7 +41,7 @@ def check_evaluation(config: ml_collections.ConfigDict, defense,
   if num_test_examples is not None:
     problems += _size_problems(ev, detector, num_test_examples)
   if problems:
-    raise ConfigError(f"{config.experiment_name}: " + "; ".join(problems) + ".")
+    raise ConfigError("; ".join(problems) + ".")
   return specs
 
 
