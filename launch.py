@@ -10,7 +10,6 @@ Outputs go to <workdir>/<config.experiment_name>/: checkpoints/, config.json, me
 results/. A run that finds checkpoints there resumes from the latest one.
 """
 
-import json
 import os
 import sys
 
@@ -111,7 +110,21 @@ def main(argv):
   except UserError as e:  # A config, data or workdir problem: its message says what to do.
     _fail(str(e))
   if jax.process_index() == 0:
-    print(json.dumps(result, indent=2, sort_keys=True))
+    print(_short_summary(result, workdir))
+
+
+def _short_summary(result, workdir: str) -> str:
+  """What a run ends with: a few lines and where the full results are (not the whole JSON)."""
+  from defenses_jax.evaluation import report, results
+  if isinstance(result, results.EvalSummary):
+    return report.short_summary(result, os.path.join(workdir, result.experiment_name, "results"))
+  if isinstance(result, results.TrainSummary):
+    seconds = ("" if result.seconds_per_step is None
+               else f", {result.seconds_per_step:.3f} s per step")
+    return (f"{result.experiment_name}: step {result.final_step}, test accuracy "
+            f"{report.pct(result.test_accuracy)}{seconds}\nresults: "
+            f"{os.path.join(workdir, result.experiment_name, 'results', 'train.json')}")
+  return f"{result['suite']}: tables in {result['tables']}"
 
 
 def _run(config, workdir, distill, evaluation, train, suite):

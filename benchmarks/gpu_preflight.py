@@ -63,16 +63,16 @@ def check_training(workdir: str) -> None:
   exp = Experiment(config, workdir)
   checkpoints = exp.checkpoints()
   try:
-    if checkpoints.latest_step() != summary["final_step"]:
+    if checkpoints.latest_step() != summary.final_step:
       raise RuntimeError(f"latest checkpoint {checkpoints.latest_step()}, trained to "
-                         f"{summary['final_step']}")
+                         f"{summary.final_step}")
     state = exp.restore_or_init(checkpoints)
   finally:
     checkpoints.close()
-  if int(state.step) != summary["final_step"]:
-    raise RuntimeError(f"restored step {int(state.step)}, saved {summary['final_step']}")
-  print(f"training stack: {summary['final_step']} steps, test accuracy "
-        f"{summary['test_accuracy']:.3f}, checkpoint restored")
+  if int(state.step) != summary.final_step:
+    raise RuntimeError(f"restored step {int(state.step)}, saved {summary.final_step}")
+  print(f"training stack: {summary.final_step} steps, test accuracy "
+        f"{summary.test_accuracy:.3f}, checkpoint restored")
 
 
 def main(argv):

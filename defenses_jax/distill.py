@@ -12,8 +12,10 @@ import numpy as np
 
 from defenses_jax import data as data_lib
 from defenses_jax import train as train_lib
+from defenses_jax.evaluation.results import TrainSummary
 from defenses_jax.experiment import load_experiment
 from defenses_jax.evaluation.runner import make_predictor, run_over_dataset
+from defenses_jax.progress import announce
 
 
 def teacher_labels(teacher, ds: data_lib.ArrayDataset, batch_size: int) -> np.ndarray:
@@ -27,7 +29,7 @@ def teacher_labels(teacher, ds: data_lib.ArrayDataset, batch_size: int) -> np.nd
 
 
 def distill_proxy(config: ml_collections.ConfigDict, workdir: str,
-                  datasets: Optional[tuple] = None) -> dict:
+                  datasets: Optional[tuple] = None) -> TrainSummary:
   """Trains `config` (the proxy) on the training images labelled by `config.distill.teacher`."""
   teacher = load_experiment(workdir, config.distill.teacher, config, datasets)
   train_ds = teacher.exp.train_ds
@@ -36,9 +38,8 @@ def distill_proxy(config: ml_collections.ConfigDict, workdir: str,
                                      f"{train_ds.name} labelled by {config.distill.teacher}")
   summary = train_lib.train_and_evaluate(config, workdir,
                                          datasets=(relabelled, teacher.exp.test_ds))
-  summary["teacher"] = config.distill.teacher
-  summary["teacher_train_accuracy"] = float(np.mean(labels == train_ds.labels))
-  if jax.process_index() == 0:
-    print(f"proxy {config.experiment_name} distilled from {config.distill.teacher}: its labels "
-          f"agree with the truth on {summary['teacher_train_accuracy']:.1%} of training images")
+  summary.teacher = config.distill.teacher
+  summary.teacher_train_accuracy = float(np.mean(labels == train_ds.labels))
+  announce(f"proxy {config.experiment_name} distilled from {config.distill.teacher}: its labels "
+           f"agree with the truth on {summary.teacher_train_accuracy:.1%} of training images")
   return summary

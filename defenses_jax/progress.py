@@ -17,6 +17,12 @@ from defenses_jax.errors import UserError
 from defenses_jax.tensorboard import ScalarWriter
 
 
+def announce(message: str) -> None:
+  """One line of progress (a stage begun or finished) on stdout, from the first host only."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
 def progress_bar(total: int, initial: int = 0, enabled: bool = True, description: str = "",
                  unit: str = "step"):
   """A tqdm bar on the first host only (other hosts would print duplicates)."""

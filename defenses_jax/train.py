@@ -32,7 +32,8 @@ from defenses_jax.evaluation.preflight import check_evaluation
 from defenses_jax.preemption import PreemptionWatch, Preempted
 from defenses_jax.experiment import (Experiment, TrainState, evaluate_clean, record_data,
                                      state_specs, variables)
-from defenses_jax.files import read_json_or_none, write_json
+from defenses_jax.evaluation import results
+from defenses_jax.evaluation.results import TrainSummary
 from defenses_jax.optim import l2_penalty, learning_rate_schedule
 from defenses_jax.progress import MetricsLog, StepTimer, TrainingDiverged, progress_bar
 
@@ -87,7 +88,7 @@ def make_train_step(model, defense: Defense, tx, l2_weight: float, l2_scope: str
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        datasets: Optional[tuple] = None,
-                       interrupt_at_step: Optional[int] = None) -> dict:
+                       interrupt_at_step: Optional[int] = None) -> TrainSummary:
   """Trains (resuming from the latest checkpoint), evaluates clean accuracy every
   `eval.every_epochs`, and returns the final summary (also written to results/train.json).
 
@@ -102,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def train(config: ml_collections.ConfigDict, workdir: str, datasets: Optional[tuple] = None,
           interrupt_at_step: Optional[int] = None, sigterm_at_step: Optional[int] = None
-          ) -> tuple[TrainState, dict]:
+          ) -> tuple[TrainState, TrainSummary]:
   """`train_and_evaluate` that also returns the final TrainState as it is in memory (so that a
   resumed run can be checked against an uninterrupted one without going through the restore
   path under test). On SIGTERM it saves the current step and raises preemption.Preempted;
@@ -142,18 +143,20 @@ def _train(config, workdir, datasets, interrupt_at_step, sigterm_at_step, preemp
   then check the outcome and write results/train.json. A diverged run writes train.json with
   `diverged` and raises TrainingDiverged."""
   run, state = _start(config, workdir, datasets, held)
-  summary: dict = {"experiment_name": config.experiment_name, "resumed_from_step": int(state.step)}
+  summary = TrainSummary(config.experiment_name, resumed_from_step=int(state.step))
   try:
     state, interrupted = _train_epochs(run, state, summary, interrupt_at_step, sigterm_at_step,
                                        preemption)
     if interrupted:
-      return state, {"interrupted_at_step": int(state.step)}
+      summary.interrupted_at_step = int(state.step)
+      return state, summary
     return state, _finish(run, state, summary)
   except TrainingDiverged as e:
-    summary.setdefault("final_step", run.log.last_step)
-    summary["diverged"] = str(e)
-    write_json(os.path.join(run.exp.exp_dir, "results", "train.json"), summary)
-    run.log.write(step=summary["final_step"], diverged=str(e))
+    if summary.final_step is None:
+      summary.final_step = run.log.last_step
+    summary.diverged = str(e)
+    results.write(results.train_path(run.exp.exp_dir), summary)
+    run.log.write(step=summary.final_step, diverged=str(e))
     run.ckpt.close()
     run.bar.close()
     raise
@@ -196,7 +199,7 @@ def _start(config, workdir, datasets, held) -> tuple[_Run, TrainState]:
   return run, state
 
 
-def _train_epochs(run: _Run, state, summary: dict, interrupt_at_step, sigterm_at_step,
+def _train_epochs(run: _Run, state, summary: TrainSummary, interrupt_at_step, sigterm_at_step,
                   preemption) -> tuple[TrainState, bool]:
   """The epochs left to train: steps, checkpoints, logs and a clean test accuracy every
   eval.every_epochs (in summary). Returns (state, interrupted)."""
@@ -247,33 +250,32 @@ def _train_epochs(run: _Run, state, summary: dict, interrupt_at_step, sigterm_at
         robust = {} if run.monitor is None else {"robust_accuracy": run.monitor(state)}
       run.log.write(step=step, epoch=epoch + 1, test_accuracy=accuracy, **robust)
       run.bar.set_postfix(test_acc=f"{accuracy:.4f}", refresh=False)
-      summary["test_accuracy"] = accuracy
+      summary.test_accuracy = accuracy
   return state, False
 
 
-def _finish(run: _Run, state, summary: dict) -> dict:
+def _finish(run: _Run, state, summary: TrainSummary) -> TrainSummary:
   """The final checkpoint and results/train.json; raises TrainingDiverged (after writing it)
   if the trained model is no better than chance."""
   exp, step = run.exp, int(state.step)
   seconds_per_step = run.timer.seconds_per_step(state)
   if seconds_per_step is None:  # Nothing (or one step) left to train: keep the earlier timing.
-    previous = read_json_or_none(os.path.join(exp.exp_dir, "results", "train.json"),
-                                 "its training time is not carried over") or {}
-    seconds_per_step = previous.get("seconds_per_step")
+    previous = results.read_train(exp.exp_dir, "its training time is not carried over")
+    seconds_per_step = None if previous is None else previous.seconds_per_step
   run.ckpt.save(step, state.as_dict(), force=True)
   run.ckpt.close()
   run.bar.close()
-  if "test_accuracy" not in summary:  # Training had already finished: just evaluate.
-    summary["test_accuracy"] = run.test_accuracy(state)
-  summary.update(final_step=step, num_devices=exp.mesh.shape[parallel.DATA_AXIS],
-                 num_train_examples=len(exp.train_ds), num_test_examples=len(exp.test_ds),
-                 seconds_per_step=seconds_per_step,
-                 # Steady-state time of the whole training (compilation and evaluation
-                 # excluded), comparable between methods and unaffected by resumption.
-                 training_seconds=None if seconds_per_step is None else
-                 seconds_per_step * exp.total_steps)
+  if summary.test_accuracy is None:  # Training had already finished: just evaluate.
+    summary.test_accuracy = run.test_accuracy(state)
+  summary.final_step, summary.num_devices = step, exp.mesh.shape[parallel.DATA_AXIS]
+  summary.num_train_examples, summary.num_test_examples = len(exp.train_ds), len(exp.test_ds)
+  summary.seconds_per_step = seconds_per_step
+  # Steady-state time of the whole training (compilation and evaluation excluded),
+  # comparable between methods and unaffected by resumption.
+  summary.training_seconds = (None if seconds_per_step is None
+                              else seconds_per_step * exp.total_steps)
   if run.config.train.get("fail_at_chance", True):
-    problem = chance_level(summary["test_accuracy"], exp.test_ds.labels,
+    problem = chance_level(summary.test_accuracy, exp.test_ds.labels,
                            exp.test_ds.num_classes)
     if problem:
       raise TrainingDiverged(
@@ -281,7 +283,7 @@ def _finish(run: _Run, state, summary: dict) -> dict:
           "learnt nothing (a learning rate too high or too low, labels that do not match the "
           "images, ...). Fix the cause and train again in a fresh experiment directory "
           "(train.fail_at_chance=False keeps such a model without this error).")
-  write_json(os.path.join(exp.exp_dir, "results", "train.json"), summary)
+  results.write(results.train_path(exp.exp_dir), summary)
   if jax.process_index() == 0:
     mark_if_stale(os.path.join(exp.exp_dir, "results"), step)
   return summary

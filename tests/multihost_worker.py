@@ -53,8 +53,8 @@ params = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
           jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]}
 np.savez(os.path.join(args.out, f"params_{args.process_id}.npz"), **params)
 with open(os.path.join(args.out, f"result_{args.process_id}.json"), "w") as f:
-  json.dump({"interrupted": interrupted, "resumed_from_step": summary["resumed_from_step"],
-             "test_accuracy": summary["test_accuracy"], "final_step": summary["final_step"],
-             "clean_accuracy": result["clean_accuracy"],
-             "robust_accuracy": result["attacks"]["pgd"]["robust_accuracy"],
+  json.dump({"interrupted": interrupted.interrupted_at_step, "resumed_from_step": summary.resumed_from_step,
+             "test_accuracy": summary.test_accuracy, "final_step": summary.final_step,
+             "clean_accuracy": result.clean_accuracy,
+             "robust_accuracy": result.attacks["pgd"].robust_accuracy,
              "process_count": jax.process_count()}, f)

@@ -74,7 +74,7 @@ RELIABILITY_MUTATIONS = (
              "if integer_labels and labels.min() == 1 and", "if False and",
              (_RUNS + "::test_arrays_that_look_like_a_mistake_are_named",)),
     Mutation("stale_during_evaluation_unmarked", "defenses_jax/evaluation/evaluator.py",
-             "if latest is not None and latest != summary[\"step\"] and",
+             "if latest is not None and latest != summary.step and",
              "if latest is not None and False and",
              (_RUNS + "::test_an_evaluation_that_finishes_after_training_moved_on_is_marked_"
                       "stale",)),
@@ -90,9 +90,9 @@ RELIABILITY_MUTATIONS = (
              "ok = noise_accuracy >= attack_accuracy - tolerance(num_examples)\n",
              (_T + "test_metrics_sanity_report.py",)),
     Mutation("eval_md_rows_unmarked", "defenses_jax/evaluation/report.py",
-             "doubt = f\" {UNTRUSTED}\" if sanity.warnings_for(summary, r[\"label\"]) else \"\"",
+             "doubt = f\" {UNTRUSTED}\" if summary.warnings_for(r.label) else \"\"",
              "doubt = \"\"", (_T + "test_metrics_sanity_report.py",)),
     Mutation("query_attack_shown_as_white_box", "defenses_jax/evaluation/report.py",
-             "  if access in (\"scores\", \"labels\"):", "  if False:",
+             "  if result.access in (\"scores\", \"labels\"):", "  if False:",
              (_T + "test_metrics_sanity_report.py",)),
 )

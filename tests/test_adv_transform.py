@@ -131,15 +131,15 @@ def test_f_a_trains_on_g_with_f_b_frozen_and_refuses_a_retrained_f_b(tmp_path):
   train_lib.train_and_evaluate(fb_config, str(tmp_path), datasets)
   fb_before = experiment_lib.load_experiment(str(tmp_path), "fb", datasets=datasets)
   summary = train_lib.train_and_evaluate(fa_config, str(tmp_path), datasets)
-  assert summary["test_accuracy"] > 0.5  # Blobs survive a 0.1 transformation.
+  assert summary.test_accuracy > 0.5  # Blobs survive a 0.1 transformation.
   with open(tmp_path / "fa" / "config.json") as f:
     saved = json.load(f)["defense"]["options"]
   assert saved["transform_step"] == int(fb_before.state.step)
   out = evaluate(fa_config, str(tmp_path), datasets)
-  assert 0.0 < out["defense_metrics"]["expected_image_linf"] <= 0.1 + 1e-6
-  groups, attacks = out["worst_case_groups"], out["attacks"]
-  assert groups["bpda_only"] == pytest.approx(attacks["pgd_bpda"]["robust_accuracy"])
-  assert groups["both"] <= min(groups["bpda_only"], attacks["pgd"]["robust_accuracy"])
+  assert 0.0 < out.defense_metrics["expected_image_linf"] <= 0.1 + 1e-6
+  groups, attacks = out.worst_case_groups, out.attacks
+  assert groups["bpda_only"] == pytest.approx(attacks["pgd_bpda"].robust_accuracy)
+  assert groups["both"] <= min(groups["bpda_only"], attacks["pgd"].robust_accuracy)
   fb_after = experiment_lib.load_experiment(str(tmp_path), "fb", datasets=datasets)
   for a, b in zip(jax.tree.leaves(fb_before.state.params), jax.tree.leaves(fb_after.state.params)):
     np.testing.assert_array_equal(a, b)
@@ -212,7 +212,7 @@ def test_attack_specs_check_the_surface_before_compute():
 
 
 def test_saved_examples_are_matched_on_surface_and_eot_draws_too():
-  from defenses_jax.evaluation.evaluator import crafted_as
+  from defenses_jax.evaluation.attacked_set import crafted_as
   from defenses_jax.evaluation.threat_models import parse_attack_specs
   from experiments.common import attack
   defense = create_defense("adv_transform", 4, transform_model="lenet")
@@ -229,13 +229,14 @@ def test_saved_examples_are_matched_on_surface_and_eot_draws_too():
 def test_table_cells_read_the_defense_numbers_and_named_worst_cases():
   from defenses_jax.suites import tables as paper_tables
   from experiments.common import table, table_row
-  summary = {"clean_accuracy": 0.9, "attacks": {},
-             "defense_metrics": {"expected_image_linf": 0.13},
-             "worst_case_groups": {"bpda": 0.42}}
+  from defenses_jax.evaluation.results import EvalSummary
+  summary = EvalSummary("fa", 10, "d", 100, 100, 0.9, 0.9, {},
+                        defense_metrics={"expected_image_linf": 0.13},
+                        worst_case_groups={"bpda": 0.42})
   config = ml_collections.ConfigDict({"order": ("t",), "t": table(
       "T", (("d", "dist"), ("w", "worst"), ("m", "missing")), [table_row(
           "fa", {"d": 0.136}, d="fa:defense:expected_image_linf", w="fa:worst_case:bpda",
           m="fa:worst_case:eot")])})
-  cells = paper_tables.fill_tables(config, {"fa": summary})[0]["rows"][0]["cells"]
-  assert [c["ours"] for c in cells] == [0.13, 0.42, None]
-  assert [c["status"] for c in cells] == ["ok", "ok", "missing"] and cells[0]["paper"] == 0.136
+  filled = paper_tables.fill_tables(config, {"fa": summary})[0]["rows"][0]["cells"]
+  assert [c["ours"] for c in filled] == [0.13, 0.42, None]
+  assert [c["status"] for c in filled] == ["ok", "ok", "missing"] and filled[0]["paper"] == 0.136

@@ -69,11 +69,11 @@ def _rewrite(path, change):
 
 
 def _numbers(summary):
-  return (summary["attacks"]["pgd_transfer"]["robust_accuracy"],
-          summary["attacks"]["uap"]["robust_accuracy"],
-          summary["attacks"]["uap"]["universal"]["linf"],
-          summary["detection"]["threshold"],
-          summary["attacks"]["pgd_transfer"]["detection"].get("auc"))
+  return (summary.attacks["pgd_transfer"].robust_accuracy,
+          summary.attacks["uap"].robust_accuracy,
+          summary.attacks["uap"].universal["linf"],
+          summary.detection.threshold,
+          summary.attacks["pgd_transfer"].detection.auc)
 
 
 def test_tampered_caches_are_named_and_recomputed_and_the_numbers_stay(evaluated):
@@ -91,7 +91,7 @@ def test_tampered_caches_are_named_and_recomputed_and_the_numbers_stay(evaluated
   for path in (detector, universal, examples):
     assert f"not reusing the cached {path}: its content does not match its checksum" in messages
   assert _numbers(again) == _numbers(first)
-  assert again["attacks"]["uap"]["universal"]["linf"] <= 0.25 + 1e-6
+  assert again.attacks["uap"].universal["linf"] <= 0.25 + 1e-6
 
 
 def test_cut_off_cache_files_are_recomputed_not_fatal(evaluated):
@@ -126,7 +126,7 @@ def test_a_verified_cache_is_reused_without_a_warning(evaluated, monkeypatch):
     warnings.simplefilter("error", artifact_cache.StaleCacheWarning)
     again = evaluate(target, workdir, datasets=data)
   assert _numbers(again) == _numbers(first)
-  assert again["attacks"]["pgd_transfer"]["reused_examples"].startswith("source/results/")
+  assert again.attacks["pgd_transfer"].reused_examples.startswith("source/results/")
 
 
 def _saved(tmp_path, arrays, identity, info=None):

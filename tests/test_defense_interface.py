@@ -100,7 +100,7 @@ def test_a_randomised_defense_draws_from_the_key_it_is_given_everywhere(tmp_path
   config.defense.name = "random_label"
   state, summary = train_lib.train(config, str(tmp_path), datasets)
   # The network is right; the flips make the deployed classifier right about half the time.
-  assert 0.3 < summary["test_accuracy"] < 0.7, summary
+  assert 0.3 < summary.test_accuracy < 0.7, summary
   exp = experiment_lib.Experiment(config, str(tmp_path), datasets)
   predict = make_predictor(exp.model, exp.defense, exp.mesh)
   images = parallel.shard_batch({"x": datasets[1].images}, exp.mesh)["x"]
@@ -145,8 +145,8 @@ def test_a_randomised_defense_is_evaluated_with_eot(tmp_path, monkeypatch):
       "pgd_eot": attack("pgd", "PGD, EOT over 16 draws", eot_samples=16, **pgd)})
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
   out = evaluate(config, str(tmp_path), datasets=datasets)
-  single, averaged = (out["attacks"][k]["robust_accuracy"] for k in ("pgd", "pgd_eot"))
-  assert out["clean_accuracy_attacked_subset"] > 0.5
+  single, averaged = (out.attacks[k].robust_accuracy for k in ("pgd", "pgd_eot"))
+  assert out.clean_accuracy_attacked_subset > 0.5
   # Averaging the gradient over the defense's randomness is the stronger attack (here 0.75
   # against 1.0: one noisy draw per step does not break this model at all).
   assert averaged <= single - 0.1, (averaged, single)

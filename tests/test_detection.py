@@ -13,7 +13,7 @@ from conftest import blob_dataset, tiny_config
 from defenses_jax import detectors
 from defenses_jax import train as train_lib
 from defenses_jax.evaluation.detection import DetectionEvaluator
-from defenses_jax.evaluation import evaluate, evaluator
+from defenses_jax.evaluation import attacked_set, evaluate
 from defenses_jax.evaluation.threat_models import AttackSpec
 from experiments.common import attack
 
@@ -96,24 +96,24 @@ def test_evaluation_with_a_detector_fixes_its_threshold_first_and_caches_its_sta
                            step_size=0.05, steps=100, loss="margin")})
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
   out = evaluate(config, str(tmp_path), datasets=datasets)
-  oblivious, aware = (out["attacks"][k]["detection"] for k in ("pgd_oblivious", "pgd_aware"))
-  assert oblivious["num_successful"] > 0 and oblivious["misclassified_and_accepted"] == 0.0
-  assert aware["misclassified_and_accepted"] > 0.1
-  assert out["attacks"]["pgd_aware"]["detector_aware"]
-  d = out["detection"]
+  oblivious, aware = (out.attacks[k].detection for k in ("pgd_oblivious", "pgd_aware"))
+  assert oblivious.num_successful > 0 and oblivious.misclassified_and_accepted == 0.0
+  assert aware.misclassified_and_accepted > 0.1
+  assert out.attacks["pgd_aware"].detector_aware
+  d = out.detection
   # Per example over the attacks: never below any one attack, and the oblivious attack (all of
   # whose successes were flagged) adds nothing to the worst case.
-  worst = d["worst_case_misclassified_and_accepted"]
-  pgd_evading = out["attacks"]["pgd"]["detection"]["misclassified_and_accepted"]
-  assert worst >= max(aware["misclassified_and_accepted"], pgd_evading)
-  assert worst <= aware["misclassified_and_accepted"] + pgd_evading
-  assert d["worst_case_bounded_misclassified_and_accepted"] <= worst
-  assert d["davies_bouldin_index"] > 0
-  assert d["held_out_examples"] == 64 - 24
-  assert d["held_out_false_positive_rate"] <= 0.1  # 4 of 40 at most.
-  assert d["held_out_false_positive_rate"] >= 0.1 - 1 / 40  # No more conservative than needed.
-  pgd = out["attacks"]["pgd"]["detection"]
-  assert pgd["num_successful"] > 0 and 0.0 <= pgd["auc"] <= 1.0
+  worst = d.worst_case_misclassified_and_accepted
+  pgd_evading = out.attacks["pgd"].detection.misclassified_and_accepted
+  assert worst >= max(aware.misclassified_and_accepted, pgd_evading)
+  assert worst <= aware.misclassified_and_accepted + pgd_evading
+  assert d.worst_case_bounded_misclassified_and_accepted <= worst
+  assert d.davies_bouldin_index > 0
+  assert d.held_out_examples == 64 - 24
+  assert d.held_out_false_positive_rate <= 0.1  # 4 of 40 at most.
+  assert d.held_out_false_positive_rate >= 0.1 - 1 / 40  # No more conservative than needed.
+  pgd = out.attacks["pgd"].detection
+  assert pgd.num_successful > 0 and 0.0 <= pgd.auc <= 1.0
   assert (tmp_path / "tiny" / "results" / "roc.png").stat().st_size > 0
   assert "## Detector: class_mean" in (tmp_path / "tiny" / "results" / "eval.md").read_text()
   cached = list((tmp_path / "tiny" / "detectors").glob("class_mean-*-step24.npz"))
@@ -123,7 +123,7 @@ def test_evaluation_with_a_detector_fixes_its_threshold_first_and_caches_its_sta
     raise AssertionError("refitted although a state for this step is cached")
   monkeypatch.setattr(detectors.ClassMeanDistance, "fit", no_refit)
   again = evaluate(config, str(tmp_path), datasets=datasets)
-  assert again["detection"]["threshold"] == d["threshold"]
+  assert again.detection.threshold == d.threshold
   # Too few held-out images for the false-positive rate: refused before any attack runs.
   config.eval.num_attack_examples = 60
   with pytest.raises(ValueError, match="held-out"):
@@ -134,6 +134,6 @@ def test_a_detector_aware_attacker_evades_the_threshold_at_its_own_false_positiv
   held_out = np.arange(10.0)  # Clean held-out scores 0..9; the deployed threshold flags 9.
   detection = types.SimpleNamespace(held_out_scores=held_out, threshold=9.0)
   spec = lambda **kw: AttackSpec("a", "A", "cw_wb", "white_box", {}, detector_aware=True, **kw)
-  assert evaluator.attacker_threshold(detection, spec()) == 9.0
+  assert attacked_set.attacker_threshold(detection, spec()) == 9.0
   # At a 50% false-positive rate the 5 highest clean scores (5..9) are flagged: threshold 5.
-  assert evaluator.attacker_threshold(detection, spec(detector_fpr=0.5)) == 5.0
+  assert attacked_set.attacker_threshold(detection, spec(detector_fpr=0.5)) == 5.0

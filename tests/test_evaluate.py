@@ -56,9 +56,9 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   out = evaluate(config, str(tmp_path), datasets=blobs)
 
-  assert set(out["attacks"]) == set(ATTACKS)
+  assert set(out.attacks) == set(ATTACKS)
   # Bounded attacks stay inside their budget.
-  assert out["attacks"]["pgd"]["median_linf"] <= 0.3 + 1e-5
+  assert out.attacks["pgd"].median_linf <= 0.3 + 1e-5
   # The saved examples are what the table reports: recount robust accuracy from them.
   (saved,) = [np.load(p) for p in (tmp_path / "tiny" / "results" / "adversarial").glob("pgd-*.npz")]
   exp = experiment_lib.Experiment(config, str(tmp_path), blobs)
@@ -70,8 +70,8 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
   x = blobs[1].images[:32]
   clean_ok = np.argmax(network(x), -1) == blobs[1].labels[:32]
   adv_ok = np.argmax(network(saved["x_adv"]), -1) == blobs[1].labels[:32]
-  assert out["attacks"]["pgd"]["robust_accuracy"] == pytest.approx(np.mean(clean_ok & adv_ok))
-  assert out["clean_accuracy_attacked_subset"] == pytest.approx(np.mean(clean_ok))
+  assert out.attacks["pgd"].robust_accuracy == pytest.approx(np.mean(clean_ok & adv_ok))
+  assert out.clean_accuracy_attacked_subset == pytest.approx(np.mean(clean_ok))
   # CW-L2 and DeepFool run with slot refill over the 32 images (slots of 16): each image gets
   # what the attack gives it in a batch of its own.
   for name, run in (("cw", functools.partial(attacks_lib.cw_l2, binary_search_steps=3,
@@ -82,12 +82,12 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
     expected, _ = run(network, jnp.asarray(x), jnp.asarray(blobs[1].labels[:32]),
                       jax.random.key(0))
     np.testing.assert_allclose(refilled, expected, atol=1e-4, err_msg=name)
-  checks = {c["check"] for c in out["sanity"]}
+  checks = {c.check for c in out.sanity}
   assert {"gradients", "unbounded", "more_steps", "noise_weaker",
           "transfer_not_stronger"} <= checks
-  unbounded = next(c for c in out["sanity"] if c["check"] == "unbounded")
-  assert unbounded["status"] == "pass"
-  sweep = [p["robust_accuracy"] for p in out["eps_sweep"]["points"]]
+  unbounded = next(c for c in out.sanity if c.check == "unbounded")
+  assert unbounded.status == "pass"
+  sweep = [p["robust_accuracy"] for p in out.eps_sweep["points"]]
   assert sweep[0] >= sweep[-1]
   results = tmp_path / "tiny" / "results"
   assert json.loads((results / "eval.json").read_text())["attacks"]["cw"]["attack"] == "cw_l2"
@@ -122,12 +122,12 @@ def test_a_universal_perturbation_is_fitted_on_training_images_cached_and_added_
                                               max_passes=2, max_iter_df=5)})
   config.eval.sanity.enabled = False
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
-  out = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
-  cached = tmp_path / out["universal"]["cached"]
+  out = evaluate(config, str(tmp_path), datasets=blobs).attacks["uap"]
+  cached = tmp_path / out.universal["cached"]
   v = np.load(cached)["v"]
   assert v.shape == blobs[1].images.shape[1:] and np.abs(v).max() <= 0.25 + 1e-6
-  assert out["universal"]["fit_examples"] == 24 and 1 <= out["universal"]["passes"] <= 2
-  assert out["universal"]["fooling_rate"] == max(out["universal"]["fooling_rate_per_pass"])
+  assert out.universal["fit_examples"] == 24 and 1 <= out.universal["passes"] <= 2
+  assert out.universal["fooling_rate"] == max(out.universal["fooling_rate_per_pass"])
   # The table's numbers are those of x + v (clipped) on the attacked test images.
   exp = experiment_lib.Experiment(config, str(tmp_path), blobs)
   ckpt = exp.checkpoints()
@@ -137,11 +137,11 @@ def test_a_universal_perturbation_is_fitted_on_training_images_cached_and_added_
       {"params": state.params, "batch_stats": state.batch_stats}, z, train=False), -1)
   x, y = blobs[1].images[:32], blobs[1].labels[:32]
   still_right = (network(x) == y) & (network(np.clip(x + v, 0, 1)) == y)
-  assert out["robust_accuracy"] == pytest.approx(np.mean(still_right))
+  assert out.robust_accuracy == pytest.approx(np.mean(still_right))
   # Fitted on the training images: the fooling rate it reports is theirs.
   train_x = blobs[0].images[:24]
   fooled = network(np.clip(train_x + v, 0, 1)) != network(train_x)
-  assert out["universal"]["fooling_rate"] == pytest.approx(np.mean(fooled))
+  assert out.universal["fooling_rate"] == pytest.approx(np.mean(fooled))
   test_x = blobs[1].images[:24]  # Informative: v fools a different share of the test images.
   assert np.mean(fooled) != np.mean(network(np.clip(test_x + v, 0, 1)) != network(test_x))
   # A second evaluation loads the cached perturbation instead of fitting it again (its norms
@@ -153,17 +153,17 @@ def test_a_universal_perturbation_is_fitted_on_training_images_cached_and_added_
     raise AssertionError("fitted again although a verified perturbation is cached")
   universal.logits_builder = no_refit
   try:
-    again = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
+    again = evaluate(config, str(tmp_path), datasets=blobs).attacks["uap"]
   finally:
     universal.logits_builder = fit_again
-  assert again["robust_accuracy"] == out["robust_accuracy"]
-  assert again["universal"]["linf"] == pytest.approx(np.abs(v).max())
+  assert again.robust_accuracy == out.robust_accuracy
+  assert again.universal["linf"] == pytest.approx(np.abs(v).max())
   with np.load(cached) as saved:
     arrays = {k: saved[k] for k in saved.files}
   np.savez(cached, **{**arrays, "v": np.zeros_like(v)})
   with pytest.warns(artifact_cache.StaleCacheWarning, match=f"{cached}: its content does not"):
-    refitted = evaluate(config, str(tmp_path), datasets=blobs)["attacks"]["uap"]
-  assert refitted["robust_accuracy"] == out["robust_accuracy"]
+    refitted = evaluate(config, str(tmp_path), datasets=blobs).attacks["uap"]
+  assert refitted.robust_accuracy == out.robust_accuracy
   assert "UAP: one perturbation" in (tmp_path / "tiny" / "results" / "eval.md").read_text()
 
 
@@ -187,7 +187,7 @@ def test_distilled_proxy_learns_the_teachers_labels_and_serves_as_transfer_sourc
 
   monkeypatch.setattr(train_lib, "train_and_evaluate", spy)
   out = distill_proxy(proxy, str(tmp_path), datasets=blobs)
-  assert out["teacher"] == "teacher"
+  assert out.teacher == "teacher"
   # The proxy trained on the teacher's predictions, computed here from the teacher's parameters.
   teacher_config = eval_config("teacher", epochs=1, learning_rate=1e-4)
   exp = experiment_lib.Experiment(teacher_config, str(tmp_path), blobs)
@@ -200,14 +200,14 @@ def test_distilled_proxy_learns_the_teachers_labels_and_serves_as_transfer_sourc
   assert not np.array_equal(predicted, blobs[0].labels)  # Else the check below proves nothing.
   np.testing.assert_array_equal(trained_on[0].labels, predicted)
   np.testing.assert_array_equal(trained_on[0].images, images)
-  assert out["teacher_train_accuracy"] == pytest.approx(np.mean(predicted == blobs[0].labels))
+  assert out.teacher_train_accuracy == pytest.approx(np.mean(predicted == blobs[0].labels))
   config = eval_config(attacks={"transfer": attack(
       "fgsm", "FGSM from proxy", threat_model="transfer", source_experiment="proxy", eps=0.3)})
   config.experiment_name = "teacher"
   config.train.epochs = 1
   config.eval.sanity.enabled = False
   result = evaluate(config, str(tmp_path), datasets=blobs)
-  assert result["attacks"]["transfer"]["source_experiment"] == "proxy"
+  assert result.attacks["transfer"].source_experiment == "proxy"
 
 
 class QuantisedLeNet(nn.Module):
@@ -230,7 +230,7 @@ def _table(summary) -> str:
 
 
 def _checks(summary) -> dict:
-  return {(c["check"], c.get("attack")): c["status"] for c in summary["sanity"]}
+  return {(c.check, c.attack): c.status for c in summary.sanity}
 
 
 CONVERGED_PGD = attack("pgd", "PGD", eps=0.3, step_size=0.05, steps=20, random_start=False)
@@ -240,16 +240,16 @@ def test_sanity_checks_pass_a_healthy_model_and_flag_an_unconverged_attack(tmp_p
   config = eval_config(attacks={"pgd": CONVERGED_PGD}, epochs=4)
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   healthy = evaluate(config, str(tmp_path), datasets=blobs)
-  assert healthy["sanity_passed"], healthy["sanity"]
+  assert healthy.sanity_passed, healthy.sanity
   assert "(!)" not in _table(healthy).split("## T")[1]
   # Two steps of 0.02 do not converge: four times as many lower the robust accuracy.
   config.eval.attacks = ml_collections.ConfigDict({"pgd": attack(
       "pgd", "PGD 2 steps", eps=0.3, step_size=0.02, steps=2, random_start=False)})
   short = evaluate(config, str(tmp_path), datasets=blobs)
-  record = next(c for c in short["sanity"] if c["check"] == "more_steps")
-  assert record["status"] == sanity.WARN and "not converged" in record["detail"], record
-  assert record["longer_steps"] == 8
-  assert not short["sanity_passed"]
+  record = next(c for c in short.sanity if c.check == "more_steps")
+  assert record.status == sanity.WARN and "not converged" in record.detail, record
+  assert record.numbers["longer_steps"] == 8
+  assert not short.sanity_passed
   assert "(!)" in _table(short).split("## T")[1]
 
 
@@ -257,16 +257,16 @@ def test_sanity_checks_flag_a_gradient_masking_model_end_to_end(tmp_path, blobs,
   monkeypatch.setitem(models.MODELS, "quantised_lenet", QuantisedLeNet)
   config = eval_config(attacks={"pgd": CONVERGED_PGD}, epochs=4, model="quantised_lenet")
   summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
-  assert summary["test_accuracy"] >= 0.9  # It classifies well...
+  assert summary.test_accuracy >= 0.9  # It classifies well...
   masked = evaluate(config, str(tmp_path), datasets=blobs)
   # ...and PGD cannot move it, so it looks robust: the checks must say why not to trust that.
-  assert masked["attacks"]["pgd"]["robust_accuracy"] >= 0.9
+  assert masked.attacks["pgd"].robust_accuracy >= 0.9
   checks = _checks(masked)
   assert checks[("gradients", None)] == sanity.WARN
   assert checks[("unbounded", None)] == sanity.WARN
-  unbounded = next(c for c in masked["sanity"] if c["check"] == "unbounded")
-  assert unbounded["success_rate"] < 0.5
-  assert not masked["sanity_passed"]
+  unbounded = next(c for c in masked.sanity if c.check == "unbounded")
+  assert unbounded.numbers["success_rate"] < 0.5
+  assert not masked.sanity_passed
   assert "(!)" in _table(masked).split("## T")[1]
 
 
@@ -285,8 +285,8 @@ def test_more_steps_check_does_not_rerun_an_attack_that_fooled_everything(tmp_pa
   monkeypatch.setitem(attacks_lib.ATTACKS, "pgd", dataclasses.replace(
       attacks_lib.ATTACKS["pgd"], fn=counted_pgd))
   summary = evaluate(config, str(tmp_path), datasets=blobs)
-  assert summary["attacks"]["pgd"]["robust_accuracy"] == 0.0
-  record = next(c for c in summary["sanity"] if c["check"] == "more_steps")
-  assert record["status"] == sanity.PASS and record["skipped"], record
+  assert summary.attacks["pgd"].robust_accuracy == 0.0
+  record = next(c for c in summary.sanity if c.check == "more_steps")
+  assert record.status == sanity.PASS and record.numbers["skipped"], record
   # The evaluation's own run and the unbounded check's (30 steps): no base rerun, no 4x rerun.
   assert sorted(calls) == [20, 30], calls

@@ -38,7 +38,8 @@ def test_launch_trains_then_evaluates_with_overrides(tmp_path):
             "--compilation_cache_dir="]
   proc = launch(*common, home=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '"test_accuracy"' in proc.stdout
+  # A short summary, not the whole JSON.
+  assert "smoke: step 2, test accuracy" in proc.stdout and "results/train.json" in proc.stdout
   # The config's paper attacks, cut to a few images and iterations.
   proc = launch(*common, "--mode=eval", "--config.eval.batch_size=10",
                 "--config.eval.num_attack_examples=10", "--config.eval.sanity.num_examples=10",
@@ -53,7 +54,8 @@ def test_launch_trains_then_evaluates_with_overrides(tmp_path):
                 "--config.eval.attacks.zoo.params.binary_search_steps=1",
                 "--config.eval.attacks.zoo.params.max_iterations=5", home=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '"clean_accuracy"' in proc.stdout
+  assert "smoke (step 2): clean accuracy" in proc.stdout and "results/eval.md" in proc.stdout
+  assert "sanity checks:" in proc.stdout and len(proc.stdout.splitlines()) < 40  # Not 600.
   for name in ("config.json", "metrics.jsonl", "results/train.json", "results/eval.json",
                "results/eval.md", "results/examples.png"):
     assert os.path.exists(tmp_path / "smoke" / name), name

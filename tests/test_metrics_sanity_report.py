@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from defenses_jax.evaluation import metrics, report, sanity
+from defenses_jax.evaluation.results import EvalSummary
 
 
 def test_auc_of_perfect_random_and_inverted_detectors():
@@ -62,17 +63,17 @@ def test_robustness_and_worst_case_over_attacks():
 def test_more_steps_check_warns_on_broken_and_on_unconverged_attacks():
   weakening = {10: 0.20, 40: 0.45}.__getitem__  # Robust accuracy rises with steps: broken.
   record = sanity.more_steps_do_not_help("pgd", weakening, 10)
-  assert record["status"] == sanity.WARN and "broken" in record["detail"]
+  assert record.status == sanity.WARN and "broken" in record.detail
   still_falling = {10: 0.30, 40: 0.22}.__getitem__  # Not converged at 10 steps.
   record = sanity.more_steps_do_not_help("pgd", still_falling, 10)
-  assert record["status"] == sanity.WARN and "not converged" in record["detail"]
+  assert record.status == sanity.WARN and "not converged" in record.detail
   converged = {10: 0.30, 40: 0.295}.__getitem__
-  assert sanity.more_steps_do_not_help("pgd", converged, 10)["status"] == sanity.PASS
+  assert sanity.more_steps_do_not_help("pgd", converged, 10).status == sanity.PASS
   # On 32 examples, one example (3.1%) is not evidence; two are.
   one_example = {10: 1 / 32, 40: 0.0}.__getitem__
-  assert sanity.more_steps_do_not_help("cw", one_example, 10, num_examples=32)["status"] == "pass"
+  assert sanity.more_steps_do_not_help("cw", one_example, 10, num_examples=32).status == "pass"
   two_examples = {10: 2 / 32, 40: 0.0}.__getitem__
-  assert sanity.more_steps_do_not_help("cw", two_examples, 10, num_examples=32)["status"] == "warn"
+  assert sanity.more_steps_do_not_help("cw", two_examples, 10, num_examples=32).status == "warn"
 
 
 def test_gradient_check_catches_a_model_with_zero_gradients():
@@ -81,33 +82,37 @@ def test_gradient_check_catches_a_model_with_zero_gradients():
   y = jnp.zeros(8, jnp.int32)
   honest = lambda z: z.reshape(8, -1) @ w
   masked = lambda z: jnp.round(z.reshape(8, -1) * 4) / 4 @ w  # Quantised: zero gradient.
-  assert sanity.gradients_are_informative(honest, x, y)["status"] == sanity.PASS
+  assert sanity.gradients_are_informative(honest, x, y).status == sanity.PASS
   record = sanity.gradients_are_informative(masked, x, y)
-  assert record["status"] == sanity.WARN and record["zero_fraction"] == 1.0
+  assert record.status == sanity.WARN and record.numbers["zero_fraction"] == 1.0
   nan_model = lambda z: jnp.sqrt(z.reshape(8, -1) - 2.0) @ w
-  assert sanity.gradients_are_informative(nan_model, x, y)["status"] == sanity.WARN
+  assert sanity.gradients_are_informative(nan_model, x, y).status == sanity.WARN
 
 
 def test_unbounded_noise_and_transfer_checks():
-  assert sanity.unbounded_attack_succeeds(1.0)["status"] == sanity.PASS
-  assert sanity.unbounded_attack_succeeds(0.7)["status"] == sanity.WARN
-  assert sanity.noise_weaker_than_attack("pgd", 0.1, 0.9)["status"] == sanity.PASS
-  assert sanity.noise_weaker_than_attack("pgd", 0.6, 0.3)["status"] == sanity.WARN
-  assert sanity.transfer_not_stronger("t", 0.5, "w", 0.2)["status"] == sanity.PASS
-  assert sanity.transfer_not_stronger("t", 0.1, "w", 0.6)["status"] == sanity.WARN
+  assert sanity.unbounded_attack_succeeds(1.0).status == sanity.PASS
+  assert sanity.unbounded_attack_succeeds(0.7).status == sanity.WARN
+  assert sanity.noise_weaker_than_attack("pgd", 0.1, 0.9).status == sanity.PASS
+  assert sanity.noise_weaker_than_attack("pgd", 0.6, 0.3).status == sanity.WARN
+  assert sanity.transfer_not_stronger("t", 0.5, "w", 0.2).status == sanity.PASS
+  assert sanity.transfer_not_stronger("t", 0.1, "w", 0.6).status == sanity.WARN
+
+
+def attack_row(label, attack, threat_model, robust, success, l2, linf, source="", **extra):
+  """An eval.json attack entry as evaluate() writes it."""
+  return {"label": label, "attack": attack, "threat_model": threat_model, "params": {},
+          "source_experiment": source, "robust_accuracy": robust, "attack_success_rate": success,
+          "num_examples": 128, "mean_l2": l2, "median_l2": l2, "mean_linf": linf,
+          "median_linf": linf, **extra}
 
 
 SUMMARY = {
-    "experiment_name": "demo", "dataset": "mnist_embedded", "clean_accuracy": 0.97,
+    "step": 100, "experiment_name": "demo", "dataset": "mnist_embedded", "clean_accuracy": 0.97,
     "num_test_examples": 1000, "num_attack_examples": 128,
     "clean_accuracy_attacked_subset": 0.98, "worst_case_robust_accuracy": 0.0,
-    "attacks": {"pgd": {"label": "PGD", "threat_model": "white_box", "source_experiment": "",
-                        "robust_accuracy": 0.0, "attack_success_rate": 1.0,
-                        "median_l2": 4.2, "median_linf": 0.3},
-                "fgsm": {"label": "FGSM", "threat_model": "transfer",
-                         "source_experiment": "other", "robust_accuracy": 0.12,
-                         "attack_success_rate": 0.88, "median_l2": float("nan"),
-                         "median_linf": 0.3}},
+    "attacks": {"pgd": attack_row("PGD", "pgd", "white_box", 0.0, 1.0, 4.2, 0.3),
+                "fgsm": attack_row("FGSM", "fgsm", "transfer", 0.12, 0.88, float("nan"), 0.3,
+                                   source="other")},
     "sanity": [{"check": "unbounded", "status": "warn", "detail": "success 0.5"}],
     "sanity_passed": False,
     "eps_sweep": {"label": "PGD", "num_examples": 64,
@@ -119,7 +124,7 @@ SUMMARY = {
 
 
 def test_report_puts_the_paper_beside_ours_and_keeps_rows_we_did_not_run(tmp_path):
-  table = report.markdown_table(SUMMARY)
+  table = report.markdown_table(EvalSummary.from_json(SUMMARY))
   # The failed unbounded check concerns every row: each is marked as in the suites' tables.
   assert "| PGD | white_box | 0.0% (differs) (!) | 79.7% |" in table
   assert "| FGSM | transfer from other | 12.0% (!) | 10.0% |" in table
@@ -127,7 +132,7 @@ def test_report_puts_the_paper_beside_ours_and_keeps_rows_we_did_not_run(tmp_pat
   assert "WARNINGS" in table and "[warn] unbounded" in table
   assert "| robust accuracy | 97.0% | 20.0% |" in table
   clean = np.random.default_rng(0).uniform(size=(3, 8, 8, 1)).astype(np.float32)
-  paths = report.write_report(SUMMARY, str(tmp_path), clean, {"PGD": np.clip(clean + 0.1, 0, 1)})
+  paths = report.write_report(EvalSummary.from_json(SUMMARY), str(tmp_path), clean, {"PGD": np.clip(clean + 0.1, 0, 1)})
   for key in ("table", "eps_sweep", "examples"):
     assert (tmp_path / paths[key].split("/")[-1]).stat().st_size > 0
   report.plot_roc({"toy": ([0.1, 0.4], [0.3, 0.9])}, str(tmp_path / "roc.png"))
@@ -139,18 +144,14 @@ def test_eval_md_marks_doubtful_rows_names_query_access_and_prints_counts():
   under "white_box", a query count printed as 8515.000, and noise beating a universal
   perturbation by one image of 32 passed."""
   weaker = sanity.noise_weaker_than_attack("UAP", 26 / 32, 25 / 32, num_examples=32)
-  assert weaker["status"] == sanity.WARN and "on 32 images" in weaker["detail"]
-  assert sanity.noise_weaker_than_attack("UAP", 25 / 32, 25 / 32, 32)["status"] == sanity.PASS
-  summary = {**SUMMARY, "sanity": [weaker], "sanity_passed": False, "attacks": {
+  assert weaker.status == sanity.WARN and "on 32 images" in weaker.detail
+  assert sanity.noise_weaker_than_attack("UAP", 25 / 32, 25 / 32, 32).status == sanity.PASS
+  summary = {**SUMMARY, "sanity": [weaker.to_json()], "attacks": {
       **SUMMARY["attacks"],
-      "uap": {"label": "UAP", "attack": "uap", "threat_model": "white_box",
-              "source_experiment": "", "robust_accuracy": 26 / 32, "attack_success_rate": 0.1,
-              "median_l2": 1.0, "median_linf": 0.3},
-      "zoo": {"label": "ZOO", "attack": "zoo", "threat_model": "white_box",
-              "source_experiment": "", "robust_accuracy": 0.5, "attack_success_rate": 0.5,
-              "median_l2": 1.0, "median_linf": 0.2,
-              "queries": {"budget": 10000, "mean": 8515.0, "median_successful": 4021.5}}}}
-  table = report.markdown_table(summary)
+      "uap": attack_row("UAP", "uap", "white_box", 26 / 32, 0.1, 1.0, 0.3, access="universal"),
+      "zoo": attack_row("ZOO", "zoo", "white_box", 0.5, 0.5, 1.0, 0.2, access="scores",
+                        queries={"budget": 10000, "mean": 8515.0, "median_successful": 4021.5})}}
+  table = report.markdown_table(EvalSummary.from_json(summary))
   assert "| UAP | universal, white_box | 81.2% (!) |" in table
   assert "| ZOO | black-box (scores) | 50.0% (differs) | 96.0% |" in table  # No (!): not its check.
   assert "| PGD | white_box | 0.0% (differs) | 79.7% |" in table

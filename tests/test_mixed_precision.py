@@ -203,7 +203,10 @@ def test_a_suite_does_not_reuse_an_evaluation_made_in_another_precision(trained,
   workdir = str(tmp_path / "copy")
   shutil.copytree(trained, workdir)
   f32, bf16 = _config("float32"), _config("bfloat16")
-  result = {"step": 12, "eval_config": json.loads(json.dumps(f32.eval.to_dict()))}
+  from defenses_jax.evaluation.results import EvalSummary
+  result = EvalSummary("tiny", 12, "blobs", 40, 32, 1.0, 1.0, {},
+                       eval_config=json.loads(json.dumps(f32.eval.to_dict()))).to_json()
+  del result["compute_dtype"]  # As written before the switch existed.
   (tmp_path / "copy" / "tiny" / "results").mkdir(exist_ok=True)
   for saved_dtype, current in ((None, {"float32"}), ("float32", {"float32"}),
                                ("bfloat16", {"bfloat16"})):
@@ -247,7 +250,7 @@ def test_cached_fits_and_saved_examples_are_kept_apart_by_precision():
   from defenses_jax.checkpoint import resume_changes, step_artifact_path
   from defenses_jax.detectors import cache_path as detector_path, create_detector
   from defenses_jax.evaluation import universal
-  from defenses_jax.evaluation.evaluator import crafted_as
+  from defenses_jax.evaluation.attacked_set import crafted_as
   detector = create_detector("class_mean", 10)
   old_detector = step_artifact_path("/e", "detectors", detector.name, dict(vars(detector)), 7)
   assert detector_path("/e", detector, 7) == old_detector

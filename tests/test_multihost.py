@@ -52,7 +52,7 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
            for i in range(2)]
   assert single["process_count"] == 1 and multi[0]["process_count"] == 2
   for result in multi:  # Every process reports the same global numbers as the single process.
-    assert result["interrupted"] == {"interrupted_at_step": 6}
+    assert result["interrupted"] == 6
     assert result["resumed_from_step"] == 4 and result["final_step"] == 12
     for key in ("test_accuracy", "clean_accuracy", "robust_accuracy"):
       assert result[key] == single[key], key

@@ -107,9 +107,9 @@ def test_evaluation_runs_query_attacks_through_an_oracle(tmp_path, monkeypatch):
   config.eval.attacks = ml_collections.ConfigDict(
       {"rs": attack("random_search", "Random search", eps=0.5, max_queries=50)})
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
-  out = evaluate(config, str(tmp_path), datasets=datasets)["attacks"]["rs"]
-  assert out["queries"]["budget"] == 50 and 1 <= out["queries"]["mean"] <= 50
-  assert out["attack_success_rate"] > 0
+  out = evaluate(config, str(tmp_path), datasets=datasets).attacks["rs"]
+  assert out.queries.budget == 50 and 1 <= out.queries.mean <= 50
+  assert out.attack_success_rate > 0
   # A "query" attack that tries to differentiate what it is given fails before running.
   def peeking(oracle, x, y, key, *, max_queries=10):
     counts = oracle.initial_counts(x.shape[0])
@@ -140,18 +140,18 @@ def test_every_query_attack_runs_in_the_evaluation_with_its_budget(tmp_path):
       "ga": attack("gen_attack", "GenAttack", eps=0.3, max_steps=20, population=4),
       "square": attack("square", "Square", eps=0.3, max_queries=30)})
   train_lib.train_and_evaluate(config, str(tmp_path), datasets=datasets)
-  out = evaluate(config, str(tmp_path), datasets=datasets)["attacks"]
+  out = evaluate(config, str(tmp_path), datasets=datasets).attacks
   # The Oracle's budget is each attack's schedule: ZOO 2 x 5 x (2 * 4 + 1), GenAttack
   # 20 x 3 + 1, Square its max_queries; HopSkipJump its upper bound.
-  assert out["zoo"]["queries"]["budget"] == 90 and out["zoo"]["num_examples"] == 8
-  assert out["ga"]["queries"]["budget"] == 61 and out["square"]["queries"]["budget"] == 30
-  assert out["hsj"]["queries"]["budget"] == ATTACKS["hop_skip_jump"].oracle_budget(
+  assert out["zoo"].queries.budget == 90 and out["zoo"].num_examples == 8
+  assert out["ga"].queries.budget == 61 and out["square"].queries.budget == 30
+  assert out["hsj"].queries.budget == ATTACKS["hop_skip_jump"].oracle_budget(
       {"steps": 2, "init_evals": 10, "max_init_queries": 20})
   for key in ("hsj", "ga", "square"):
-    assert out[key]["num_examples"] == 32
+    assert out[key].num_examples == 32
   for key, result in out.items():
-    assert 1 <= result["queries"]["mean"] <= result["queries"]["budget"], key
-  assert out["hsj"]["attack_success_rate"] > 0  # Unbounded: HSJ fools what it starts on.
+    assert 1 <= result.queries.mean <= result.queries.budget, key
+  assert out["hsj"].attack_success_rate > 0  # Unbounded: HSJ fools what it starts on.
 
 
 def test_independent_examples_run_as_one_flat_batch_with_the_same_answers():

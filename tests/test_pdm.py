@@ -271,4 +271,4 @@ def test_tiny_end_to_end_pdm_run(tmp_path, blobs):
   losses = [r["train_loss"] for r in records if "train_loss" in r]
   assert losses and np.all(np.isfinite(losses)), records
   # The deployed argmax(-Z) classifies the blobs (4 classes: chance is 0.25).
-  assert summary["test_accuracy"] >= 0.5, summary
+  assert summary.test_accuracy >= 0.5, summary

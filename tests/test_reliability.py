@@ -25,7 +25,8 @@ from defenses_jax.checkpoint import (CheckpointMismatchError, ExperimentLockedEr
 from defenses_jax.evaluation import evaluate
 from defenses_jax.evaluation.threat_models import parse_attack_specs
 from defenses_jax.defenses import create_defense
-from defenses_jax.suites import tables
+from defenses_jax.evaluation.results import AttackResult, EvalSummary
+from defenses_jax.suites import cells, tables
 from experiments.common import attack
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +99,7 @@ def test_a_silently_altered_checkpoint_is_caught_and_the_older_step_resumes(tmp_
   manager.wait_until_finished()
   manager.close()
   resumed, summary = train_lib.train(config, str(tmp_path), datasets=blobs)
-  assert summary["resumed_from_step"] == 9
+  assert summary.resumed_from_step == 9
   assert (ckpt_dir / "corrupt-12").is_dir()
   # Re-training steps 10-12 from the intact step gives back exactly the original final state.
   for field, value in final.items():
@@ -112,7 +113,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_and_names_the_step(tmp_path,
     for name in files:
       open(os.path.join(root, name), "w").close()
   _, summary = train_lib.train(config, str(tmp_path), datasets=blobs)
-  assert summary["resumed_from_step"] == 9
+  assert summary.resumed_from_step == 9
   assert "checkpoint step 12 is damaged" in capsys.readouterr().out
   assert latest_step_dirs(ckpt_dir) == [9, 12]  # Step 12 written again by the resumed run.
 
@@ -128,7 +129,7 @@ def test_a_second_launch_of_a_running_experiment_is_refused_at_once(tmp_path, bl
       train_lib.train(tiny_config(epochs=1), str(tmp_path), datasets=blobs)
   assert not os.path.exists(os.path.join(exp_dir, "checkpoints"))  # Refused before any work.
   out = train_lib.train_and_evaluate(tiny_config(epochs=1), str(tmp_path), datasets=blobs)
-  assert out["final_step"] == 6  # Released: the next launch runs.
+  assert out.final_step == 6  # Released: the next launch runs.
 
 
 def test_resuming_with_another_batch_size_is_refused_and_leaves_the_config(tmp_path, blobs):
@@ -140,7 +141,7 @@ def test_resuming_with_another_batch_size_is_refused_and_leaves_the_config(tmp_p
   assert (tmp_path / "tiny" / "config.json").read_text() == saved  # The refused run left none.
   # More epochs are a legitimate change: the run resumes and the log records it.
   out = train_lib.train_and_evaluate(tiny_config(epochs=2), str(tmp_path), datasets=blobs)
-  assert out["resumed_from_step"] == 6 and out["final_step"] == 12
+  assert out.resumed_from_step == 6 and out.final_step == 12
   changes = [r for r in train_records(tmp_path) if "resumed_with_changes" in r]
   assert changes == [{"step": 6, "resumed_with_changes": {"train.epochs": [1, 2]},
                       "time": changes[0]["time"]}]
@@ -181,10 +182,11 @@ def test_an_overridden_attack_param_shows_in_the_label_and_is_not_compared_with_
   assert spec.overridden == {"max_iterations": [100, 5]}
   (unchanged,) = parse_attack_specs({"cw": attack("cw_l2", "CW-L2", max_iterations=100)}, defense)
   assert unchanged.label == "CW-L2" and unchanged.overridden == {}
-  summary = {"attacks": {"cw": {"label": spec.label, "robust_accuracy": 0.5,
-                                "attack_success_rate": 0.5, "median_l2": 1.0,
-                                "median_linf": 0.1, "overridden_params": spec.overridden}}}
-  cell = tables._cell("m:cw", 0.2, {"m": summary}, {})
-  assert cell["status"] == tables.OTHER_SETTINGS
+  summary = EvalSummary("m", 10, "d", 100, 100, 1.0, 1.0, {"cw": AttackResult(
+      spec.label, "cw_l2", "white_box", spec.params, robust_accuracy=0.5,
+      attack_success_rate=0.5, num_examples=100, mean_l2=1.0, median_l2=1.0, mean_linf=0.1,
+      median_linf=0.1, overridden_params=spec.overridden)})
+  cell = cells.value(cells.parse("m:cw"), 0.2, {"m": summary}, {})
+  assert cell["status"] == cells.OTHER_SETTINGS
   assert tables._ours(cell) == "50.0% (other settings)"  # No "(differs)" against 20.0%.
   np.testing.assert_equal(cell["ours"], 0.5)

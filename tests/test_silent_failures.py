@@ -39,7 +39,7 @@ def test_a_finite_divergence_stops_training_and_is_recorded(tmp_path, blobs):
   # The same run with the check off trains to the end (the factor is what stopped it).
   config.train.divergence_factor = 0.0
   config.experiment_name = "unchecked"
-  assert train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)["final_step"] == 24
+  assert train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs).final_step == 24
 
 
 def test_a_model_no_better_than_chance_fails_at_the_end(tmp_path):
@@ -58,7 +58,7 @@ def test_a_model_no_better_than_chance_fails_at_the_end(tmp_path):
   config.train.epochs = 6
   config.train.learning_rate = 3e-3
   out = train_lib.train_and_evaluate(config, str(tmp_path), datasets=(train, test))
-  assert "diverged" not in out and out["test_accuracy"] > 0.6
+  assert out.diverged is None and out.test_accuracy > 0.6
 
 
 def test_chance_level_by_hand():
@@ -91,7 +91,7 @@ def test_damage_inside_compressed_checkpoint_data_falls_back_and_names_the_step(
     else:
       f.truncate(size // 3)
   _, summary = train_lib.train(config, str(tmp_path), datasets=blobs)
-  assert summary["resumed_from_step"] == 9
+  assert summary.resumed_from_step == 9
   assert "checkpoint step 12 is damaged" in capsys.readouterr().out
   assert (tmp_path / "tiny" / "checkpoints" / "corrupt-12").is_dir()
 
@@ -117,7 +117,7 @@ def test_your_own_colour_images_round_trip_as_the_readme_shows(tmp_path):
   with pytest.raises(data_lib.DataError, match="test data 16 images .* other_test_data=True"):
     evaluate(config, str(tmp_path), datasets=(mine[0], other))
   out = evaluate(config, str(tmp_path), datasets=(mine[0], other), other_test_data=True)
-  assert out["num_test_examples"] == 16
+  assert out.num_test_examples == 16
   # Other training data is another experiment.
   with pytest.raises(data_lib.DataError, match="trained with train data"):
     evaluate(config, str(tmp_path), datasets=(other, mine[1]))
@@ -168,7 +168,7 @@ def test_an_evaluation_that_finishes_after_training_moved_on_is_marked_stale(
   monkeypatch.setattr(evaluator.report, "write_report", training_goes_on_meanwhile)
   out = evaluate(config, str(tmp_path), datasets=blobs)
   results = tmp_path / "tiny" / "results"
-  assert out["step"] == 6 and out["stale_since_step"] == 12
+  assert out.step == 6 and out.stale_since_step == 12
   assert json.loads((results / "eval.json").read_text())["stale_since_step"] == 12
   assert (results / "eval.md").read_text().startswith("> **Stale:** evaluated at step 6")
 

@@ -68,7 +68,7 @@ def test_sim_adv_run_resumes_exactly_including_the_buffer(tmp_path, blobs):
   train_lib.train_and_evaluate(config, str(tmp_path / "killed"), datasets=blobs,
                                interrupt_at_step=7)
   resumed = train_lib.train_and_evaluate(config, str(tmp_path / "killed"), datasets=blobs)
-  assert resumed["resumed_from_step"] == 4
+  assert resumed.resumed_from_step == 4
 
   def final(workdir):
     exp = experiment_lib.Experiment(config, str(workdir), blobs)
@@ -77,10 +77,10 @@ def test_sim_adv_run_resumes_exactly_including_the_buffer(tmp_path, blobs):
     ckpt.close()
     return jax.device_get(state.as_dict())
 
-  assert resumed["training_seconds"] > 0
+  assert resumed.training_seconds > 0
   # Re-running a finished experiment keeps the timing of the run that trained it.
   again_summary = train_lib.train_and_evaluate(config, str(tmp_path / "killed"), datasets=blobs)
-  assert again_summary["seconds_per_step"] == resumed["seconds_per_step"]
+  assert again_summary.seconds_per_step == resumed.seconds_per_step
   straight, again = final(tmp_path / "straight"), final(tmp_path / "killed")
   buffer = straight["defense_state"]["perturbation"]
   assert buffer.shape == (96, 12, 12, 1) and np.abs(buffer).max() == pytest.approx(0.3)
@@ -117,7 +117,7 @@ def test_free_adv_trains_with_replays_end_to_end(tmp_path, blobs):
   config.defense.options = {"eps": 0.1}
   config.train.replays = 3
   summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
-  assert summary["final_step"] == 3 * 6
+  assert summary.final_step == 3 * 6
 
 
 def test_atda_losses_match_hand_computed_values():

@@ -88,7 +88,7 @@ def test_tiny_end_to_end_runs(tmp_path, blobs, defense, options):
   config.defense.name = defense
   config.defense.options = ml_collections.ConfigDict(options)
   summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
-  assert summary["test_accuracy"] >= 0.5  # 4 classes: chance is 0.25.
+  assert summary.test_accuracy >= 0.5  # 4 classes: chance is 0.25.
 
 
 # A network whose class scores do not depend on the input: logits = bias of the last layer.
@@ -138,6 +138,6 @@ def test_every_call_site_uses_the_merged_deployed_classifier(tmp_path):
   # The robustness monitor and the evaluation's predictor score the merged class.
   assert RobustnessMonitor(config, exp)(state) == 1.0
   out = evaluate(config, str(tmp_path), datasets=datasets)
-  assert out["clean_accuracy"] == 1.0 and out["clean_accuracy_attacked_subset"] == 1.0
-  assert out["attacks"]["fgsm"]["robust_accuracy"] == 1.0
-  assert out["attacks"]["pgd"]["robust_accuracy"] == 1.0
+  assert out.clean_accuracy == 1.0 and out.clean_accuracy_attacked_subset == 1.0
+  assert out.attacks["fgsm"].robust_accuracy == 1.0
+  assert out.attacks["pgd"].robust_accuracy == 1.0

@@ -29,8 +29,8 @@ def test_training_lowers_the_loss_and_learns(tmp_path, blobs):
   summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   losses = [r["train_loss"] for r in read_log(tmp_path) if "train_loss" in r]
   assert losses[-1] < 0.5 * losses[0]
-  assert summary["test_accuracy"] >= 0.9
-  assert summary["final_step"] == 6 * 6
+  assert summary.test_accuracy >= 0.9
+  assert summary.final_step == 6 * 6
   assert os.path.exists(tmp_path / "tiny" / "results" / "train.json")
   assert os.path.exists(tmp_path / "tiny" / "config.json")
 
@@ -61,9 +61,9 @@ def test_killed_and_resumed_run_ends_with_identical_state(tmp_path, blobs, inter
   straight = jax.device_get(straight.as_dict())
   _, out = train_lib.train(config, str(tmp_path / "killed"), datasets=blobs,
                            interrupt_at_step=interrupt_at)
-  assert out == {"interrupted_at_step": interrupt_at}
+  assert out.interrupted_at_step == interrupt_at and out.final_step is None
   resumed, summary = train_lib.train(config, str(tmp_path / "killed"), datasets=blobs)
-  assert summary["resumed_from_step"] == 3 * (interrupt_at // 3)
+  assert summary.resumed_from_step == 3 * (interrupt_at // 3)
   resumed = jax.device_get(resumed.as_dict())
   assert int(resumed["step"]) == 12
   # Compared with the uninterrupted run's state as it was in memory, not as restored: reading
@@ -88,7 +88,7 @@ def test_sigterm_saves_the_current_step_and_the_relaunch_ends_bit_identical(tmp_
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # The handler is removed again.
   assert latest_checkpoint_step(str(tmp_path / "preempted"), config.experiment_name) == 7
   resumed, summary = train_lib.train(config, str(tmp_path / "preempted"), datasets=blobs)
-  assert summary["resumed_from_step"] == 7
+  assert summary.resumed_from_step == 7
   assert_same_state(straight, jax.device_get(resumed.as_dict()))
 
 
@@ -101,7 +101,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, blobs):
   pa, pb, pc = (_final_params(tmp_path / d, cfg, blobs) for d, cfg in
                 (("a", tiny_config(epochs=1)), ("b", tiny_config(epochs=1)), ("c", config)))
   jax.tree.map(np.testing.assert_array_equal, pa["params"], pb["params"])
-  assert a["test_accuracy"] == b["test_accuracy"]
+  assert a.test_accuracy == b.test_accuracy
   assert not np.array_equal(pa["params"]["Dense_2"]["kernel"], pc["params"]["Dense_2"]["kernel"])
 
 
@@ -128,8 +128,8 @@ def test_eval_mode_restores_the_checkpoint(tmp_path, blobs):
     evaluate(config, str(tmp_path), datasets=blobs)
   summary = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
   result = evaluate(config, str(tmp_path), datasets=blobs)
-  assert result["step"] == summary["final_step"]
-  assert result["clean_accuracy"] == pytest.approx(summary["test_accuracy"])
+  assert result.step == summary.final_step
+  assert result.clean_accuracy == pytest.approx(summary.test_accuracy)
 
 
 def test_batch_size_must_divide_over_devices_and_fit_the_data(tmp_path, blobs):
@@ -145,9 +145,9 @@ def test_standard_config_end_to_end_on_the_embedded_default(tmp_path):
   config.dataset.num_train_examples = 512
   config.dataset.num_test_examples = 100
   summary = train_lib.train_and_evaluate(config, str(tmp_path))
-  assert summary["final_step"] == 2 * 512 // config.train.batch_size
-  assert summary["num_test_examples"] == 100
-  assert summary["test_accuracy"] >= 0.6, summary  # 16 Adam steps on real digits; chance 0.1.
+  assert summary.final_step == 2 * 512 // config.train.batch_size
+  assert summary.num_test_examples == 100
+  assert summary.test_accuracy >= 0.6, summary  # 16 Adam steps on real digits; chance 0.1.
 
 
 def test_checkpoints_from_before_a_config_section_existed_still_resume(tmp_path, blobs):
@@ -159,7 +159,7 @@ def test_checkpoints_from_before_a_config_section_existed_still_resume(tmp_path,
   path.write_text(json.dumps(saved))
   config.train.epochs = 2
   out = train_lib.train_and_evaluate(config, str(tmp_path), datasets=blobs)
-  assert out["resumed_from_step"] == 6
+  assert out.resumed_from_step == 6
 
 
 def test_each_step_draws_new_randomness_and_the_same_step_the_same():

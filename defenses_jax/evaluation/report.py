@@ -8,9 +8,10 @@ from typing import Optional
 
 import numpy as np
 
-from defenses_jax.attacks.registry import attack_info
-from defenses_jax.evaluation import metrics, sanity
-from defenses_jax.files import read_json_or_none, save_figure, write_json, write_text
+from defenses_jax.evaluation import metrics
+from defenses_jax.evaluation.results import (AttackResult, EvalSummary, eval_path, read_eval,
+                                             write)
+from defenses_jax.files import save_figure, write_text
 
 
 def pct(value) -> str:
@@ -37,18 +38,16 @@ def _queries(value) -> str:
 UNTRUSTED = "(!)"  # A sanity check failed for this row's evaluation.
 
 
-def threat_label(result: dict) -> str:
+def threat_label(result: AttackResult) -> str:
   """How an attack reached the model: its threat model, or for a query attack the access its
   Oracle gives (it never sees gradients, whatever system answers), for a universal one that
   it is one perturbation for every image."""
-  access = result.get("access") or (attack_info(result["attack"]).access if "attack" in result
-                                    else "gradient")
-  if access in ("scores", "labels"):
-    return f"black-box ({access})"
-  threat = result["threat_model"]
-  if result.get("source_experiment"):
-    threat += f" from {result['source_experiment']}"
-  return f"universal, {threat}" if access == "universal" else threat
+  if result.access in ("scores", "labels"):
+    return f"black-box ({result.access})"
+  threat = result.threat_model
+  if result.source_experiment:
+    threat += f" from {result.source_experiment}"
+  return f"universal, {threat}" if result.access == "universal" else threat
 
 
 def differs_marker(ours, paper, tolerance: float = 0.05) -> str:
@@ -58,58 +57,58 @@ def differs_marker(ours, paper, tolerance: float = 0.05) -> str:
   return " (differs)" if abs(ours - paper) > tolerance else ""
 
 
-def markdown_table(summary: dict) -> str:
-  paper = summary.get("paper") or {}
+def markdown_table(summary: EvalSummary) -> str:
+  paper = summary.paper or {}
   paper_robust = paper.get("robust_accuracy") or {}
-  lines = [f"# {summary['experiment_name']}: robustness ({summary['dataset']})", ""]
-  if summary.get("total_steps") is not None:
-    step, total = summary["step"], summary["total_steps"]
+  lines = [f"# {summary.experiment_name}: robustness ({summary.dataset})", ""]
+  if summary.total_steps is not None:
+    step, total = summary.step, summary.total_steps
     lines.append(f"Checkpoint step {step} of {total}." + (
         "" if step >= total else f" **Training incomplete** ({100 * step / total:.0f}% of the "
         "steps): these numbers are not the trained model's."))
   if paper.get("source"):
     lines.append(f"Paper numbers: {paper['source']}.")
-  lines.append(f"Clean accuracy: ours {pct(summary['clean_accuracy'])} on "
-               f"{summary['num_test_examples']} test images; paper "
+  lines.append(f"Clean accuracy: ours {pct(summary.clean_accuracy)} on "
+               f"{summary.num_test_examples} test images; paper "
                f"{pct(paper.get('clean_accuracy'))}. Attacks run on the first "
-               f"{summary['num_attack_examples']} test images (clean accuracy there "
-               f"{pct(summary['clean_accuracy_attacked_subset'])}).")
+               f"{summary.num_attack_examples} test images (clean accuracy there "
+               f"{pct(summary.clean_accuracy_attacked_subset)}).")
   lines += ["", "| Attack | Threat model | Robust accuracy (ours) | Paper | Attack success | "
             "Median L2 | Median L-inf | Median L0 |", "|---|---|---|---|---|---|---|---|"]
-  for key, r in summary["attacks"].items():
+  for key, r in summary.attacks.items():
     # A row run with other settings than its label's is not compared with the paper.
-    theirs = None if r.get("overridden_params") else paper_robust.get(key)
-    doubt = f" {UNTRUSTED}" if sanity.warnings_for(summary, r["label"]) else ""
-    lines.append(f"| {r['label']} | {threat_label(r)} | {pct(r['robust_accuracy'])}"
-                 f"{differs_marker(r['robust_accuracy'], theirs)}{doubt} | {pct(theirs)} | "
-                 f"{pct(r['attack_success_rate'])} | {_num(r['median_l2'])} | "
-                 f"{_num(r['median_linf'])} | {_count(r.get('median_l0'))} |")
+    theirs = None if r.overridden_params else paper_robust.get(key)
+    doubt = f" {UNTRUSTED}" if summary.warnings_for(r.label) else ""
+    lines.append(f"| {r.label} | {threat_label(r)} | {pct(r.robust_accuracy)}"
+                 f"{differs_marker(r.robust_accuracy, theirs)}{doubt} | {pct(theirs)} | "
+                 f"{pct(r.attack_success_rate)} | {_num(r.median_l2)} | "
+                 f"{_num(r.median_linf)} | {_count(r.median_l0)} |")
   for key, value in paper_robust.items():  # Paper rows we did not run stay visible.
-    if key not in summary["attacks"]:
+    if key not in summary.attacks:
       lines.append(f"| {key} | - | not run | {pct(value)} | - | - | - | - |")
-  queried = {r["label"]: r["queries"] for r in summary["attacks"].values() if r.get("queries")}
+  queried = {r.label: r.queries for r in summary.attacks.values() if r.queries}
   if queried:
-    lines += [""] + [f"{label}: a query budget of {_queries(q['budget'])} per image; "
-                     f"{_queries(q['mean'])} queries on average, median "
-                     f"{_queries(q['median_successful'])} to succeed."
+    lines += [""] + [f"{label}: a query budget of {_queries(q.budget)} per image; "
+                     f"{_queries(q.mean)} queries on average, median "
+                     f"{_queries(q.median_successful)} to succeed."
                      for label, q in queried.items()]
-  fitted = {r["label"]: r["universal"] for r in summary["attacks"].values() if r.get("universal")}
+  fitted = {r.label: r.universal for r in summary.attacks.values() if r.universal}
   if fitted:
     lines += [""] + [f"{label}: one perturbation (L2 {_num(u['l2'])}, L-inf {_num(u['linf'])}) "
                      f"fitted on {u['fit_examples']} training images in {u['passes']} passes, "
                      f"fooling {pct(u['fooling_rate'])} of them." for label, u in fitted.items()]
-  if summary.get("detection"):
+  if summary.detection:
     lines += detection_lines(summary)
-  if summary.get("worst_case_robust_accuracy") is not None:
+  if summary.worst_case_robust_accuracy is not None:
     lines += ["", f"Worst case over all attacks (per example): "
-              f"{pct(summary['worst_case_robust_accuracy'])}."]
-  if summary.get("sanity"):
-    verdict = ("all passed" if summary["sanity_passed"] else "WARNINGS: do not trust the rows "
+              f"{pct(summary.worst_case_robust_accuracy)}."]
+  if summary.sanity:
+    verdict = ("all passed" if summary.sanity_passed else "WARNINGS: do not trust the rows "
                f"marked {UNTRUSTED}")
     lines += ["", f"## Sanity checks (Carlini et al. 2019): {verdict}", ""]
-    lines += [f"- [{c['status']}] {c['check']}: {c['detail']}" for c in summary["sanity"]]
-  if summary.get("eps_sweep"):
-    sweep = summary["eps_sweep"]
+    lines += [f"- [{c.status}] {c.check}: {c.detail}" for c in summary.sanity]
+  if summary.eps_sweep:
+    sweep = summary.eps_sweep
     lines += ["", f"## {sweep['label']}: robust accuracy vs eps ({sweep['num_examples']} images)",
               "", "| eps | " + " | ".join(f"{p['eps']:g}" for p in sweep["points"]) + " |",
               "|---" * (len(sweep["points"]) + 1) + "|",
@@ -118,26 +117,48 @@ def markdown_table(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def detection_lines(summary: dict) -> list:
-  d = summary["detection"]
-  if d.get("fixed_threshold"):
-    how = (f"its own fixed decision rule (threshold {d['threshold']:g}); false positives on "
-           f"{d['held_out_examples']} held-out clean test images: "
-           f"{pct(d['held_out_false_positive_rate'])}")
+def short_summary(summary: EvalSummary, results_dir: str) -> str:
+  """A few lines for the end of a run: clean accuracy, each attack's robust accuracy (marked
+  where a sanity check doubts it), the worst case and where the full results are."""
+  lines = [f"{summary.experiment_name} (step {summary.step}): clean accuracy "
+           f"{pct(summary.clean_accuracy)}"]
+  for r in summary.attacks.values():
+    mark = f" {UNTRUSTED}" if summary.warnings_for(r.label) else ""
+    evaded = ("" if not (r.detector_aware and r.detection) else
+              f", misclassified and accepted {pct(r.detection.misclassified_and_accepted)}")
+    lines.append(f"  {r.label}: {pct(r.robust_accuracy)}{mark}{evaded}")
+  if summary.worst_case_robust_accuracy is not None:
+    lines.append(f"  worst case over all attacks: {pct(summary.worst_case_robust_accuracy)}")
+  if summary.sanity:
+    warned = sum(not c.passed for c in summary.sanity)
+    lines.append(f"sanity checks: {warned} of {len(summary.sanity)} warn" if warned else
+                 f"sanity checks: all {len(summary.sanity)} pass")
+  lines.append(f"results: {os.path.join(results_dir, 'eval.md')} (and eval.json, figures)")
+  return "\n".join(lines)
+
+
+def detection_lines(summary: EvalSummary) -> list:
+  d = summary.detection
+  if d.fixed_threshold:
+    how = (f"its own fixed decision rule (threshold {d.threshold:g}); false positives on "
+           f"{d.held_out_examples} held-out clean test images: "
+           f"{pct(d.held_out_false_positive_rate)}")
   else:
-    how = (f"threshold fixed on {d['held_out_examples']} held-out clean test images at a "
-           f"false-positive rate of {pct(d['target_false_positive_rate'])}: "
-           f"{pct(d['held_out_false_positive_rate'])} there")
-  lines = ["", f"## Detector: {d['detector']} ({how}, "
-           f"{pct(d['attacked_clean_false_positive_rate'])} on the attacked images)", "",
+    how = (f"threshold fixed on {d.held_out_examples} held-out clean test images at a "
+           f"false-positive rate of {pct(d.target_false_positive_rate)}: "
+           f"{pct(d.held_out_false_positive_rate)} there")
+  lines = ["", f"## Detector: {d.detector} ({how}, "
+           f"{pct(d.attacked_clean_false_positive_rate)} on the attacked images)", "",
            "| Attack | Successful | Detection rate | ROC AUC | Accuracy on accepted | "
            "Misclassified and accepted |", "|---|---|---|---|---|---|"]
-  for r in summary["attacks"].values():
-    m = r.get("detection") or {}
-    lines.append(f"| {r['label']} | {m.get('num_successful', '-')} | "
-                 f"{pct(m.get('detection_rate'))} | {_num(m.get('auc'))} | "
-                 f"{pct(m.get('accuracy_on_accepted'))} | "
-                 f"{pct(m.get('misclassified_and_accepted'))} |")
+  for r in summary.attacks.values():
+    m = r.detection
+    if m is None:
+      lines.append(f"| {r.label} | - | - | - | - | - |")
+      continue
+    lines.append(f"| {r.label} | {m.num_successful} | {pct(m.detection_rate)} | "
+                 f"{_num(m.auc)} | {pct(m.accuracy_on_accepted)} | "
+                 f"{pct(m.misclassified_and_accepted)} |")
   return lines
 
 
@@ -224,15 +245,15 @@ def plot_examples(clean: np.ndarray, adversarial: dict, path: str) -> None:
   plt.close(fig)
 
 
-def write_report(summary: dict, results_dir: str, clean_images: Optional[np.ndarray] = None,
+def write_report(summary: EvalSummary, results_dir: str, clean_images=None,
                  adversarial_images: Optional[dict] = None) -> dict:
   """Writes eval.md and the figures next to eval.json; returns {artifact: path}."""
   os.makedirs(results_dir, exist_ok=True)
   paths = {"table": os.path.join(results_dir, "eval.md")}
   write_text(paths["table"], markdown_table(summary))
-  if summary.get("eps_sweep"):
+  if summary.eps_sweep:
     paths["eps_sweep"] = os.path.join(results_dir, "robust_accuracy_vs_eps.png")
-    plot_eps_sweep(summary["eps_sweep"], paths["eps_sweep"])
+    plot_eps_sweep(summary.eps_sweep, paths["eps_sweep"])
   if clean_images is not None and adversarial_images:
     paths["examples"] = os.path.join(results_dir, "examples.png")
     plot_examples(np.asarray(clean_images), adversarial_images, paths["examples"])
@@ -245,17 +266,17 @@ STALE_MARK = "> **Stale:**"
 def mark_if_stale(results_dir: str, step: int) -> bool:
   """After training reaches `step`: an evaluation of an older checkpoint is marked stale, in
   eval.json (`stale_since_step`) and at the top of eval.md, until --mode=eval runs again."""
-  path = os.path.join(results_dir, "eval.json")
-  summary = read_json_or_none(path, "re-run --mode=eval to evaluate the trained model")
-  if summary is None or summary.get("step") == step:
+  exp_dir = os.path.dirname(results_dir)
+  summary = read_eval(exp_dir, "re-run --mode=eval to evaluate the trained model")
+  if summary is None or summary.step == step:
     return False
-  summary["stale_since_step"] = step
-  write_json(path, summary)
+  summary.stale_since_step = step
+  write(eval_path(exp_dir), summary)
   md = os.path.join(results_dir, "eval.md")
   if os.path.exists(md):
     with open(md) as f:
       text = f.read()
     if not text.startswith(STALE_MARK):
-      write_text(md, f"{STALE_MARK} evaluated at step {summary.get('step')}; training has "
+      write_text(md, f"{STALE_MARK} evaluated at step {summary.step}; training has "
                  f"since reached step {step}. Re-run with --mode=eval.\n\n" + text)
   return True

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from defenses_jax.attacks.objectives import cross_entropy
+from defenses_jax.evaluation.results import PASS, WARN, SanityCheck
 
-PASS, WARN = "pass", "warn"
 # Differences in robust accuracy below this are noise, not evidence.
 TOLERANCE = 0.01
 
@@ -23,12 +23,13 @@ def tolerance(num_examples=None) -> float:
   return TOLERANCE if not num_examples else max(TOLERANCE, 1.5 / num_examples)
 
 
-def _record(name: str, ok: bool, detail: str, **numbers) -> dict:
-  return {"check": name, "status": PASS if ok else WARN, "detail": detail, **numbers}
+def _record(name: str, ok: bool, detail: str, attack=None, white_box_attack=None,
+            **numbers) -> SanityCheck:
+  return SanityCheck(name, PASS if ok else WARN, detail, attack, white_box_attack, numbers)
 
 
 def more_steps_do_not_help(attack_name: str, robust_accuracy_at: Callable[[int], float],
-                           steps: int, factor: int = 4, num_examples=None) -> dict:
+                           steps: int, factor: int = 4, num_examples=None) -> SanityCheck:
   """Run the attack `factor` times longer. Robust accuracy must not rise (the attack would be
   broken), and should not fall much either: if it keeps falling, the attack had not converged
   and the reported robust accuracy overestimates the defense."""
@@ -47,7 +48,7 @@ def more_steps_do_not_help(attack_name: str, robust_accuracy_at: Callable[[int],
   return _record("more_steps", True, detail, **numbers)
 
 
-def more_steps_not_needed(attack_name: str, num_examples=None) -> dict:
+def more_steps_not_needed(attack_name: str, num_examples=None) -> SanityCheck:
   """The more-steps check of an attack that already fooled every correctly classified example
   of the subset: a longer run cannot lower robust accuracy 0, so it is not rerun."""
   return _record("more_steps", True, f"{attack_name}: robust accuracy already 0 on the "
@@ -55,7 +56,7 @@ def more_steps_not_needed(attack_name: str, num_examples=None) -> dict:
                  robust_accuracy=0.0, skipped=True)
 
 
-def unbounded_attack_succeeds(success_rate: float, minimum: float = 0.99) -> dict:
+def unbounded_attack_succeeds(success_rate: float, minimum: float = 0.99) -> SanityCheck:
   """With an unlimited budget (eps covering the whole [0, 1] box) every input can be turned into
   any other; an attack that still fails is blocked by masked or broken gradients."""
   ok = success_rate >= minimum
@@ -66,7 +67,7 @@ def unbounded_attack_succeeds(success_rate: float, minimum: float = 0.99) -> dic
 
 
 def transfer_not_stronger(transfer_name: str, transfer_accuracy: float, white_box_name: str,
-                          white_box_accuracy: float) -> dict:
+                          white_box_accuracy: float) -> SanityCheck:
   """A transfer (black-box) attack must not beat the white-box attack of the same kind: if it
   does, the white-box attack is not using the gradients it has."""
   ok = transfer_accuracy >= white_box_accuracy - TOLERANCE
@@ -79,7 +80,7 @@ def transfer_not_stronger(transfer_name: str, transfer_accuracy: float, white_bo
 
 
 def noise_weaker_than_attack(attack_name: str, attack_accuracy: float, noise_accuracy: float,
-                             num_examples=None) -> dict:
+                             num_examples=None) -> SanityCheck:
   """Random noise of the attack's size must hurt no more than the attack: on the same images,
   an attack that leaves even one more of them correct than noise does is not following useful
   gradients there (no tolerance: a one-image margin passed a universal perturbation weaker than
@@ -95,15 +96,8 @@ def noise_weaker_than_attack(attack_name: str, attack_accuracy: float, noise_acc
                  noise_accuracy=noise_accuracy)
 
 
-def warnings_for(summary: dict, label: str) -> list[str]:
-  """The details of the failed checks that concern the attack row `label` of an evaluation
-  summary: its own, those that compare it with another attack, and those of the whole
-  evaluation (gradients, the unbounded attack)."""
-  return [c["detail"] for c in summary.get("sanity") or [] if c["status"] == WARN and
-          label in (c.get("attack", label), c.get("white_box_attack"))]
-
-
-def gradients_are_informative(logits_fn: Callable, x, y, max_zero_fraction: float = 0.05) -> dict:
+def gradients_are_informative(logits_fn: Callable, x, y,
+                              max_zero_fraction: float = 0.05) -> SanityCheck:
   """The gradient of the loss at the inputs must be finite and, for most examples, non-zero
   (zero gradients are the signature of gradient masking: shattered or saturated gradients)."""
 

@@ -26,11 +26,12 @@ import jax
 
 from defenses_jax import artifact_cache
 from defenses_jax.checkpoint import experiment_dir, latest_checkpoint_step, recorded_step_digest
-from defenses_jax.files import read_json_or_none, save_figure
+from defenses_jax.evaluation import results
+from defenses_jax.files import save_figure
 from defenses_jax.progress import read_records
-from defenses_jax.suites import rho
+from defenses_jax.suites import cells, rho
 from defenses_jax.evaluation.report import pyplot
-from defenses_jax.evaluation.evaluator import accuracy_vs_eps
+from defenses_jax.evaluation.sweep import accuracy_vs_eps
 from defenses_jax.experiment import TrainedExperiment
 
 KINDS = ("rho_steps", "rho_iteration", "training_curves", "accuracy_vs_eps",
@@ -38,9 +39,9 @@ KINDS = ("rho_steps", "rho_iteration", "training_curves", "accuracy_vs_eps",
 FROM_RESULTS = ("training_curves", "detection_vs_param", "cells_vs_param")  # Read from files; never cached stale.
 
 
-def _eval_results(workdir: str, name: str) -> Optional[dict]:
-  """A member's eval.json, None if missing or damaged (named in a warning)."""
-  return read_json_or_none(os.path.join(os.path.abspath(workdir), name, "results", "eval.json"),
+def _eval_results(workdir: str, name: str) -> Optional[results.EvalSummary]:
+  """A member's evaluation, None if missing or damaged (named in a warning)."""
+  return results.read_eval(experiment_dir(workdir, name),
                            "the figure leaves this member's points out")
 
 
@@ -56,19 +57,24 @@ def _training_curve(workdir: str, name: str) -> dict:
 
 
 def _detection_series(workdir: str, name: str, fig) -> dict:
-  attacks = (_eval_results(workdir, name) or {}).get("attacks", {})
-  series = {metric: [(attacks.get(key, {}).get("detection") or {}).get(metric)
-                     for key in fig.attacks] for metric in fig.metrics}
+  summary = _eval_results(workdir, name)
+  attacks = {} if summary is None else summary.attacks
+
+  def metric_of(key, metric):
+    detection = attacks[key].detection if key in attacks else None
+    return None if detection is None else getattr(detection, metric)
+
+  series = {metric: [metric_of(key, metric) for key in fig.attacks] for metric in fig.metrics}
   return {"x": list(fig.x_values), **series}
 
 
 def _cell_series(workdir: str, fig) -> dict:
   """{series label: [value per x]} of a cells_vs_param figure, looked up as table cells."""
-  from defenses_jax.suites import tables  # Tables read results; figures only draw them.
-  members = {cell.partition(":")[0] for _, cells in fig.series for cell in cells}
-  results = {name: r for name in members if (r := _eval_results(workdir, name)) is not None}
-  series = {label: [tables.cell_value(cell, results) for cell in cells]
-            for label, cells in fig.series}
+  refs = {label: [cells.parse(cell) for cell in series] for label, series in fig.series}
+  members = {ref.member for series in refs.values() for ref in series}
+  evaluated = {name: r for name in members if (r := _eval_results(workdir, name)) is not None}
+  series = {label: [cells.value(ref, None, evaluated, {})["ours"] for ref in series]
+            for label, series in refs.items()}
   return {"x": list(fig.x_values), **series}
 
 

@@ -10,10 +10,8 @@ A suite config (experiments/paper_00N_<name>/config.py) holds
             rows: ({label, cells: {column key: cell}, paper: {column key: number}}, ...)}}
 (built with experiments.common.table and table_row) where a cell is '<member>:<result key>' (a
 key of that member's eval.attacks: its robust accuracy; or 'clean'),
-'<member>:<attack key>:<metric>' (another number of that attack: tables.ATTACK_METRICS, e.g.
-its detection AUC), '<member>:<detection key>' (tables.MEMBER_DETECTION_KEYS),
-'<member>:time' or '<member>:time_ratio:<other member>' (training time), 'not run' (the paper
-reports an attack this library lacks) or '' (no entry in the paper).
+'<member>:<attack key>:<metric>' (another number of that attack, e.g. its detection AUC), and
+more: cells.py has the grammar, parses each cell once and checks it before training.
 
 Re-running resumes: training from each member's last checkpoint, evaluation skips members whose
 results/eval.json matches their current checkpoint, eval config and model.compute_dtype.
@@ -34,9 +32,12 @@ from defenses_jax.config_checks import check_config
 from defenses_jax.errors import ConfigError
 from defenses_jax.evaluation.preflight import check_evaluation
 from defenses_jax.suites import figures as suite_figures
+from defenses_jax.suites import cells
 from defenses_jax.suites import tables as paper_tables
-from defenses_jax.checkpoint import latest_checkpoint_step
-from defenses_jax.files import read_json_or_none, write_json, write_text
+from defenses_jax.checkpoint import experiment_dir, latest_checkpoint_step
+from defenses_jax.evaluation import results
+from defenses_jax.files import write_json, write_text
+from defenses_jax.progress import announce
 
 MODES = ("train", "eval", "report")
 
@@ -110,35 +111,12 @@ def _check_member(member: ml_collections.ConfigDict, datasets: Optional[tuple]) 
 
 
 def _check_cell(cell: str, members, where: str) -> None:
-  """A cell names a member and a result that member will produce."""
-  if cell in ("", paper_tables.NOT_RUN):
-    return
-  member, _, key = cell.partition(":")
-  if member not in members:
-    raise ConfigError(f"{where}: unknown member {member!r}.")
-  if key.startswith("time_ratio:") and key.partition(":")[2] not in members:
-    raise ConfigError(f"{where}: unknown member in {key!r}.")
-  if key in paper_tables.MEMBER_DETECTION_KEYS and not members[member].eval.detection.detector:
-    raise ConfigError(f"{where}: {key!r} needs a detector in member {member!r}'s "
-                     "eval.detection.")
-  section, _, name = key.partition(":")
-  if section == "worst_case" and name not in dict(
-      members[member].eval.get("worst_case_groups") or {}):
-    raise ConfigError(f"{where}: member {member!r} has no eval.worst_case_groups.{name}.")
-  if key in ("clean", "time") or key.startswith("time_ratio:") or (
-      key in paper_tables.MEMBER_DETECTION_KEYS) or section in paper_tables.MEMBER_SECTIONS:
-    return
-  attack_key, _, metric = key.partition(":")
-  if attack_key not in members[member].eval.attacks:
-    raise ConfigError(f"{where}: member {member!r} has no attack {attack_key!r} in its "
-                     f"eval.attacks ({sorted(members[member].eval.attacks.keys())}).")
-  if metric and metric not in paper_tables.ATTACK_METRICS:
-    raise ConfigError(f"{where}: unknown metric {metric!r}; choose one of "
-                     f"{sorted(paper_tables.ATTACK_METRICS)}.")
-  if (paper_tables.ATTACK_METRICS.get(metric, (None,))[0] == "detection"
-      and not members[member].eval.detection.detector):
-    raise ConfigError(f"{where}: metric {metric!r} needs a detector in member {member!r}'s "
-                     "eval.detection.")
+  """A cell names a member and a result that member will produce (cells.py)."""
+  try:
+    ref = cells.parse(cell)
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
+  cells.check(ref, members, where)
 
 
 def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "train",
@@ -151,7 +129,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
   members = [config.members[name] for name in config.order]
   if mode == "train":
     for i, member in enumerate(members):
-      _announce(f"[{i + 1}/{len(members)}] training {member.experiment_name}")
+      announce(f"[{i + 1}/{len(members)}] training {member.experiment_name}")
       if member.distill.teacher:
         distill.distill_proxy(member, workdir, datasets)
       else:
@@ -159,13 +137,13 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
   if mode in ("train", "eval"):
     for i, member in enumerate(members):
       if _evaluation_is_current(member, workdir):
-        _announce(f"[{i + 1}/{len(members)}] {member.experiment_name}: evaluation up to date")
+        announce(f"[{i + 1}/{len(members)}] {member.experiment_name}: evaluation up to date")
         continue
-      _announce(f"[{i + 1}/{len(members)}] evaluating {member.experiment_name}")
+      announce(f"[{i + 1}/{len(members)}] evaluating {member.experiment_name}")
       evaluation.evaluate(member, workdir, datasets)
-  results = {name: _load_eval(workdir, name) for name in config.order}
-  training = {name: _load_json(workdir, name, "train.json") for name in config.order}
-  tables = paper_tables.fill_tables(config.tables, results, training)
+  evaluated = {name: results.read_eval(experiment_dir(workdir, name)) for name in config.order}
+  training = {name: results.read_train(experiment_dir(workdir, name)) for name in config.order}
+  tables = paper_tables.fill_tables(config.tables, evaluated, training)
   out_dir = os.path.join(os.path.abspath(workdir), config.suite_name)
   figures = {}
   if "figures" in config:
@@ -173,7 +151,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
                                          compute=mode != "report")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    markdown = paper_tables.markdown(config.description, tables, results)
+    markdown = paper_tables.markdown(config.description, tables, evaluated)
     markdown += "".join(f"\n![{name}]({os.path.basename(path)})\n" for name, path in
                         figures.items())
     write_text(os.path.join(out_dir, "tables.md"), markdown)
@@ -183,30 +161,12 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "trai
   return {"suite": config.suite_name, "tables": os.path.join(out_dir, "tables.md")}
 
 
-def _announce(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, flush=True)
-
-
-def _load_json(workdir: str, name: str, filename: str) -> Optional[dict]:
-  """A member's results file; None if missing or damaged (with a warning naming it): the
-  member is then trained or evaluated again by the next run."""
-  path = os.path.join(os.path.abspath(workdir), name, "results", filename)
-  return read_json_or_none(path, "the next run recomputes it")
-
-
-def _load_eval(workdir: str, name: str) -> Optional[dict]:
-  return _load_json(workdir, name, "eval.json")
-
-
 def _evaluation_is_current(member: ml_collections.ConfigDict, workdir: str) -> bool:
   """eval.json exists for the member's latest checkpoint and was made with this eval config."""
-  previous = _load_eval(workdir, member.experiment_name)
+  previous = results.read_eval(experiment_dir(workdir, member.experiment_name))
   if previous is None:
     return False
-  same_config = previous.get("eval_config") == json.loads(json.dumps(member.eval.to_dict()))
-  # Results from before the switch existed were computed in float32.
-  same_config &= (previous.get("compute_dtype", "float32")
-                  == member.model.get("compute_dtype", "float32"))
-  return same_config and previous.get("step") == latest_checkpoint_step(
-      workdir, member.experiment_name)
+  same_config = previous.eval_config == json.loads(json.dumps(member.eval.to_dict()))
+  same_config &= previous.compute_dtype == member.model.get("compute_dtype", "float32")
+  return same_config and previous.step == latest_checkpoint_step(workdir,
+                                                                 member.experiment_name)

@@ -50,11 +50,11 @@ def test_batchnorm_dropout_model_trains_and_resumes_on_eight_devices(tmp_path):
   config = tiny_config(model="tt_mnist_cnn", epochs=2, batch_size=32, checkpoint_every_steps=3)
   config.eval.batch_size = 16
   straight, summary = train_lib.train(config, str(tmp_path / "a"), datasets=blobs)
-  assert summary["num_devices"] == 8
+  assert summary.num_devices == 8
   straight = jax.device_get(straight.as_dict())
   train_lib.train(config, str(tmp_path / "b"), datasets=blobs, interrupt_at_step=4)
   resumed, summary = train_lib.train(config, str(tmp_path / "b"), datasets=blobs)
-  assert summary["resumed_from_step"] == 3
+  assert summary.resumed_from_step == 3
   resumed = jax.device_get(resumed.as_dict())
   # Every field, against the uninterrupted run's in-memory state (not read back through the
   # restore path under test): params, BatchNorm statistics, optimizer moments, step.
@@ -110,11 +110,11 @@ def test_evaluation_on_eight_devices_matches_one_device(tmp_path):
   config.num_devices = 1
   one = evaluate(config, str(tmp_path), datasets=blobs)
   for key in ("pgd", "deepfool", "cw", "hsj"):
-    assert eight["attacks"][key]["robust_accuracy"] == one["attacks"][key]["robust_accuracy"]
-    np.testing.assert_allclose(eight["attacks"][key]["median_l2"], one["attacks"][key]["median_l2"],
+    assert eight.attacks[key].robust_accuracy == one.attacks[key].robust_accuracy
+    np.testing.assert_allclose(eight.attacks[key].median_l2, one.attacks[key].median_l2,
                                rtol=1e-4)
-  assert eight["attacks"]["hsj"]["queries"] == one["attacks"]["hsj"]["queries"]
-  assert eight["attacks"]["hsj"]["attack_success_rate"] > 0
+  assert eight.attacks["hsj"].queries == one.attacks["hsj"].queries
+  assert eight.attacks["hsj"].attack_success_rate > 0
 
 
 @pytest.mark.parametrize("defense,options", [
