@@ -38,7 +38,7 @@ RELIABILITY_MUTATIONS = (
     # Checks before compute.
     Mutation("attack_params_unchecked", "defenses_jax/evaluation/threat_models.py",
              "problems = info.check_params(params)", "problems = []", (_PREFLIGHT,)),
-    Mutation("open_lower_bound_closed", "defenses_jax/attacks/param_checks.py",
+    Mutation("open_lower_bound_closed", "defenses_jax/value_checks.py",
              "value <= self.low if self.low_open else value < self.low", "value < self.low",
              (_PREFLIGHT + "::test_attack_parameters_are_checked_when_parsed",)),
     Mutation("suite_members_config_unchecked", "defenses_jax/suites/runner.py",
