@@ -6,8 +6,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine", "piecewise")
+from defenses_jax import config_schema
+from defenses_jax.config import SCHEMA
+
+# Declared with the config (config.SCHEMA), which checks them before any compute.
+OPTIMIZERS = config_schema.lookup(SCHEMA, "train.optimizer").check.choices
+SCHEDULES = config_schema.lookup(SCHEMA, "train.schedule").check.choices
+L2_SCOPES = config_schema.lookup(SCHEMA, "train.l2_scope").check.choices
 
 
 def learning_rate_schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
@@ -35,8 +40,8 @@ def l2_penalty(params, scope: str) -> jax.Array:
   """Sum of squared kernel weights: 'conv' (4-D kernels only, the Keras kernel_regularizer of
   paper 000 Table 5) or 'all' (every kernel, dense layers included). Biases and BatchNorm
   parameters are never penalised."""
-  if scope not in ("conv", "all"):
-    raise ValueError(f"unknown train.l2_scope {scope!r}; choose 'conv' or 'all'.")
+  if scope not in L2_SCOPES:
+    raise ValueError(f"unknown train.l2_scope {scope!r}; choose one of {L2_SCOPES}.")
   min_ndim = 4 if scope == "conv" else 2
   leaves = [p for path, p in jax.tree_util.tree_leaves_with_path(params)
             if getattr(path[-1], "key", None) == "kernel" and p.ndim >= min_ndim]

@@ -89,7 +89,7 @@ def _break_square(member):
      "needs clean held-out test images .* at least 20, but only 10"),
     ("tt_fgsm_mnist_cpu", lambda m: (setattr(m.eval.detection, "detector", "class_mean"),
                                      setattr(m.eval.detection, "false_positive_rate", 1.5)),
-     "false_positive_rate must lie in \\(0, 1\\); got 1.5"),
+     "false_positive_rate must be in \\(0, 1\\); got 1.5"),
     ("standard_mnist_cpu", lambda m: m.eval.attacks.zoo.params.update(max_queries=0),
      "eval.attacks.zoo: zoo max_queries must be a whole number >= 1"),
     ("at_cw40_mnist_cpu", lambda m: setattr(m.eval.attacks.cw_l2_k40_wb, "attack", "cw_l3"),

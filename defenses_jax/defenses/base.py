@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax import parallel
+from defenses_jax.config import THREAT_MODELS
 from defenses_jax.attacks.wrappers import stochastic
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-THREAT_MODELS = ("white_box", "gray_box", "adaptive", "transfer")
 
 
 class Deployed(NamedTuple):

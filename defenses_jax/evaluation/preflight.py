@@ -12,6 +12,8 @@ from typing import Optional
 
 import ml_collections
 
+from defenses_jax import config_schema
+from defenses_jax.config import SCHEMA
 from defenses_jax.detectors import create_detector
 from defenses_jax.errors import ConfigError
 from defenses_jax.evaluation.threat_models import AttackSpec, parse_attack_specs
@@ -31,13 +33,16 @@ def check_evaluation(config: ml_collections.ConfigDict, defense,
                                  **ev.detection.options.to_dict())
     except ValueError as e:
       problems.append(f"eval.detection: {e}".rstrip("."))
-    fpr = ev.detection.false_positive_rate
-    if (detector is None or detector.fixed_threshold is None) and not 0 < fpr < 1:
-      problems.append(f"eval.detection.false_positive_rate must lie in (0, 1); got {fpr!r}")
-    threshold_examples = ev.detection.num_threshold_examples
-    if threshold_examples == 0 or threshold_examples < -1:
-      problems.append("eval.detection.num_threshold_examples must be positive or -1 (all); "
-                      f"got {threshold_examples!r}")
+    # Declared in config.SCHEMA, checked here: only with a detector, and the rate only for a
+    # detector whose threshold is not fixed by its own rule.
+    checked = ["num_threshold_examples"]
+    if detector is None or detector.fixed_threshold is None:
+      checked.insert(0, "false_positive_rate")
+    for name in checked:
+      problem = config_schema.lookup(SCHEMA, f"eval.detection.{name}").problem_in(
+          ev.detection[name])
+      if problem:
+        problems.append(f"eval.detection.{name} {problem}")
   if num_test_examples is not None:
     problems += _size_problems(ev, detector, num_test_examples)
   if problems:

@@ -19,7 +19,9 @@ import json
 from typing import Any, Callable, NamedTuple, Optional
 
 from defenses_jax import attacks as attacks_lib
-from defenses_jax.defenses.base import THREAT_MODELS, Network
+from defenses_jax import config_schema
+from defenses_jax.config import ATTACK_ENTRY
+from defenses_jax.defenses.base import Network
 from defenses_jax.errors import ConfigError
 from defenses_jax.experiment import variables
 
@@ -28,33 +30,20 @@ DEFAULT_FIT_EXAMPLES = 1000  # Training images a universal attack is fitted on, 
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
+  """One attack of config.eval.attacks, read and checked: the entry's fields (config.ATTACK_ENTRY
+  says what each is for) with the defaults applied, under its config key."""
   key: str  # Config key, e.g. "pgd".
-  label: str  # Row label in tables, e.g. "PGD (40 x 0.01, eps 0.3)".
+  label: str
   attack: str  # Name in attacks.ATTACKS.
   threat_model: str
   params: dict
-  source_experiment: str = ""  # transfer only.
-  # Against a randomised defense: the attacker differentiates the mean over this many draws
-  # (expectation over transformation, `attacks.eot`) at every step; 1: one fresh draw per step.
+  source_experiment: str = ""
   eot_samples: int = 1
-  # Universal attacks: the perturbation is fitted on this many training images (see universal.py).
-  fit_examples: int = 0
-  # Evade the evaluation's detector too: the attacker differentiates the classifier with the
-  # detector folded in (attacks.reject_as_true_class at the evaluation's threshold), its score
-  # scaled by detector_weight into logit units. A detector-aware *transfer* attack evades the
-  # attacker's own copy of the detector (same settings) fitted on the source model.
+  fit_examples: int = 0  # Universal attacks: the default applied (DEFAULT_FIT_EXAMPLES).
   detector_aware: bool = False
   detector_weight: float = 1.0
-  # The threshold the attacker evades, as a false-positive rate on the clean held-out images
-  # (0: the deployed threshold). 0.5 evades the clean median score, paper 002's "until the
-  # detection AUC is at most 0.5" (the reference CW-wb's median-density threshold); scoring
-  # always uses the deployed threshold.
   detector_fpr: float = 0.0
-  # Run on the first num_examples attacked images only (0: all), for attacks too costly for
-  # the whole attacked subset (paper 000's ZOO: 200 images).
   num_examples: int = 0
-  # A named white-box surface of the defense (its `attack_surfaces`, e.g. paper 004's
-  # 'bpda_identity'); "": the deployed classifier itself.
   surface: str = ""
   # Params that differ from those the label was written for (a command-line override such as
   # --config.eval.attacks.cw.params.max_iterations=5): {name: [label's value, value run]}. The
@@ -78,19 +67,15 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
   (`has_detector`: the evaluation fits a detector, which detector-aware attacks need)."""
   specs = []
   for key, entry in attacks_config.items():
-    entry = dict(entry)
-    unknown = set(entry) - {"attack", "label", "threat_model", "params", "source_experiment",
-                            "eot_samples", "fit_examples", "detector_aware",
-                            "detector_weight", "detector_fpr", "label_params",
-                            "num_examples", "surface"}
-    if unknown:
-      raise ConfigError(f"eval.attacks.{key}: unknown fields {sorted(unknown)}.")
-    name = entry.get("attack", key)
+    fields, problems = config_schema.entry_values(ATTACK_ENTRY, entry)
+    if problems:
+      raise ConfigError(f"eval.attacks.{key}: " + "; ".join(problems) + ".")
+    name = key if fields["attack"] is None else fields["attack"]
     if name not in attacks_lib.ATTACKS:
       raise ConfigError(f"eval.attacks.{key}: unknown attack {name!r}; choose one of "
                        f"{', '.join(sorted(attacks_lib.ATTACKS))}.")
     info = attacks_lib.attack_info(name)
-    params = dict(entry.get("params", {}))
+    params = dict(fields["params"])
     problems = info.check_params(params)
     if problems:
       raise ConfigError(f"eval.attacks.{key}: " + "; ".join(problems) + ".")
@@ -101,27 +86,22 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
       raise ConfigError(f"eval.attacks.{key}: attack {name!r} needs "
                         f"{sorted(required - set(params))} in its params (it has no default).")
     universal = info.universal
-    fit_examples = int(entry.get("fit_examples", DEFAULT_FIT_EXAMPLES if universal else 0))
+    fit_examples = fields["fit_examples"] or (DEFAULT_FIT_EXAMPLES if universal else 0)
     if universal != (fit_examples > 0):
       raise ConfigError(f"eval.attacks.{key}: fit_examples (training images a universal "
-                       "perturbation is fitted on) must be positive for a universal attack and "
-                       "is only for one.")
-    threat = entry.get("threat_model", "white_box")
-    if threat not in THREAT_MODELS:
-      raise ConfigError(f"eval.attacks.{key}: unknown threat_model {threat!r}; choose one of "
-                       f"{THREAT_MODELS}.")
+                       "perturbation is fitted on) is only for a universal attack.")
+    threat = fields["threat_model"]
     if threat == "adaptive" and not defense.has_adaptive_attack:
       raise ConfigError(f"eval.attacks.{key}: defense {defense.name!r} defines no adaptive attack.")
-    source = entry.get("source_experiment", "")
+    source = fields["source_experiment"]
     if (threat == "transfer") != bool(source):
       raise ConfigError(f"eval.attacks.{key}: a transfer attack needs source_experiment (the "
                        "substitute's experiment name in the same workdir), and only it does.")
-    eot_samples = int(entry.get("eot_samples", 1))
-    if eot_samples < 1 or (eot_samples > 1 and not defense.randomised):
-      raise ConfigError(f"eval.attacks.{key}: eot_samples must be >= 1, and above 1 only against "
-                       f"a randomised defense ({defense.name!r} is deterministic).")
-    detector_aware = bool(entry.get("detector_aware", False))
-    detector_weight = float(entry.get("detector_weight", 1.0))
+    eot_samples = fields["eot_samples"]
+    if eot_samples > 1 and not defense.randomised:
+      raise ConfigError(f"eval.attacks.{key}: eot_samples above 1 is only for a randomised "
+                       f"defense ({defense.name!r} is deterministic).")
+    detector_aware = fields["detector_aware"]
     access = info.access
     if detector_aware and not (has_detector and (
         (threat in ("white_box", "transfer") and access == "gradient")
@@ -140,18 +120,10 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
       raise ConfigError(f"eval.attacks.{key}: {name!r} needs a deterministic defense; "
                        f"{defense.name!r} is randomised (use a detector-aware gradient attack "
                        "with eot_samples instead).")
-    if not detector_weight > 0:
-      raise ConfigError(f"eval.attacks.{key}: detector_weight must be positive.")
-    detector_fpr = float(entry.get("detector_fpr", 0.0))
-    if not 0.0 <= detector_fpr < 1.0 or (detector_fpr and not detector_aware):
+    if fields["detector_fpr"] and not detector_aware:
       raise ConfigError(f"eval.attacks.{key}: detector_fpr (the threshold the attacker evades, "
-                       "as a clean false-positive rate) must be in [0, 1), and is only for a "
-                       "detector-aware attack.")
-    num_examples = int(entry.get("num_examples", 0))
-    if num_examples < 0:
-      raise ConfigError(f"eval.attacks.{key}: num_examples must be >= 0 (0: every attacked "
-                       "image).")
-    surface = str(entry.get("surface", ""))
+                       "as a clean false-positive rate) is only for a detector-aware attack.")
+    surface = fields["surface"]
     # A transfer attack's surface is the source's (crafted there as a white-box attack); a
     # source without it fails when its target is built.
     if surface and ((threat == "white_box" and surface not in defense.attack_surfaces)
@@ -160,16 +132,17 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
                        f"{defense.name!r}'s attack surfaces {list(defense.attack_surfaces)}, "
                        "for a white-box (or transfer) attack that is neither detector-aware "
                        "nor universal.")
-    overridden = _overridden(entry.get("label_params"), params)
-    label = entry.get("label", key)
+    overridden = _overridden(fields["label_params"], params)
+    label = key if fields["label"] is None else fields["label"]
     if overridden:
       label += " [run with " + ", ".join(f"{k}={v[1]}" for k, v in overridden.items()) + "]"
     specs.append(AttackSpec(key=key, label=label, attack=name, overridden=overridden,
                             threat_model=threat, params=params, source_experiment=source,
                             eot_samples=eot_samples, fit_examples=fit_examples,
-                            detector_aware=detector_aware, detector_weight=detector_weight,
-                            detector_fpr=detector_fpr,
-                            num_examples=num_examples, surface=surface))
+                            detector_aware=detector_aware,
+                            detector_weight=float(fields["detector_weight"]),
+                            detector_fpr=float(fields["detector_fpr"]),
+                            num_examples=fields["num_examples"], surface=surface))
   return specs
 
 
