@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from defenses_jax.checksum import state_checksums
+from defenses_jax.config import upgrade
 from defenses_jax.errors import UserError
 
 # Config sections that fix the shape and meaning of the saved state. Changing anything else
@@ -47,14 +48,12 @@ def _identity(config: dict, section: str):
   return value
 
 
-def _optimizer_state_kind(config: dict) -> Optional[str]:
+def _optimizer_state_kind(config: dict) -> str:
   """What fixes the shape of the saved optimiser state: the optimiser, and for SGD whether it
   keeps a momentum trace (optim.create_optimizer)."""
-  train = config.get("train") or {}
-  if "optimizer" not in train:
-    return None
+  train = config["train"]
   if train["optimizer"] == "sgd":
-    return f"train.optimizer='sgd' {'with' if train.get('momentum') else 'without'} momentum"
+    return f"train.optimizer='sgd' {'with' if train['momentum'] else 'without'} momentum"
   return f"train.optimizer={train['optimizer']!r}"
 
 
@@ -153,12 +152,13 @@ def resume_changes(saved: Optional[dict], config: dict, step: int) -> dict:
   if saved is None or step == 0:
     return {}
   # Through JSON, as the saved config went: a tuple and the list it became compare equal.
-  before, now = saved.get("train", {}), json.loads(json.dumps(config.get("train", {})))
-  changes = {f"train.{k}": [before.get(k), now.get(k)] for k in sorted(set(before) | set(now))
-             if before.get(k) != now.get(k) and k in before and k not in _NOT_TRAINING}
+  saved, config = (json.loads(json.dumps(upgrade(c))) for c in (saved, config))
+  before, now = saved["train"], config["train"]
+  changes = {f"train.{k}": [before[k], now[k]] for k in sorted(set(before) & set(now))
+             if before[k] != now[k] and k not in _NOT_TRAINING}
   # Not part of the checkpoint's identity (the state is float32 either way), but the steps
   # after it ran in another precision: recorded with the run, allowed.
-  dtypes = [(c.get("model") or {}).get("compute_dtype", "float32") for c in (saved, config)]
+  dtypes = [c["model"]["compute_dtype"] for c in (saved, config)]
   if dtypes[0] != dtypes[1]:
     changes["model.compute_dtype"] = dtypes
   fixed = [k for k in changes if k.split(".", 1)[1] in FIXED_ON_RESUME]
@@ -200,17 +200,18 @@ class ExperimentCheckpoints:
             f"{path} is not valid JSON ({e}); it may have been cut off when a run was "
             "killed. Restore it from the experiment's config, or delete it if the "
             "checkpoints are to be kept with the config of this run.") from e
+    # Saved by an earlier version, it lacks the keys added since: they held their defaults.
+    saved = upgrade(saved)
     before, now = _optimizer_state_kind(saved), _optimizer_state_kind(config)
-    if before is not None and now is not None and before != now:
+    if before != now:
       raise CheckpointMismatchError(
           f"{self.exp_dir} holds checkpoints with the optimiser state of {before}, but this "
           f"run uses {now}: their states differ, so the checkpoints cannot be restored. Use "
           "the optimiser the experiment was trained with, or train under another "
           "experiment_name.")
     for section in IDENTITY_SECTIONS:
-      # A section missing from the saved config predates it, so it held the default.
       before, now = _identity(saved, section), _identity(config, section)
-      if section in saved and before != now:
+      if before != now:
         raise CheckpointMismatchError(
             f"{self.exp_dir} holds an experiment with {section}={before!r}, but this run has "
             f"{section}={now!r}. Use another experiment_name or workdir, or delete the old "

@@ -24,6 +24,7 @@ from defenses_jax.checksum import fingerprint
 from defenses_jax.defenses import DEFENSES, Defense, Network, create_defense
 from defenses_jax.models import create_model
 from defenses_jax.models.precision import with_compute_dtype
+from defenses_jax.config import upgrade
 from defenses_jax.config_checks import check_config
 from defenses_jax.errors import UserError
 from defenses_jax.files import read_json, write_json
@@ -122,7 +123,7 @@ class Experiment:
     self.data_identity = {"source": "arrays" if given_arrays else "config",
                           "train": train_ds.identity(), "test": test_ds.identity()}
     check_recorded_data(self.exp_dir, self.data_identity, other_test_data,
-                        relabelled=bool(config.distill.get("teacher")))
+                        relabelled=bool(config.distill.teacher))
     self.train_ds = train_ds.take(ds_cfg.num_train_examples)
     self.test_ds = test_ds.take(ds_cfg.num_test_examples)
     self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), config.train.batch_size,
@@ -138,7 +139,7 @@ class Experiment:
                                                  **config.model.options.to_dict()))
     # Wrapped last, around the defense's heads too: every apply (train step, Network, attacks)
     # then computes in the configured dtype.
-    self.model = with_compute_dtype(model, config.model.get("compute_dtype", "float32"))
+    self.model = with_compute_dtype(model, config.model.compute_dtype)
     self.tx = create_optimizer(config.train, self.steps_per_epoch)
 
   def initial_state(self) -> TrainState:
@@ -260,7 +261,7 @@ class TrainedExperiment:
 def load_experiment(workdir: str, name: str, like: Optional[ml_collections.ConfigDict] = None,
                     datasets: Optional[tuple] = None,
                     other_test_data: bool = False) -> TrainedExperiment:
-  """The experiment `name` of `workdir`, from its saved config.json (e.g. in Colab:
+  """The experiment `name` of `workdir`, from its saved config.json, upgraded (e.g. in Colab:
   `trained = load_experiment("runs", "standard_mnist_cpu")`, then `trained.network()`). An
   experiment trained on your own arrays needs them again: `datasets=(train, test)`. With
   `like` (the experiment that needs it), it must use the same dataset and takes like's
@@ -268,7 +269,8 @@ def load_experiment(workdir: str, name: str, like: Optional[ml_collections.Confi
   path = os.path.join(os.path.abspath(workdir), name, "config.json")
   if not os.path.exists(path):
     raise NoCheckpointError(f"experiment {name!r} not found at {path}; train it first.")
-  config = ml_collections.ConfigDict(read_json(path))
+  # Saved by the version that trained it: the keys added since are read at their defaults.
+  config = ml_collections.ConfigDict(upgrade(read_json(path)))
   if like is None:
     return TrainedExperiment(config, workdir, datasets, other_test_data)
   if config.dataset.name != like.dataset.name:
@@ -278,5 +280,5 @@ def load_experiment(workdir: str, name: str, like: Optional[ml_collections.Confi
   config.dataset.num_test_examples = like.dataset.num_test_examples
   # A transfer source, teacher or frozen f_b runs in this run's precision (a runtime choice, not
   # part of the trained model).
-  config.model.compute_dtype = like.model.get("compute_dtype", "float32")
+  config.model.compute_dtype = like.model.compute_dtype
   return TrainedExperiment(config, workdir, datasets)

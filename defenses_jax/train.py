@@ -185,7 +185,7 @@ def _start(config, workdir, datasets, held) -> tuple[_Run, TrainState]:
   log = MetricsLog(os.path.join(exp.exp_dir, "metrics.jsonl"),
                    tensorboard_dir=os.path.join(exp.exp_dir, "tensorboard")
                    if config.train.tensorboard else None,
-                   divergence_factor=config.train.get("divergence_factor", 0.0))
+                   divergence_factor=config.train.divergence_factor)
   log.forget_after(start_step)  # Steps logged after the checkpoint are about to be re-run.
   if changed:
     log.write(step=start_step, resumed_with_changes=changed)
@@ -274,7 +274,7 @@ def _finish(run: _Run, state, summary: TrainSummary) -> TrainSummary:
   # comparable between methods and unaffected by resumption.
   summary.training_seconds = (None if seconds_per_step is None
                               else seconds_per_step * exp.total_steps)
-  if run.config.train.get("fail_at_chance", True):
+  if run.config.train.fail_at_chance:
     problem = chance_level(summary.test_accuracy, exp.test_ds.labels,
                            exp.test_ds.num_classes)
     if problem:

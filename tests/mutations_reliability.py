@@ -79,7 +79,9 @@ RELIABILITY_MUTATIONS = (
              (_RUNS + "::test_an_evaluation_that_finishes_after_training_moved_on_is_marked_"
                       "stale",)),
     Mutation("optimiser_change_not_named", "defenses_jax/checkpoint.py",
-             "    if before is not None and now is not None and before != now:", "    if False:",
+             "    if before != now:\n      raise CheckpointMismatchError(\n          f\"{self.exp_dir} "
+             "holds checkpoints", "    if False:\n      raise CheckpointMismatchError(\n          "
+             "f\"{self.exp_dir} holds checkpoints",
              (_RUNS + "::test_a_changed_optimiser_is_named_not_reported_as_another_model",)),
     Mutation("read_only_found_late", "defenses_jax/evaluation/evaluator.py",
              "      check_writable(directory)", "      pass",

@@ -11,15 +11,20 @@ import os
 import ml_collections
 import pytest
 
+from conftest import tiny_config
 from defenses_jax import config_schema
 from defenses_jax import optim
+from defenses_jax import train as train_lib
 from defenses_jax.config import ATTACK_ENTRY, SCHEMA, attack, base_config, reference, upgrade
 from defenses_jax.config_checks import check_config
 from defenses_jax.config_schema import FreeForm, Key, KeyOf, KeysOf, Section
 from defenses_jax.defenses import create_defense
 from defenses_jax.errors import ConfigError
+from defenses_jax.evaluation import evaluate
 from defenses_jax.evaluation.threat_models import AttackSpec, parse_attack_specs
+from defenses_jax.experiment import Experiment, load_experiment
 from defenses_jax.models.precision import COMPUTE_DTYPES
+from defenses_jax.suites.runner import _evaluation_is_current
 from defenses_jax.value_checks import Items, OneOf, Range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,6 +239,50 @@ def test_upgrade_fills_what_an_old_config_lacks_and_keeps_the_rest():
   as_config = upgrade(ml_collections.ConfigDict(old))
   assert isinstance(as_config, ml_collections.ConfigDict) and as_config.to_dict() == new
   assert upgrade({}) == base_config().to_dict()
+
+
+def test_an_old_config_json_loads_upgraded_and_evaluates_as_before(tmp_path, blobs):
+  """config.json and eval.json as a version before model.compute_dtype, eval.slot_refill,
+  eval.worst_case_groups, train.divergence_factor, train.fail_at_chance and distill existed
+  wrote them: the experiment loads (as a transfer source or from Colab), evaluates to the same
+  numbers, its checkpoints accept the current config, and a suite keeps its evaluation."""
+  workdir = str(tmp_path)
+  config = tiny_config(epochs=1)
+  config.eval.attacks = ml_collections.ConfigDict({
+      "fgsm": attack("fgsm", "FGSM", eps=0.3), "deepfool": attack("deepfool", "DF", max_iter=5)})
+  config.eval.num_attack_examples = 16
+  config.eval.sanity.enabled = False
+  config.train.fail_at_chance = True  # The default, which an old config.json held implicitly.
+  train_lib.train_and_evaluate(config, workdir, datasets=blobs)
+  first = evaluate(config, workdir, datasets=blobs)
+  newer = (("model", "compute_dtype"), ("eval", "slot_refill"), ("eval", "worst_case_groups"),
+           ("train", "divergence_factor"), ("train", "fail_at_chance"))
+  saved_path, eval_path = (os.path.join(workdir, "tiny", name)
+                           for name in ("config.json", "results/eval.json"))
+  with open(saved_path) as f:
+    saved = json.load(f)
+  with open(eval_path) as f:
+    summary = json.load(f)
+  for section, key in newer:
+    del saved[section][key]
+  del saved["distill"]
+  for key in ("slot_refill", "worst_case_groups"):
+    del summary["eval_config"][key]
+  del summary["compute_dtype"]
+  with open(saved_path, "w") as f:
+    json.dump(saved, f)
+  with open(eval_path, "w") as f:
+    json.dump(summary, f)
+
+  assert _evaluation_is_current(config, workdir)
+  Experiment(config, workdir, blobs).checkpoints().close()  # The resume check accepts it.
+  loaded = load_experiment(workdir, "tiny", datasets=blobs).exp.config
+  assert [loaded[s][k] for s, k in newer] == [base_config()[s][k] for s, k in newer]
+  assert loaded.distill.teacher == ""
+  again = evaluate(loaded, workdir, datasets=blobs)
+  assert again["clean_accuracy"] == first["clean_accuracy"]
+  assert ({k: r["robust_accuracy"] for k, r in again["attacks"].items()}
+          == {k: r["robust_accuracy"] for k, r in first["attacks"].items()})
 
 
 def test_the_config_reference_is_generated_and_current():

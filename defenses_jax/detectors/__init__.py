@@ -40,7 +40,7 @@ def fitted_state(detector: Detector, trained, batch_size: int) -> dict:
   and the detector's own check of the state: artifact_cache.py), else fitted on the training
   images (the network in inference mode) and saved (by process 0)."""
   exp, state = trained.exp, trained.state
-  compute_dtype = exp.config.model.get("compute_dtype", "float32")
+  compute_dtype = exp.config.model.compute_dtype
   path = cache_path(exp.exp_dir, detector, int(state.step), compute_dtype)
   identity = {"detector": dict(vars(detector)), "step": int(state.step),
               "model": trained.fingerprint, "fit_data": exp.train_ds.fingerprint,

@@ -48,7 +48,7 @@ class AttackedSet:
     self.predict = lambda x, number: predictor(s.params, s.batch_stats, x,
                                                jax.random.fold_in(predict_key, number))
     self.labels = self.ds.labels
-    self.slot_refill = bool(exp.config.eval.get("slot_refill", True))
+    self.slot_refill = exp.config.eval.slot_refill
     self.detection: Optional[DetectionEvaluator] = None  # Set when the system has a detector.
     # The attacker's own copy of the detector on each transfer source it crafts detector-aware
     # examples on, by source experiment name.
@@ -169,7 +169,7 @@ def crafted_as(spec: AttackSpec, compute_dtype: str = "float32") -> dict:
 def crafted_identity(spec: AttackSpec, crafted_on: TrainedExperiment) -> dict:
   """What saved white-box examples are matched on: the attack and its settings (crafted_as),
   the checkpoint step and the fingerprint of the model they were crafted on."""
-  dtype = crafted_on.exp.config.model.get("compute_dtype", "float32")
+  dtype = crafted_on.exp.config.model.compute_dtype
   return {"attack": spec.attack, "params": crafted_as(spec, dtype),
           "step": int(crafted_on.state.step), "model": crafted_on.fingerprint}
 

@@ -208,12 +208,12 @@ def _summary(ev: _Evaluation) -> results.EvalSummary:
       # Per example, the worst case over a named subset of the attacks (e.g. every BPDA one).
       worst_case_groups={name: metrics.worst_case_accuracy(
           ev.clean_correct, [ev.correct[k] for k in keys])
-          for name, keys in dict(config.eval.get("worst_case_groups") or {}).items()},
+          for name, keys in config.eval.worst_case_groups.items()},
       paper=config.paper.to_dict(),
       # Lets a suite tell a stale result from a current one (a bfloat16 result is not a
       # float32 one).
       eval_config=config.eval.to_dict(),
-      compute_dtype=config.model.get("compute_dtype", "float32"))
+      compute_dtype=config.model.compute_dtype)
   if ev.detection is not None:
     bounded = [s.key for s in ev.specs if "eps" in s.params and s.threat_model != "transfer"]
     summary.detection = results.DetectionSummary(

@@ -42,7 +42,7 @@ def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: i
   fit is sequential over images) and saved by process 0. Its reported norms are those of the
   perturbation itself, never carried over from a note."""
   exp, state = crafted_on.exp, crafted_on.state
-  compute_dtype = exp.config.model.get("compute_dtype", "float32")
+  compute_dtype = exp.config.model.compute_dtype
   path = cache_path(exp.exp_dir, spec, threat_model, seed, int(state.step), compute_dtype)
   ds = exp.train_ds.take(spec.fit_examples)
   identity = {"attack": spec.attack, "params": spec.params, "threat_model": threat_model,

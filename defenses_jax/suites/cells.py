@@ -100,7 +100,7 @@ def check(ref: CellRef, members, where: str) -> None:
   if needs_detector and not member.eval.detection.detector:
     raise ConfigError(f"{where}: {ref.text!r} needs a detector in member {ref.member!r}'s "
                       "eval.detection.")
-  if ref.kind == "worst_case" and ref.key not in dict(member.eval.get("worst_case_groups") or {}):
+  if ref.kind == "worst_case" and ref.key not in member.eval.worst_case_groups:
     raise ConfigError(f"{where}: member {ref.member!r} has no eval.worst_case_groups.{ref.key}.")
   if ref.kind == "attack" and ref.key not in member.eval.attacks:
     raise ConfigError(f"{where}: member {ref.member!r} has no attack {ref.key!r} in its "

@@ -28,6 +28,7 @@ import ml_collections
 
 from defenses_jax import data, defenses, distill, train
 from defenses_jax import evaluation
+from defenses_jax.config import upgrade
 from defenses_jax.config_checks import check_config
 from defenses_jax.errors import ConfigError
 from defenses_jax.evaluation.preflight import check_evaluation
@@ -166,7 +167,11 @@ def _evaluation_is_current(member: ml_collections.ConfigDict, workdir: str) -> b
   previous = results.read_eval(experiment_dir(workdir, member.experiment_name))
   if previous is None:
     return False
-  same_config = previous.eval_config == json.loads(json.dumps(member.eval.to_dict()))
-  same_config &= previous.compute_dtype == member.model.get("compute_dtype", "float32")
+  as_json = lambda value: json.loads(json.dumps(value))
+  # Made by an earlier version: the eval keys added since held their defaults (results made
+  # before eval.worst_case_groups existed are current for a member that names no group).
+  same_config = bool(previous.eval_config) and (
+      as_json(upgrade({"eval": previous.eval_config})["eval"]) == as_json(member.eval.to_dict()))
+  same_config &= previous.compute_dtype == member.model.compute_dtype
   return same_config and previous.step == latest_checkpoint_step(workdir,
                                                                  member.experiment_name)
