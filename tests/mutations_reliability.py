@@ -10,6 +10,7 @@ _T = "tests/"
 _CACHES = _T + "test_cached_artifacts.py"
 _PREFLIGHT = _T + "test_preflight.py"
 _RUNS = _T + "test_silent_failures.py"
+_SCHEMA = _T + "test_config_schema.py"
 
 RELIABILITY_MUTATIONS = (
     # Cached artefacts: checksum, identity and contract.
@@ -41,6 +42,20 @@ RELIABILITY_MUTATIONS = (
     Mutation("open_lower_bound_closed", "defenses_jax/value_checks.py",
              "value <= self.low if self.low_open else value < self.low", "value < self.low",
              (_PREFLIGHT + "::test_attack_parameters_are_checked_when_parsed",)),
+    # The config schema (config.py declares, config_schema.py derives).
+    Mutation("schema_ranges_unchecked", "defenses_jax/config_schema.py",
+             "    return None if self.check is None else self.check.problem_in(value, config)",
+             "    return None", (_SCHEMA,), "only the types of config keys are checked"),
+    Mutation("schema_free_form_entries_unchecked", "defenses_jax/config_schema.py",
+             "    if self.checked_in or not isinstance(self.entry, Check):", "    if True:",
+             (_SCHEMA,), "eval.worst_case_groups may name attacks that do not exist"),
+    Mutation("upgrade_fills_nothing", "defenses_jax/config_schema.py",
+             "  return _filled(schema, config)\n", "  return dict(config)\n",
+             (_SCHEMA + "::test_an_old_config_json_loads_upgraded_and_evaluates_as_before",),
+             "an old config.json lacks the keys added since"),
+    Mutation("attack_entry_unknown_fields_dropped", "defenses_jax/config_schema.py",
+             "  unknown = sorted(set(entry) - set(schema.keys))", "  unknown = []",
+             (_SCHEMA,), "a misspelt eot_samples is silently ignored"),
     Mutation("suite_members_config_unchecked", "defenses_jax/suites/runner.py",
              "  check_config(member)\n", "", (_PREFLIGHT,)),
     Mutation("held_out_images_unchecked", "defenses_jax/evaluation/preflight.py",
