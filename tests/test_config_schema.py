@@ -280,9 +280,9 @@ def test_an_old_config_json_loads_upgraded_and_evaluates_as_before(tmp_path, blo
   assert [loaded[s][k] for s, k in newer] == [base_config()[s][k] for s, k in newer]
   assert loaded.distill.teacher == ""
   again = evaluate(loaded, workdir, datasets=blobs)
-  assert again["clean_accuracy"] == first["clean_accuracy"]
-  assert ({k: r["robust_accuracy"] for k, r in again["attacks"].items()}
-          == {k: r["robust_accuracy"] for k, r in first["attacks"].items()})
+  assert again.clean_accuracy == first.clean_accuracy
+  assert ({k: r.robust_accuracy for k, r in again.attacks.items()}
+          == {k: r.robust_accuracy for k, r in first.attacks.items()})
 
 
 def test_the_config_reference_is_generated_and_current():
