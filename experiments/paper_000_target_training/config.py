@@ -29,7 +29,8 @@ import ml_collections
 
 from experiments import standard
 from experiments.common import attack, parse_dataset_scale
-from experiments.paper_000_target_training.tables import MIN_PERTURBATION, paper_000_tables
+from experiments.paper_000_target_training.tables import (MIN_PERTURBATION, paper_000_findings,
+                                                         paper_000_tables)
 
 DATASETS = ("mnist", "cifar10")
 # Which attacks of Algorithm 3 / Algorithm 2 each adversarially trained member uses.
@@ -101,6 +102,7 @@ def get_config(arg=None):
   c.tables = ml_collections.ConfigDict(paper_000_tables(
       dataset, scale, standard.uap_description(dataset, scale),
       standard.zoo_entry(scale)["label"]))
+  c.findings = paper_000_findings(dataset, scale)
   return c
 
 
