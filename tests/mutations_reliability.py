@@ -11,7 +11,8 @@ _CACHES = _T + "test_cached_artifacts.py"
 _PREFLIGHT = _T + "test_preflight.py"
 _RUNS = _T + "test_silent_failures.py"
 _SCHEMA = _T + "test_config_schema.py"
-_PUBLISH = _T + "test_suite.py::test_publish"
+_PUBLISH = _T + "test_suite.py::test_publish_copies_the_suite_with_its_provenance_and_findings"
+_STALE = _T + "test_suite.py::test_publish_refuses_stale_tables_and_evaluations"
 _FINDINGS = _T + "test_findings.py"
 
 RELIABILITY_MUTATIONS = (
@@ -120,10 +121,10 @@ RELIABILITY_MUTATIONS = (
              "tables_md.encode()", (_PUBLISH,)),
     Mutation("publish_stale_tables", "defenses_jax/suites/publish.py",
              "  if json.loads(json.dumps(now)) != written[\"tables\"]:",
-             "  if False:", (_PUBLISH,)),
+             "  if False:", (_STALE,)),
     Mutation("publish_stale_evaluation", "defenses_jax/suites/publish.py",
              "  if stale:\n    raise PublishError", "  if False:\n    raise PublishError",
-             (_PUBLISH,)),
+             (_STALE,)),
     Mutation("provenance_stage_untimed", "defenses_jax/suites/runner.py",
              "        with run.stage(f\"evaluate {member.experiment_name}\"):\n"
              "          evaluation.evaluate(member, workdir, datasets)",

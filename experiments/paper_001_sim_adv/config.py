@@ -19,7 +19,7 @@ import ml_collections
 
 from experiments.common import (attack, autoattack_entry, base_config, parse_dataset_scale,
                                 set_cpu_dataset)
-from experiments.paper_001_sim_adv.tables import paper_001_tables
+from experiments.paper_001_sim_adv.tables import paper_001_findings, paper_001_tables
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 EPS = {"mnist": 0.3, "fashion_mnist": 0.2, "cifar10": 8 / 255}
@@ -54,6 +54,7 @@ def get_config(arg=None):
   name = lambda method: f"{method}_{dataset}_{scale}"
   lr_members = {main_rate(scale): name("sim_adv"), other_rate(scale): name("sim_adv_altlr")}
   c.tables = ml_collections.ConfigDict(paper_001_tables(dataset, name, lr_members))
+  c.findings = paper_001_findings(dataset, name)
   n1 = 7 if dataset == "cifar10" else 10
   reference = (name("vanilla"), name("bim_adv"))
   num = 200 if scale == "cpu" else 1000

@@ -30,7 +30,8 @@ images after the attacked subset.
 import ml_collections
 
 from experiments.common import attack, base_config, parse_dataset_scale, set_cpu_dataset
-from experiments.paper_002_pdm.tables import DETECTED, VARIANTS, paper_002_tables
+from experiments.paper_002_pdm.tables import (DETECTED, VARIANTS, paper_002_findings,
+                                              paper_002_tables)
 
 DATASETS = ("mnist", "cifar10")
 VARIANT_OPTIONS = {  # One defense with switches (defenses/pdm.py).
@@ -61,6 +62,7 @@ def get_config(arg=None):
   labels = {key: entry["label"] for key, entry in attacks.items()}
   c.tables = ml_collections.ConfigDict(
       paper_002_tables(dataset, name, labels, ADAPTIVE_EPS[dataset][1]))
+  c.findings = paper_002_findings(dataset, name)
   eps_values = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2)
   num = 200 if scale == "cpu" else 1000
   reference = tuple(name(v) for v in DETECTED)

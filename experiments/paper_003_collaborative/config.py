@@ -34,7 +34,7 @@ the first 100 test images and sweeps kappa over 0, 20, 40 (the paper: 0-40 in st
 import ml_collections
 
 from experiments.common import attack, base_config, parse_dataset_scale, set_cpu_dataset
-from experiments.paper_003_collaborative.tables import paper_003_tables
+from experiments.paper_003_collaborative.tables import paper_003_findings, paper_003_tables
 
 DATASETS = ("mnist", "cifar10")
 ADAPTIVE_EPS = {"mnist": (0.3, "0.3"), "cifar10": (8 / 255, "8/255")}
@@ -67,6 +67,7 @@ def get_config(arg=None):
   labels = {key: entry["label"] for m in members.values() for key, entry in m.eval.attacks.items()}
   c.tables = ml_collections.ConfigDict(paper_003_tables(
       dataset, names, labels, kappas(scale), ADAPTIVE_EPS[dataset][1]))
+  c.findings = paper_003_findings(dataset, names["collab"])
   c.figures = ml_collections.ConfigDict({
       "order": ("figure_5_black_box", "figure_6_gray_box", "figure_6b_undefended_oracle"),
       "figure_5_black_box": detection_figure(

@@ -42,7 +42,7 @@ import ml_collections
 
 from defenses_jax.errors import ConfigError
 from experiments.common import attack, autoattack_entry, base_config, set_cpu_dataset
-from experiments.paper_004_adv_transform.tables import paper_004_tables
+from experiments.paper_004_adv_transform.tables import paper_004_findings, paper_004_tables
 
 DATASETS = ("mnist", "cifar10")
 
@@ -318,6 +318,7 @@ def get_config(arg=None):
   c.order = tuple(names[r] for r in first) + tuple(names[r] for r in names if r not in first)
   labels = {key: entry["label"] for m in members.values() for key, entry in m.eval.attacks.items()}
   c.tables = ml_collections.ConfigDict(paper_004_tables(dataset, scale, names, s, labels))
+  c.findings = paper_004_findings(dataset, names)
   c.figures = ml_collections.ConfigDict(figures(names, s))
   return c
 
