@@ -2,7 +2,7 @@
 classifier as deployed. One command trains and evaluates every model the tables need and writes
 them with the paper's numbers beside ours:
 
-cpu  (2 CPU cores, offline, embedded MNIST subset; attacks on 64 test images; about 50 minutes):
+cpu  (2 CPU cores, offline, embedded MNIST subset; attacks on 64 test images):
   python launch.py --config=experiments/paper_000_target_training/config.py:cpu --workdir=runs
 full (GPU/TPU, tfds MNIST; CIFAR-10 with `:cifar10_full`):
   python launch.py --config=experiments/paper_000_target_training/config.py:full --workdir=runs

@@ -2,7 +2,7 @@
 robust accuracy (catastrophic overfitting) beyond the paper. One command trains every method,
 evaluates it and writes the tables with the paper's numbers beside ours:
 
-cpu  (2 CPU cores, offline, embedded MNIST subset, LeNet, 20 epochs; about 50 minutes):
+cpu  (2 CPU cores, offline, embedded MNIST subset, LeNet, 20 epochs):
   python launch.py --config=experiments/paper_001_sim_adv/config.py:cpu --workdir=runs
 full (GPU/TPU, tfds): `:mnist_full`, `:fashion_mnist_full` (LeNet), `:cifar10_full` (ResNet-20)
   python launch.py --config=experiments/paper_001_sim_adv/config.py:fashion_mnist_full --workdir=runs

@@ -139,8 +139,8 @@ def collab_config(dataset: str, scale: str, names: dict, paper: dict, cw: dict):
 def cw_params(scale: str) -> dict:
   """Carlini's defaults at full scale (9 x 1,000, c0 1e-3). cpu: 5 x 100 at learning rate 0.05
   starting at c0 = 1, so that the search reaches c = 1e4: from c0 1e-3 three binary steps end
-  at c = 0.1, where C&W fooled 6% of the oracle's images at kappa 0 and none at kappa 20-40
-  (measured on the first cpu run, 2026-12-04)."""
+  at c = 0.1, where C&W fooled 6% of the cpu-scale oracle's images at kappa 0 and none at
+  kappa 20-40."""
   if scale == "cpu":
     return dict(binary_search_steps=5, max_iterations=100, learning_rate=0.05,
                 initial_const=1.0)

@@ -81,9 +81,9 @@ def scale_settings(dataset: str, scale: str) -> dict:
         # query runs g: 13 gradients of f_b), the other attacks on all 100.
         query_examples=50, sanity_examples=10,
         # LeNet under Madry et al.'s adversarial examples alone stays at the uniform output
-        # (train loss log 10 = 2.303, 8.4% test accuracy after 5 epochs, still 2.302 after 5 of
-        # 12: measured 2026-12-05): at cpu scale the baseline trains on each batch with its
-        # PGD examples (Kurakin et al.'s mix), and its table rows say so.
+        # (train loss log 10 = 2.303, 8.4% test accuracy after 5 epochs, still 2.302 at 12):
+        # at cpu scale the baseline trains on each batch with its PGD examples (Kurakin et
+        # al.'s mix), and its table rows say so.
         madry_include_clean=True)
   eps = 0.031
   return dict(
