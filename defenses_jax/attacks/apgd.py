@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch, cross_entropy
@@ -272,9 +273,15 @@ def apgd_runs(logits_fn: Callable, *, eps: float, norm: str, steps: int, restart
     live = ~done(s)
     starting = s.i < 0
     i = jnp.maximum(s.i, 0)
-    run_keys = jax.vmap(lambda k, r, q: jax.random.fold_in(jax.random.fold_in(k, r), q))(
-        s.example_keys, s.run, s.restart)
-    x0 = jax.vmap(lambda k, xi: _start(k, xi[None], eps, norm)[0])(run_keys, s.x)
+
+    def starts():  # Each example's start of its current run, from its own key.
+      run_keys = jax.vmap(lambda k, r, q: jax.random.fold_in(jax.random.fold_in(k, r), q))(
+          s.example_keys, s.run, s.restart)
+      return jax.vmap(lambda k, xi: _start(k, xi[None], eps, norm)[0])(run_keys, s.x)
+
+    # Drawn only at a step where some example starts a run (in one batch: 1 step in 1 + steps):
+    # drawn at every step, they cost more than the rest of the step beside the model.
+    x0 = lax.cond(jnp.any(starting & live), starts, lambda: s.x)
     z = jnp.where(norms.per_example(starting, s.x), x0, _next_point(s.run_state, i, s.x, eps,
                                                                       norm))
     targets = None if rank is None else jnp.take_along_axis(
