@@ -130,7 +130,7 @@ RELIABILITY_MUTATIONS = (
              "          evaluation.evaluate(member, workdir, datasets)",
              "        evaluation.evaluate(member, workdir, datasets)", (_PUBLISH,)),
     Mutation("findings_strongest_is_highest", "defenses_jax/suites/findings.py",
-             "strongest = min(known,", "strongest = max(known,", (_PUBLISH,)),
+             "strongest = min(known,", "strongest = max(known,", (_FINDINGS,)),
     Mutation("findings_stopped_not_inverted", "defenses_jax/suites/findings.py",
              "    value = 1.0 - value", "    value = value", (_FINDINGS,)),
     Mutation("verdict_broken_reads_agrees", "defenses_jax/suites/findings.py",
