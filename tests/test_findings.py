@@ -83,3 +83,18 @@ def test_a_detector_finding_counts_the_examples_it_stops():
   assert out["strongest"]["label"] == "CW, detector-aware"
   assert out["verdict"] == ("broken by CW, detector-aware; the paper's protocol gives its "
                             "claim")
+
+
+def test_a_missing_result_leaves_the_finding_unmeasured():
+  summary = results.EvalSummary(
+      experiment_name="m", step=1, dataset="d", num_test_examples=10, num_attack_examples=10,
+      clean_accuracy=0.9, clean_accuracy_attacked_subset=0.9,
+      attacks={"pgd": _attack("PGD", 0.4, None), "fgsm": _attack("FGSM", 0.6, None)})
+  finding = {"defense": "D", "member": "m", "quantity": "robust accuracy", "claim": 0.9,
+             "claim_source": "T", "protocol": "m:fgsm", "strongest": ("m:pgd", "m:cw")}
+  (out,) = findings.compute((finding,), {"m": summary})
+  assert out["strongest"] is None and out["verdict"] == "not measured"
+  finding["strongest"] = ("m:pgd",)
+  (out,) = findings.compute((finding,), {"m": summary})
+  assert out["strongest"]["value"] == 0.4 and out["verdict"] == "below the claim, under the " \
+      "paper's protocol too (PGD: lowest)"

@@ -95,8 +95,11 @@ def compute(findings, results: dict) -> list[dict]:
     protocol = _ours(finding["protocol"], quantity, results)
     measured = [_ours(text, quantity, results) for text in finding["strongest"]]
     measured.append(protocol)
+    # A missing result leaves the finding unmeasured; a number that is None where the result
+    # exists (no correctly classified attacked image) has nothing to compare and is skipped.
     known = [m for m in measured if m["value"] is not None]
-    strongest = min(known, key=lambda m: m["value"]) if len(known) == len(measured) else None
+    complete = all(m["status"] != "missing" for m in measured)
+    strongest = min(known, key=lambda m: m["value"]) if complete and known else None
     out.append({
         "defense": finding["defense"], "member": finding["member"], "quantity": quantity,
         "claim": finding["claim"], "claim_source": finding["claim_source"],
