@@ -119,8 +119,14 @@ def paper_004_tables(dataset: str, scale: str, names: dict, s: dict, labels: dic
           f"Table 1, third row: L-inf distance of the expected transformed image ({header})",
           columns_1,
           rows_1b, row_header="Distance", formats={key: "number" for key, _ in columns_1},
-          note="The mean over draws is estimated: with fewer draws than the paper's 5,000 "
-               "its sampling noise adds to the distance (most where g barely moves x)."),
+          note=f"||E g(x) - x||_inf, the mean over draws of g estimated (with fewer draws than "
+               f"the paper's 5,000 its sampling noise adds to the distance, most where g barely "
+               f"moves x). Why it is large even for an untrained f_b: g's {s['steps']} steps of "
+               f"Delta/6 travel {s['steps'] / 6:.2f} Delta, which erases the random start, so "
+               f"every pixel whose gradient sign is stable ends on the edge of the Delta-ball "
+               f"and the L-inf norm picks it out (clipping to [0, 1] adds to it). As defined the "
+               f"distance cannot exceed Delta; the paper's 0.272 for the adversarially trained "
+               f"f_b exceeds its Delta of 0.2."),
       "table_2": table(
           f"Table 2: robustness under black-box attacks ({header})", columns_2, rows_2,
           row_header="Defense model",
