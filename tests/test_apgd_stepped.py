@@ -10,9 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from defenses_jax.attacks import as_target
 from defenses_jax.attacks.apgd_stepped import apgd_stepped, apgd_targeted_stepped
 from defenses_jax.attacks.stepped import run_batch
 from test_apgd import K, X, Y, linear, reachable
+
+TARGET = as_target(linear)
 
 # The modules (the package exports a function `apgd` under the module's name).
 apgd_module = importlib.import_module("defenses_jax.attacks.apgd")
@@ -20,7 +23,7 @@ stepped_module = importlib.import_module("defenses_jax.attacks.apgd_stepped")
 
 
 def run(build, x, y, key=jax.random.key(0), count_steps=False):
-  return jax.jit(lambda xs, ys: run_batch(build(linear), xs, ys, key, count_steps))(x, y)
+  return jax.jit(lambda xs, ys: run_batch(build(TARGET), xs, ys, key, count_steps))(x, y)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.08), ("l2", 0.3)])
@@ -50,7 +53,7 @@ def test_from_the_same_start_stepped_and_fixed_batch_attacks_agree(monkeypatch):
        dict(eps=0.25, norm="l2", steps=12, loss="dlr")),
       ("apgd_t", apgd_module.apgd_targeted, apgd_targeted_stepped,
        dict(eps=0.06, steps=30, num_target_classes=3, restarts=2))):
-    expected, expected_info = jax.jit(lambda a, b: batch_fn(linear, a, b, jax.random.key(0),
+    expected, expected_info = jax.jit(lambda a, b: batch_fn(TARGET, a, b, jax.random.key(0),
                                                             **kw))(x, y)
     got, info = run(functools.partial(build, **kw), x, y)
     assert 0 < int(info["success"].sum()) < len(X), name  # Some fooled, some robust.
@@ -68,7 +71,7 @@ def test_an_example_stops_after_the_first_run_that_fools_it():
   build = functools.partial(apgd_targeted_stepped, eps=0.08, steps=steps, restarts=restarts,
                             num_target_classes=targets)
   fooled = reachable(0.08, "linf")
-  alone = jax.jit(lambda xs, ys: run_batch(build(linear), xs, ys, jax.random.key(0), True))
+  alone = jax.jit(lambda xs, ys: run_batch(build(TARGET), xs, ys, jax.random.key(0), True))
   per_image = []
   for i in range(12):
     _, info = alone(jnp.asarray(X[i:i + 1]), jnp.asarray(Y[i:i + 1]))
@@ -83,9 +86,9 @@ def test_an_example_stops_after_the_first_run_that_fools_it():
 
 def test_bad_apgd_settings_fail_before_compute():
   with pytest.raises(ValueError, match="steps"):
-    apgd_stepped(linear, eps=0.1, steps=0)
+    apgd_stepped(TARGET, eps=0.1, steps=0)
   with pytest.raises(ValueError, match="loss"):
-    apgd_stepped(linear, eps=0.1, loss="hinge")
+    apgd_stepped(TARGET, eps=0.1, loss="hinge")
   with pytest.raises(ValueError, match="num_target_classes"):
     run(functools.partial(apgd_targeted_stepped, eps=0.1, num_target_classes=K),
         jnp.asarray(X[:2]), jnp.asarray(Y[:2]))

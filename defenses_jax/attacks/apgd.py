@@ -26,7 +26,7 @@ from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch, cross_entropy
 from defenses_jax.attacks.query.oracle import Oracle
 from defenses_jax.attacks.query.square import square
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 APGD_LOSSES = ("ce", "dlr")
 
@@ -91,11 +91,12 @@ def _schedule(steps: int):
   return mask, lengths
 
 
-def _loss_and_grad(logits_fn, loss_fn, y, z, key, eot_iter):
-  """The loss's gradient and value averaged over `eot_iter` draws, and the last draw's output."""
+def _loss_and_grad(outputs_fn, loss_fn, y, z, key, eot_iter):
+  """The loss's gradient and value averaged over `eot_iter` draws, and the last draw's output
+  (outputs_fn(x, key): what loss_fn reads, e.g. a target's class scores)."""
 
   def total(zz, kk):
-    logits = call_logits(logits_fn, zz, kk)
+    logits = outputs_fn(zz, kk)
     per_example = loss_fn(logits, y)
     return jnp.sum(per_example), (per_example, logits)
 
@@ -151,20 +152,20 @@ def _update(s, i, z1, grad, loss, now_fooled, schedule, rho):
       reduced_last=jnp.where(at_checkpoint, halve, s["reduced_last"]))
 
 
-def _apgd_run(logits_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter,
+def _apgd_run(outputs_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter,
               fooled_fn=misclassified):
-  """One restart: (x_best_adv, x_best, fooled, step_size). `logits_fn` may return any pytree
-  that loss_fn(out, y) and fooled_fn(out, y) (default: misclassified) read."""
+  """One restart: (x_best_adv, x_best, fooled, step_size). outputs_fn(x, key) may return any
+  pytree that loss_fn(out, y) and fooled_fn(out, y) (default: misclassified) read."""
   batch = x.shape[0]
   start_key, init_key, loop_key = jax.random.split(key, 3)
   schedule = _schedule(steps)
   x0 = _start(start_key, x, eps, norm)
-  grad0, loss0, logits0 = _loss_and_grad(logits_fn, loss_fn, y, x0, init_key, eot_iter)
+  grad0, loss0, logits0 = _loss_and_grad(outputs_fn, loss_fn, y, x0, init_key, eot_iter)
 
   def iteration(i, s):
     i = jnp.full((batch,), i)
     z1 = _next_point(s, i, x, eps, norm)
-    grad, loss, logits = _loss_and_grad(logits_fn, loss_fn, y, z1,
+    grad, loss, logits = _loss_and_grad(outputs_fn, loss_fn, y, z1,
                                         jax.random.fold_in(loop_key, i[0]), eot_iter)
     return _update(s, i, z1, grad, loss, fooled_fn(logits, y), schedule, rho)
 
@@ -184,8 +185,8 @@ def apgd(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf", step
     raise ValueError(f"unknown APGD loss {loss!r}; choose one of {APGD_LOSSES}.")
   if loss == "dlr" and jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1] < 3:
     raise ValueError("the DLR loss needs at least 3 classes (z_pi1 - z_pi3).")
-  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter,
-                        lambda run: _loss_fn(loss, None), num_runs=1)
+  return _with_restarts(_scores(logits_fn), x, y, key, eps, norm, steps, restarts, rho,
+                        eot_iter, lambda run: _loss_fn(loss, None), num_runs=1)
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
@@ -199,9 +200,14 @@ def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "li
   clean = call_logits(logits_fn, x, clean_key)
   _check_targeted(clean.shape[-1], num_target_classes)
   ranked = _ranked_targets(clean, y)
-  return _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter,
-                        lambda run: _loss_fn("dlr", jnp.take(ranked, run, axis=1)),
+  return _with_restarts(_scores(logits_fn), x, y, key, eps, norm, steps, restarts, rho,
+                        eot_iter, lambda run: _loss_fn("dlr", jnp.take(ranked, run, axis=1)),
                         num_runs=num_target_classes)
+
+
+def _scores(target):
+  """The target's class scores as a function of (x, key): what the APGD loop differentiates."""
+  return lambda z, k: call_logits(target, z, k)
 
 
 def _check_targeted(num_classes: int, num_target_classes: int):
@@ -219,7 +225,7 @@ def _ranked_targets(clean, y):
   return jnp.argsort(jnp.where(jnp.arange(clean.shape[-1]) == y[:, None], jnp.inf, -clean), -1)
 
 
-def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, loss_of,
+def _with_restarts(outputs_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, loss_of,
                    num_runs: int, fooled_fn=misclassified):
   """Runs loss_of(run) (run: a traced index, e.g. the target's rank) for each of `num_runs` runs,
   `restarts` times each, as one scan (one compiled APGD loop, however many targets); per example
@@ -235,7 +241,7 @@ def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_it
     fooled, x_adv, _ = carry
     run, restart = run_and_restart
     k = jax.random.fold_in(jax.random.fold_in(key, run), restart)
-    best_adv, best, now, step = _apgd_run(logits_fn, x, y, k, eps, norm, steps, loss_of(run),
+    best_adv, best, now, step = _apgd_run(outputs_fn, x, y, k, eps, norm, steps, loss_of(run),
                                           rho, eot_iter, fooled_fn)
     take = now & ~fooled
     chosen = jnp.where(norms.per_example(take, x), best_adv,
@@ -247,7 +253,7 @@ def _with_restarts(logits_fn, x, y, key, eps, norm, steps, restarts, rho, eot_it
   init = (jnp.zeros(x.shape[:1], bool), x, jnp.zeros(x.shape[:1], x.dtype))
   (_, x_adv, step), _ = lax.scan(one, norms.varying_like(init, x), (runs, restart_index))
   check_key = jax.random.fold_in(key, 2**30)
-  success = fooled_fn(call_logits(logits_fn, x_adv, check_key), y)
+  success = fooled_fn(outputs_fn(x_adv, check_key), y)
   return x_adv, {"success": success, "step_size": step, **norms.distances(x_adv, x)}
 
 

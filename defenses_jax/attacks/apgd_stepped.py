@@ -21,10 +21,10 @@ import jax.numpy as jnp
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.apgd import (APGD_LOSSES, _check_targeted, _first_state,
                                        _loss_and_grad, _loss_fn, _next_point, _ranked_targets,
-                                       _schedule, _start, _update, misclassified)
+                                       _schedule, _scores, _start, _update, misclassified)
 from defenses_jax.attacks.objectives import check_batch
 from defenses_jax.attacks.stepped import SteppedAttack, select_examples
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 
 class APGDRestarts(NamedTuple):
@@ -107,7 +107,8 @@ def _restarts_stepped(logits_fn, eps, norm, steps, restarts, rho, eot_iter, num_
                                                                       norm))
     targets = None if rank is None else jnp.take_along_axis(
         s.ranked, jnp.minimum(s.run, num_runs - 1)[:, None], 1)[:, 0]
-    grad, loss, logits = _loss_and_grad(logits_fn, loss_of(targets), s.y, z, key, eot_iter)
+    grad, loss, logits = _loss_and_grad(_scores(logits_fn), loss_of(targets), s.y, z, key,
+                                        eot_iter)
     now = misclassified(logits, s.y)
     run_state = select_examples(starting, _first_state(z, grad, loss, now, eps),
                                 _update(s.run_state, i, z, grad, loss, now, schedule, rho))

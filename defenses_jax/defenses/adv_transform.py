@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from defenses_jax import parallel
-from defenses_jax.attacks.wrappers import stochastic
+from defenses_jax.attacks.target import Target
 from defenses_jax.defenses.attack_transform import (VARIANTS, TransformSettings,
                                                     attack_transform, bpda_sign,
                                                     equation_5_clip)
@@ -160,25 +160,15 @@ class AdvTransform(Defense):
       return self.transform(x, key, sign_op=sign_op)
     return self.transform(x, key, sign_op=sign_op, offset_op=equation_5_clip(self.delta))
 
-  def surface_target(self, surface: str, net: Callable) -> Callable:
-    logits = lambda z, key=None: self.class_logits(net(self.surface_transform(surface, z, key)))
-    return stochastic(logits) if self.randomised else logits
+  def surface_target(self, surface: str, net: Callable) -> Target:
+    return lambda z, key: Deployed(self.class_logits(net(self.surface_transform(surface, z,
+                                                                                key))))
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     images = jax.lax.stop_gradient(self.transform(batch["image"], key))
     return unit_weighted(images, batch["label"]), defense_state
 
-  def deployed(self, net: Callable, x: jax.Array, key: Optional[jax.Array] = None) -> Deployed:
-    if getattr(net, "detector", None) is not None:
-      outputs = self.deployed_outputs(net, x, key)
-      return Deployed(outputs["class_logits"], outputs["detector_score"])
-    return Deployed(self.class_logits(net(self.transform(x, key))))
-
-  def deployed_outputs(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None
-                       ) -> dict:
-    transformed = self.transform(x, key)
-    outputs = net.outputs(transformed)
-    outputs.update(class_logits=self.class_logits(outputs["logits"]), transformed=transformed)
-    if net.detector is not None:
-      outputs["detector_score"] = net.detector.score(net.detector_state, outputs, transformed)
-    return outputs
+  def deployed(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None,
+               detector=None) -> Deployed:
+    """f_a(g(x)): the base classifier (and detector) on the transformed input."""
+    return super().deployed(net, self.transform(x, key), detector=detector)

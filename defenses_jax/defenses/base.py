@@ -2,43 +2,39 @@
 
 A defense decides (1) how many logits the network has, (2) how a training batch is built from a
 data batch inside the compiled step (duplicates, adversarial examples, partners, ...), (3) the
-loss on the network's outputs, and (4) the deployed classifier: `deployed(net, x, key)`, a
-function of the *input* (so that input transformations, randomised defenses and detectors can
-be written), used at every call site: clean accuracy during training, evaluation, attack
-targets, monitors and figures. (5) `attack_target(threat_model, net)` is what an attacker under
-each threat model differentiates. Every method is a pure function, so it can run inside jit and
-shard_map. Optional behaviour is declared here with defaults, never discovered with `hasattr`.
+loss on the network's outputs, and (4) the deployed classifier: `deployed(net, x, key,
+detector)`, a function of the *input* (so that input transformations, randomised defenses and
+detectors can be written), used at every call site: clean accuracy during training,
+evaluation, attack targets, monitors and figures. (5) `attack_target(threat_model, net)` is
+what an attacker under each threat model differentiates: an attack target (attacks/target.py),
+`target(x, key) -> Deployed`, whatever the threat model. Every method is a pure function, so it
+can run inside jit and shard_map. Optional behaviour is declared here with defaults, never
+discovered with `hasattr`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from defenses_jax import parallel
 from defenses_jax.config import THREAT_MODELS
-from defenses_jax.attacks.wrappers import stochastic
+from defenses_jax.attacks.target import Deployed, Target
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-
-
-class Deployed(NamedTuple):
-  """The deployed classifier's output: class scores (argmax is the prediction) and, for
-  defenses with a detector, a per-example score (higher: more likely adversarial)."""
-  class_logits: jax.Array
-  detector_score: Optional[jax.Array] = None
+# A fitted detector as the deployed system runs it: (outputs, x) -> (B,) scores, `outputs` being
+# what `deployed_outputs` computed on x (detectors.Detector.scorer gives one).
+DetectorFn = Callable[[dict, jax.Array], jax.Array]
 
 
 class Network:
   """The trained network in inference mode (BatchNorm running statistics, no dropout):
-  `net(x)` gives logits, `net.outputs(x)` also the penultimate embedding. It carries the fitted
-  detector (and its state), when the deployed system has one."""
+  `net(x)` gives logits, `net.outputs(x)` also the penultimate embedding."""
 
-  def __init__(self, model, variables: dict, detector=None, detector_state=None):
+  def __init__(self, model, variables: dict):
     self.model, self.variables = model, variables
-    self.detector, self.detector_state = detector, detector_state
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.model.apply(self.variables, x, train=False)
@@ -57,8 +53,8 @@ class Defense:
   # The input gradient of the training loss, from the same backward pass as the parameter
   # gradient, is passed to after_step (Free-Adv) only when this is True.
   needs_input_gradient = False
-  # A randomised deployed classifier (e.g. a random input transformation) uses the key it is
-  # given; its white-box attack target is then stochastic (attacks draw a fresh key per call).
+  # A randomised deployed classifier (e.g. a random input transformation) draws from the key it
+  # is given, as do its white-box attack targets (an attack passes a fresh key per call).
   randomised = False
   # Named white-box attack surfaces besides the deployed classifier itself (e.g. paper 004's
   # BPDA stand-ins for its transformation): an attack picks one with its `surface` field.
@@ -122,25 +118,22 @@ class Defense:
     """The k class scores of the deployed classifier from the network's logits."""
     return logits
 
-  def deployed(self, net: Callable, x: jax.Array, key: Optional[jax.Array] = None) -> Deployed:
-    """The defense as deployed, on inputs x (key: the randomness of a randomised defense),
-    with the detector's score when the network carries a fitted detector."""
-    if getattr(net, "detector", None) is None:  # Attack targets may be plain functions.
-      return Deployed(self.class_logits(net(x)))
-    outputs = self.deployed_outputs(net, x, key)
-    return Deployed(outputs["class_logits"], outputs["detector_score"])
-
-  def deployed_outputs(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None
-                       ) -> dict:
-    """Everything a detector-aware attacker sees of the deployed system on x: the network's
-    `logits` and penultimate `embedding`, the deployed `class_logits` and, when the network
-    carries a fitted detector, its `detector_score`. A defense that overrides `deployed` must
-    override this to match."""
+  def deployed(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None,
+               detector: Optional[DetectorFn] = None) -> Deployed:
+    """The defense as deployed, on inputs x (key: the randomness of a randomised defense). With
+    a fitted `detector`, also its score on x and the `outputs` it read (deployed_outputs)."""
     del key
+    if detector is None:
+      return Deployed(self.class_logits(net(x)))
+    outputs = self.deployed_outputs(net, x)
+    return Deployed(outputs["class_logits"], detector(outputs, x), outputs)
+
+  def deployed_outputs(self, net: Network, x: jax.Array) -> dict:
+    """What a detector (and a detector-aware attacker) reads of the deployed classifier on x:
+    the network's `logits` and penultimate `embedding`, the deployed `class_logits`, and any
+    parts of the defense's own (e.g. paper 003's `accept_margin`)."""
     outputs = net.outputs(x)
     outputs["class_logits"] = self.class_logits(outputs["logits"])
-    if net.detector is not None:
-      outputs["detector_score"] = net.detector.score(net.detector_state, outputs, x)
     return outputs
 
   def adaptive_logits(self, logits: jax.Array) -> jax.Array:
@@ -153,19 +146,23 @@ class Defense:
     '<member>:defense:<name>'. Default: none."""
     return {}
 
-  def surface_target(self, surface: str, net: Callable) -> Callable:
-    """The logits function of one of `attack_surfaces` (stochastic when randomised)."""
+  def surface_target(self, surface: str, net: Callable) -> Target:
+    """The attack target of one of `attack_surfaces`."""
     raise ValueError(f"defense {self.name!r} defines no attack surfaces.")
 
   @property
   def has_adaptive_attack(self) -> bool:
     return type(self).adaptive_logits is not Defense.adaptive_logits
 
-  def attack_target(self, threat_model: str, net: Callable, surface: str = "") -> Callable:
-    """What an attacker under `threat_model` differentiates: white_box (and transfer, on its
-    source) the deployed classifier's class scores, stochastic when the defense is
-    randomised, or the named `surface` of it; gray_box the bare network; adaptive the
-    defense's own adaptive surface."""
+  def attack_target(self, threat_model: str, net: Callable, surface: str = "",
+                    detector: Optional[DetectorFn] = None) -> Target:
+    """What an attacker under `threat_model` differentiates, as an attack target: white_box
+    (and transfer, on its source) the deployed system (with `detector`, if given), or the
+    named `surface` of it; gray_box the bare network; adaptive the defense's own adaptive
+    surface."""
+    if detector is not None and (surface or threat_model not in ("white_box", "transfer")):
+      raise ValueError("a detector-aware attack target is the deployed system itself: white-box "
+                       f"(or transfer), no surface; got {threat_model!r}, {surface!r}.")
     if surface:
       if surface not in self.attack_surfaces or threat_model not in ("white_box", "transfer"):
         raise ValueError(f"attack surface {surface!r}: defense {self.name!r} has "
@@ -173,16 +170,14 @@ class Defense:
                          f"attacks; got threat_model {threat_model!r}.")
       return self.surface_target(surface, net)
     if threat_model == "gray_box":
-      return net
+      return lambda z, key: Deployed(net(z))
     if threat_model == "adaptive":
       if not self.has_adaptive_attack:
         raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
-      return lambda z: self.adaptive_logits(net(z))
+      return lambda z, key: Deployed(self.adaptive_logits(net(z)))
     if threat_model not in THREAT_MODELS:
       raise ValueError(f"unknown threat_model {threat_model!r}; choose one of {THREAT_MODELS}.")
-    if self.randomised:
-      return stochastic(lambda z, key: self.deployed(net, z, key).class_logits)
-    return lambda z: self.deployed(net, z).class_logits
+    return lambda z, key: self.deployed(net, z, key, detector)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,

@@ -45,6 +45,7 @@ import numpy as np
 
 from defenses_jax import artifact_cache, parallel
 from defenses_jax.attacks.gradient import fgsm
+from defenses_jax.attacks.target import Deployed, Target, as_target
 from defenses_jax.defenses.adversarial_training import adversarial_examples
 from defenses_jax.defenses.base import Defense, Network
 from defenses_jax.defenses.pdm import cross_entropy
@@ -86,7 +87,7 @@ def fgs_confusion(logits_fn: Callable, images: np.ndarray, labels: np.ndarray,
 
   @functools.partial(jax.jit, compiler_options=parallel.COMPILER_OPTIONS)  # As the runners.
   def predictions(x, y):
-    x_adv, _ = fgsm(logits_fn, x, y, key, eps=epsilon)
+    x_adv, _ = fgsm(as_target(logits_fn), x, y, key, eps=epsilon)
     return jax.nn.softmax(logits_fn(x_adv))
 
   counts = np.zeros((num_classes, num_classes))
@@ -255,25 +256,23 @@ class Collaborative(Defense):
   def robust_bound(self) -> float:
     return math.log(self.num_classes) if self.robust_adv_bound < 0 else self.robust_adv_bound
 
-  def deployed_outputs(self, net: Network, x, key=None) -> dict:
+  def deployed_outputs(self, net: Network, x) -> dict:
     """Adds to the network's outputs: `base_logits` Z, `robust_logits` Z', `lock` g(Z'), the
     deployed `class_logits` Z*, and `accept_margin` (B, K): margin(Z', Classmap[c]) for each
     candidate class c (what the pair detector and pair-aware attacks read)."""
-    del key
     outputs = net.outputs(x)
     z, z_robust, lock = self.split(outputs["logits"])
     outputs.update(base_logits=z, robust_logits=z_robust, lock=lock, class_logits=z * lock,
                    accept_margin=pair_accept_margins(z_robust, self.robust_labels))
-    if net.detector is not None:
-      outputs["detector_score"] = net.detector.score(net.detector_state, outputs, x)
     return outputs
 
-  def attack_target(self, threat_model: str, net: Callable, surface: str = "") -> Callable:
+  def attack_target(self, threat_model: str, net: Callable, surface: str = "",
+                    detector=None) -> Target:
     # Gray-box (paper 003 section 2.2: the oracle's parameters, not the defense): the base
     # classifier's own logits Z, without Z' and the lock unit.
-    if threat_model == "gray_box" and not surface:
-      return lambda z: self.split(net(z))[0]
-    return super().attack_target(threat_model, net, surface)
+    if threat_model == "gray_box" and not surface and detector is None:
+      return lambda z, key: Deployed(self.split(net(z))[0])
+    return super().attack_target(threat_model, net, surface, detector)
 
 
 def robust_objective(robust_clean: jax.Array, robust_adv: jax.Array, robust_labels: jax.Array,

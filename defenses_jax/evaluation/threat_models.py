@@ -162,40 +162,53 @@ class DetectorTarget(NamedTuple):
   threshold: float
   weight: float = 1.0
 
+  def evasion(self, detector_state) -> attacks_lib.Evasion:
+    """What the attacker knows of it, with the detector's fitted state."""
+    return attacks_lib.Evasion(self.threshold, self.weight,
+                               lambda: self.detector.anchor_embeddings(detector_state))
 
-def logits_builder(threat_model: str, model, defense, eot_samples: int = 1,
-                   evade: Optional[DetectorTarget] = None, surface: str = "") -> Callable:
-  """(params, batch_stats[, labels, detector_state]) -> the logits function the attacker
-  differentiates (transfer: the white-box target of the source it is crafted on), averaged
-  over `eot_samples` draws of a randomised defense. With `evade`, the white-box target with the
-  detector folded in; it is label-aware, so it needs the attacked batch's labels."""
 
-  def build(params, batch_stats, labels=None, detector_state=None):
-    if evade is None:
-      target = defense.attack_target(threat_model, Network(model, variables(params, batch_stats)),
-                                     surface)
+@dataclasses.dataclass(frozen=True)
+class TargetBuilder:
+  """The attack target an attacker under `threat_model` differentiates or queries (transfer: the
+  white-box target of the source it is crafted on), built from the trained parameters inside
+  the compiled attack: `build(params, batch_stats[, labels, detector_state])`, averaged over
+  `eot_samples` draws of a randomised defense. With `evade`, the deployed system with its
+  detector folded into the class scores (wrappers.rejecting: label-aware, so it needs the
+  attacked batch's labels); `system` gives it unfolded, for the attacks that read the detector
+  themselves (with `evade.evasion`)."""
+  threat_model: str
+  model: Any
+  defense: Any
+  eot_samples: int = 1
+  evade: Optional[DetectorTarget] = None
+  surface: str = ""
+
+  @property
+  def independent_examples(self) -> bool:
+    """The target is deterministic and treats the rows of its batch apart (see query.Oracle):
+    neither randomised (a randomised defense's deployed system or surfaces, or EOT) nor
+    detector-aware (label-aware)."""
+    randomised = self.eot_samples > 1 or (self.defense.randomised
+                                          and self.threat_model in ("white_box", "transfer"))
+    return self.evade is None and not randomised
+
+  def _network(self, params, batch_stats) -> Network:
+    return Network(self.model, variables(params, batch_stats))
+
+  def system(self, params, batch_stats, detector_state) -> attacks_lib.Target:
+    """The deployed system with the fitted detector (`evade`), as it is."""
+    return self.defense.attack_target(self.threat_model, self._network(params, batch_stats),
+                                      self.surface, self.evade.detector.scorer(detector_state))
+
+  def __call__(self, params, batch_stats, labels=None, detector_state=None
+               ) -> attacks_lib.Target:
+    if self.evade is None:
+      target = self.defense.attack_target(self.threat_model,
+                                          self._network(params, batch_stats), self.surface)
     else:
-      net = Network(model, variables(params, batch_stats), evade.detector, detector_state)
-      target = _detector_aware_target(defense, net, labels, evade)
-    return attacks_lib.eot(target, eot_samples) if eot_samples > 1 else target
-
-  return build
-
-
-def _detector_aware_target(defense, net: Network, labels, evade: DetectorTarget) -> Callable:
-  if labels is None:
-    raise ValueError("a detector-aware attack target needs the attacked batch's labels.")
-  if not defense.randomised:  # The whole system, for attacks that use its parts.
-    return attacks_lib.DetectedSystem(
-        lambda z: defense.deployed_outputs(net, z), evade.threshold, labels,
-        lambda: evade.detector.anchor_embeddings(net.detector_state), evade.weight)
-
-  def target(z, key=None):
-    if z.shape[0] != labels.shape[0]:
-      raise ValueError(f"the detector-aware target knows the labels of a batch of "
-                       f"{labels.shape[0]}; it was called on {z.shape[0]} inputs.")
-    out = defense.deployed(net, z, key)
-    return attacks_lib.reject_as_true_class(out.class_logits, out.detector_score,
-                                            evade.threshold, labels, evade.weight)
-
-  return attacks_lib.stochastic(target)
+      if labels is None:
+        raise ValueError("a detector-aware attack target needs the attacked batch's labels.")
+      target = attacks_lib.rejecting(self.system(params, batch_stats, detector_state),
+                                     self.evade.evasion(detector_state), labels)
+    return attacks_lib.eot(target, self.eot_samples) if self.eot_samples > 1 else target
