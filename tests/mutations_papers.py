@@ -94,8 +94,8 @@ PAPER_MUTATIONS = (
              "np.add.at(counts, (probs.argmax(-1), y), 1)", (_T + "test_collaborative.py",),
              "the Classmap read from the transposed confusion"),
     Mutation("collab_gray_box_sees_the_lock", "defenses_jax/defenses/collaborative.py",
-             "return lambda z, key: Deployed(self.split(net(z))[0])",
-             "return lambda z, key: Deployed(self.class_logits(net(z)))",
+             'return {"gray_box": lambda net, x, key: self.split(net(x))[0]}',
+             'return {"gray_box": lambda net, x, key: self.class_logits(net(x))}',
              (_T + "test_collaborative.py",), "the gray-box attacker knows the defence"),
     # Issue 37: bugs that show only where argmax Z and argmax Z* differ.
     Mutation("pair_detector_reads_argmax_z", "defenses_jax/detectors/pair.py",

@@ -72,8 +72,7 @@ def test_eot_gradient_of_the_deployed_classifier_is_the_mean_of_single_draw_grad
   ds = blob_dataset(4, seed=2)
   x, y = jnp.asarray(ds.images), jnp.asarray(ds.labels)
   fa = Network(model, model.init(jax.random.key(5), x[:1]))
-  target = (defense.surface_target(surface, fa) if surface else
-            defense.attack_target("white_box", fa))
+  target = defense.attack_target("white_box", fa, surface)
   key, draws = jax.random.key(7), 5
   true_class_log_prob = lambda log_probs: jnp.sum(jnp.take_along_axis(log_probs, y[:, None], 1))
   # Chunks of 2 (three rematerialised chunks) and all 5 draws at once.
@@ -172,7 +171,9 @@ def test_attack_surfaces_keep_g_forward_and_change_only_its_gradient():
   fa = lambda z: z.reshape(z.shape[0], -1) @ w
   key = jax.random.key(7)
   deployed = defense.deployed(fa, x, key).class_logits
-  targets = {s: defense.attack_target("white_box", fa, s) for s in defense.attack_surfaces}
+  assert sorted(defense.attack_surfaces()) == sorted(
+      ["bpda_identity", "bpda_softsign", "bpda_tanh", "straight_through"])
+  targets = {s: defense.attack_target("white_box", fa, s) for s in defense.attack_surfaces()}
   for surface, target in targets.items():
     np.testing.assert_allclose(call_logits(target, x, key), deployed, rtol=1e-5, atol=1e-5,
                                err_msg=surface)

@@ -49,8 +49,8 @@ def test_defaults_are_declared_on_the_base_class():
   assert standard.state_specs() == parallel.REPLICATED
   assert standard.after_step({"a": 1}, {}, {}, None) == {"a": 1}
   assert not standard.needs_input_gradient and not standard.randomised
-  assert not standard.has_adaptive_attack
-  assert create_defense("target_training", 4).has_adaptive_attack
+  assert standard.attack_surfaces() == {}
+  assert set(create_defense("target_training", 4).attack_surfaces()) == {"adaptive"}
   assert create_defense("free_adv", 4).needs_input_gradient
   net = linear_net()
   x = jnp.full((2, 4, 4, 1), 0.5)

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from defenses_jax import parallel
-from defenses_jax.attacks.target import Target
 from defenses_jax.defenses.attack_transform import (VARIANTS, TransformSettings,
                                                     attack_transform, bpda_sign,
                                                     equation_5_clip)
@@ -63,7 +62,6 @@ class AdvTransform(Defense):
   metric_images: int = 100
   metric_samples: int = 5000
   name: str = "adv_transform"
-  attack_surfaces = tuple(SURFACES)
   # f_b in inference mode, attached by bind_trained (not part of the defense's identity).
   frozen: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -160,9 +158,11 @@ class AdvTransform(Defense):
       return self.transform(x, key, sign_op=sign_op)
     return self.transform(x, key, sign_op=sign_op, offset_op=equation_5_clip(self.delta))
 
-  def surface_target(self, surface: str, net: Callable) -> Target:
-    return lambda z, key: Deployed(self.class_logits(net(self.surface_transform(surface, z,
-                                                                                key))))
+  def attack_surfaces(self) -> dict:
+    return {surface: functools.partial(self._surface_logits, surface) for surface in SURFACES}
+
+  def _surface_logits(self, surface: str, net: Callable, x: jax.Array, key: jax.Array):
+    return self.class_logits(net(self.surface_transform(surface, x, key)))
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     images = jax.lax.stop_gradient(self.transform(batch["image"], key))

@@ -27,6 +27,8 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 # A fitted detector as the deployed system runs it: (outputs, x) -> (B,) scores, `outputs` being
 # what `deployed_outputs` computed on x (detectors.Detector.scorer gives one).
 DetectorFn = Callable[[dict, jax.Array], jax.Array]
+# An attack surface: (net, x, key) -> the class scores an attacker differentiates.
+Surface = Callable[[Callable, jax.Array, jax.Array], jax.Array]
 
 
 class Network:
@@ -56,9 +58,6 @@ class Defense:
   # A randomised deployed classifier (e.g. a random input transformation) draws from the key it
   # is given, as do its white-box attack targets (an attack passes a fresh key per call).
   randomised = False
-  # Named white-box attack surfaces besides the deployed classifier itself (e.g. paper 004's
-  # BPDA stand-ins for its transformation): an attack picks one with its `surface` field.
-  attack_surfaces: tuple = ()
 
   def output_width(self) -> int:
     """Width of the network's last layer (k, or 2k for Target Training)."""
@@ -136,48 +135,53 @@ class Defense:
     outputs["class_logits"] = self.class_logits(outputs["logits"])
     return outputs
 
-  def adaptive_logits(self, logits: jax.Array) -> jax.Array:
-    """The defense's own strongest adaptive attack surface (defenses that have one)."""
-    raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
-
   def evaluation_metrics(self, net: Callable, images, key: jax.Array) -> dict:
     """Numbers of the defense itself on the evaluation's clean attacked images, {name: float}
     (e.g. paper 004's distance of the expected transformed image); tables read them as
     '<member>:defense:<name>'. Default: none."""
     return {}
 
-  def surface_target(self, surface: str, net: Callable) -> Target:
-    """The attack target of one of `attack_surfaces`."""
-    raise ValueError(f"defense {self.name!r} defines no attack surfaces.")
-
-  @property
-  def has_adaptive_attack(self) -> bool:
-    return type(self).adaptive_logits is not Defense.adaptive_logits
+  def attack_surfaces(self) -> dict[str, Surface]:
+    """What an attacker may differentiate instead of the deployed system, by name:
+    {name: surface(net, x, key) -> class scores}. 'adaptive' is the defense's own adaptive
+    attack (threat_model 'adaptive'; paper 000's summed output pairs); 'gray_box', where given,
+    replaces the bare network as the gray-box target (paper 003's Z head); any other name is
+    picked by an attack's `surface` field under white_box or transfer (paper 004's BPDA
+    stand-ins for its transformation). Default: none."""
+    return {}
 
   def attack_target(self, threat_model: str, net: Callable, surface: str = "",
                     detector: Optional[DetectorFn] = None) -> Target:
     """What an attacker under `threat_model` differentiates, as an attack target: white_box
-    (and transfer, on its source) the deployed system (with `detector`, if given), or the
-    named `surface` of it; gray_box the bare network; adaptive the defense's own adaptive
-    surface."""
+    (and transfer, on its source) the deployed system (with `detector`, if given), or its
+    named `surface`; gray_box the bare network (or the defense's 'gray_box' surface);
+    adaptive the defense's 'adaptive' surface. Defenses change it through attack_surfaces."""
+    if threat_model not in THREAT_MODELS:
+      raise ValueError(f"unknown threat_model {threat_model!r}; choose one of {THREAT_MODELS}.")
     if detector is not None and (surface or threat_model not in ("white_box", "transfer")):
       raise ValueError("a detector-aware attack target is the deployed system itself: white-box "
                        f"(or transfer), no surface; got {threat_model!r}, {surface!r}.")
+    surfaces = self.attack_surfaces()
     if surface:
-      if surface not in self.attack_surfaces or threat_model not in ("white_box", "transfer"):
+      named = white_box_surfaces(self)
+      if surface not in named or threat_model not in ("white_box", "transfer"):
         raise ValueError(f"attack surface {surface!r}: defense {self.name!r} has "
-                         f"{list(self.attack_surfaces) or 'none'}, for white-box (or transfer) "
-                         f"attacks; got threat_model {threat_model!r}.")
-      return self.surface_target(surface, net)
-    if threat_model == "gray_box":
+                         f"{named or 'none'}, for white-box (or transfer) attacks; got "
+                         f"threat_model {threat_model!r}.")
+    elif threat_model == "adaptive" and threat_model not in surfaces:
+      raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
+    elif threat_model == "gray_box" and threat_model not in surfaces:
       return lambda z, key: Deployed(net(z))
-    if threat_model == "adaptive":
-      if not self.has_adaptive_attack:
-        raise ValueError(f"defense {self.name!r} defines no adaptive attack.")
-      return lambda z, key: Deployed(self.adaptive_logits(net(z)))
-    if threat_model not in THREAT_MODELS:
-      raise ValueError(f"unknown threat_model {threat_model!r}; choose one of {THREAT_MODELS}.")
-    return lambda z, key: self.deployed(net, z, key, detector)
+    elif threat_model not in ("adaptive", "gray_box"):
+      return lambda z, key: self.deployed(net, z, key, detector)
+    logits = surfaces[surface or threat_model]
+    return lambda z, key: Deployed(logits(net, z, key))
+
+
+def white_box_surfaces(defense: Defense) -> list[str]:
+  """The attack surfaces an attack's `surface` field may name (those not standing for a threat
+  model's own target)."""
+  return [name for name in defense.attack_surfaces() if name not in THREAT_MODELS]
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,

@@ -45,7 +45,7 @@ import numpy as np
 
 from defenses_jax import artifact_cache, parallel
 from defenses_jax.attacks.gradient import fgsm
-from defenses_jax.attacks.target import Deployed, Target, as_target
+from defenses_jax.attacks.target import as_target
 from defenses_jax.defenses.adversarial_training import adversarial_examples
 from defenses_jax.defenses.base import Defense, Network
 from defenses_jax.defenses.pdm import cross_entropy
@@ -266,13 +266,10 @@ class Collaborative(Defense):
                    accept_margin=pair_accept_margins(z_robust, self.robust_labels))
     return outputs
 
-  def attack_target(self, threat_model: str, net: Callable, surface: str = "",
-                    detector=None) -> Target:
+  def attack_surfaces(self) -> dict:
     # Gray-box (paper 003 section 2.2: the oracle's parameters, not the defense): the base
     # classifier's own logits Z, without Z' and the lock unit.
-    if threat_model == "gray_box" and not surface and detector is None:
-      return lambda z, key: Deployed(self.split(net(z))[0])
-    return super().attack_target(threat_model, net, surface, detector)
+    return {"gray_box": lambda net, x, key: self.split(net(x))[0]}
 
 
 def robust_objective(robust_clean: jax.Array, robust_adv: jax.Array, robust_labels: jax.Array,

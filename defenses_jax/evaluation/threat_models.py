@@ -3,7 +3,7 @@
 Threat models (papers 002 appendix D, 003 section 2.2):
 - white_box: the attacker differentiates the defense as deployed (`defense.deployed`);
 - gray_box: the attacker has the underlying network but not the defense (its raw logits);
-- adaptive: an attack built for this defense (`defense.adaptive_logits`, where it defines one);
+- adaptive: an attack built for this defense (its 'adaptive' `attack_surfaces`, if it has one);
 (each defense says what its attacker differentiates: `defense.attack_target`)
 - transfer: examples are crafted white-box on a *source* experiment (a substitute, e.g. the
   unsecured classifier or a distilled proxy) and then fed to the defense.
@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from defenses_jax import attacks as attacks_lib
 from defenses_jax import config_schema
 from defenses_jax.config import ATTACK_ENTRY
-from defenses_jax.defenses.base import Network
+from defenses_jax.defenses.base import Network, white_box_surfaces
 from defenses_jax.errors import ConfigError
 from defenses_jax.experiment import variables
 
@@ -91,7 +91,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
       raise ConfigError(f"eval.attacks.{key}: fit_examples (training images a universal "
                        "perturbation is fitted on) is only for a universal attack.")
     threat = fields["threat_model"]
-    if threat == "adaptive" and not defense.has_adaptive_attack:
+    if threat == "adaptive" and "adaptive" not in defense.attack_surfaces():
       raise ConfigError(f"eval.attacks.{key}: defense {defense.name!r} defines no adaptive attack.")
     source = fields["source_experiment"]
     if (threat == "transfer") != bool(source):
@@ -126,10 +126,11 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     surface = fields["surface"]
     # A transfer attack's surface is the source's (crafted there as a white-box attack); a
     # source without it fails when its target is built.
-    if surface and ((threat == "white_box" and surface not in defense.attack_surfaces)
+    surfaces = white_box_surfaces(defense)
+    if surface and ((threat == "white_box" and surface not in surfaces)
                     or threat not in ("white_box", "transfer") or detector_aware or universal):
       raise ConfigError(f"eval.attacks.{key}: surface {surface!r} must be one of defense "
-                       f"{defense.name!r}'s attack surfaces {list(defense.attack_surfaces)}, "
+                       f"{defense.name!r}'s attack surfaces {surfaces}, "
                        "for a white-box (or transfer) attack that is neither detector-aware "
                        "nor universal.")
     overridden = _overridden(fields["label_params"], params)
