@@ -24,7 +24,7 @@ from defenses_jax.models import create_model
 
 def untrained(**options):
   defense = create_defense("adv_transform", 4, transform_model="lenet", **options)
-  return defense.bind_trained(None, (12, 12, 1))
+  return defense.resolve(None, (12, 12, 1), batch_size=8)
 
 
 def test_options_are_checked_before_compute_and_the_defense_stays_hashable():

@@ -299,3 +299,31 @@ def test_fgs_confusion_counts_by_true_then_predicted_class():
   counts, probs = fgs_confusion(lambda x: x @ jnp.asarray(perm), images, labels, 3, 0.01, 4)
   np.testing.assert_array_equal(counts, [[0, 2, 0], [0, 0, 1], [3, 0, 0]])
   assert probs.shape == (3, 3) and np.all(probs.argmax(-1) == [1, 2, 0])
+
+
+def test_resolve_derives_the_classmap_through_the_oracles_cache():
+  # The oracle of the test above; its `cached` stands in for the experiment layer's file cache:
+  # the defense asks it for the Classmap's arrays and reads and writes no file itself.
+  from types import SimpleNamespace
+  from defenses_jax.data import ArrayDataset
+  perm = jnp.asarray(np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32) * 10)
+  images = (np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 2, 2]] * 0.5 + 0.25).reshape(6, 1, 1, 3)
+  ds = ArrayDataset(images, np.array([0, 0, 1, 2, 2, 2]), 3)
+  requests = []
+
+  def cached(folder, name, settings, compute, contract, **identity):
+    arrays, _ = compute()
+    assert contract(arrays, {}) is None
+    requests.append((folder, name, settings, identity))
+    return arrays
+
+  oracle = SimpleNamespace(
+      exp=SimpleNamespace(train_ds=ds, defense=create_defense("standard", 3)),
+      network=lambda: (lambda x: x.reshape(x.shape[0], -1) @ perm), cached=cached)
+  defense = create_defense("collaborative", 3, classmap_oracle="oracle", classmap_epsilon=0.01)
+  resolved = defense.resolve(lambda name: {"oracle": oracle}[name], (1, 1, 3), batch_size=4)
+  assert resolved.classmap == (1, 2, 0) and not defense.classmap
+  ((folder, name, settings, identity),) = requests
+  assert (folder, name) == ("classmaps", "classmap") and settings["epsilon"] == 0.01
+  assert identity == {"data": ds.fingerprint}
+  assert resolved.resolve(None, (1, 1, 3), batch_size=4) is resolved  # Given: nothing to do.

@@ -49,7 +49,7 @@ def test_defaults_are_declared_on_the_base_class():
   assert standard.state_specs() == parallel.REPLICATED
   assert standard.after_step({"a": 1}, {}, {}, None) == {"a": 1}
   assert not standard.needs_input_gradient and not standard.randomised
-  assert standard.attack_surfaces() == {}
+  assert standard.attack_surfaces() == {} and standard.resolve(None, (2, 2, 1), 4) is standard
   assert set(create_defense("target_training", 4).attack_surfaces()) == {"adaptive"}
   assert create_defense("free_adv", 4).needs_input_gradient
   net = linear_net()

@@ -4,7 +4,7 @@ point of its Delta-ball, f_a trained on g(x) only (equation 1).
 
 f_b is its own experiment (`transform_experiment`: any trained member of the same workdir, e.g.
 a standard or adversarially trained small VGG), restored from its checkpoint when this
-experiment is built (`bind_trained`) and never trained further: its weights are constants of
+experiment is built (`resolve`) and never trained further: its weights are constants of
 the compiled steps, so no gradient can reach them. Its checkpoint step is recorded in this
 experiment's config (`transform_step`), so f_a's checkpoints are refused once f_b is retrained.
 An untrained f_b (the paper's Table 1, first column) is `transform_model` initialised from
@@ -62,7 +62,7 @@ class AdvTransform(Defense):
   metric_images: int = 100
   metric_samples: int = 5000
   name: str = "adv_transform"
-  # f_b in inference mode, attached by bind_trained (not part of the defense's identity).
+  # f_b in inference mode, attached by resolve (not part of the defense's identity).
   frozen: Any = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
@@ -89,16 +89,11 @@ class AdvTransform(Defense):
   def randomised(self) -> bool:
     return self.random_start
 
-  @classmethod
-  def derive_options(cls, options: dict, load_trained: Callable, num_classes: int,
-                     batch_size: int) -> dict:
-    if not options.get("transform_experiment") or options.get("transform_step", -1) >= 0:
-      return options
-    cls(num_classes=num_classes, **options)  # Validates before f_b loads.
-    fb = load_trained(options["transform_experiment"])
-    return {**options, "transform_step": int(fb.state.step)}
-
-  def bind_trained(self, load_trained: Callable, image_shape: tuple) -> "AdvTransform":
+  def resolve(self, load_trained: Callable, image_shape: tuple, batch_size: int
+              ) -> "AdvTransform":
+    """With f_b attached: the untrained `transform_model` initialised from transform_seed, or
+    the trained `transform_experiment` restored, its checkpoint step recorded (transform_step)
+    or, once recorded, required (f_a was trained on that f_b)."""
     if self.transform_model:
       from defenses_jax.models import create_model  # Models import nothing from defenses.
       model = create_model(self.transform_model, self.num_classes,
@@ -115,7 +110,7 @@ class AdvTransform(Defense):
     if fb.exp.train_ds.image_shape != tuple(image_shape):
       raise ValueError(f"f_b {self.transform_experiment!r} takes images "
                        f"{fb.exp.train_ds.image_shape}, this experiment {tuple(image_shape)}.")
-    return dataclasses.replace(self, frozen=fb.network())
+    return dataclasses.replace(self, transform_step=int(fb.state.step), frozen=fb.network())
 
   def evaluation_metrics(self, net, images, key) -> dict:
     n = min(self.metric_images, len(images))
@@ -141,7 +136,7 @@ class AdvTransform(Defense):
   def fb_logits(self, x: jax.Array) -> jax.Array:
     if self.frozen is None:
       raise ValueError("adv_transform: f_b is not attached; build the experiment through "
-                       "experiment.Experiment, which restores it (bind_trained).")
+                       "experiment.Experiment, which restores it (resolve).")
     return self.frozen(x)
 
   def transform(self, x: jax.Array, key: Optional[jax.Array] = None, **ops) -> jax.Array:

@@ -7,8 +7,9 @@ detector)`, a function of the *input* (so that input transformations, randomised
 detectors can be written), used at every call site: clean accuracy during training,
 evaluation, attack targets, monitors and figures. (5) `attack_target(threat_model, net)` is
 what an attacker under each threat model differentiates: an attack target (attacks/target.py),
-`target(x, key) -> Deployed`, whatever the threat model. Every method is a pure function, so it
-can run inside jit and shard_map. Optional behaviour is declared here with defaults, never
+`target(x, key) -> Deployed`, whatever the threat model, built from the deployed classifier and
+the defense's `attack_surfaces`. Every method is a pure function, so it can run inside jit and
+shard_map; none reads or writes files. Optional behaviour is declared here with defaults, never
 discovered with `hasattr`.
 """
 
@@ -47,8 +48,20 @@ class Network:
 
 
 class Defense:
-  """Base class: subclasses are frozen dataclasses with `num_classes` and `name` fields and
-  override what differs from these defaults."""
+  """Base class. A new defense is a frozen dataclass with `num_classes` and `name` fields,
+  registered in defenses.DEFENSES, that writes
+
+  must:  training_batch (what the network trains on: the data batch, its duplicates, its
+         adversarial examples, ...);
+  may:   what differs from the defaults here, by what it changes:
+         the network         output_width, wrap_model;
+         training            loss, init_state, state_specs, after_step (needs_input_gradient);
+         the deployed system class_logits, deployed (randomised), deployed_outputs (the parts
+                             a detector reads);
+         attackers           attack_surfaces (adaptive, gray-box, named white-box surfaces);
+         other experiments   resolve (options derived from them, parts restored from them);
+         evaluation          evaluation_metrics.
+  attack_target is not one of them: it builds every threat model's target from these."""
 
   num_classes: int
   name: str = "defense"
@@ -69,18 +82,14 @@ class Defense:
     model itself."""
     return model
 
-  @classmethod
-  def derive_options(cls, options: dict, load_trained: Callable, num_classes: int,
-                     batch_size: int) -> dict:
-    """The defense's options with any that are derived from another trained experiment filled
-    in (`load_trained(name)` -> its TrainedExperiment), before the defense is built; the
-    derived values are saved in the experiment's config.json. Default: unchanged."""
-    return options
-
-  def bind_trained(self, load_trained: Callable, image_shape: tuple) -> "Defense":
-    """The defense with any trained parts it deploys but does not train attached (paper 004's
-    frozen f_b, restored by `load_trained(name)` -> its TrainedExperiment), when the experiment
-    is built. Default: itself."""
+  def resolve(self, load_trained: Callable, image_shape: tuple, batch_size: int) -> "Defense":
+    """The defense with what it takes from other trained experiments filled in, when the
+    experiment is built: options derived from one (paper 003's Classmap, paper 004's f_b step;
+    the experiment records every field this changes in its config.json, so the next build
+    finds it set) and parts it deploys but does not train (paper 004's frozen f_b, a field
+    with compare=False). `load_trained(name)` gives the TrainedExperiment of that name in the
+    same workdir; a costly derivation goes through its `cached`, so that the defense itself
+    reads and writes no files. Default: itself."""
     return self
 
   def init_state(self, num_train_examples: int, image_shape: tuple, batch_size: int) -> Any:

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses_jax import artifact_cache, parallel
+from defenses_jax import parallel
 from defenses_jax.attacks.gradient import fgsm
 from defenses_jax.attacks.target import as_target
 from defenses_jax.defenses.adversarial_training import adversarial_examples
@@ -195,23 +195,20 @@ class Collaborative(Defense):
     if self.lock_hidden < 1 or self.classmap_examples < 0:
       raise ValueError("collaborative needs lock_hidden >= 1 and classmap_examples >= 0.")
 
-  # Options derived from another trained experiment (see experiment.Experiment).
-  @classmethod
-  def derive_options(cls, options: dict, load_trained: Callable, num_classes: int,
-                     batch_size: int) -> dict:
-    if options.get("classmap") or not options.get("classmap_oracle"):
-      return options
-    defense = cls(num_classes=num_classes, **options)  # Validates before the oracle loads.
-    oracle = load_trained(defense.classmap_oracle)
-    classmap = oracle_classmap(oracle, defense, batch_size)
-    return {**options, "classmap": list(classmap)}  # A list: as config.json stores it.
+  def resolve(self, load_trained: Callable, image_shape: tuple, batch_size: int
+              ) -> "Collaborative":
+    """With the Classmap derived from the trained `classmap_oracle`, when it is not given."""
+    if self.classmap:
+      return self
+    oracle = load_trained(self.classmap_oracle)
+    return dataclasses.replace(self, classmap=oracle_classmap(oracle, self, batch_size))
 
   @property
   def robust_labels(self) -> jax.Array:
     if not self.classmap:
       raise ValueError("collaborative: the Classmap has not been derived (classmap is empty); "
                        "build the experiment through experiment.Experiment, which derives it "
-                       f"from classmap_oracle {self.classmap_oracle!r}.")
+                       f"from classmap_oracle {self.classmap_oracle!r} (resolve).")
     return jnp.asarray(self.classmap, jnp.int32)
 
   def wrap_model(self, model: nn.Module) -> nn.Module:
@@ -281,18 +278,23 @@ def robust_objective(robust_clean: jax.Array, robust_adv: jax.Array, robust_labe
 
 
 def oracle_classmap(oracle, defense: Collaborative, batch_size: int) -> tuple:
-  """The Classmap of `defense`'s settings from the trained oracle (a TrainedExperiment), cached
-  beside the oracle's checkpoint and reused only when verified (artifact_cache.py: checksum,
-  the settings, step, model and images that produced it, a map of every class to a class)."""
-  from defenses_jax.checkpoint import step_artifact_path  # Light; avoids a cycle at import.
+  """The Classmap of `defense`'s settings from the trained oracle (a TrainedExperiment): the
+  FGS confusion of its deployed classifier on its training images, kept by the oracle's
+  `cached` (beside its checkpoint, reused only when verified: the settings, step, model and
+  images that produced it, a map of every class to a class)."""
   settings = {"epsilon": defense.classmap_epsilon, "reading": defense.classmap_reading,
               "examples": defense.classmap_examples}
-  path = step_artifact_path(oracle.exp.exp_dir, "classmaps", "classmap", settings,
-                            int(oracle.state.step))
   ds = oracle.exp.train_ds
   n = defense.classmap_examples or len(ds)
-  identity = {**settings, "step": int(oracle.state.step), "model": oracle.fingerprint,
-              "data": ds.take(n).fingerprint}
+
+  def compute():
+    net = oracle.network()
+    deployed = lambda z: oracle.exp.defense.deployed(net, z).class_logits
+    counts, probs = fgs_confusion(deployed, ds.images[:n], ds.labels[:n], ds.num_classes,
+                                  defense.classmap_epsilon, batch_size)
+    classmap = classmap_from_counts(counts, probs, defense.classmap_reading)
+    return ({"classmap": np.asarray(classmap, np.int32), "counts": counts},
+            {"fgs_accuracy": float(np.trace(counts) / counts.sum())})
 
   def contract(arrays, info):
     classmap = arrays.get("classmap")
@@ -301,15 +303,6 @@ def oracle_classmap(oracle, defense: Collaborative, batch_size: int) -> tuple:
       return f"it is not a map of {ds.num_classes} classes to classes"
     return None
 
-  cached = artifact_cache.load(path, identity, contract)
-  if cached is not None:
-    return tuple(int(c) for c in cached.arrays["classmap"])
-  net = oracle.network()
-  deployed = lambda z: oracle.exp.defense.deployed(net, z).class_logits
-  counts, probs = fgs_confusion(deployed, ds.images[:n], ds.labels[:n], ds.num_classes,
-                                defense.classmap_epsilon, batch_size)
-  classmap = classmap_from_counts(counts, probs, defense.classmap_reading)
-  if jax.process_index() == 0:
-    artifact_cache.save(path, {"classmap": np.asarray(classmap, np.int32), "counts": counts},
-                        identity, {"fgs_accuracy": float(np.trace(counts) / counts.sum())})
-  return classmap
+  arrays = oracle.cached("classmaps", "classmap", settings, compute, contract,
+                         data=ds.take(n).fingerprint)
+  return tuple(int(c) for c in arrays["classmap"])
