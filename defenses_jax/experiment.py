@@ -176,9 +176,11 @@ def _with_resolved_options(config, defense: Defense, resolved: Defense):
              if f.compare and getattr(resolved, f.name) != getattr(defense, f.name)}
   if not derived:
     return config
-  config = ml_collections.ConfigDict(config.to_dict())
+  options = config.defense.options.to_dict()
   for name, value in derived.items():  # Tuples as lists: as config.json stores them.
-    config.defense.options[name] = list(value) if isinstance(value, tuple) else value
+    options[name] = list(value) if isinstance(value, tuple) else value
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.defense.options = ml_collections.ConfigDict(options)
   return config
 
 

@@ -3,8 +3,9 @@ pair detector, which accepts an input classified as c iff argmax Z' = Classmap[c
 
 Both read the deployed system's outputs (detector_evasion.system_outputs): `class_logits` Z*,
 `accept_margin` (B, K), margin(Z', Classmap[c]) for each candidate class c, and `excess` (the
-detector's score over the attacker's threshold, `evasion.threshold`; accepted iff negative). With the pair
-detector's fixed threshold 0, "accepted if classified as t" is accept_margin[:, t] > 0.
+detector's score over the attacker's threshold, `evasion.threshold`; accepted iff negative).
+With the pair detector's fixed threshold 0, "accepted if classified as t" is
+accept_margin[:, t] > 0.
 
 - `cw_pair`: the paper's nearly-white-box attack (section 3.3.2, equation 10): Carlini-Wagner L2
   on eta1 L(Z*, t) + eta2 L(Z', Classmap[t]), L the CW hinge max(kappa - margin, 0). Targeted
