@@ -126,11 +126,10 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     surface = fields["surface"]
     # A transfer attack's surface is the source's (crafted there as a white-box attack); a
     # source without it fails when its target is built.
-    surfaces = white_box_surfaces(defense)
-    if surface and ((threat == "white_box" and surface not in surfaces)
+    if surface and ((threat == "white_box" and surface not in white_box_surfaces(defense))
                     or threat not in ("white_box", "transfer") or detector_aware or universal):
       raise ConfigError(f"eval.attacks.{key}: surface {surface!r} must be one of defense "
-                       f"{defense.name!r}'s attack surfaces {surfaces}, "
+                       f"{defense.name!r}'s attack surfaces {white_box_surfaces(defense)}, "
                        "for a white-box (or transfer) attack that is neither detector-aware "
                        "nor universal.")
     overridden = _overridden(fields["label_params"], params)
