@@ -3,6 +3,8 @@
   python launch.py --config=experiments/standard.py:cpu --workdir=runs
   python launch.py --config=experiments/standard.py:cpu --workdir=runs --mode=eval
   python launch.py --config=experiments/paper_000_target_training/config.py:cpu --workdir=runs  # tables
+  python launch.py --config=experiments/paper_000_target_training/config.py:cpu --workdir=runs \
+      --mode=publish  # into results/ and the README's findings
   python launch.py --config=experiments/standard.py:full --workdir=gs://bucket/runs \
       --config.train.epochs=30 --jax_distributed
 
@@ -20,10 +22,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/standard.py:cpu", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Root directory of all experiments.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "report"],
+    "mode", "train", ["train", "eval", "report", "publish"],
     "train: train (resuming) then evaluate clean accuracy (a paper suite: also the attacks and "
     "tables); eval: evaluate checkpoints under the config's attacks; report: a suite's tables "
-    "from existing results.")
+    "from existing results; publish: copy a suite's tables, figures and provenance into "
+    "--results_dir and regenerate the README's findings table.")
+_RESULTS_DIR = flags.DEFINE_string(
+    "results_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+    "Where --mode=publish puts a suite's results (the README beside it gets the findings).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU).")
 _PROFILE_STEPS = flags.DEFINE_string(
@@ -128,6 +134,14 @@ def _short_summary(result, workdir: str) -> str:
 
 
 def _run(config, workdir, distill, evaluation, train, suite):
+  if _MODE.value == "publish":
+    if not suite.is_suite(config):
+      raise app.UsageError("--mode=publish is for paper suites "
+                           "(experiments/paper_00N_<name>/config.py)")
+    from defenses_jax.suites import publish
+    readme = os.path.join(os.path.dirname(os.path.abspath(_RESULTS_DIR.value)), "README.md")
+    folder = publish.publish_suite(config, workdir, _RESULTS_DIR.value, readme)
+    return {"suite": config.suite_name, "tables": os.path.join(folder, "tables.md")}
   if suite.is_suite(config):
     result = suite.run_suite(config, workdir, _MODE.value)
   elif _MODE.value == "report":

@@ -69,7 +69,7 @@ _OUTPUT = flags.DEFINE_string("output", "", "Write the results JSON here as well
 
 
 def attack_builders():
-  from defenses_jax.attacks.apgd_stepped import apgd_targeted_stepped
+  from defenses_jax.attacks.apgd import apgd_targeted_stepped
   from defenses_jax.attacks.carlini_wagner import cw_l2_stepped
   from defenses_jax.attacks.carlini_wagner_linf import cw_linf_stepped
   from defenses_jax.attacks.deepfool import deepfool_stepped

@@ -1,7 +1,7 @@
 """The models the CPU benchmarks attack, trained first if the workdir has no finished checkpoint:
 - `standard`: the paper 000 MNIST CNN as experiments/standard.py:cpu trains it;
 - `at_pgd`: the same network adversarially trained with PGD (paper 000's at_pgd_mnist_cpu:
-  PGD-7, eps 0.3, 4 epochs; about 7 minutes on 2 cores). On a robust model, images differ in
+  PGD-7, eps 0.3, 4 epochs). On a robust model, images differ in
   how long an early-stopping attack takes, which is what slot refill is for."""
 
 MODELS = ("standard", "at_pgd")

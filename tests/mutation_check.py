@@ -4,7 +4,7 @@ Each mutation below is a small semantic bug (a sign flip, a dropped projection, 
 offset, a state field that is not restored, a sanity check that cannot fail, ...), applied to a
 scratch copy of the repository; the tests that should catch it run against that copy. A
 mutation is *caught* when those tests fail, *survived* when they pass. The score is the fraction
-caught. This is not part of the pytest run (it takes about 40 minutes on 2 CPU cores):
+caught. This is not part of the pytest run (it runs the tests of every mutation in turn):
 
     .venv/bin/python tests/mutation_check.py                 # all mutations, 2 at a time
     .venv/bin/python tests/mutation_check.py --only pgd,eot  # names containing these

@@ -11,6 +11,9 @@ _CACHES = _T + "test_cached_artifacts.py"
 _PREFLIGHT = _T + "test_preflight.py"
 _RUNS = _T + "test_silent_failures.py"
 _SCHEMA = _T + "test_config_schema.py"
+_PUBLISH = _T + "test_suite.py::test_publish_copies_the_suite_with_its_provenance_and_findings"
+_STALE = _T + "test_suite.py::test_publish_refuses_stale_tables_and_evaluations"
+_FINDINGS = _T + "test_findings.py"
 
 RELIABILITY_MUTATIONS = (
     # Cached artefacts: checksum, identity and contract.
@@ -112,4 +115,25 @@ RELIABILITY_MUTATIONS = (
     Mutation("query_attack_shown_as_white_box", "defenses_jax/evaluation/report.py",
              "  if result.access in (\"scores\", \"labels\"):", "  if False:",
              (_T + "test_metrics_sanity_report.py",)),
+    # Published results (issue 41): provenance, currency, findings.
+    Mutation("publish_without_provenance_header", "defenses_jax/suites/publish.py",
+             "(provenance_header(config.suite_name, runs) + tables_md).encode()",
+             "tables_md.encode()", (_PUBLISH,)),
+    Mutation("publish_stale_tables", "defenses_jax/suites/publish.py",
+             "  if json.loads(json.dumps(now)) != written[\"tables\"]:",
+             "  if False:", (_STALE,)),
+    Mutation("publish_stale_evaluation", "defenses_jax/suites/publish.py",
+             "  if stale:\n    raise PublishError", "  if False:\n    raise PublishError",
+             (_STALE,)),
+    Mutation("provenance_stage_untimed", "defenses_jax/suites/runner.py",
+             "        with run.stage(f\"evaluate {member.experiment_name}\"):\n"
+             "          evaluation.evaluate(member, workdir, datasets)",
+             "        evaluation.evaluate(member, workdir, datasets)", (_PUBLISH,)),
+    Mutation("findings_strongest_is_highest", "defenses_jax/suites/findings.py",
+             "strongest = min(known,", "strongest = max(known,", (_FINDINGS,)),
+    Mutation("findings_stopped_not_inverted", "defenses_jax/suites/findings.py",
+             "    value = 1.0 - value", "    value = value", (_FINDINGS,)),
+    Mutation("verdict_broken_reads_agrees", "defenses_jax/suites/findings.py",
+             "  if strongest >= claim - within:", "  if strongest >= claim - 2 * within:",
+             (_FINDINGS,)),
 )

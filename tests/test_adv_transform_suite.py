@@ -36,6 +36,9 @@ def test_adv_transform_suite_fills_every_table_cell_and_figure(tmp_path, small_s
   suite_dir = tmp_path / config.suite_name
   with open(suite_dir / "tables.json") as f:
     tables = {t["id"]: t for t in json.load(f)["tables"]}
+  with open(suite_dir / "tables.json") as f:
+    findings = json.load(f)["findings"]  # Every finding's cells name results that exist.
+  assert findings and all(f["strongest"] and f["verdict"] != "not measured" for f in findings)
   assert list(tables) == ["table_1", "table_1_distance", "table_2", "table_3",
                           "training_time", "adaptive"]
   cells = [c for t in tables.values() for r in t["rows"] for c in r["cells"]]

@@ -14,7 +14,8 @@ from defenses_jax import train as train_lib
 from defenses_jax.attacks import apgd, apgd_targeted, as_target, autoattack, dlr_loss, pgd
 from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.query.square import square
-from defenses_jax.attacks.apgd import checkpoints, member_keys
+from defenses_jax.attacks.apgd import checkpoints
+from defenses_jax.attacks.autoattack import member_keys
 
 K = 5
 W = np.random.default_rng(5).normal(size=(16, K)).astype(np.float32)
@@ -59,7 +60,7 @@ def test_step_size_halves_at_every_checkpoint_of_a_flat_loss():
 # rose. The start's loss is 0 and every point is x = i + 1, so the point a halving returns to
 # names the step where the best loss was. Start: step 2 eps = 1, reduced_last_check = 1.
 # (With a start loss of 0 the reference's wrap-around first comparison, see apgd.py, agrees
-# with ours.) apgd_stepped.py runs the same `_update`.
+# with ours.)
 HALVING_CASES = {
     # name: (losses of steps 0-15, step after each checkpoint, x after each checkpoint)
     "neither: always rising": (

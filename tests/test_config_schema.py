@@ -24,7 +24,7 @@ from defenses_jax.evaluation import evaluate
 from defenses_jax.evaluation.threat_models import AttackSpec, parse_attack_specs
 from defenses_jax.experiment import Experiment, load_experiment
 from defenses_jax.models.precision import COMPUTE_DTYPES
-from defenses_jax.suites.runner import _evaluation_is_current
+from defenses_jax.suites.runner import evaluation_is_current
 from defenses_jax.value_checks import Items, OneOf, Range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -274,7 +274,7 @@ def test_an_old_config_json_loads_upgraded_and_evaluates_as_before(tmp_path, blo
   with open(eval_path, "w") as f:
     json.dump(summary, f)
 
-  assert _evaluation_is_current(config, workdir)
+  assert evaluation_is_current(config, workdir)
   Experiment(config, workdir, blobs).checkpoints().close()  # The resume check accepts it.
   loaded = load_experiment(workdir, "tiny", datasets=blobs).exp.config
   assert [loaded[s][k] for s, k in newer] == [base_config()[s][k] for s, k in newer]

@@ -199,7 +199,7 @@ def test_float32_checkpoints_resume_and_evaluate_under_bfloat16_unchanged_in_for
 
 
 def test_a_suite_does_not_reuse_an_evaluation_made_in_another_precision(trained, tmp_path):
-  from defenses_jax.suites.runner import _evaluation_is_current
+  from defenses_jax.suites.runner import evaluation_is_current
   workdir = str(tmp_path / "copy")
   shutil.copytree(trained, workdir)
   f32, bf16 = _config("float32"), _config("bfloat16")
@@ -213,7 +213,7 @@ def test_a_suite_does_not_reuse_an_evaluation_made_in_another_precision(trained,
     with open(tmp_path / "copy" / "tiny" / "results" / "eval.json", "w") as f:
       json.dump(result if saved_dtype is None else {**result, "compute_dtype": saved_dtype}, f)
     assert {c.model.compute_dtype for c in (f32, bf16)
-            if _evaluation_is_current(c, workdir)} == current, saved_dtype
+            if evaluation_is_current(c, workdir)} == current, saved_dtype
 
 
 @pytest.mark.parametrize("bad", ["float16", "bf16", "float64", ""])

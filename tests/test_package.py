@@ -1,7 +1,9 @@
 """The package's shape: no import cycles between its modules (function-local imports included,
-since a local import is how a cycle hides), and `pip install .` gives an importable package."""
+since a local import is how a cycle hides), `pip install .` gives an importable package, and the
+README's Layout names every file of the repository's code folders."""
 
 import ast
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -127,3 +129,60 @@ def test_pip_install_gives_an_importable_package(tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip().startswith(str(target))
+
+
+LAYOUT_ROOTS = ("defenses_jax", "experiments", "benchmarks", "tests")
+
+
+def readme_layout(text: str) -> set:
+  """The paths the README's Layout block names: one entry per line, a folder ending in '/' and
+  its entries indented below it; an entry may be a glob (`results/*.json`)."""
+  block = text.split("\n## Layout\n", 1)[1].split("```", 2)[1]
+  paths, folders = set(), []  # folders: (indent, path) of the open folders.
+  for line in block.splitlines()[1:]:
+    if not line.strip():
+      continue
+    indent, name = len(line) - len(line.lstrip()), line.split()[0]
+    while folders and folders[-1][0] >= indent:
+      folders.pop()
+    path = (folders[-1][1] if folders else "") + name
+    if name.endswith("/"):
+      folders.append((indent, path))
+    else:
+      paths.add(path)
+  return paths
+
+
+def repository_files() -> set:
+  """Every file under LAYOUT_ROOTS but caches, hidden files and empty __init__.py files."""
+  found = set()
+  for root in LAYOUT_ROOTS:
+    for directory, subdirs, files in os.walk(os.path.join(ROOT, root)):
+      subdirs[:] = [d for d in subdirs if d != "__pycache__" and not d.startswith(".")]
+      for name in files:
+        path = os.path.join(directory, name)
+        if (name.startswith(".") or name.endswith(".pyc")
+            or (name == "__init__.py" and os.path.getsize(path) == 0)):
+          continue
+        found.add(os.path.relpath(path, ROOT).replace(os.sep, "/"))
+  return found
+
+
+def test_the_layout_parser_reads_nesting_and_globs():
+  text = ("x\n## Layout\n\n```\na.py  top\npkg/  the package\n  b.py  one\n  sub/\n    c.py\n"
+          "  d.py  back up\n  results/*.json  rows\n```\n")
+  assert readme_layout(text) == {"a.py", "pkg/b.py", "pkg/sub/c.py", "pkg/d.py",
+                                 "pkg/results/*.json"}
+
+
+def test_the_readme_layout_lists_every_file_and_no_other():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    listed = readme_layout(f.read())
+  files = repository_files()
+  unlisted = sorted(f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in listed))
+  assert not unlisted, f"README.md's Layout does not list {unlisted}: add a line for each."
+  listed_here = [p for p in listed if p.split("/")[0] in LAYOUT_ROOTS]
+  stale = sorted(p for p in listed_here
+                 if not any(fnmatch.fnmatchcase(f, p) for f in files)
+                 and not os.path.exists(os.path.join(ROOT, p)))
+  assert not stale, f"README.md's Layout lists files that do not exist: {stale}."

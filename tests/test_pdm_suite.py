@@ -21,6 +21,9 @@ def test_pdm_suite_fills_every_table_cell_and_figure(tmp_path):
   suite_dir = tmp_path / config.suite_name
   with open(suite_dir / "tables.json") as f:
     tables = {t["id"]: t for t in json.load(f)["tables"]}
+  with open(suite_dir / "tables.json") as f:
+    findings = json.load(f)["findings"]  # Every finding's cells name results that exist.
+  assert findings and all(f["strongest"] and f["verdict"] != "not measured" for f in findings)
   assert list(tables) == ["table_1", "table_2", "table_3", "table_4", "figure_2_dbi", "adaptive"]
   cells = [c for t in tables.values() for r in t["rows"] for c in r["cells"]]
   assert not [c for c in cells if c["status"] == "missing"]

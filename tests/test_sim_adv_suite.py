@@ -19,6 +19,9 @@ def test_sim_adv_suite_writes_tables_timings_and_figures(tmp_path):
   suite_dir = tmp_path / config.suite_name
   with open(suite_dir / "tables.json") as f:
     tables = {t["id"]: t for t in json.load(f)["tables"]}
+  with open(suite_dir / "tables.json") as f:
+    findings = json.load(f)["findings"]  # Every finding's cells name results that exist.
+  assert findings and all(f["strongest"] and f["verdict"] != "not measured" for f in findings)
   cells = [c for t in tables.values() for r in t["rows"] for c in r["cells"]]
   assert not [c for c in cells if c["status"] == "missing"]
   # Training times and their ratios to BIM-Adv, from each member's own train.json.

@@ -20,8 +20,7 @@ from defenses_jax.evaluation.slot_runner import make_slot_runner
 
 deepfool_module = __import__("defenses_jax.attacks.deepfool", fromlist=["deepfool_stepped"])
 jsma_module = __import__("defenses_jax.attacks.jsma", fromlist=["jsma_stepped"])
-apgd_stepped_module = __import__("defenses_jax.attacks.apgd_stepped",
-                                 fromlist=["apgd_stepped"])
+apgd_module = __import__("defenses_jax.attacks.apgd", fromlist=["apgd_targeted_stepped"])
 hsj_module = __import__("defenses_jax.attacks.query.hop_skip_jump",
                         fromlist=["hop_skip_jump_stepped"])
 cw_linf_module = __import__("defenses_jax.attacks.carlini_wagner_linf",
@@ -114,7 +113,7 @@ DETERMINISTIC_ATTACKS = [
 # And two that draw from each example's key (random starts, random targets): the key follows
 # the image's position in the attacked set.
 STEPPED_ATTACKS = DETERMINISTIC_ATTACKS + [
-    ("apgd_t", functools.partial(apgd_stepped_module.apgd_targeted_stepped, eps=0.05, steps=8,
+    ("apgd_t", functools.partial(apgd_module.apgd_targeted_stepped, eps=0.05, steps=8,
                                  num_target_classes=3, restarts=2)),
     ("cw_l2_random_target", functools.partial(carlini_wagner.cw_l2_stepped, binary_search_steps=2,
                                               max_iterations=20, target="random")),

@@ -1,19 +1,25 @@
 """Paper suites: a tiny run of the Target Training suite end to end (every member trained and
 evaluated, tables filled), resumption, and bad suite configs rejected before any training."""
 
+import copy
 import glob
 import inspect
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
 
 from conftest import blob_dataset
 from defenses_jax.attacks.registry import attack_info
+from defenses_jax.evaluation import report
+from defenses_jax.suites import publish
 from defenses_jax.suites import runner as suite
 from experiments.common import table_row
 from experiments.paper_000_target_training import config as target_training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def shrink(member):
@@ -118,6 +124,73 @@ def test_transfer_reuses_the_sources_saved_examples(suite_run):
   with open(os.path.join(workdir, "tt_mnist_cpu", "results", "eval.json")) as f:
     transfer = json.load(f)["attacks"]["cw_l2_k0_transfer"]
   assert transfer["reused_examples"] == os.path.relpath(path, workdir)
+
+
+def test_publish_copies_the_suite_with_its_provenance_and_findings(suite_run, tmp_path):
+  config, workdir, _, _ = suite_run
+  results_root, readme = str(tmp_path / "results"), str(tmp_path / "README.md")
+  with open(readme, "w") as f:
+    f.write(f"intro\n{publish.BEGIN}\nstale\n{publish.END}\nrest\n")
+  dest = publish.publish_suite(config, workdir, results_root, readme)
+  out_dir = os.path.join(workdir, config.suite_name)
+  read = lambda path, mode="r": open(path, mode).read()
+  # The suite's tables exactly as it wrote them, under a header naming the code that made them.
+  published_md = read(os.path.join(dest, "tables.md"))
+  assert published_md.endswith(read(os.path.join(out_dir, "tables.md")))
+  commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+  header = published_md[:-len(read(os.path.join(out_dir, "tables.md")))]
+  assert commit[:12] in header and f"{os.cpu_count()} cores" in header
+  assert read(os.path.join(dest, "tables.json"), "rb") == read(
+      os.path.join(out_dir, "tables.json"), "rb")
+  (run,) = json.loads(read(os.path.join(dest, "provenance.json")))["runs"]
+  assert run["mode"] == "train" and run["finished"] and run["versions"]["jax"]
+  assert [s["stage"] for s in run["stages"]] == (
+      [f"train {m}" for m in config.order] + [f"evaluate {m}" for m in config.order]
+      + ["tables and figures"])
+  # The README's block: our numbers as the members' eval.json hold them, the rest untouched.
+  text = read(readme)
+  assert text.startswith(f"intro\n{publish.BEGIN}\n") and text.endswith(f"{publish.END}\nrest\n")
+  assert "stale" not in text
+  member = f"tt_pgd_mnist_cpu"
+  with open(os.path.join(workdir, member, "results", "eval.json")) as f:
+    attacks = json.load(f)["attacks"]
+  row = next(line for line in text.splitlines() if line.startswith("| Target Training (Alg"
+                                                                     "orithm 3"))
+  lowest = min(attacks[k]["robust_accuracy"] for k in ("pgd_paper", "pgd_deployed",
+                                                      "ll_pgd_deployed", "autoattack_deployed"))
+  assert f"| {report.pct(attacks['pgd_paper']['robust_accuracy'])}" in row
+  assert f"| {report.pct(lowest)}" in row and "92.3%" in row
+  assert os.path.exists(os.path.join(results_root, publish.FIGURE))
+  # Publishing again changes nothing.
+  everything = glob.glob(os.path.join(results_root, "**"), recursive=True) + [readme]
+  before = {p: (os.stat(p).st_mtime_ns, read(p, "rb")) for p in everything if os.path.isfile(p)}
+  publish.publish_suite(config, workdir, results_root, readme)
+  assert {p: (os.stat(p).st_mtime_ns, read(p, "rb")) for p in before} == before
+
+
+def test_publish_refuses_stale_tables_and_evaluations(suite_run, tmp_path):
+  config, workdir, _, _ = suite_run
+  results_root, readme = str(tmp_path / "results"), str(tmp_path / "README.md")
+  with open(readme, "w") as f:
+    f.write(f"{publish.BEGIN}\n{publish.END}\n")
+  tables_path = os.path.join(workdir, config.suite_name, "tables.json")
+  original = open(tables_path).read()
+  edited = json.loads(original)
+  edited["tables"][0]["rows"][0]["cells"][0]["ours"] = 0.123
+  with open(tables_path, "w") as f:
+    json.dump(edited, f)
+  try:
+    with pytest.raises(publish.PublishError, match="differs from the members' results"):
+      publish.publish_suite(config, workdir, results_root, readme)
+  finally:
+    with open(tables_path, "w") as f:
+      f.write(original)
+  changed = copy.deepcopy(config)
+  changed.members.tt_mnist_cpu.eval.num_attack_examples = 4
+  with pytest.raises(publish.PublishError, match="tt_mnist_cpu"):
+    publish.publish_suite(changed, workdir, results_root, readme)
+  assert not os.path.exists(results_root)
 
 
 def test_rerun_skips_finished_members_and_reevaluates_changed_ones(suite_run, capsys):

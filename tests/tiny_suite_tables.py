@@ -1,6 +1,6 @@
 """The five papers' suites at test size, their tables written to one JSON file: a refactor that
 changes no behaviour must leave it identical (wall-clock cells left out). Not part of the pytest
-run (about 15 minutes on 2 CPU cores):
+run (it trains and evaluates every member of five tiny suites):
 
     .venv/bin/python tests/tiny_suite_tables.py --out=/tmp/before.json    # on the old code
     .venv/bin/python tests/tiny_suite_tables.py --out=/tmp/after.json     # on the new code

@@ -15,7 +15,8 @@ a jitted function:
 `registry.ATTACKS` lists every attack with its access kind, norm and budget parameter.
 """
 
-from defenses_jax.attacks.apgd import apgd, apgd_targeted, autoattack, dlr_loss
+from defenses_jax.attacks.apgd import apgd, apgd_targeted, dlr_loss
+from defenses_jax.attacks.autoattack import autoattack
 from defenses_jax.attacks.carlini_wagner import cw_l2
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf
 from defenses_jax.attacks.deepfool import deepfool

@@ -8,6 +8,15 @@ previous checkpoint did not halve and the best loss has not improved since. The 
 comes after 22% of the iterations, the interval then shrinks by 3% of them per checkpoint, down
 to 6%. Momentum 0.75 (none on the first step). Every example has its own step size.
 
+Written once, as a per-example state machine (attacks/stepped.py): each step evaluates one
+gradient per example, at a run's random start or at its next point, so a run (one restart of
+one target) costs 1 + `steps` gradients. An example stops at the end of the first run that
+fools it, as AutoAttack attacks only the points still robust; one that no run fools comes back
+as the last run's highest-loss point. Each run's random start is drawn from the example's own
+key (folded with the run and restart), so an image's result does not depend on the other
+images beside it. `apgd` and `apgd_targeted` run one batch (stepped.run_batch); the slot
+runner refills a finished example's place with the next image.
+
 Where we differ from the reference, on purpose: its oscillation count compares the first step's
 loss with `loss_steps[-1]` (an unwritten zero: a wrap-around), we compare it with the loss at the
 starting point; an example that no restart fools comes back as its highest-loss point (the
@@ -16,7 +25,7 @@ reference returns the random start).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +33,7 @@ from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch, cross_entropy
-from defenses_jax.attacks.query.oracle import Oracle
-from defenses_jax.attacks.query.square import square
+from defenses_jax.attacks.stepped import SteppedAttack, run_batch, select_examples
 from defenses_jax.attacks.target import call_logits
 
 APGD_LOSSES = ("ce", "dlr")
@@ -152,57 +160,62 @@ def _update(s, i, z1, grad, loss, now_fooled, schedule, rho):
       reduced_last=jnp.where(at_checkpoint, halve, s["reduced_last"]))
 
 
-def _apgd_run(outputs_fn, x, y, key, eps, norm, steps, loss_fn, rho, eot_iter,
-              fooled_fn=misclassified):
-  """One restart: (x_best_adv, x_best, fooled, step_size). outputs_fn(x, key) may return any
-  pytree that loss_fn(out, y) and fooled_fn(out, y) (default: misclassified) read."""
-  batch = x.shape[0]
-  start_key, init_key, loop_key = jax.random.split(key, 3)
-  schedule = _schedule(steps)
-  x0 = _start(start_key, x, eps, norm)
-  grad0, loss0, logits0 = _loss_and_grad(outputs_fn, loss_fn, y, x0, init_key, eot_iter)
-
-  def iteration(i, s):
-    i = jnp.full((batch,), i)
-    z1 = _next_point(s, i, x, eps, norm)
-    grad, loss, logits = _loss_and_grad(outputs_fn, loss_fn, y, z1,
-                                        jax.random.fold_in(loop_key, i[0]), eot_iter)
-    return _update(s, i, z1, grad, loss, fooled_fn(logits, y), schedule, rho)
-
-  init = _first_state(x0, grad0, loss0, fooled_fn(logits0, y), eps)
-  s = lax.fori_loop(0, steps, iteration, norms.varying_like(init, x))
-  return s["x_best_adv"], s["x_best"], s["fooled"], s["step"]
-
-
 def apgd(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf", steps: int = 100,
          restarts: int = 1, loss: str = "ce", rho: float = 0.75, eot_iter: int = 1):
   """APGD-CE (loss='ce') or APGD-DLR (loss='dlr'), untargeted. Returns (x_adv, info) with info =
-  {success, step_size (each example's final step size, last restart), l2, linf}. Restarts run
-  from fresh random starts; the first that fools an example is kept."""
-  check_batch(x, y)
-  norms.check_norm(norm)
-  if loss not in APGD_LOSSES:
-    raise ValueError(f"unknown APGD loss {loss!r}; choose one of {APGD_LOSSES}.")
-  if loss == "dlr" and jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1] < 3:
-    raise ValueError("the DLR loss needs at least 3 classes (z_pi1 - z_pi3).")
-  return _with_restarts(_scores(logits_fn), x, y, key, eps, norm, steps, restarts, rho,
-                        eot_iter, lambda run: _loss_fn(loss, None), num_runs=1)
+  {success, step_size (each example's final step size, in its last run), l2, linf}. Restarts
+  run from fresh random starts; the first that fools an example ends its attack."""
+  attack = apgd_stepped(logits_fn, eps=eps, norm=norm, steps=steps, restarts=restarts,
+                        loss=loss, rho=rho, eot_iter=eot_iter)
+  return run_batch(attack, x, y, key)
 
 
 def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
                   steps: int = 100, num_target_classes: int = 9, restarts: int = 1,
                   rho: float = 0.75, eot_iter: int = 1):
   """APGD-T: targeted DLR towards each of the `num_target_classes` highest other classes of the
-  clean logits in turn (AutoAttack: 9), `restarts` each; success is misclassification."""
-  check_batch(x, y)
-  norms.check_norm(norm)
-  key, clean_key = jax.random.split(key)
-  clean = call_logits(logits_fn, x, clean_key)
-  _check_targeted(clean.shape[-1], num_target_classes)
-  ranked = _ranked_targets(clean, y)
-  return _with_restarts(_scores(logits_fn), x, y, key, eps, norm, steps, restarts, rho,
-                        eot_iter, lambda run: _loss_fn("dlr", jnp.take(ranked, run, axis=1)),
-                        num_runs=num_target_classes)
+  clean logits in turn (AutoAttack: 9), `restarts` each; success is misclassification. Returns
+  (x_adv, info) as apgd."""
+  attack = apgd_targeted_stepped(logits_fn, eps=eps, norm=norm, steps=steps,
+                                 num_target_classes=num_target_classes, restarts=restarts,
+                                 rho=rho, eot_iter=eot_iter)
+  return run_batch(attack, x, y, key)
+
+
+def apgd_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf", steps: int = 100,
+                 restarts: int = 1, loss: str = "ce", rho: float = 0.75,
+                 eot_iter: int = 1) -> SteppedAttack:
+  """APGD-CE / APGD-DLR (parameters: apgd) as a SteppedAttack."""
+  if loss not in APGD_LOSSES:
+    raise ValueError(f"unknown APGD loss {loss!r}; choose one of {APGD_LOSSES}.")
+
+  def check(outputs):
+    if loss == "dlr" and outputs.shape[-1] < 3:
+      raise ValueError("the DLR loss needs at least 3 classes (z_pi1 - z_pi3).")
+
+  return apgd_runs(_scores(logits_fn), eps=eps, norm=norm, steps=steps, restarts=restarts,
+                   rho=rho, eot_iter=eot_iter, num_runs=1,
+                   loss_of=lambda targets: _loss_fn(loss, None), check=check)
+
+
+def apgd_targeted_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf",
+                          steps: int = 100, num_target_classes: int = 9, restarts: int = 1,
+                          rho: float = 0.75, eot_iter: int = 1) -> SteppedAttack:
+  """APGD-T (parameters: apgd_targeted) as a SteppedAttack: each example's targets are its
+  highest other classes of the clean logits, in turn, `restarts` runs each."""
+
+  def check(outputs):
+    num_classes = outputs.shape[-1]
+    if num_classes < 4:  # The denominator z_pi1 - (z_pi3 + z_pi4) / 2 needs four classes.
+      raise ValueError(f"targeted DLR needs at least 4 classes; the model has {num_classes}.")
+    if not 1 <= num_target_classes <= num_classes - 1:
+      raise ValueError(f"APGD-T needs 1 <= num_target_classes <= {num_classes - 1}; got "
+                       f"{num_target_classes}.")
+
+  return apgd_runs(_scores(logits_fn), eps=eps, norm=norm, steps=steps, restarts=restarts,
+                   rho=rho, eot_iter=eot_iter, num_runs=num_target_classes,
+                   loss_of=lambda targets: _loss_fn("dlr", targets), rank=ranked_targets,
+                   check=check)
 
 
 def _scores(target):
@@ -210,117 +223,97 @@ def _scores(target):
   return lambda z, k: call_logits(target, z, k)
 
 
-def _check_targeted(num_classes: int, num_target_classes: int):
-  if num_classes < 4:  # The denominator z_pi1 - (z_pi3 + z_pi4) / 2 needs four classes.
-    raise ValueError(f"targeted DLR needs at least 4 classes; the model has {num_classes}.")
-  if not 1 <= num_target_classes <= num_classes - 1:
-    raise ValueError(f"APGD-T needs 1 <= num_target_classes <= {num_classes - 1}; got "
-                     f"{num_target_classes}.")
-
-
-def _ranked_targets(clean, y):
+def ranked_targets(clean, y):
   """Classes by decreasing clean logit, the true class last: [:, 0] is the highest other class
   (AutoAttack takes the 2nd, 3rd, ... highest, i.e. the same on correctly classified inputs,
   which are the only ones it attacks)."""
   return jnp.argsort(jnp.where(jnp.arange(clean.shape[-1]) == y[:, None], jnp.inf, -clean), -1)
 
 
-def _with_restarts(outputs_fn, x, y, key, eps, norm, steps, restarts, rho, eot_iter, loss_of,
-                   num_runs: int, fooled_fn=misclassified):
-  """Runs loss_of(run) (run: a traced index, e.g. the target's rank) for each of `num_runs` runs,
-  `restarts` times each, as one scan (one compiled APGD loop, however many targets); per example
-  keeps the first run that fools it, otherwise the highest-loss point of the last run. Once
-  every example is fooled the remaining runs are skipped (as AutoAttack, which attacks only the
-  still-robust points): on an undefended model APGD-T then costs one target, not nine."""
-
-  def one(carry, run_and_restart):
-    return lax.cond(jnp.all(carry[0]), lambda carry: carry,
-                    lambda carry: attack_still_robust(carry, run_and_restart), carry), None
-
-  def attack_still_robust(carry, run_and_restart):
-    fooled, x_adv, _ = carry
-    run, restart = run_and_restart
-    k = jax.random.fold_in(jax.random.fold_in(key, run), restart)
-    best_adv, best, now, step = _apgd_run(outputs_fn, x, y, k, eps, norm, steps, loss_of(run),
-                                          rho, eot_iter, fooled_fn)
-    take = now & ~fooled
-    chosen = jnp.where(norms.per_example(take, x), best_adv,
-                       jnp.where(norms.per_example(fooled, x), x_adv, best))
-    return fooled | now, chosen, step
-
-  runs = jnp.repeat(jnp.arange(num_runs), restarts)
-  restart_index = jnp.tile(jnp.arange(restarts), num_runs)
-  init = (jnp.zeros(x.shape[:1], bool), x, jnp.zeros(x.shape[:1], x.dtype))
-  (_, x_adv, step), _ = lax.scan(one, norms.varying_like(init, x), (runs, restart_index))
-  check_key = jax.random.fold_in(key, 2**30)
-  success = fooled_fn(outputs_fn(x_adv, check_key), y)
-  return x_adv, {"success": success, "step_size": step, **norms.distances(x_adv, x)}
+class APGDState(NamedTuple):
+  """One row per example."""
+  x: jax.Array  # The clean input.
+  y: jax.Array
+  example_keys: jax.Array  # Each example's own key (its random starts).
+  ranked: jax.Array  # Targeted: its target classes in attack order, (B, runs); else unused.
+  run: jax.Array  # Which target (targeted), 0 untargeted; done at `num_runs`.
+  restart: jax.Array  # Which restart of the run.
+  i: jax.Array  # The run's next iteration; -1: the run starts with the next step.
+  run_state: Any  # The run's iteration state (_first_state's fields).
+  fooled: jax.Array  # Some finished run fooled the example.
+  x_adv: jax.Array  # The first fooling run's point, else the last run's highest-loss point.
 
 
-AUTOATTACK_VERSIONS = ("standard", "rand")
-
-
-def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
-               version: str = "standard", steps: int = 100, num_target_classes: int = 9,
-               eot_iter: int = 20, square_queries: int = 5000):
-  """An AutoAttack-style worst case over the members this library has, each run after the
-  previous one on the examples still correctly classified (Croce & Hein 2020):
-  standard: APGD-CE, then APGD-T (targeted DLR, `num_target_classes` targets, at most the
-  number of other classes), then Square (`square_queries` score queries, p_init 0.8, margin
-  loss; 0 leaves it out); `rand` (randomised defenses): APGD-CE and APGD-DLR, each with EOT
-  over `eot_iter` draws. AutoAttack's FAB-T is not a member, so this is a lower bound on what
-  the full AutoAttack finds.
-
-  Returns (x_adv, info) with info = {success, broken_by (per example, the index of the first
-  member that fooled it, -1 for none), square_queries (per example; 0 for the points APGD
-  broke, which Square does not attack), l2, linf}. The batch has a fixed shape, so a member runs
-  on every example and its result is kept only for those still robust; a member is skipped when
-  no example is left.
-  """
-  check_batch(x, y)
+def apgd_runs(outputs_fn: Callable, *, eps: float, norm: str, steps: int, restarts: int,
+              rho: float, eot_iter: int, num_runs: int, loss_of: Callable,
+              rank: Optional[Callable] = None, check: Callable = lambda outputs: None,
+              fooled_fn: Callable = misclassified) -> SteppedAttack:
+  """APGD runs one after another per example, `restarts` for each of `num_runs` runs, until one
+  fools the example. loss_of(targets) -> loss(outputs, y) per example (targets: (B,) the run's
+  target of each example, None without `rank`); rank(clean outputs, y) -> (B, >= num_runs)
+  each example's targets in order; check(the outputs' shape) raises on a model the attack
+  cannot run on. outputs_fn(x, key) may return any pytree that the loss, rank and
+  fooled_fn(outputs, y) (default: misclassified) read (apgd: a target's class scores)."""
   norms.check_norm(norm)
-  if version not in AUTOATTACK_VERSIONS:
-    raise ValueError(f"unknown AutoAttack version {version!r}; choose one of "
-                     f"{AUTOATTACK_VERSIONS}.")
-  num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
-  # Each member: (key, still robust (B,)) -> (x_adv, info).
-  if version == "standard":
-    members = [lambda k, _: apgd(logits_fn, x, y, k, eps=eps, norm=norm, steps=steps)]
-    if num_classes >= 4:
-      members.append(lambda k, _: apgd_targeted(
-          logits_fn, x, y, k, eps=eps, norm=norm, steps=steps,
-          num_target_classes=min(num_target_classes, num_classes - 1)))
-    if square_queries > 0:
-      if x.ndim != 4:
-        raise ValueError("AutoAttack's Square member attacks images (B, H, W, C); for other "
-                         f"inputs (shape {x.shape}) pass square_queries=0.")
-      # Square pays queries only for the points still robust (the others are masked out).
-      members.append(lambda k, robust: square(
-          Oracle(logits_fn, "scores", square_queries), x, y, k, eps=eps, norm=norm,
-          max_queries=square_queries, attack_mask=robust))
-  else:
-    members = [lambda k, _, loss=loss: apgd(logits_fn, x, y, k, eps=eps, norm=norm,
-                                            steps=steps, loss=loss, eot_iter=eot_iter)
-               for loss in ("ce", "dlr")]
-  keys = member_keys(key, len(members))
-  x_adv = x
-  broken_by = norms.match_varying(jnp.full(x.shape[:1], -1, jnp.int32), x)
-  queries = jnp.zeros_like(broken_by)  # Square's score queries, per example.
-  for index, member in enumerate(members):
-    def run(state, member=member, index=index):
-      x_adv, broken_by, queries = state
-      candidate, report = member(keys[index], broken_by < 0)
-      take = report["success"] & (broken_by < 0)
-      return (jnp.where(norms.per_example(take, x), candidate, x_adv),
-              jnp.where(take, index, broken_by), queries + report.get("queries", 0))
+  if steps < 1 or restarts < 1:
+    raise ValueError(f"APGD needs steps >= 1 and restarts >= 1; got {steps}, {restarts}.")
+  schedule = _schedule(steps)
 
-    x_adv, broken_by, queries = lax.cond(jnp.all(broken_by >= 0), lambda state: state, run,
-                                         (x_adv, broken_by, queries))
-  success = jnp.argmax(call_logits(logits_fn, x_adv, keys[-1]), -1) != y
-  return x_adv, {"success": success, "broken_by": broken_by, "square_queries": queries,
-                 **norms.distances(x_adv, x)}
+  def init(x, y, example_keys, key):
+    check_batch(x, y)
+    batch = x.shape[0]
+    check(jax.eval_shape(lambda z: outputs_fn(z, key), x))
+    ranked = (jnp.zeros((batch, 1), jnp.int32) if rank is None
+              else rank(outputs_fn(x, key), y))
+    zeros = jnp.zeros((batch,), jnp.int32)
+    placeholder = _first_state(x, jnp.zeros_like(x), jnp.zeros((batch,), x.dtype),
+                               jnp.zeros((batch,), bool), eps)  # Replaced at the first step.
+    return APGDState(x=x, y=y, example_keys=example_keys, ranked=ranked, run=zeros,
+                     restart=zeros, i=zeros - 1, run_state=placeholder,
+                     fooled=jnp.zeros((batch,), bool), x_adv=x)
 
+  def done(s: APGDState):
+    return s.fooled | (s.run >= num_runs)
 
-def member_keys(key, num_members: int):
-  """The key each AutoAttack member runs with (and, last, the final check's)."""
-  return jax.random.split(key, num_members + 1)
+  def step(s: APGDState, key) -> APGDState:
+    live = ~done(s)
+    starting = s.i < 0
+    i = jnp.maximum(s.i, 0)
+
+    def starts():  # Each example's start of its current run, from its own key.
+      run_keys = jax.vmap(lambda k, r, q: jax.random.fold_in(jax.random.fold_in(k, r), q))(
+          s.example_keys, s.run, s.restart)
+      return jax.vmap(lambda k, xi: _start(k, xi[None], eps, norm)[0])(run_keys, s.x)
+
+    # Drawn only at a step where some example starts a run (in one batch: 1 step in 1 + steps):
+    # drawn at every step, they cost more than the rest of the step beside the model.
+    x0 = lax.cond(jnp.any(starting & live), starts, lambda: s.x)
+    z = jnp.where(norms.per_example(starting, s.x), x0, _next_point(s.run_state, i, s.x, eps,
+                                                                      norm))
+    targets = None if rank is None else jnp.take_along_axis(
+        s.ranked, jnp.minimum(s.run, num_runs - 1)[:, None], 1)[:, 0]
+    grad, loss, outputs = _loss_and_grad(outputs_fn, loss_of(targets), s.y, z, key, eot_iter)
+    now = fooled_fn(outputs, s.y)
+    run_state = select_examples(starting, _first_state(z, grad, loss, now, eps),
+                                _update(s.run_state, i, z, grad, loss, now, schedule, rho))
+    i_next = jnp.where(starting, 0, s.i + 1)
+    ended = ~starting & (i_next >= steps)
+    # A run that fools the example ends its attack with the run's last fooling point;
+    # otherwise the run's highest-loss point stands until a later run does better.
+    take = ended & run_state["fooled"]
+    x_adv = jnp.where(norms.per_example(take, s.x), run_state["x_best_adv"],
+                      jnp.where(norms.per_example(ended, s.x), run_state["x_best"], s.x_adv))
+    restart = jnp.where(ended, s.restart + 1, s.restart)
+    next_run = restart >= restarts
+    new = s._replace(run_state=run_state, i=jnp.where(ended, -1, i_next),
+                     fooled=s.fooled | take, x_adv=x_adv,
+                     run=jnp.where(next_run, s.run + 1, s.run),
+                     restart=jnp.where(next_run, 0, restart))
+    return select_examples(live, new, s)
+
+  def finish(s: APGDState, key):
+    success = fooled_fn(outputs_fn(s.x_adv, key), s.y)
+    return s.x_adv, {"success": success, "step_size": s.run_state["step"],
+                     **norms.distances(s.x_adv, s.x)}
+
+  return SteppedAttack(init, step, done, finish)

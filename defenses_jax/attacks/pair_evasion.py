@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax.attacks import norms
-from defenses_jax.attacks.apgd import _with_restarts
+from defenses_jax.attacks.apgd import apgd_runs, ranked_targets
 from defenses_jax.attacks.carlini_wagner import cw_l2_search
 from defenses_jax.attacks.detector_evasion import evades, system_outputs
 from defenses_jax.attacks.objectives import check_batch, margin, random_targets
+from defenses_jax.attacks.stepped import run_batch
 from defenses_jax.attacks.target import Evasion, Target
 
 PAIR_TARGETS = ("none", "random")
@@ -113,22 +114,22 @@ def pair_apgd(system: Target, x, y, key, *, evasion: Evasion, eps: float, norm: 
   """APGD towards each of the `num_targets` classes with the highest clean Z* other than y, on
   min(margin(Z*, t), cap) + min(accept margin of t, cap); an example keeps the first target
   that makes it misclassified and accepted (module docstring). Returns (x_adv, info)."""
-  check_batch(x, y)
-  norms.check_norm(norm)
   if not margin_cap > 0:
     raise ValueError(f"pair_apgd's margin_cap must be positive; got {margin_cap}.")
-  clean = _pair_outputs(system, x, key, evasion)["class_logits"]
-  num_classes = clean.shape[-1]
-  if not 1 <= num_targets <= num_classes - 1:
-    raise ValueError(f"pair_apgd needs 1 <= num_targets <= {num_classes - 1}; got "
-                     f"{num_targets}.")
-  ranked = jnp.argsort(jnp.where(jnp.arange(num_classes) == y[:, None], jnp.inf, -clean), -1)
 
-  def loss_of(run):
-    t = jnp.take(ranked, run, axis=1)
-    return lambda out, _: (jnp.minimum(margin(out["class_logits"], y, t), margin_cap)
-                           + jnp.minimum(_at(out["accept_if"], t), margin_cap))
+  def check(outputs):
+    num_classes = outputs["class_logits"].shape[-1]
+    if not 1 <= num_targets <= num_classes - 1:
+      raise ValueError(f"pair_apgd needs 1 <= num_targets <= {num_classes - 1}; got "
+                       f"{num_targets}.")
 
-  outputs_fn = lambda z, k: _pair_outputs(system, z, k, evasion, bpda)
-  return _with_restarts(outputs_fn, x, y, key, eps, norm, steps, restarts, rho, 1, loss_of,
-                        num_runs=num_targets, fooled_fn=lambda out, yy: evades(out, yy))
+  def loss_of(t):
+    return lambda out, yy: (jnp.minimum(margin(out["class_logits"], yy, t), margin_cap)
+                            + jnp.minimum(_at(out["accept_if"], t), margin_cap))
+
+  attack = apgd_runs(lambda z, k: _pair_outputs(system, z, k, evasion, bpda), eps=eps, norm=norm,
+                     steps=steps, restarts=restarts, rho=rho, eot_iter=1, num_runs=num_targets,
+                     loss_of=loss_of, check=check,
+                     rank=lambda out, yy: ranked_targets(out["class_logits"], yy),
+                     fooled_fn=lambda out, yy: evades(out, yy))
+  return run_batch(attack, x, y, key)

@@ -24,9 +24,9 @@ import inspect
 from typing import Callable, Optional
 
 from defenses_jax.attacks import param_checks as checks
-from defenses_jax.attacks.apgd import (APGD_LOSSES, AUTOATTACK_VERSIONS, apgd, apgd_targeted,
-                                       autoattack)
-from defenses_jax.attacks.apgd_stepped import apgd_stepped, apgd_targeted_stepped
+from defenses_jax.attacks.apgd import (APGD_LOSSES, apgd, apgd_stepped, apgd_targeted,
+                                       apgd_targeted_stepped)
+from defenses_jax.attacks.autoattack import AUTOATTACK_VERSIONS, autoattack
 from defenses_jax.attacks.carlini_wagner import cw_l2, cw_l2_stepped
 from defenses_jax.attacks.carlini_wagner_linf import cw_linf, cw_linf_stepped
 from defenses_jax.attacks.deepfool import deepfool, deepfool_stepped

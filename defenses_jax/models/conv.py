@@ -5,11 +5,9 @@ flipped and its feature axes swapped. XLA CPU runs a convolution on its Eigen li
 when the kernel is laid out (height, width, in, out); it moves other kernels into that layout
 before the call, but only for convolutions of the top-level computation. Inside a loop (every
 iterative attack, the attack inside an adversarial training step) the swapped kernel is left
-as it is and the convolution is emitted as plain loops. Measured on 2 CPU cores with
-`python -m benchmarks.conv_in_loops` (benchmarks/results/conv_in_loops*_cpu.json): PGD on paper
-000's MNIST CNN with nn.Conv ran at 12.4 img/s in one compiled loop against 15.5 with each step
-compiled alone (batch 128, 28x28); with XLA's optimisations off, as in the tests, the loop was
-far slower still (see the _O0 result).
+as it is and the convolution is emitted as plain loops, which made PGD-40 on paper 000's MNIST
+CNN 1.5x slower in one compiled loop on 2 CPU cores (`python -m benchmarks.conv_in_loops`,
+docs/benchmarks.md).
 
 `Conv` is flax's nn.Conv with its convolution replaced on CPU by one whose backward pass swaps
 the kernel's feature axes itself and convolves with the swapped kernel labelled (height, width,

@@ -34,6 +34,8 @@ from defenses_jax.errors import ConfigError
 from defenses_jax.evaluation.preflight import check_evaluation
 from defenses_jax.suites import figures as suite_figures
 from defenses_jax.suites import cells
+from defenses_jax.suites import findings as suite_findings
+from defenses_jax.suites import provenance
 from defenses_jax.suites import tables as paper_tables
 from defenses_jax.checkpoint import experiment_dir, latest_checkpoint_step
 from defenses_jax.evaluation import results
@@ -94,6 +96,7 @@ def validate(config: ml_collections.ConfigDict, datasets: Optional[tuple] = None
                          f"{len(fig.x_values)} x values.")
       for cell in cells:
         _check_cell(cell, members, f"figures.{fig_id}")
+  suite_findings.check(config.get("findings", ()), members, f"suite {config.suite_name}")
 
 
 def _check_member(member: ml_collections.ConfigDict, datasets: Optional[tuple]) -> list:
@@ -121,48 +124,61 @@ def _check_cell(cell: str, members, where: str) -> None:
 
 
 def run_suite(config: ml_collections.ConfigDict, workdir: str, mode: str = "train",
-              datasets: Optional[tuple] = None) -> dict:
+              datasets: Optional[tuple] = None, command: Optional[str] = None) -> dict:
   """mode: 'train' (train, evaluate, report), 'eval' (evaluate trained members, report) or
-  'report' (tables from existing results)."""
+  'report' (tables from existing results). Each run is recorded, with the wall time of every
+  stage it ran, in the suite's provenance.json (provenance.py; `command`: what to record as
+  the command, default sys.argv)."""
   if mode not in MODES:
     raise ValueError(f"unknown suite mode {mode!r}; choose one of {MODES}.")
   validate(config, datasets)
-  members = [config.members[name] for name in config.order]
-  if mode == "train":
-    for i, member in enumerate(members):
-      announce(f"[{i + 1}/{len(members)}] training {member.experiment_name}")
-      if member.distill.teacher:
-        distill.distill_proxy(member, workdir, datasets)
-      else:
-        train.train_and_evaluate(member, workdir, datasets)
-  if mode in ("train", "eval"):
-    for i, member in enumerate(members):
-      if _evaluation_is_current(member, workdir):
-        announce(f"[{i + 1}/{len(members)}] {member.experiment_name}: evaluation up to date")
-        continue
-      announce(f"[{i + 1}/{len(members)}] evaluating {member.experiment_name}")
-      evaluation.evaluate(member, workdir, datasets)
+  out_dir = os.path.join(os.path.abspath(workdir), config.suite_name)
+  with provenance.recording(out_dir, mode, command) as run:
+    members = [config.members[name] for name in config.order]
+    if mode == "train":
+      for i, member in enumerate(members):
+        announce(f"[{i + 1}/{len(members)}] training {member.experiment_name}")
+        with run.stage(f"train {member.experiment_name}"):
+          if member.distill.teacher:
+            distill.distill_proxy(member, workdir, datasets)
+          else:
+            train.train_and_evaluate(member, workdir, datasets)
+    if mode in ("train", "eval"):
+      for i, member in enumerate(members):
+        if evaluation_is_current(member, workdir):
+          announce(f"[{i + 1}/{len(members)}] {member.experiment_name}: evaluation up to date")
+          continue
+        announce(f"[{i + 1}/{len(members)}] evaluating {member.experiment_name}")
+        with run.stage(f"evaluate {member.experiment_name}"):
+          evaluation.evaluate(member, workdir, datasets)
+    with run.stage("tables and figures"):
+      written = _write_tables(config, workdir, out_dir, datasets, compute=mode != "report")
+  return written
+
+
+def _write_tables(config, workdir: str, out_dir: str, datasets, compute: bool) -> dict:
+  """tables.md and tables.json (with the findings) from the members' results, and the figures
+  (computed where `compute`, else drawn from their cached data)."""
   evaluated = {name: results.read_eval(experiment_dir(workdir, name)) for name in config.order}
   training = {name: results.read_train(experiment_dir(workdir, name)) for name in config.order}
   tables = paper_tables.fill_tables(config.tables, evaluated, training)
-  out_dir = os.path.join(os.path.abspath(workdir), config.suite_name)
   figures = {}
   if "figures" in config:
-    figures = suite_figures.make_figures(config, workdir, out_dir, datasets,
-                                         compute=mode != "report")
+    figures = suite_figures.make_figures(config, workdir, out_dir, datasets, compute=compute)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     markdown = paper_tables.markdown(config.description, tables, evaluated)
     markdown += "".join(f"\n![{name}]({os.path.basename(path)})\n" for name, path in
                         figures.items())
     write_text(os.path.join(out_dir, "tables.md"), markdown)
-    write_json(os.path.join(out_dir, "tables.json"), {"suite": config.suite_name,
-                                                            "tables": tables})
+    write_json(os.path.join(out_dir, "tables.json"), {
+        "suite": config.suite_name, "tables": tables,
+        "findings": suite_findings.compute(config.get("findings", ()), evaluated)})
     print(markdown)
   return {"suite": config.suite_name, "tables": os.path.join(out_dir, "tables.md")}
 
 
-def _evaluation_is_current(member: ml_collections.ConfigDict, workdir: str) -> bool:
+def evaluation_is_current(member: ml_collections.ConfigDict, workdir: str) -> bool:
   """eval.json exists for the member's latest checkpoint and was made with this eval config."""
   previous = results.read_eval(experiment_dir(workdir, member.experiment_name))
   if previous is None:

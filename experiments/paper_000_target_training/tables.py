@@ -203,3 +203,23 @@ def paper_000_tables(dataset: str, scale: str, uap_radius: str, zoo_label: str =
           note="The same model and attack, four attackers: the paper's protocol, transfer from "
                "the unsecured classifier, the paper's sum layer, and the deployed classifier."),
   }
+
+
+def paper_000_findings(dataset: str, scale: str) -> tuple:
+  """The README's findings (defenses_jax/suites/findings.py): Target Training's claims under
+  PGD (Algorithm 3, Table 2) and CW-L2 (Algorithm 1, Table 1), each measured under the paper's
+  protocol and under the attacks on the classifier as deployed."""
+  name = lambda prefix: f"{prefix}_{dataset}_{scale}"
+  table_2, table_1 = PAPER[dataset]["table_2"], PAPER[dataset]["table_1"]
+  tt_pgd, tt = name("tt_pgd"), name("tt")
+  return (
+      {"defense": "Target Training (Algorithm 3, PGD)", "member": tt_pgd,
+       "quantity": "robust accuracy", "claim": table_2["pgd"][TT],
+       "claim_source": f"Table 2, PGD, {dataset}", "protocol": f"{tt_pgd}:pgd_paper",
+       "strongest": (f"{tt_pgd}:pgd_deployed", f"{tt_pgd}:ll_pgd_deployed",
+                     f"{tt_pgd}:autoattack_deployed")},
+      {"defense": "Target Training (Algorithm 1)", "member": tt,
+       "quantity": "robust accuracy", "claim": table_1["cw_l2_k0"][TT],
+       "claim_source": f"Table 1, CW-L2 (kappa=0), {dataset}",
+       "protocol": f"{tt}:cw_l2_k0_paper",
+       "strongest": (f"{tt}:cw_l2_k0_deployed", f"{tt}:pgd_deployed")})

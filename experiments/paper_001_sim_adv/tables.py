@@ -86,3 +86,18 @@ def paper_001_tables(dataset: str, name, lr_members: dict) -> dict:
                "methods (compilation and evaluation excluded). Paper: an RTX 2070 GPU.",
           row_header="Method", formats={"time": "seconds", "ratio": "ratio"}),
   }
+
+
+def paper_001_findings(dataset: str, name) -> tuple:
+  """The README's findings (defenses_jax/suites/findings.py): each trained defense's claimed
+  Madry-attack accuracy (Table 3) under the paper's Madry attack and under PGD with restarts and
+  the AutoAttack-style worst case. Free-Adv's and ATDA's claims are failures: a verdict of "more
+  robust than the paper reports" says the failure did not reproduce."""
+  madry = PAPER[dataset]["table_3"]["madry"]
+  attack = "Madry(4,20)" if dataset == "cifar10" else "Madry(10,40)"
+  return tuple(
+      {"defense": METHOD_TITLES[m], "member": name(m), "quantity": "robust accuracy",
+       "claim": madry[m], "claim_source": f"Table 3, {attack}, {dataset}",
+       "protocol": f"{name(m)}:madry",
+       "strongest": (f"{name(m)}:bim", f"{name(m)}:pgd_restarts", f"{name(m)}:autoattack")}
+      for m in ("sim_adv", "free_adv", "atda", "bim_adv", "madry_adv"))

@@ -125,3 +125,19 @@ def paper_002_tables(dataset: str, name, labels: dict, eps_label: str) -> dict:
                "attacked images whose adversarial version is both misclassified and accepted "
                "(lower is better for the defense)."),
   }
+
+
+def paper_002_findings(dataset: str, name) -> tuple:
+  """The README's findings (defenses_jax/suites/findings.py): PDM's gray-box detection of
+  BIM-0.1 (Table 2, an AUC, compared as the share of adversarial examples the deployed system
+  stops) under the paper's gray-box BIM and under the adaptive attacks that account for the
+  detector."""
+  pdm = name("pdm")
+  adaptive = tuple(f"{pdm}:{key}:misclassified_and_accepted"
+                   for key in ("apgd_detector", "apgd_t_detector", "feature_matching"))
+  return ({"defense": "PDM (detector)", "member": pdm,
+           "quantity": "adversarial examples stopped",
+           "claim": PAPER[dataset]["table_2"]["bim_01"]["pdm"],
+           "claim_source": f"Table 2, detection AUC under gray-box BIM-0.1, {dataset}",
+           "protocol": f"{pdm}:bim_01:misclassified_and_accepted",
+           "strongest": adaptive + (f"{pdm}:worst_case_bounded_misclassified_and_accepted",)},)

@@ -42,7 +42,7 @@ import ml_collections
 
 from defenses_jax.errors import ConfigError
 from experiments.common import attack, autoattack_entry, base_config, set_cpu_dataset
-from experiments.paper_004_adv_transform.tables import paper_004_tables
+from experiments.paper_004_adv_transform.tables import paper_004_findings, paper_004_tables
 
 DATASETS = ("mnist", "cifar10")
 
@@ -81,9 +81,9 @@ def scale_settings(dataset: str, scale: str) -> dict:
         # query runs g: 13 gradients of f_b), the other attacks on all 100.
         query_examples=50, sanity_examples=10,
         # LeNet under Madry et al.'s adversarial examples alone stays at the uniform output
-        # (train loss log 10 = 2.303, 8.4% test accuracy after 5 epochs, still 2.302 after 5 of
-        # 12: measured 2026-12-05): at cpu scale the baseline trains on each batch with its
-        # PGD examples (Kurakin et al.'s mix), and its table rows say so.
+        # (train loss log 10 = 2.303, 8.4% test accuracy after 5 epochs, still 2.302 at 12):
+        # at cpu scale the baseline trains on each batch with its PGD examples (Kurakin et
+        # al.'s mix), and its table rows say so.
         madry_include_clean=True)
   eps = 0.031
   return dict(
@@ -318,6 +318,7 @@ def get_config(arg=None):
   c.order = tuple(names[r] for r in first) + tuple(names[r] for r in names if r not in first)
   labels = {key: entry["label"] for m in members.values() for key, entry in m.eval.attacks.items()}
   c.tables = ml_collections.ConfigDict(paper_004_tables(dataset, scale, names, s, labels))
+  c.findings = paper_004_findings(dataset, names)
   c.figures = ml_collections.ConfigDict(figures(names, s))
   return c
 

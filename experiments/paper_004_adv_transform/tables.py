@@ -147,3 +147,19 @@ def paper_004_tables(dataset: str, scale: str, names: dict, s: dict, labels: dic
                "(ES, Square) see one draw of g per query and stop an example at the first "
                "draw that misclassifies it, so they are weak against the randomisation."),
   }
+
+
+def paper_004_findings(dataset: str, names: dict) -> tuple:
+  """The README's findings (defenses_jax/suites/findings.py): the worst-case robust accuracy of
+  Table 3 (the paper's numbers are CIFAR-10's) for the adversarial transformation and its Madry
+  baseline, under the paper's attacks and with the adaptive ones too."""
+  ours, madry = names["ours"], names["madry"]
+  source = f"Table 3, worst case, CIFAR-10 (this suite: {dataset})"
+  return (
+      {"defense": "Adversarial transformation", "member": ours, "quantity": "robust accuracy",
+       "claim": PAPER_TABLE_3["ours"]["rob"], "claim_source": source,
+       "protocol": f"{ours}:worst_case:paper", "strongest": (f"{ours}:worst_case:all",)},
+      {"defense": "Madry adversarial training (its baseline)", "member": madry,
+       "quantity": "robust accuracy", "claim": PAPER_TABLE_3["madry"]["rob"],
+       "claim_source": source, "protocol": f"{madry}:pgd",
+       "strongest": (f"{madry}:worst_case:all",)})
