@@ -72,7 +72,7 @@ SQUARE = dict(square_eps=EPS, square_queries=1000, p_init=0.8)
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  ours: Callable          # (logits_fn, x, y, key, settings) -> x_adv
+  ours: Callable          # (target, x, y, key, settings) -> x_adv
   reference: str          # whose implementation the row compares with
   prepare_reference: Callable  # references.prepare_*: set-up, then a call that attacks
   slow: bool = False      # run on --slow_num_images
@@ -216,10 +216,12 @@ def summarise(logits_fn, x, x_adv, y, seconds, targets=None, queries=None):
 
 def time_ours(row, logits_fn, x, y, settings):
   import jax
+  from defenses_jax.attacks import as_target
   key = jax.random.key(0)
+  target = as_target(logits_fn)
   start = time.perf_counter()
   # Ahead-of-time compilation, so the timed call is a single run of the attack.
-  run = jax.jit(lambda x, y, k: row.ours(logits_fn, x, y, k, settings)).lower(x, y, key).compile()
+  run = jax.jit(lambda x, y, k: row.ours(target, x, y, k, settings)).lower(x, y, key).compile()
   compile_seconds = time.perf_counter() - start
   x_adv, seconds = _timed(lambda: jax.block_until_ready(run(x, y, key)))
   queries = None

@@ -162,8 +162,8 @@ def _jax_rows(net, module, variables, x_np, y_np, repeats, peak, with_flops, met
 
   def pgd(variables, x0, labels, steps):
     logits_fn = lambda z: module.apply(variables, z)
-    x_adv, _ = attacks.pgd(logits_fn, x0, labels, jax.random.key(1), eps=net.eps,
-                           step_size=net.step, steps=steps, random_start=False)
+    x_adv, _ = attacks.pgd(attacks.as_target(logits_fn), x0, labels, jax.random.key(1),
+                           eps=net.eps, step_size=net.step, steps=steps, random_start=False)
     return x_adv
 
   def train_update(params, batch_stats, opt_state, images, labels, key):

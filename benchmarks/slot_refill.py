@@ -112,12 +112,12 @@ def attack_builders():
   }
 
 
-def batch_after_batch(build, logits_fn, batch_size):
+def batch_after_batch(build, target, batch_size):
   """The fixed-batch runner's cost: one compiled call per batch (the last one padded)."""
   import jax
   import numpy as np
   from defenses_jax.attacks.stepped import run_batch
-  run = jax.jit(lambda xb, yb, k: run_batch(build(logits_fn), xb, yb, k, count_steps=True))
+  run = jax.jit(lambda xb, yb, k: run_batch(build(target), xb, yb, k, count_steps=True))
 
   def call(x, y):
     n = len(x)
@@ -134,13 +134,13 @@ def batch_after_batch(build, logits_fn, batch_size):
   return call
 
 
-def with_slot_refill(build, logits_fn, batch_size):
+def with_slot_refill(build, target, batch_size):
   import jax
   from defenses_jax import parallel
   from defenses_jax.evaluation.slot_runner import make_slot_runner
   mesh = parallel.make_mesh()
   slots = max(1, batch_size // mesh.shape[parallel.DATA_AXIS])
-  run = make_slot_runner(build, lambda p, b: logits_fn, mesh, slots)
+  run = make_slot_runner(build, lambda p, b: target, mesh, slots)
 
   def call(x, y):
     x_adv, info = run(None, None, x, y, jax.random.key(0))
@@ -185,8 +185,10 @@ def main(argv):
   del argv
   import jax
   import numpy as np
+  from defenses_jax.attacks import as_target
   logits_fn, _, x_all, y_all = standard_model.load_model_and_batch(
       _WORKDIR.value, _NUM_IMAGES.value, _MODEL.value)
+  target = as_target(logits_fn)
   x_all, y_all = np.asarray(x_all), np.asarray(y_all)
   builders = attack_builders()
   results = {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
@@ -195,8 +197,8 @@ def main(argv):
     label, build, n = builders[name]
     x, y = x_all[:n], y_all[:n]
     print(f"{label}: {len(x)} images, batch / slots {_BATCH.value} ...", flush=True)
-    fixed_run = batch_after_batch(build, logits_fn, _BATCH.value)
-    refill_run = with_slot_refill(build, logits_fn, _BATCH.value)
+    fixed_run = batch_after_batch(build, target, _BATCH.value)
+    refill_run = with_slot_refill(build, target, _BATCH.value)
     (fixed, fixed_steps), fixed_s, fixed_compile = timed(lambda: fixed_run(x, y))
     (refill, refill_steps, image_steps), refill_s, refill_compile = timed(
         lambda: refill_run(x, y))

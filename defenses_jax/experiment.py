@@ -6,9 +6,10 @@ training loop, which imports evaluation's robustness monitor).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -16,12 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
+from defenses_jax import artifact_cache, parallel
 from defenses_jax import data as data_lib
-from defenses_jax import parallel
 from defenses_jax.checkpoint import (ExperimentCheckpoints, experiment_dir,
-                                     latest_checkpoint_step)
+                                     latest_checkpoint_step, step_artifact_path)
 from defenses_jax.checksum import fingerprint
-from defenses_jax.defenses import DEFENSES, Defense, Network, create_defense
+from defenses_jax.defenses import Defense, Network, create_defense
 from defenses_jax.models import create_model
 from defenses_jax.models.precision import with_compute_dtype
 from defenses_jax.config import upgrade
@@ -130,11 +131,11 @@ class Experiment:
                                                     config.train.replays)
     self.total_steps = self.steps_per_epoch * config.train.epochs
     load_trained = lambda name: load_experiment(workdir, name, like=config, datasets=datasets)
-    self.config = config = _with_derived_defense_options(config, load_trained,
-                                                         self.train_ds.num_classes)
-    self.defense = create_defense(config.defense.name, self.train_ds.num_classes,
-                                  **config.defense.options.to_dict()).bind_trained(
-                                      load_trained, self.train_ds.image_shape)
+    defense = create_defense(config.defense.name, self.train_ds.num_classes,
+                             **config.defense.options.to_dict())
+    self.defense = defense.resolve(load_trained, self.train_ds.image_shape,
+                                   config.eval.batch_size)
+    self.config = config = _with_resolved_options(config, defense, self.defense)
     model = self.defense.wrap_model(create_model(config.model.name, self.defense.output_width(),
                                                  **config.model.options.to_dict()))
     # Wrapped last, around the defense's heads too: every apply (train step, Network, attacks)
@@ -167,16 +168,19 @@ class Experiment:
                                   out_specs=parallel.REPLICATED)
 
 
-def _with_derived_defense_options(config, load_trained, num_classes: int):
-  """config with the defense's derived options filled in (Defense.derive_options; e.g. paper
-  003's Classmap from its oracle), as a new config when any changed."""
-  options = config.defense.options.to_dict()
-  derived = DEFENSES.lookup(config.defense.name).derive_options(
-      options, load_trained, num_classes, config.eval.batch_size)
-  if derived == options:
+def _with_resolved_options(config, defense: Defense, resolved: Defense):
+  """config with the options Defense.resolve derived filled in (e.g. paper 003's Classmap from
+  its oracle: the fields it changed, parts with compare=False aside), as a new config when any
+  changed."""
+  derived = {f.name: getattr(resolved, f.name) for f in dataclasses.fields(resolved)
+             if f.compare and getattr(resolved, f.name) != getattr(defense, f.name)}
+  if not derived:
     return config
+  options = config.defense.options.to_dict()
+  for name, value in derived.items():  # Tuples as lists: as config.json stores them.
+    options[name] = list(value) if isinstance(value, tuple) else value
   config = ml_collections.ConfigDict(config.to_dict())
-  config.defense.options = ml_collections.ConfigDict(derived)
+  config.defense.options = ml_collections.ConfigDict(options)
   return config
 
 
@@ -256,6 +260,24 @@ class TrainedExperiment:
     """Which trained model this is (a digest of its parameters and BatchNorm statistics): part
     of the identity of everything cached from it (detector states, perturbations, examples)."""
     return fingerprint(variables(self.state.params, self.state.batch_stats))
+
+  def cached(self, folder: str, name: str, settings: dict, compute: Callable[[], tuple],
+             contract: Callable, **identity) -> dict:
+    """Arrays computed from this trained model, `compute() -> (arrays, info)`, cached beside
+    its checkpoint (<exp_dir>/<folder>/<name>-<settings hash>-step<N>.npz) and reused only when
+    verified (artifact_cache.py: checksum; the settings, checkpoint step, model fingerprint
+    and the extra `identity` that produced them; `contract(arrays, info)` -> a problem or
+    None); saved by process 0."""
+    step = int(self.state.step)
+    path = step_artifact_path(self.exp.exp_dir, folder, name, settings, step)
+    identity = {**settings, "step": step, "model": self.fingerprint, **identity}
+    found = artifact_cache.load(path, identity, contract)
+    if found is not None:
+      return found.arrays
+    arrays, info = compute()
+    if jax.process_index() == 0:
+      artifact_cache.save(path, arrays, identity, info)
+    return arrays
 
 
 def load_experiment(workdir: str, name: str, like: Optional[ml_collections.ConfigDict] = None,

@@ -186,7 +186,7 @@ _CORE = (
              "accepted = adv_scores < self.threshold", "accepted = adv_scores >= 0",
              (_T + "test_detection.py",)),
     Mutation("eot_samples_ignored", "defenses_jax/evaluation/threat_models.py",
-             "return attacks_lib.eot(target, eot_samples) if eot_samples > 1 else target",
+             "return attacks_lib.eot(target, self.eot_samples) if self.eot_samples > 1 else target",
              "return target", (_T + "test_defense_interface.py",)),
     Mutation("randomised_eval_ignores_key", "defenses_jax/experiment.py",
              "predictions = jnp.argmax(defense.deployed(net, batch[\"image\"], key).class_logits,",
@@ -206,7 +206,7 @@ _CORE = (
              (_T + "test_detection.py::test_detector_folded_in_counts_rejected_inputs_as_the_"
               "true_class",)),
     Mutation("detector_aware_attack_ignores_detector", "defenses_jax/evaluation/threat_models.py",
-             "    if evade is None:\n", "    if True:\n",
+             "    if self.evade is None:\n", "    if True:\n",
              (_T + "test_detection.py::test_evaluation_with_a_detector_fixes_its_threshold_"
               "first_and_caches_its_state",)),
     Mutation("sigterm_ignored", "defenses_jax/preemption.py", "    return self._requested",

@@ -13,6 +13,7 @@ import pytest
 from conftest import blob_dataset, tiny_config
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
+from defenses_jax.attacks import call_logits
 from defenses_jax.checkpoint import CheckpointMismatchError
 from defenses_jax.evaluation import evaluate
 from experiments.common import attack
@@ -23,7 +24,7 @@ from defenses_jax.models import create_model
 
 def untrained(**options):
   defense = create_defense("adv_transform", 4, transform_model="lenet", **options)
-  return defense.bind_trained(None, (12, 12, 1))
+  return defense.resolve(None, (12, 12, 1), batch_size=8)
 
 
 def test_options_are_checked_before_compute_and_the_defense_stays_hashable():
@@ -57,8 +58,10 @@ def test_deployed_is_f_a_of_g_with_g_in_the_ball_and_a_fresh_draw_per_key():
   other = defense.deployed(fa, x, jax.random.key(1)).class_logits
   np.testing.assert_array_equal(out, again)
   assert not np.allclose(out, other)
-  # The white-box target is stochastic: attacks pass it a fresh key each call.
-  assert getattr(defense.attack_target("white_box", fa), "stochastic", False)
+  # The white-box target draws from the key an attack passes it at each call.
+  target = defense.attack_target("white_box", fa)
+  np.testing.assert_array_equal(call_logits(target, x, jax.random.key(0)), out)
+  np.testing.assert_array_equal(call_logits(target, x, jax.random.key(1)), other)
 
 
 @pytest.mark.parametrize("surface", ["", "bpda_identity"])
@@ -69,16 +72,15 @@ def test_eot_gradient_of_the_deployed_classifier_is_the_mean_of_single_draw_grad
   ds = blob_dataset(4, seed=2)
   x, y = jnp.asarray(ds.images), jnp.asarray(ds.labels)
   fa = Network(model, model.init(jax.random.key(5), x[:1]))
-  target = (defense.surface_target(surface, fa) if surface else
-            defense.attack_target("white_box", fa))
+  target = defense.attack_target("white_box", fa, surface)
   key, draws = jax.random.key(7), 5
   true_class_log_prob = lambda log_probs: jnp.sum(jnp.take_along_axis(log_probs, y[:, None], 1))
   # Chunks of 2 (three rematerialised chunks) and all 5 draws at once.
   for chunk in (2, 5):
     averaged = eot(target, draws, chunk=chunk)
-    eot_grad = jax.grad(lambda z: true_class_log_prob(averaged(z, key)))(x)
-    singles = [jax.grad(lambda z, k=k: true_class_log_prob(jax.nn.log_softmax(target(z, k))))(x)
-               for k in jax.random.split(key, draws)]
+    eot_grad = jax.grad(lambda z: true_class_log_prob(call_logits(averaged, z, key)))(x)
+    singles = [jax.grad(lambda z, k=k: true_class_log_prob(
+        jax.nn.log_softmax(call_logits(target, z, k))))(x) for k in jax.random.split(key, draws)]
     np.testing.assert_allclose(eot_grad, np.mean(singles, 0), rtol=1e-4, atol=1e-7)
     # The draws differ: a single draw's gradient is not the average.
     assert not np.allclose(singles[0], singles[1], atol=1e-6)
@@ -169,11 +171,13 @@ def test_attack_surfaces_keep_g_forward_and_change_only_its_gradient():
   fa = lambda z: z.reshape(z.shape[0], -1) @ w
   key = jax.random.key(7)
   deployed = defense.deployed(fa, x, key).class_logits
-  targets = {s: defense.attack_target("white_box", fa, s) for s in defense.attack_surfaces}
+  assert sorted(defense.attack_surfaces()) == sorted(
+      ["bpda_identity", "bpda_softsign", "bpda_tanh", "straight_through"])
+  targets = {s: defense.attack_target("white_box", fa, s) for s in defense.attack_surfaces()}
   for surface, target in targets.items():
-    assert target.stochastic
-    np.testing.assert_allclose(target(x, key), deployed, rtol=1e-5, atol=1e-5, err_msg=surface)
-  loss = lambda f: (lambda z: jnp.sum(f(z, key)[:, 0]))
+    np.testing.assert_allclose(call_logits(target, x, key), deployed, rtol=1e-5, atol=1e-5,
+                               err_msg=surface)
+  loss = lambda target: (lambda z: jnp.sum(call_logits(target, z, key)[:, 0]))
   identity_grad = jax.grad(loss(targets["bpda_identity"]))(x)
   np.testing.assert_allclose(identity_grad, np.broadcast_to(w[:, 0].reshape(x.shape[1:]),
                                                            x.shape), rtol=1e-5)

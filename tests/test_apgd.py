@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
-from defenses_jax.attacks import apgd, apgd_targeted, autoattack, dlr_loss, pgd
+from defenses_jax.attacks import apgd, apgd_targeted, as_target, autoattack, dlr_loss, pgd
 from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.query.square import square
 from defenses_jax.attacks.apgd import checkpoints
@@ -46,7 +46,7 @@ def test_step_size_halves_at_every_checkpoint_of_a_flat_loss():
   assert checkpoints(100) == [21, 40, 56, 69, 79, 86, 92, 98]  # AutoAttack's 22% / 3% / 6%.
   flat = lambda z: jnp.zeros((z.shape[0], 4)) + jnp.asarray([1.0, 0.0, -1.0, -2.0])
   x = jnp.full((2, 4, 4, 1), 0.5)
-  _, info = apgd(flat, x, jnp.zeros(2, jnp.int32), jax.random.key(0), eps=0.1, steps=100)
+  _, info = apgd(as_target(flat), x, jnp.zeros(2, jnp.int32), jax.random.key(0), eps=0.1, steps=100)
   np.testing.assert_allclose(info["step_size"], 2 * 0.1 / 2**8)  # Never an increase: 8 halvings.
 
 
@@ -123,10 +123,11 @@ def test_apgd_finds_exactly_the_examples_a_perturbation_can_fool_on_a_linear_mod
   expected = reachable(eps, norm)
   assert 0.2 < expected.mean() < 0.95
   x, y = jnp.asarray(X), jnp.asarray(Y)
-  for name, attack in (("ce", lambda k: apgd(linear, x, y, k, eps=eps, norm=norm, steps=50)),
-                       ("dlr", lambda k: apgd(linear, x, y, k, eps=eps, norm=norm, steps=50,
+  target = as_target(linear)
+  for name, attack in (("ce", lambda k: apgd(target, x, y, k, eps=eps, norm=norm, steps=50)),
+                       ("dlr", lambda k: apgd(target, x, y, k, eps=eps, norm=norm, steps=50,
                                               loss="dlr")),
-                       ("t", lambda k: apgd_targeted(linear, x, y, k, eps=eps, norm=norm,
+                       ("t", lambda k: apgd_targeted(target, x, y, k, eps=eps, norm=norm,
                                                      steps=50, num_target_classes=K - 1))):
     x_adv, info = attack(jax.random.key(0))
     np.testing.assert_array_equal(info["success"], expected, err_msg=name)
@@ -148,11 +149,11 @@ def test_apgd_t_with_one_target_aims_at_the_highest_other_class():
   any_class = np.array([max(gap(i, j) for j in range(K) if j != y[i]) > 0 for i in range(len(X))])
   assert expected.sum() < any_class.sum()  # Informative: another class is sometimes closer.
   biased = lambda v: v.reshape(v.shape[0], -1) @ w + b
-  _, info = apgd_targeted(biased, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), eps=eps,
-                          steps=50, num_target_classes=1)
+  _, info = apgd_targeted(as_target(biased), jnp.asarray(X), jnp.asarray(y), jax.random.key(0),
+                          eps=eps, steps=50, num_target_classes=1)
   np.testing.assert_array_equal(info["success"], expected)
-  _, info = apgd_targeted(biased, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), eps=eps,
-                          steps=50, num_target_classes=K - 1)
+  _, info = apgd_targeted(as_target(biased), jnp.asarray(X), jnp.asarray(y), jax.random.key(0),
+                          eps=eps, steps=50, num_target_classes=K - 1)
   np.testing.assert_array_equal(info["success"], any_class)
 
 
@@ -165,7 +166,8 @@ def test_apgd_t_stops_attacking_once_every_example_is_fooled():
 
   def forward_passes(**kw):
     calls.clear()
-    apgd_targeted(counted, jnp.asarray(X), jnp.asarray(Y), jax.random.key(0), steps=10, **kw)
+    apgd_targeted(as_target(counted), jnp.asarray(X), jnp.asarray(Y), jax.random.key(0), steps=10,
+                  **kw)
     jax.effects_barrier()
     return len(calls)
 
@@ -180,7 +182,8 @@ def test_apgd_t_stops_attacking_once_every_example_is_fooled():
 def test_targeted_dlr_refuses_fewer_than_four_classes():
   three = lambda z: z.reshape(z.shape[0], -1)[:, :3]
   with pytest.raises(ValueError, match="4 classes"):
-    apgd_targeted(three, jnp.asarray(X), jnp.zeros(64, jnp.int32), jax.random.key(0), eps=0.1)
+    apgd_targeted(as_target(three), jnp.asarray(X), jnp.zeros(64, jnp.int32), jax.random.key(0),
+                  eps=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +202,8 @@ def small_cnn(tmp_path_factory):
 def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(small_cnn):
   net, x, y = small_cnn
   eps, steps = 0.15, 20
-  _, by_pgd = pgd(net, x, y, jax.random.key(0), eps=eps, step_size=eps / 4, steps=steps)
-  _, by_apgd = apgd(net, x, y, jax.random.key(0), eps=eps, steps=steps)
+  _, by_pgd = pgd(as_target(net), x, y, jax.random.key(0), eps=eps, step_size=eps / 4, steps=steps)
+  _, by_apgd = apgd(as_target(net), x, y, jax.random.key(0), eps=eps, steps=steps)
   assert 0.1 < float(by_pgd["success"].mean()) < 0.9  # A budget where the attacks differ.
   assert float(by_apgd["success"].mean()) >= float(by_pgd["success"].mean())
 
@@ -208,16 +211,17 @@ def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(small_cnn):
 def test_autoattack_worst_case_is_never_above_any_member(small_cnn):
   net, x, y = small_cnn
   eps, key = 0.1, jax.random.key(3)
-  x_adv, info = autoattack(net, x, y, key, eps=eps, steps=10, num_target_classes=3,
+  x_adv, info = autoattack(as_target(net), x, y, key, eps=eps, steps=10, num_target_classes=3,
                            square_queries=300)
   keys = member_keys(key, 3)
-  _, ce = apgd(net, x, y, keys[0], eps=eps, steps=10)
-  _, targeted = apgd_targeted(net, x, y, keys[1], eps=eps, steps=10, num_target_classes=3)
+  _, ce = apgd(as_target(net), x, y, keys[0], eps=eps, steps=10)
+  _, targeted = apgd_targeted(as_target(net), x, y, keys[1], eps=eps, steps=10,
+                              num_target_classes=3)
   either = np.asarray(ce["success"]) | np.asarray(targeted["success"])
   # Square runs last, only on the points both APGD runs left robust, and pays no query for
   # the others.
-  _, by_square = square(Oracle(net, "scores", 300), x, y, keys[2], eps=eps, max_queries=300,
-                        attack_mask=jnp.asarray(~either))
+  _, by_square = square(Oracle(as_target(net), "scores", 300), x, y, keys[2], eps=eps,
+                        max_queries=300, attack_mask=jnp.asarray(~either))
   assert not np.asarray(by_square["success"])[either].any()
   np.testing.assert_array_equal(np.asarray(by_square["queries"])[either], 0)
   any_member = either | np.asarray(by_square["success"])

@@ -10,15 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from defenses_jax.attacks import as_target
 from defenses_jax.attacks.apgd import apgd_stepped, apgd_targeted_stepped
 from defenses_jax.attacks.stepped import example_keys, run_batch, run_until_done
 from test_apgd import K, W, X, Y, linear, reachable
 
+TARGET = as_target(linear)
 apgd_module = __import__("defenses_jax.attacks.apgd", fromlist=["apgd"])
 
 
 def run(build, x, y, key=jax.random.key(0), count_steps=False, logits=linear):
-  return jax.jit(lambda xs, ys: run_batch(build(logits), xs, ys, key, count_steps))(x, y)
+  target = as_target(logits)
+  return jax.jit(lambda xs, ys: run_batch(build(target), xs, ys, key, count_steps))(x, y)
 
 
 def test_on_a_flat_loss_the_last_run_returns_its_random_start_from_the_examples_key():
@@ -59,7 +62,7 @@ def test_an_image_gets_the_same_result_whichever_images_are_beside_it(name, buil
 
   @jax.jit
   def attack(xs, ys, ks):
-    stepped = build(linear)
+    stepped = build(as_target(linear))
     init_key, loop_key, finish_key = jax.random.split(jax.random.key(2), 3)
     state = stepped.init(xs, ys, ks, init_key)
     state, steps = run_until_done(stepped.step, stepped.done, state, loop_key, xs)
@@ -108,7 +111,7 @@ def test_an_example_stops_after_the_first_run_that_fools_it():
   build = functools.partial(apgd_targeted_stepped, eps=0.08, steps=steps, restarts=restarts,
                             num_target_classes=targets)
   fooled = reachable(0.08, "linf")
-  alone = jax.jit(lambda xs, ys: run_batch(build(linear), xs, ys, jax.random.key(0), True))
+  alone = jax.jit(lambda xs, ys: run_batch(build(TARGET), xs, ys, jax.random.key(0), True))
   per_image = []
   for i in range(12):
     _, info = alone(jnp.asarray(X[i:i + 1]), jnp.asarray(Y[i:i + 1]))
@@ -123,9 +126,9 @@ def test_an_example_stops_after_the_first_run_that_fools_it():
 
 def test_bad_apgd_settings_fail_before_compute():
   with pytest.raises(ValueError, match="steps"):
-    apgd_stepped(linear, eps=0.1, steps=0)
+    apgd_stepped(TARGET, eps=0.1, steps=0)
   with pytest.raises(ValueError, match="loss"):
-    apgd_stepped(linear, eps=0.1, loss="hinge")
+    apgd_stepped(TARGET, eps=0.1, loss="hinge")
   with pytest.raises(ValueError, match="num_target_classes"):
     run(functools.partial(apgd_targeted_stepped, eps=0.1, num_target_classes=K),
         jnp.asarray(X[:2]), jnp.asarray(Y[:2]))

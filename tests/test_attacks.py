@@ -10,7 +10,7 @@ import pytest
 
 from conftest import predicted_other_than_when_rescored
 from defenses_jax import attacks
-from defenses_jax.attacks import objectives
+from defenses_jax.attacks import as_target, objectives
 
 SHAPE = (4, 4, 1)  # 16 pixels.
 
@@ -47,7 +47,7 @@ def test_deepfool_finds_the_exact_minimal_perturbation_in_one_step(norm, dist_ke
   fn, w, _ = linear_model(5)
   x = interior_inputs(8)
   y, d_star, gap = minimal_distances(fn, w, x, dual, with_gaps=True)
-  x_adv, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm)
+  x_adv, info = attacks.deepfool(as_target(fn), x, y, jax.random.key(0), norm=norm)
   assert bool(jnp.all(info["success"]))
   np.testing.assert_array_equal(info["iterations"], 1)
   ratio = info[dist_key] / d_star
@@ -58,10 +58,10 @@ def test_deepfool_finds_the_exact_minimal_perturbation_in_one_step(norm, dist_ke
   # dropped overshoot (ratio 1.0) or a step aimed elsewhere fails.
   aim = 1e-4 * np.maximum(1.0, np.abs(np.asarray(fn(x))).max(-1))
   np.testing.assert_allclose(ratio, 1.02 * (1 + aim / gap), rtol=1e-5)
-  _, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm, overshoot=0.1)
+  _, info = attacks.deepfool(as_target(fn), x, y, jax.random.key(0), norm=norm, overshoot=0.1)
   np.testing.assert_allclose(info[dist_key] / d_star, 1.1 * (1 + aim / gap), rtol=1e-5)
   # tolerance 0: the reference's step, 1e-4 past the boundary.
-  _, info = attacks.deepfool(fn, x, y, jax.random.key(0), norm=norm, tolerance=0.0)
+  _, info = attacks.deepfool(as_target(fn), x, y, jax.random.key(0), norm=norm, tolerance=0.0)
   np.testing.assert_allclose(info[dist_key] / d_star, 1.02 * (1 + 1e-4 / gap), rtol=1e-5)
 
 
@@ -69,7 +69,7 @@ def test_cw_l2_comes_within_a_few_percent_of_the_minimal_perturbation():
   fn, w, _ = linear_model(5)
   x = interior_inputs(8)
   y, d_star = minimal_distances(fn, w, x, "l2")
-  x_adv, info = jax.jit(functools.partial(attacks.cw_l2, fn))(x, y, jax.random.key(0))
+  x_adv, info = jax.jit(functools.partial(attacks.cw_l2, as_target(fn)))(x, y, jax.random.key(0))
   assert bool(jnp.all(info["success"]))
   ratio = info["l2"] / d_star
   assert bool(jnp.all((ratio >= 0.999) & (ratio <= 1.05))), ratio
@@ -87,7 +87,7 @@ def test_cw_binary_search_brackets_the_known_minimal_constant():
   g = jnp.abs(logits[:, 1] - logits[:, 0])
   u_norm_sq = jnp.sum((w[:, 1] - w[:, 0]) ** 2)
   c_star = 2 * g / u_norm_sq
-  _, info = attacks.cw_l2(fn, x, y, jax.random.key(0), binary_search_steps=12,
+  _, info = attacks.cw_l2(as_target(fn), x, y, jax.random.key(0), binary_search_steps=12,
                           max_iterations=3000, learning_rate=1e-3, initial_const=1e-3,
                           abort_early=False)
   lower, upper = info["const_lower"], info["const"]
@@ -100,7 +100,7 @@ def test_cw_with_confidence_reaches_the_margin():
   fn, _, _ = linear_model(4)
   x = interior_inputs(6)
   y = jnp.argmax(fn(x), -1)
-  x_adv, info = attacks.cw_l2(fn, x, y, jax.random.key(0), kappa=2.0, max_iterations=300)
+  x_adv, info = attacks.cw_l2(as_target(fn), x, y, jax.random.key(0), kappa=2.0, max_iterations=300)
   assert bool(jnp.all(info["success"]))
   assert bool(jnp.all(objectives.margin(fn(x_adv), y) >= 2.0))
 
@@ -110,7 +110,7 @@ def test_cw_failures_come_back_as_the_clean_input():
   fn = lambda x: jnp.tile(jnp.array([5.0, 0.0, 0.0]), (x.shape[0], 1)) + 0.0 * jnp.sum(x)
   x = interior_inputs(3)
   y = jnp.zeros(3, jnp.int32)
-  x_adv, info = attacks.cw_l2(fn, x, y, jax.random.key(0), binary_search_steps=2,
+  x_adv, info = attacks.cw_l2(as_target(fn), x, y, jax.random.key(0), binary_search_steps=2,
                               max_iterations=20)
   assert not bool(jnp.any(info["success"]))
   np.testing.assert_array_equal(x_adv, x)
@@ -125,9 +125,10 @@ def test_linf_pgd_reaches_the_analytic_optimum_of_a_linear_model():
   u = (w[:, 1] - w[:, 0])[None, :] * jnp.where(y == 0, 1.0, -1.0)[:, None]
   corner = x + 0.05 * jnp.sign(u).reshape(x.shape)
   for loss in ("ce", "margin"):
-    x_adv, _ = attacks.bim(fn, x, y, jax.random.key(0), eps=0.05, n1=10, n2=20, loss=loss)
+    x_adv, _ = attacks.bim(as_target(fn), x, y, jax.random.key(0), eps=0.05, n1=10, n2=20,
+                           loss=loss)
     np.testing.assert_allclose(x_adv, corner, atol=1e-6)
-    x_fgsm, _ = attacks.fgsm(fn, x, y, jax.random.key(0), eps=0.05, loss=loss)
+    x_fgsm, _ = attacks.fgsm(as_target(fn), x, y, jax.random.key(0), eps=0.05, loss=loss)
     np.testing.assert_allclose(x_fgsm, corner, atol=1e-6)
 
 
@@ -137,7 +138,7 @@ def test_l2_pgd_reaches_the_ball_surface_along_the_weight_direction():
   y = jnp.argmax(fn(x), -1)
   u = (w[:, 1] - w[:, 0])[None, :] * jnp.where(y == 0, 1.0, -1.0)[:, None]
   expected = x + (0.1 * u / jnp.linalg.norm(u, axis=-1, keepdims=True)).reshape(x.shape)
-  x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.03, steps=10,
+  x_adv, _ = attacks.pgd(as_target(fn), x, y, jax.random.key(0), eps=0.1, step_size=0.03, steps=10,
                       norm="l2", random_start=False)
   np.testing.assert_allclose(x_adv, expected, atol=1e-5)
 
@@ -149,11 +150,11 @@ def test_targeted_attacks_land_on_their_target(attack):
   y = jnp.argmax(fn(x), -1)
   targets = (y + 1) % 4
   if attack == "pgd":
-    x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60,
-                        target="given", targets=targets)
+    x_adv, _ = attacks.pgd(as_target(fn), x, y, jax.random.key(0), eps=1.0, step_size=0.05,
+                           steps=60, target="given", targets=targets)
   else:
-    x_adv, _ = attacks.cw_l2(fn, x, y, jax.random.key(0), max_iterations=300, target="given",
-                             targets=targets)
+    x_adv, _ = attacks.cw_l2(as_target(fn), x, y, jax.random.key(0), max_iterations=300,
+                             target="given", targets=targets)
   np.testing.assert_array_equal(jnp.argmax(fn(x_adv), -1), targets)
 
 
@@ -161,7 +162,8 @@ def test_least_likely_pgd_targets_the_argmin_class():
   fn, _, _ = linear_model(4)
   x = interior_inputs(8)
   y = jnp.argmax(fn(x), -1)
-  x_adv, _ = attacks.ll_pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.05, steps=60)
+  x_adv, _ = attacks.ll_pgd(as_target(fn), x, y, jax.random.key(0), eps=1.0, step_size=0.05,
+                            steps=60)
   np.testing.assert_array_equal(jnp.argmax(fn(x_adv), -1), jnp.argmin(fn(x), -1))
 
 
@@ -182,18 +184,19 @@ def tiny_cnn():
 
 
 ALL_ATTACKS = {
-    "fgsm_linf": lambda fn, x, y, k: attacks.fgsm(fn, x, y, k, eps=0.1),
-    "fgsm_l2": lambda fn, x, y, k: attacks.fgsm(fn, x, y, k, eps=0.5, norm="l2"),
-    "bim": lambda fn, x, y, k: attacks.bim(fn, x, y, k, eps=0.1, n1=5, n2=8),
-    "madry": lambda fn, x, y, k: attacks.madry(fn, x, y, k, eps=0.1, n1=5, n2=8, restarts=2),
-    "pgd_l2": lambda fn, x, y, k: attacks.pgd(fn, x, y, k, eps=0.5, step_size=0.1, steps=8,
-                                              norm="l2", loss="margin"),
-    "cw_l2": lambda fn, x, y, k: attacks.cw_l2(fn, x, y, k, binary_search_steps=3,
+    "fgsm_linf": lambda fn, x, y, k: attacks.fgsm(as_target(fn), x, y, k, eps=0.1),
+    "fgsm_l2": lambda fn, x, y, k: attacks.fgsm(as_target(fn), x, y, k, eps=0.5, norm="l2"),
+    "bim": lambda fn, x, y, k: attacks.bim(as_target(fn), x, y, k, eps=0.1, n1=5, n2=8),
+    "madry": lambda fn, x, y, k: attacks.madry(as_target(fn), x, y, k, eps=0.1, n1=5, n2=8,
+                                               restarts=2),
+    "pgd_l2": lambda fn, x, y, k: attacks.pgd(as_target(fn), x, y, k, eps=0.5, step_size=0.1,
+                                              steps=8, norm="l2", loss="margin"),
+    "cw_l2": lambda fn, x, y, k: attacks.cw_l2(as_target(fn), x, y, k, binary_search_steps=3,
                                                max_iterations=30),
-    "cw_linf": lambda fn, x, y, k: attacks.cw_linf(fn, x, y, k, max_iterations=20,
+    "cw_linf": lambda fn, x, y, k: attacks.cw_linf(as_target(fn), x, y, k, max_iterations=20,
                                                    max_total_iterations=300),
-    "deepfool_l2": lambda fn, x, y, k: attacks.deepfool(fn, x, y, k),
-    "deepfool_linf": lambda fn, x, y, k: attacks.deepfool(fn, x, y, k, norm="linf"),
+    "deepfool_l2": lambda fn, x, y, k: attacks.deepfool(as_target(fn), x, y, k),
+    "deepfool_linf": lambda fn, x, y, k: attacks.deepfool(as_target(fn), x, y, k, norm="linf"),
 }
 BALLS = {"fgsm_linf": ("linf", 0.1), "fgsm_l2": ("l2", 0.5), "bim": ("linf", 0.1),
          "madry": ("linf", 0.1), "pgd_l2": ("l2", 0.5)}
@@ -221,13 +224,13 @@ def test_more_pgd_steps_and_restarts_never_lower_the_success_rate():
   fn, x, y = tiny_cnn()
   success = {}
   for steps in (0, 2, 5, 20):
-    x_adv, _ = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=steps)
+    x_adv, _ = attacks.madry(as_target(fn), x, y, jax.random.key(1), eps=0.03, n1=4, n2=steps)
     success[steps] = np.asarray(attacks.is_successful(fn(x_adv), y))
   for fewer, more in ((0, 2), (2, 5), (5, 20)):
     assert np.all(success[more] >= success[fewer])  # Per example, not just on average.
   assert success[20].sum() > success[0].sum()
-  one, _ = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=1)
-  three, _ = attacks.madry(fn, x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=3)
+  one, _ = attacks.madry(as_target(fn), x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=1)
+  three, _ = attacks.madry(as_target(fn), x, y, jax.random.key(1), eps=0.03, n1=4, n2=5, restarts=3)
   assert np.all(np.asarray(attacks.is_successful(fn(three), y)) >=
                 np.asarray(attacks.is_successful(fn(one), y)))
 
@@ -236,27 +239,27 @@ def test_more_pgd_steps_and_restarts_never_lower_the_success_rate():
 def test_unbounded_attacks_fool_an_undefended_model(name):
   fn, x, y = tiny_cnn()
   if name == "pgd":
-    x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=1.0, step_size=0.1, steps=50)
+    x_adv, _ = attacks.pgd(as_target(fn), x, y, jax.random.key(0), eps=1.0, step_size=0.1, steps=50)
   elif name == "cw_l2":
-    x_adv, _ = attacks.cw_l2(fn, x, y, jax.random.key(0), binary_search_steps=5,
+    x_adv, _ = attacks.cw_l2(as_target(fn), x, y, jax.random.key(0), binary_search_steps=5,
                              max_iterations=200)
   else:
-    x_adv, _ = attacks.deepfool(fn, x, y, jax.random.key(0))
+    x_adv, _ = attacks.deepfool(as_target(fn), x, y, jax.random.key(0))
   assert float(jnp.mean(attacks.is_successful(fn(x_adv), y))) == 1.0
 
 
 def test_vmap_over_examples_matches_the_batched_call():
   fn, x, y = tiny_cnn()
-  batched, _ = attacks.bim(fn, x, y, jax.random.key(0), eps=0.1, n1=5, n2=6)
-  single = jax.vmap(lambda xi, yi: attacks.bim(fn, xi[None], yi[None], jax.random.key(0),
+  batched, _ = attacks.bim(as_target(fn), x, y, jax.random.key(0), eps=0.1, n1=5, n2=6)
+  single = jax.vmap(lambda xi, yi: attacks.bim(as_target(fn), xi[None], yi[None], jax.random.key(0),
                                                eps=0.1, n1=5, n2=6)[0][0])(x, y)
   np.testing.assert_allclose(single, batched, atol=1e-6)
 
 
 def test_deepfool_freezes_examples_once_they_are_fooled():
   fn, x, y = tiny_cnn()
-  one, info_one = attacks.deepfool(fn, x, y, jax.random.key(0), max_iter=1)
-  many, info_many = attacks.deepfool(fn, x, y, jax.random.key(0), max_iter=50)
+  one, info_one = attacks.deepfool(as_target(fn), x, y, jax.random.key(0), max_iter=1)
+  many, info_many = attacks.deepfool(as_target(fn), x, y, jax.random.key(0), max_iter=50)
   done_early = np.asarray(info_one["success"])
   assert done_early.any()
   np.testing.assert_array_equal(np.asarray(many)[done_early], np.asarray(one)[done_early])
@@ -288,7 +291,7 @@ def test_deepfool_successes_survive_rescoring_in_any_batch_shape(norm, box_aware
   # In full, and cut off at max_iter where some examples are still within the threshold.
   for max_iter in (50, 1 if box_aware else 5):
     x_adv, info = jax.jit(lambda x, y, k: attacks.deepfool(
-        fn, x, y, k, norm=norm, box_aware=box_aware, overshoot=overshoot,
+        as_target(fn), x, y, k, norm=norm, box_aware=box_aware, overshoot=overshoot,
         max_iter=max_iter))(x, jnp.asarray(clean), jax.random.key(0))
     success = np.asarray(info["success"])
     if max_iter == 50:
@@ -325,9 +328,9 @@ def test_bpda_lets_pgd_through_a_quantising_defense():
   through = lambda x: fn(attacks.bpda(lambda z: jnp.round(z * 8) / 8)(x))
   x = interior_inputs(8, seed=6)
   y = jnp.argmax(defended(x), -1)
-  masked, _ = attacks.bim(defended, x, y, jax.random.key(0), eps=0.3, n1=10, n2=20)
+  masked, _ = attacks.bim(as_target(defended), x, y, jax.random.key(0), eps=0.3, n1=10, n2=20)
   np.testing.assert_array_equal(masked, x)  # No gradient, no movement.
-  x_adv, _ = attacks.bim(through, x, y, jax.random.key(0), eps=0.3, n1=10, n2=20)
+  x_adv, _ = attacks.bim(as_target(through), x, y, jax.random.key(0), eps=0.3, n1=10, n2=20)
   assert float(jnp.mean(attacks.is_successful(defended(x_adv), y))) == 1.0
 
 
@@ -347,8 +350,8 @@ def test_pgd_returns_its_best_iterate_not_its_last(height, steps):
   fn = one_pixel_bump(0.55, height)
   x = jnp.full((1, 1, 1, 1), 0.5)
   y = jnp.zeros(1, jnp.int32)
-  x_adv, _ = attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.04, steps=steps,
-                      random_start=False)
+  x_adv, _ = attacks.pgd(as_target(fn), x, y, jax.random.key(0), eps=0.1, step_size=0.04,
+                         steps=steps, random_start=False)
   np.testing.assert_allclose(np.asarray(x_adv).ravel(), [0.54], atol=1e-6)
   assert bool(attacks.is_successful(fn(x_adv), y)[0]) == (height > 0)
 
@@ -362,7 +365,8 @@ def test_eot_is_the_expectation_over_the_defense_randomness():
       [jnp.zeros(x.shape[0]), jax.random.rademacher(key, (), jnp.float32) * 10.0 *
        x.reshape(x.shape[0])], -1)
   x = jnp.full((1, 1, 1, 1), 0.5)
-  expectation = attacks.eot(flip, 4096)
+  eot_target = attacks.eot(as_target(flip, randomised=True), 4096)
+  expectation = lambda z, key: attacks.call_logits(eot_target, z, key)
   for key in (jax.random.key(1), jax.random.key(2)):
     log_p0 = float(expectation(x, key)[0, 0])
     assert abs(log_p0 - (-2.5067)) < 0.1, log_p0
@@ -378,9 +382,9 @@ def test_eot_averages_the_gradient_over_the_randomness():
   noisy = lambda x, key: fn(x + 0.05 * jax.random.normal(key, x.shape))
   x = interior_inputs(4)
   y = jnp.argmax(fn(x), -1)
-  expected = attacks.eot(noisy, 4096)
-  grad_of = lambda lf, key: jax.grad(
-      lambda z: jnp.sum(objectives.cross_entropy(lf(z, key), y)))(x)
+  expected = attacks.eot(as_target(noisy, randomised=True), 4096)
+  grad_of = lambda target, key: jax.grad(
+      lambda z: jnp.sum(objectives.cross_entropy(attacks.call_logits(target, z, key), y)))(x)
   g1, g2 = grad_of(expected, jax.random.key(1)), grad_of(expected, jax.random.key(2))
   # Two independent 4096-sample estimates agree closely; single draws do not.
   assert float(jnp.max(jnp.abs(g1 - g2))) < 0.05 * float(jnp.max(jnp.abs(g1)))
@@ -391,9 +395,10 @@ def test_eot_averages_the_gradient_over_the_randomness():
 def test_bad_attack_parameters_are_rejected():
   fn, x, y = tiny_cnn()
   with pytest.raises(ValueError, match="norm"):
-    attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.1, steps=1, norm="l1")
+    attacks.pgd(as_target(fn), x, y, jax.random.key(0), eps=0.1, step_size=0.1, steps=1, norm="l1")
   with pytest.raises(ValueError, match="targets"):
-    attacks.pgd(fn, x, y, jax.random.key(0), eps=0.1, step_size=0.1, steps=1, target="given")
+    attacks.pgd(as_target(fn), x, y, jax.random.key(0), eps=0.1, step_size=0.1, steps=1,
+                target="given")
   with pytest.raises(ValueError, match="unknown attack"):
     attacks.get_attack("pgdd")
 
@@ -402,8 +407,8 @@ def test_cw_linf_comes_close_to_the_minimal_linf_perturbation():
   fn, w, _ = linear_model(5)
   x = interior_inputs(6)
   y, d_star = minimal_distances(fn, w, x, "l1")
-  x_adv, info = jax.jit(functools.partial(attacks.cw_linf, fn, max_total_iterations=20000))(
-      x, y, jax.random.key(0))
+  x_adv, info = jax.jit(functools.partial(attacks.cw_linf, as_target(fn),
+                                          max_total_iterations=20000))(x, y, jax.random.key(0))
   assert bool(jnp.all(info["success"]))
   ratio = info["linf"] / d_star
   assert bool(jnp.all((ratio >= 0.999) & (ratio <= 1.1))), ratio
@@ -439,7 +444,7 @@ def test_every_attack_runs_inside_a_data_parallel_step(name, params):
 
   def per_device(w, b, x, y, key):
     fn = lambda z: z.reshape(z.shape[0], -1) @ w + b
-    return attacks.get_attack(name)(fn, x, y, key, **params)[0]
+    return attacks.get_attack(name)(as_target(fn), x, y, key, **params)[0]
 
   mesh = parallel.make_mesh(1)
   step = parallel.data_parallel(per_device, mesh, in_specs=(parallel.REPLICATED,) * 2 + (
@@ -449,7 +454,8 @@ def test_every_attack_runs_inside_a_data_parallel_step(name, params):
   sharded = parallel.shard_batch({"x": x, "y": y}, mesh)
   np.testing.assert_allclose(step(parallel.replicate(w, mesh), parallel.replicate(b, mesh),
                                   sharded["x"], sharded["y"], key),
-                             attacks.get_attack(name)(fn, x, y, key, **params)[0], atol=1e-5)
+                             attacks.get_attack(name)(as_target(fn), x, y, key, **params)[0],
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(ALL_ATTACKS))
@@ -470,7 +476,10 @@ def test_eot_in_chunks_equals_eot_at_once():
   x = interior_inputs(4)
   y = jnp.argmax(fn(x), -1)
   key = jax.random.key(3)
+  noisy = as_target(noisy, randomised=True)
   at_once, chunked = attacks.eot(noisy, 10, chunk=10), attacks.eot(noisy, 10, chunk=4)
-  np.testing.assert_allclose(chunked(x, key), at_once(x, key), rtol=1e-6, atol=1e-6)
-  grad_of = lambda lf: jax.grad(lambda z: jnp.sum(objectives.cross_entropy(lf(z, key), y)))(x)
+  logits = lambda target, z: attacks.call_logits(target, z, key)
+  np.testing.assert_allclose(logits(chunked, x), logits(at_once, x), rtol=1e-6, atol=1e-6)
+  grad_of = lambda target: jax.grad(
+      lambda z: jnp.sum(objectives.cross_entropy(logits(target, z), y)))(x)
   np.testing.assert_allclose(grad_of(chunked), grad_of(at_once), rtol=1e-5, atol=1e-7)

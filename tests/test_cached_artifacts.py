@@ -121,7 +121,7 @@ def test_a_verified_cache_is_reused_without_a_warning(evaluated, monkeypatch):
     raise AssertionError("recomputed although a verified cache exists")
 
   monkeypatch.setattr(detectors.ClassMeanDistance, "fit", never)
-  monkeypatch.setattr(universal, "logits_builder", never)
+  monkeypatch.setattr(universal, "TargetBuilder", never)
   with warnings.catch_warnings():
     warnings.simplefilter("error", artifact_cache.StaleCacheWarning)
     again = evaluate(target, workdir, datasets=data)

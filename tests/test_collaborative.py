@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from defenses_jax.attacks import Deployed, Evasion, as_target, call_logits
+from defenses_jax.attacks.detector_evasion import system_outputs
 from defenses_jax.attacks.gradient import pgd
-from defenses_jax.attacks.detector_evasion import DetectedSystem
 from defenses_jax.attacks.pair_evasion import cw_pair, pair_apgd, pair_violation
 from defenses_jax.defenses import create_defense
 from defenses_jax.defenses.base import Network
@@ -82,8 +83,8 @@ def test_the_pair_detector_pairs_z_prime_with_argmax_z_star_not_argmax_z():
   assert list(np.argmax(z, -1) != np.argmax(z * g, -1)) == [True, True, False, True, False]
   defense = create_defense("collaborative", 3, classmap=(1, 2, 0))
   detector = create_detector("pair", 3)
-  net = Network(GivenLogits(), {}, detector, detector.fit([]))
-  deployed = defense.deployed(net, jnp.asarray(packed))
+  net = Network(GivenLogits(), {})
+  deployed = defense.deployed(net, jnp.asarray(packed), detector=detector.scorer(detector.fit([])))
   np.testing.assert_array_equal(np.argmax(deployed.class_logits, -1), [1, 1, 2, 1, 0])
   # -margin(Z', Classmap[argmax Z*]): row 0: -(2 - 0), row 1: -(0 - 2), row 3: -(0 - 1), ...
   np.testing.assert_allclose(deployed.detector_score, [-2.0, 2.0, -2.0, 1.0, 1.0])
@@ -175,22 +176,25 @@ def test_equation_10_terms_on_hand_made_logits():
   np.testing.assert_allclose(v, [min(2 * 3 + 2 * 2, 2 * 4 + 0)])
 
 
-def linear_system(labels, lock=None):
+EVASION = Evasion(0.0)  # The pair detector's fixed threshold.
+
+
+def linear_system(lock=None):
   """Z* = 2 x[:3] (times a lock of constant 1 by default), Z' = x[3:], Classmap (1, 2, 0):
   a clean input of class 0 with argmax Z' = 1 is accepted."""
   classmap = (1, 2, 0)
 
-  def outputs(x):
+  def system(x, key):
     z = 2.0 * x[:, :3]
     g = jnp.ones_like(z) if lock is None else lock(x)
     margins = pair_accept_margins(x[:, 3:], classmap)
     class_logits = z * g
     predicted = jnp.argmax(class_logits, -1)
     score = -jnp.take_along_axis(margins, predicted[:, None], -1)[:, 0]
-    return {"class_logits": class_logits, "embedding": x, "accept_margin": margins,
-            "base_logits": z, "lock": g, "detector_score": score}
+    return Deployed(class_logits, score, {"embedding": x, "accept_margin": margins,
+                                          "base_logits": z, "lock": g})
 
-  return DetectedSystem(outputs, 0.0, labels, lambda: None)
+  return system
 
 
 X = jnp.array([[0.6, 0.3, 0.2, 0.2, 0.6, 0.1],
@@ -199,43 +203,47 @@ Y = jnp.array([0, 0])
 
 
 def evades(system, x_adv):
-  out = system.outputs(x_adv)
+  out = system_outputs(system, x_adv, None, EVASION)
   return (np.argmax(out["class_logits"], -1) != np.asarray(Y)) & (np.asarray(out["excess"]) < 0)
 
 
 def test_pair_apgd_evades_where_a_detector_blind_attack_is_flagged():
-  system = linear_system(Y)
+  system = linear_system()
   assert not evades(system, X).any()
-  x_adv, info = pair_apgd(system, X, Y, jax.random.key(0), eps=0.5, steps=50, num_targets=2)
+  x_adv, info = pair_apgd(system, X, Y, jax.random.key(0), evasion=EVASION, eps=0.5, steps=50,
+                          num_targets=2)
   assert np.all(np.abs(np.asarray(x_adv - X)) <= 0.5 + 1e-6)
   assert evades(system, x_adv).all() and np.asarray(info["success"]).all()
   # Targeted PGD on Z* alone changes the class but leaves Z' where it was: flagged.
-  blind, _ = pgd(lambda z: system.outputs(z)["class_logits"], X, Y, jax.random.key(0), eps=0.5,
-                 step_size=0.05, steps=50, target="given", targets=jnp.array([1, 2]))
-  out = system.outputs(blind)
-  assert (np.argmax(out["class_logits"], -1) != 0).all() and not evades(system, blind).any()
+  blind, _ = pgd(system, X, Y, jax.random.key(0), eps=0.5, step_size=0.05, steps=50,
+                 target="given", targets=jnp.array([1, 2]))
+  out = system(blind, None)
+  assert (np.argmax(out.class_logits, -1) != 0).all() and not evades(system, blind).any()
 
 
 def test_pair_apgd_with_bpda_keeps_z_star_and_differentiates_through_z_only():
   lock = lambda x: jax.nn.sigmoid(10.0 * x[:, 3:])  # A lock that depends on the input.
-  system = linear_system(Y, lock)
+  system = linear_system(lock)
   from defenses_jax.attacks.pair_evasion import _pair_outputs
-  plain, bpda = _pair_outputs(system, X), _pair_outputs(system, X, bpda=True)
+  outputs = lambda x, bpda: _pair_outputs(system, x, None, EVASION, bpda)
+  plain, bpda = outputs(X, False), outputs(X, True)
   np.testing.assert_array_equal(plain["class_logits"], bpda["class_logits"])
-  grad = jax.grad(lambda x: jnp.sum(_pair_outputs(system, x, bpda=True)["class_logits"]))(X)
+  grad = jax.grad(lambda x: jnp.sum(outputs(x, True)["class_logits"]))(X)
   expected = 2.0 * np.asarray(lock(X))  # d(Z * const g)/dx[:3]; nothing through g.
   np.testing.assert_allclose(grad[:, :3], expected, rtol=1e-6)
   np.testing.assert_array_equal(grad[:, 3:], 0.0)
 
 
 def test_cw_pair_finds_accepted_examples_and_returns_failures_unchanged():
-  system = linear_system(Y)
-  x_adv, info = cw_pair(system, X, Y, jax.random.key(0), kappa=0.0, binary_search_steps=4,
-                        max_iterations=200, learning_rate=0.05, initial_const=1.0)
+  system = linear_system()
+  x_adv, info = cw_pair(system, X, Y, jax.random.key(0), evasion=EVASION, kappa=0.0,
+                        binary_search_steps=4, max_iterations=200, learning_rate=0.05,
+                        initial_const=1.0)
   assert np.asarray(info["success"]).all() and evades(system, x_adv).all()
   # kappa 5 cannot be reached in the unit box (Z* = 2x spans at most 2): nothing succeeds.
-  x_adv, info = cw_pair(system, X, Y, jax.random.key(0), kappa=5.0, binary_search_steps=2,
-                        max_iterations=50, learning_rate=0.05, target="random")
+  x_adv, info = cw_pair(system, X, Y, jax.random.key(0), evasion=EVASION, kappa=5.0,
+                        binary_search_steps=2, max_iterations=50, learning_rate=0.05,
+                        target="random")
   assert not np.asarray(info["success"]).any()
   np.testing.assert_array_equal(x_adv, X)
 
@@ -277,10 +285,9 @@ def test_gray_box_target_is_the_z_head_and_the_white_box_target_is_z_star():
   x = rng.uniform(size=(5, 4))
   defense = create_defense("collaborative", 3, classmap=(1, 2, 0))
   net = _packed_linear(a, b, lock)
-  np.testing.assert_allclose(defense.attack_target("gray_box", net)(jnp.asarray(x)), x @ a,
-                             rtol=1e-5)
-  np.testing.assert_allclose(defense.attack_target("white_box", net)(jnp.asarray(x)),
-                             (x @ a) * lock, rtol=1e-5)
+  logits = lambda threat: call_logits(defense.attack_target(threat, net), jnp.asarray(x), None)
+  np.testing.assert_allclose(logits("gray_box"), x @ a, rtol=1e-5)
+  np.testing.assert_allclose(logits("white_box"), (x @ a) * lock, rtol=1e-5)
 
 
 def test_fgs_confusion_counts_by_true_then_predicted_class():
@@ -292,3 +299,31 @@ def test_fgs_confusion_counts_by_true_then_predicted_class():
   counts, probs = fgs_confusion(lambda x: x @ jnp.asarray(perm), images, labels, 3, 0.01, 4)
   np.testing.assert_array_equal(counts, [[0, 2, 0], [0, 0, 1], [3, 0, 0]])
   assert probs.shape == (3, 3) and np.all(probs.argmax(-1) == [1, 2, 0])
+
+
+def test_resolve_derives_the_classmap_through_the_oracles_cache():
+  # The oracle of the test above; its `cached` stands in for the experiment layer's file cache:
+  # the defense asks it for the Classmap's arrays and reads and writes no file itself.
+  from types import SimpleNamespace
+  from defenses_jax.data import ArrayDataset
+  perm = jnp.asarray(np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32) * 10)
+  images = (np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 2, 2]] * 0.5 + 0.25).reshape(6, 1, 1, 3)
+  ds = ArrayDataset(images, np.array([0, 0, 1, 2, 2, 2]), 3)
+  requests = []
+
+  def cached(folder, name, settings, compute, contract, **identity):
+    arrays, _ = compute()
+    assert contract(arrays, {}) is None
+    requests.append((folder, name, settings, identity))
+    return arrays
+
+  oracle = SimpleNamespace(
+      exp=SimpleNamespace(train_ds=ds, defense=create_defense("standard", 3)),
+      network=lambda: (lambda x: x.reshape(x.shape[0], -1) @ perm), cached=cached)
+  defense = create_defense("collaborative", 3, classmap_oracle="oracle", classmap_epsilon=0.01)
+  resolved = defense.resolve(lambda name: {"oracle": oracle}[name], (1, 1, 3), batch_size=4)
+  assert resolved.classmap == (1, 2, 0) and not defense.classmap
+  ((folder, name, settings, identity),) = requests
+  assert (folder, name) == ("classmaps", "classmap") and settings["epsilon"] == 0.01
+  assert identity == {"data": ds.fingerprint}
+  assert resolved.resolve(None, (1, 1, 3), batch_size=4) is resolved  # Given: nothing to do.

@@ -13,7 +13,7 @@ from conftest import blob_dataset, tiny_config
 from defenses_jax import attacks, defenses, parallel
 from defenses_jax import experiment as experiment_lib
 from defenses_jax import train as train_lib
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks import call_logits
 from defenses_jax.defenses import Defense, Deployed, create_defense
 from defenses_jax.defenses.base import unit_weighted
 from defenses_jax.evaluation.runner import make_predictor
@@ -32,7 +32,7 @@ class RandomLabel(Defense):
   def training_batch(self, batch, key, logits_fn, defense_state):
     return unit_weighted(batch["image"], batch["label"]), defense_state
 
-  def deployed(self, net, x, key=None):
+  def deployed(self, net, x, key=None, detector=None):
     logits = net(x)
     flip = jax.random.bernoulli(key, 0.5, (x.shape[0], 1))
     return Deployed(jnp.where(flip, jnp.roll(logits, 1, axis=-1), logits))
@@ -49,8 +49,8 @@ def test_defaults_are_declared_on_the_base_class():
   assert standard.state_specs() == parallel.REPLICATED
   assert standard.after_step({"a": 1}, {}, {}, None) == {"a": 1}
   assert not standard.needs_input_gradient and not standard.randomised
-  assert not standard.has_adaptive_attack
-  assert create_defense("target_training", 4).has_adaptive_attack
+  assert standard.attack_surfaces() == {} and standard.resolve(None, (2, 2, 1), 4) is standard
+  assert set(create_defense("target_training", 4).attack_surfaces()) == {"adaptive"}
   assert create_defense("free_adv", 4).needs_input_gradient
   net = linear_net()
   x = jnp.full((2, 4, 4, 1), 0.5)
@@ -70,12 +70,13 @@ def test_each_threat_model_differentiates_its_own_target():
   x = jax.random.uniform(jax.random.key(1), (3, 4, 4, 1))
   z = net(x)
   p = jax.nn.softmax(z)
-  np.testing.assert_allclose(tt.attack_target("white_box", net)(x), jnp.log(p[:, :4] + p[:, 4:]),
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(tt.attack_target("transfer", net)(x), jnp.log(p[:, :4] + p[:, 4:]),
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(tt.attack_target("gray_box", net)(x), z)
-  np.testing.assert_allclose(tt.attack_target("adaptive", net)(x), z[:, :4] + z[:, 4:])
+  logits = lambda threat: call_logits(tt.attack_target(threat, net), x, jax.random.key(0))
+  np.testing.assert_allclose(logits("white_box"), jnp.log(p[:, :4] + p[:, 4:]), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(logits("transfer"), jnp.log(p[:, :4] + p[:, 4:]), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(logits("gray_box"), z)
+  np.testing.assert_allclose(logits("adaptive"), z[:, :4] + z[:, 4:])
 
 
 def test_a_randomised_defense_draws_from_the_key_it_is_given_everywhere(tmp_path, monkeypatch):
@@ -86,7 +87,7 @@ def test_a_randomised_defense_draws_from_the_key_it_is_given_everywhere(tmp_path
   b = defense.deployed(net, x, jax.random.key(2)).class_logits
   np.testing.assert_array_equal(a, defense.deployed(net, x, jax.random.key(1)).class_logits)
   assert not np.array_equal(a, b)
-  # The white-box target is stochastic: attacks pass it a fresh key at every call.
+  # The white-box target draws from the key an attack passes it at every call.
   target = defense.attack_target("white_box", net)
   np.testing.assert_array_equal(call_logits(target, x, jax.random.key(1)), a)
   x_adv, _ = attacks.pgd(target, x, jnp.argmax(net(x), -1), jax.random.key(0), eps=0.1,
@@ -126,7 +127,7 @@ class NoisyInput(Defense):
   def training_batch(self, batch, key, logits_fn, defense_state):
     return unit_weighted(batch["image"], batch["label"]), defense_state
 
-  def deployed(self, net, x, key=None):
+  def deployed(self, net, x, key=None, detector=None):
     noisy = jnp.clip(x + self.sigma * jax.random.normal(key, x.shape), 0.0, 1.0)
     return Deployed(net(noisy))
 

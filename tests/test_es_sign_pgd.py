@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defenses_jax.attacks import attack_info
+from defenses_jax.attacks import as_target, attack_info
 from defenses_jax.attacks.query import Oracle, es_sign_pgd
 from defenses_jax.attacks.query.es_sign_pgd import (antithetic_gradient,
                                                     es_sign_pgd_query_budget)
@@ -30,7 +30,7 @@ def two_class(bias):
 
 
 def test_the_antithetic_estimate_points_along_the_margin_gradient():
-  oracle = Oracle(two_class(np.full(2, 1.0)), "scores", 10**6)
+  oracle = Oracle(as_target(two_class(np.full(2, 1.0))), "scores", 10**6)
   x = jnp.full((2, 8, 8, 1), 0.5)
   y = jnp.zeros(2, jnp.int32)
   g, counts, answered = jax.jit(lambda x: antithetic_gradient(
@@ -50,7 +50,7 @@ def run(bias, eps, **params):
   bias = np.asarray(bias, np.float32)
   params = dict(eps=eps, steps=60, step_size=0.01, samples=(400,), boundaries=(), **params)
   budget = es_sign_pgd_query_budget(**params)
-  oracle = Oracle(two_class(bias), "scores", budget)
+  oracle = Oracle(as_target(two_class(bias)), "scores", budget)
   x = jnp.full((len(bias), 8, 8, 1), 0.5)
   y = jnp.zeros(len(bias), jnp.int32)
   x_adv, info = jax.jit(lambda x, k: es_sign_pgd(oracle, x, y, k, **params))(
@@ -77,8 +77,8 @@ def test_the_direction_count_grows_as_the_reference_schedule():
   assert es_sign_pgd_query_budget() == 1 + 20 * 201 + 20 * 2001 + 60 * 40001
   assert es_sign_pgd_query_budget(steps=30) == 1 + 20 * 201 + 10 * 2001
   with pytest.raises(ValueError, match="one more entry"):
-    es_sign_pgd(Oracle(two_class(np.ones(1)), "scores", 10), jnp.full((1, 8, 8, 1), 0.5),
+    es_sign_pgd(Oracle(as_target(two_class(np.ones(1))), "scores", 10), jnp.full((1, 8, 8, 1), 0.5),
                 jnp.zeros(1, jnp.int32), jax.random.key(0), samples=(10, 20), boundaries=())
   with pytest.raises(ValueError, match="scores"):
-    es_sign_pgd(Oracle(two_class(np.ones(1)), "labels", 10), jnp.full((1, 8, 8, 1), 0.5),
+    es_sign_pgd(Oracle(as_target(two_class(np.ones(1))), "labels", 10), jnp.full((1, 8, 8, 1), 0.5),
                 jnp.zeros(1, jnp.int32), jax.random.key(0))

@@ -79,8 +79,8 @@ def test_evaluation_writes_results_table_and_figures(tmp_path, blobs):
                     ("deepfool", attacks_lib.deepfool)):
     (path,) = (tmp_path / "tiny" / "results" / "adversarial").glob(f"{name}-*.npz")
     refilled = np.load(path)["x_adv"]
-    expected, _ = run(network, jnp.asarray(x), jnp.asarray(blobs[1].labels[:32]),
-                      jax.random.key(0))
+    expected, _ = run(attacks_lib.as_target(network), jnp.asarray(x),
+                      jnp.asarray(blobs[1].labels[:32]), jax.random.key(0))
     np.testing.assert_allclose(refilled, expected, atol=1e-4, err_msg=name)
   checks = {c.check for c in out.sanity}
   assert {"gradients", "unbounded", "more_steps", "noise_weaker",
@@ -148,14 +148,14 @@ def test_a_universal_perturbation_is_fitted_on_training_images_cached_and_added_
   # computed from v itself); a changed file is named in a warning and fitted again.
   from defenses_jax import artifact_cache
   from defenses_jax.evaluation import universal
-  fit_again = universal.logits_builder
+  fit_again = universal.TargetBuilder
   def no_refit(*args, **kwargs):
     raise AssertionError("fitted again although a verified perturbation is cached")
-  universal.logits_builder = no_refit
+  universal.TargetBuilder = no_refit
   try:
     again = evaluate(config, str(tmp_path), datasets=blobs).attacks["uap"]
   finally:
-    universal.logits_builder = fit_again
+    universal.TargetBuilder = fit_again
   assert again.robust_accuracy == out.robust_accuracy
   assert again.universal["linf"] == pytest.approx(np.abs(v).max())
   with np.load(cached) as saved:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from defenses_jax.attacks import as_target
 from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.query.gen_attack import (_adaptive_scaling, _assess, _breed, _elite,
                                                    _mutate, _update_plateaus, gen_attack,
@@ -29,8 +30,8 @@ class RecordingOracle(Oracle):
   """An Oracle that also hands every generation to the host, in call order: calls holds
   (answers (B, Q, K), answered (B,)) and inputs the queried points (B, Q, ...)."""
 
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
+  def __init__(self, logits_fn, *args, **kwargs):  # A plain model's Oracle.
+    super().__init__(as_target(logits_fn), *args, **kwargs)
     self.calls, self.inputs = [], []
 
   def query_many(self, xs, counts, key, active=None):
@@ -61,7 +62,7 @@ def test_every_queried_point_lies_in_the_ball_and_the_box_and_examples_mutate_in
   y = jnp.argmax(recorded(x), -1)
   seen.clear()
   eps, population, steps = 0.3, 5, 40
-  oracle = Oracle(recorded, "scores", budget=10**6)
+  oracle = Oracle(as_target(recorded), "scores", budget=10**6)
   _, info = jax.jit(lambda x, y, k: gen_attack(
       oracle, x, y, k, eps=eps, population=population, max_steps=steps, alpha=0.5,
       mutation_rate=0.5, adaptive=True))(x, y, jax.random.key(0))
@@ -354,7 +355,7 @@ def test_linear_softmax_known_answer(target):
   eps = float(np.median(threshold))
   assert eps <= 0.35  # x +- eps stays inside [0, 1]: the box does not bind.
   model = lambda v: v.reshape(v.shape[0], -1) @ jnp.asarray(w) + jnp.asarray(b)
-  oracle = Oracle(model, "scores", budget=10**6)
+  oracle = Oracle(as_target(model), "scores", budget=10**6)
   x_adv, info = jax.jit(lambda x, y, k: gen_attack(
       oracle, x, y, k, eps=eps, max_steps=1500, target=target,
       targets=None if t is None else jnp.asarray(t)))(
@@ -377,7 +378,7 @@ def test_bad_input_is_refused():
   model = lambda v: v.reshape(v.shape[0], -1) @ jnp.ones((4, 3))
   x = jnp.full((2, 2, 2, 1), 0.5)
   y = jnp.zeros(2, jnp.int32)
-  oracle = Oracle(model, "scores", 100)
+  oracle = Oracle(as_target(model), "scores", 100)
   key = jax.random.key(0)
   with pytest.raises(TypeError, match="eps"):  # No default radius: budgets differ by paper.
     gen_attack(oracle, x, y, key)
@@ -392,7 +393,7 @@ def test_bad_input_is_refused():
   with pytest.raises(ValueError, match="target"):
     gen_attack(oracle, x, y, key, eps=0.1, target="least_likely")
   with pytest.raises(ValueError, match="scores"):
-    gen_attack(Oracle(model, "labels", 100), x, y, key, eps=0.1)
+    gen_attack(Oracle(as_target(model), "labels", 100), x, y, key, eps=0.1)
   with pytest.raises(ValueError, match="max_steps"):
     gen_attack(oracle, x, y, key, eps=0.1, max_steps=0)
   with pytest.raises(ValueError, match="steps"):

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import predicted_other_than_when_rescored
 from defenses_jax import parallel
+from defenses_jax.attacks import as_target
 from defenses_jax.attacks.query import Oracle, QueryAccessError
 from defenses_jax.attacks.query import hop_skip_jump_parts as hsj_lib
 from defenses_jax.attacks.query.hop_skip_jump import (binary_search, hop_skip_jump,
@@ -16,8 +17,9 @@ from defenses_jax.attacks.query.hop_skip_jump import (binary_search, hop_skip_ju
 
 
 def affine(w, b):
-  """A binary classifier with logits [0, w.x + b]: class 1 iff w.x + b > 0."""
-  return lambda z: jnp.stack([jnp.zeros(z.shape[0]), z.reshape(z.shape[0], -1) @ w + b], -1)
+  """A binary classifier with logits [0, w.x + b]: class 1 iff w.x + b > 0 (as a target)."""
+  return as_target(lambda z: jnp.stack([jnp.zeros(z.shape[0]), z.reshape(z.shape[0], -1) @ w + b],
+                                       -1))
 
 
 def affine_problem(d, batch, seed=0, centre=0.5, positive=False):
@@ -289,7 +291,7 @@ def test_an_example_never_made_adversarial_comes_back_as_x():
   # A constant classifier: every noise draw is a (counted) query, and then the attack stops.
   constant = lambda z: jnp.zeros((z.shape[0], 3)).at[:, 0].set(1.0)
   x = jnp.full((2, 4, 4, 1), 0.5)
-  oracle = Oracle(constant, "labels", 10**6)
+  oracle = Oracle(as_target(constant), "labels", 10**6)
   x_adv, info = jax.jit(lambda x, y, k: hop_skip_jump(oracle, x, y, k, steps=3,
                                                       max_init_queries=20))(
       x, jnp.zeros(2, jnp.int32), jax.random.key(0))
@@ -354,7 +356,7 @@ def test_targeted_attack_from_given_starts():
   pool = jnp.asarray(rng.uniform(0, 1, (4096, d)), jnp.float32)
   pool_labels = np.asarray(fn(pool).argmax(-1))
   starts = jnp.stack([pool[np.flatnonzero(pool_labels == int(t))[0]] for t in targets])
-  oracle = Oracle(fn, "labels", 10**6)
+  oracle = Oracle(as_target(fn), "labels", 10**6)
   x_adv, info = jax.jit(lambda x, y, k, t, s: hop_skip_jump(
       oracle, x, y, k, steps=10, target="given", targets=t, starts=s, max_init_queries=1))(
           x, y, jax.random.key(0), targets, starts)
@@ -414,7 +416,7 @@ def test_reported_successes_survive_rescoring_in_any_batch_shape(norm, gamma):
   fn = lambda z: z.reshape(z.shape[0], -1) @ weights
   x = jnp.asarray(rng.uniform(0.3, 0.7, (batch, d)), jnp.float32)
   y = jnp.argmax(fn(x), -1)
-  oracle = Oracle(fn, "labels", 10**6, independent_examples=True)
+  oracle = Oracle(as_target(fn), "labels", 10**6, independent_examples=True)
   x_adv, info = jax.jit(lambda x, y, k: hop_skip_jump(oracle, x, y, k, norm=norm, gamma=gamma,
                                                       steps=2, init_evals=20))(
       x, y, jax.random.key(0))

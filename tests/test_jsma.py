@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defenses_jax.attacks import jsma
+from defenses_jax.attacks import as_target, jsma
 from defenses_jax.attacks.jsma import best_pair
 
 D = 36
@@ -38,8 +38,8 @@ def test_first_pair_on_a_two_class_linear_softmax_is_known(theta):
   # W_t - W_o (increase) or the two smallest (decrease). gamma allows exactly one pair.
   y = np.argmax(two_class(X), -1)
   t = 1 - y
-  x_adv, info = jsma(two_class, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), theta=theta,
-                     gamma=2 / D, target="given", targets=jnp.asarray(t))
+  x_adv, info = jsma(as_target(two_class), jnp.asarray(X), jnp.asarray(y), jax.random.key(0),
+                     theta=theta, gamma=2 / D, target="given", targets=jnp.asarray(t))
   changed = np.asarray(x_adv).reshape(len(X), -1) - X.reshape(len(X), -1)
   for i in range(len(X)):
     direction = W2[:, t[i]] - W2[:, y[i]]
@@ -56,7 +56,7 @@ def test_a_saturated_softmax_picks_the_same_first_pair_as_an_unsaturated_one():
   t = jnp.asarray(1 - y)
   confident = lambda z: 1000.0 * two_class(z)
   assert float(jax.nn.softmax(confident(jnp.asarray(X)))[np.arange(len(X)), t].max()) == 0.0
-  first = lambda f: np.asarray(jsma(f, jnp.asarray(X), jnp.asarray(y), jax.random.key(0),
+  first = lambda f: np.asarray(jsma(as_target(f), jnp.asarray(X), jnp.asarray(y), jax.random.key(0),
                                     gamma=2 / D, target="given", targets=t)[0])
   changed = first(confident).reshape(len(X), -1) != X.reshape(len(X), -1)
   np.testing.assert_array_equal(changed, first(two_class).reshape(len(X), -1) != X.reshape(
@@ -66,7 +66,8 @@ def test_a_saturated_softmax_picks_the_same_first_pair_as_an_unsaturated_one():
 
 def test_no_valid_pair_changes_nothing_instead_of_feature_zero():
   constant = lambda z: jnp.zeros((z.shape[0], 3)) + jnp.asarray([1.0, 0.0, 0.0])
-  x_adv, info = jsma(constant, jnp.asarray(X), jnp.zeros(len(X), jnp.int32), jax.random.key(0))
+  x_adv, info = jsma(as_target(constant), jnp.asarray(X), jnp.zeros(len(X), jnp.int32),
+                     jax.random.key(0))
   np.testing.assert_array_equal(x_adv, X)
   np.testing.assert_array_equal(info["iterations"], 0)
 
@@ -76,20 +77,20 @@ def test_gamma_bounds_the_changed_features_and_targets_are_reached():
   five = lambda z: z.reshape(z.shape[0], -1) @ w
   x = jnp.asarray(rng.uniform(0.2, 0.8, (32, 6, 6, 1)).astype(np.float32))
   y = jnp.argmax(five(x), -1)
-  _, info = jsma(five, x, y, jax.random.key(1), theta=1.0, gamma=0.3)
+  _, info = jsma(as_target(five), x, y, jax.random.key(1), theta=1.0, gamma=0.3)
   assert int(info["l0"].max()) <= 2 * int(D * 0.3 / 2)
   t = np.asarray(info["targets"])
   assert (t != np.asarray(y)).all()  # Random wrong targets.
   assert 0.5 < float(info["success"].mean())
-  _, info = jsma(five, x, y, jax.random.key(1), target="least_likely", gamma=0.3)
+  _, info = jsma(as_target(five), x, y, jax.random.key(1), target="least_likely", gamma=0.3)
   np.testing.assert_array_equal(info["targets"], np.argmin(five(x), -1))
 
 
 def test_targets_mean_given_targets_and_a_conflicting_target_is_refused():
   y = np.argmax(two_class(X), -1)
   t = jnp.asarray(1 - y)
-  _, info = jsma(two_class, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), targets=t)
+  _, info = jsma(as_target(two_class), jnp.asarray(X), jnp.asarray(y), jax.random.key(0), targets=t)
   np.testing.assert_array_equal(info["targets"], t)
   with pytest.raises(ValueError, match="target='given'"):
-    jsma(two_class, jnp.asarray(X), jnp.asarray(y), jax.random.key(0), target="random",
+    jsma(as_target(two_class), jnp.asarray(X), jnp.asarray(y), jax.random.key(0), target="random",
          targets=t)

@@ -22,7 +22,7 @@ from defenses_jax.config import attack
 from defenses_jax.config_checks import check_config
 from defenses_jax.defenses import Network
 from defenses_jax.evaluation.runner import make_attack_runner, make_predictor, run_over_dataset
-from defenses_jax.evaluation.threat_models import logits_builder, parse_attack_specs
+from defenses_jax.evaluation.threat_models import TargetBuilder, parse_attack_specs
 from defenses_jax.experiment import Experiment, TrainedExperiment, state_specs, variables
 from defenses_jax.models.cnn import BN_MOMENTUM
 from defenses_jax.models.precision import with_compute_dtype
@@ -137,7 +137,7 @@ def _attack_results(workdir, compute_dtype, entries):
   predict = make_predictor(exp.model, exp.defense, exp.mesh)
   results = {}
   for spec in parse_attack_specs(ml_collections.ConfigDict(entries), exp.defense):
-    runner = make_attack_runner(spec, logits_builder("white_box", exp.model, exp.defense),
+    runner = make_attack_runner(spec, TargetBuilder("white_box", exp.model, exp.defense),
                                 exp.mesh)
     key = jax.random.key(0)
 

@@ -6,28 +6,29 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defenses_jax.attacks import stochastic
+from defenses_jax.attacks import as_target
 from defenses_jax.attacks.query import Oracle, QueryAccessError, random_search
 
 W = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
 logits_fn = lambda x: x.reshape(x.shape[0], -1) @ W
+TARGET = as_target(logits_fn)
 
 
 def test_scores_and_labels_are_the_deployed_classifiers():
   x = jnp.asarray(np.random.default_rng(1).uniform(size=(5, 2, 2, 1)), jnp.float32)
   expected = np.asarray(x).reshape(5, 4) @ np.asarray(W)
-  scores, counts, answered = Oracle(logits_fn, "scores", 10).query(x, jnp.zeros(5, jnp.int32),
-                                                                   jax.random.key(0))
+  scores, counts, answered = Oracle(TARGET, "scores", 10).query(x, jnp.zeros(5, jnp.int32),
+                                                                jax.random.key(0))
   np.testing.assert_allclose(scores, expected, rtol=1e-5)
-  labels, _, _ = Oracle(logits_fn, "labels", 10).query(x, jnp.zeros(5, jnp.int32),
-                                                       jax.random.key(0))
+  labels, _, _ = Oracle(TARGET, "labels", 10).query(x, jnp.zeros(5, jnp.int32),
+                                                    jax.random.key(0))
   np.testing.assert_array_equal(labels, expected.argmax(-1))
   np.testing.assert_array_equal(counts, 1)
   assert bool(answered.all())
 
 
 def test_differentiating_through_the_oracle_fails_when_traced():
-  oracle = Oracle(logits_fn, "scores", 10)
+  oracle = Oracle(TARGET, "scores", 10)
   x = jnp.full((2, 2, 2, 1), 0.5)
   counts = oracle.initial_counts(2)
   total = lambda z: jnp.sum(oracle.query(z, counts, jax.random.key(0))[0])
@@ -41,7 +42,7 @@ def test_differentiating_through_the_oracle_fails_when_traced():
 
 
 def test_queries_are_counted_exactly_and_stop_at_the_budget():
-  oracle = Oracle(logits_fn, "labels", budget=7)
+  oracle = Oracle(TARGET, "labels", budget=7)
   x = jnp.full((3, 2, 2, 1), 0.5)
   counts = jnp.asarray([0, 5, 7], jnp.int32)
   labels, counts, answered = oracle.query(x, counts, jax.random.key(0),
@@ -65,7 +66,8 @@ def test_queries_are_counted_exactly_and_stop_at_the_budget():
 
 
 def test_a_randomised_defense_is_queried_with_a_fresh_key_per_query():
-  noisy = stochastic(lambda x, key: logits_fn(x) + jax.random.normal(key, (x.shape[0], 3)))
+  noisy = as_target(lambda x, key: logits_fn(x) + jax.random.normal(key, (x.shape[0], 3)),
+                    randomised=True)
   oracle = Oracle(noisy, "scores", 100)
   x = jnp.full((2, 2, 2, 1), 0.5)
   answers, _, _ = oracle.query_many(jnp.stack([x] * 4, axis=1), oracle.initial_counts(2),
@@ -73,7 +75,7 @@ def test_a_randomised_defense_is_queried_with_a_fresh_key_per_query():
   assert answers.shape == (2, 4, 3)
   assert len({tuple(np.round(np.asarray(answers[0, q]), 5)) for q in range(4)}) == 4
   with pytest.raises(ValueError, match="access"):
-    Oracle(logits_fn, "gradients", 10)
+    Oracle(TARGET, "gradients", 10)
 
 
 def test_random_search_finds_the_one_flipping_corner_and_counts_its_queries():
@@ -84,7 +86,7 @@ def test_random_search_finds_the_one_flipping_corner_and_counts_its_queries():
                             (x.reshape(x.shape[0], -1) - 0.5).sum(-1) * 1.0 - threshold], -1)
   x = jnp.full((2, 4), 0.5)
   y = jnp.zeros(2, jnp.int32)
-  oracle = Oracle(fn, "labels", budget=200)
+  oracle = Oracle(as_target(fn), "labels", budget=200)
   x_adv, info = jax.jit(lambda x, y, k: random_search(oracle, x, y, k, eps=0.1,
                                                       max_queries=200))(x, y, jax.random.key(0))
   np.testing.assert_allclose(x_adv[0], 0.6, atol=1e-6)  # The flipping corner, exactly.
@@ -157,8 +159,8 @@ def test_every_query_attack_runs_in_the_evaluation_with_its_budget(tmp_path):
 def test_independent_examples_run_as_one_flat_batch_with_the_same_answers():
   x = jnp.asarray(np.random.default_rng(4).uniform(size=(3, 5, 2, 2, 1)), jnp.float32)
   counts = jnp.zeros(3, jnp.int32)
-  paired = Oracle(logits_fn, "scores", 100).query_many(x, counts, jax.random.key(0))
-  flat = Oracle(logits_fn, "scores", 100, independent_examples=True).query_many(
+  paired = Oracle(TARGET, "scores", 100).query_many(x, counts, jax.random.key(0))
+  flat = Oracle(TARGET, "scores", 100, independent_examples=True).query_many(
       x, counts, jax.random.key(0))
   np.testing.assert_allclose(flat[0], paired[0], rtol=1e-6)
   np.testing.assert_allclose(flat[0][1, 2], np.asarray(x[1, 2]).reshape(-1) @ np.asarray(W),
@@ -166,7 +168,7 @@ def test_independent_examples_run_as_one_flat_batch_with_the_same_answers():
   np.testing.assert_array_equal(flat[1], paired[1])
   # A function of the batch position (a per-example bias) needs the per-query path.
   bias = jnp.arange(3.0)[:, None]
-  by_position = lambda z: logits_fn(z) + bias
+  by_position = as_target(lambda z: logits_fn(z) + bias)
   answers, _, _ = Oracle(by_position, "scores", 100).query_many(x, counts, jax.random.key(0))
   np.testing.assert_allclose(answers[2, 0], np.asarray(logits_fn(x[:, 0]))[2] + 2.0, rtol=1e-5)
 
@@ -174,7 +176,7 @@ def test_independent_examples_run_as_one_flat_batch_with_the_same_answers():
 def test_query_units_count_each_examples_masked_queries_in_row_order():
   # Rows of 3 query slots, owned by examples 0, 0, 2, 0 (example 1 has none): only masked
   # queries count, and a row is answered only if it fits after the example's earlier rows.
-  oracle = Oracle(logits_fn, "labels", budget=6, independent_examples=True)
+  oracle = Oracle(TARGET, "labels", budget=6, independent_examples=True)
   x = jnp.asarray(np.random.default_rng(5).uniform(size=(4, 3, 2, 2, 1)), jnp.float32)
   owner = jnp.asarray([0, 0, 2, 0])
   mask = jnp.asarray([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
@@ -187,7 +189,7 @@ def test_query_units_count_each_examples_masked_queries_in_row_order():
   np.testing.assert_array_equal(labels[3], -1)
   assert int(labels[1, 2]) == -1 and int(labels[2, 1]) == -1  # Unmasked: not answered either.
   # The same rows through the per-example path (vmapped over the row's queries) agree.
-  paired = Oracle(logits_fn, "labels", budget=6).query_units(
+  paired = Oracle(TARGET, "labels", budget=6).query_units(
       x, owner, mask, jnp.asarray([1, 0, 5], jnp.int32), jax.random.key(0))
   np.testing.assert_array_equal(paired[0], labels)
   np.testing.assert_array_equal(paired[1], counts)

@@ -88,6 +88,23 @@ def test_the_package_has_no_import_cycles():
   assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
+def test_defenses_read_and_write_no_files():
+  # Caches and checkpoints belong to the experiment layer: Defense.resolve reaches another
+  # experiment through load_trained, and caches what it derives through that one's `cached`.
+  graph, no_files = import_graph(), {"os", "json", "pickle", "shutil", "pathlib"}
+  for name, path in _modules().items():
+    if not name.startswith(PACKAGE + ".defenses"):
+      continue
+    assert not {f"{PACKAGE}.{m}" for m in ("artifact_cache", "files", "checkpoint")} & set(
+        graph[name]), name
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not no_files & imported, (name, no_files & imported)
+    assert not any(isinstance(n, ast.Name) and n.id == "open" for n in ast.walk(tree)), name
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "pyproject.toml")), reason="no pyproject")
 def test_pip_install_gives_an_importable_package(tmp_path):
   """Installs the checkout (without dependencies: those of this environment are used) into a

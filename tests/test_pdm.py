@@ -67,7 +67,7 @@ def test_rce_deploys_argmax_of_minus_logits_and_the_correct_metric_agrees():
   np.testing.assert_array_equal(ce.class_logits(z), z)
   net = lambda x: z
   np.testing.assert_array_equal(rce.deployed(net, None).class_logits, -z)
-  np.testing.assert_array_equal(rce.attack_target("white_box", net)(None), -z)
+  np.testing.assert_array_equal(rce.attack_target("white_box", net)(None, None).class_logits, -z)
   # argmin Z = [1, 1, 2, 0] gets 3 labels right; argmax Z = [0, 2, 0, 1] gets 1.
   batch = {"label": labels, "weight": jnp.ones(4), "partner": jnp.arange(4),
            "pair_label": jnp.ones(4)}

@@ -24,7 +24,7 @@ from experiments.common import attack
 from experiments.paper_000_target_training import config as paper_000
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOT_PARAMS = {"logits_fn", "oracle", "system", "x", "y", "key", "kwargs"}
+NOT_PARAMS = {"logits_fn", "oracle", "system", "evasion", "x", "y", "key", "kwargs"}
 
 
 def test_every_parameter_of_every_attack_has_a_declared_check():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from defenses_jax import parallel
-from defenses_jax.attacks import carlini_wagner
+from defenses_jax.attacks import as_target, carlini_wagner
 from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.stepped import SteppedAttack, run_batch
 from defenses_jax.evaluation.slot_runner import make_slot_runner
@@ -84,8 +84,8 @@ def test_an_images_key_depends_on_its_index_not_on_its_slot():
   assert len(set(bits[0].tolist())) == 6
 
 
-def _mlp_logits(params, _batch_stats):
-  return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"]) @ params["w2"]
+def _mlp_target(params, _batch_stats):
+  return as_target(lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"]) @ params["w2"])
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def mlp():
   params = {"w1": 0.5 * jax.random.normal(jax.random.key(1), (20, 32)),
             "w2": jax.random.normal(jax.random.key(2), (32, 5))}
   x = np.asarray(jax.random.uniform(jax.random.key(3), (11, 20)))
-  y = np.asarray(jnp.argmax(_mlp_logits(params, None)(x), -1))
+  y = np.asarray(jnp.argmax(_mlp_target(params, None)(x, None).class_logits, -1))
   return params, x, y
 
 
@@ -130,7 +130,7 @@ STEPPED_ATTACKS = DETERMINISTIC_ATTACKS + [
 
 def _batch_runner(build, params, count_steps=False):
   """The attack on one batch, jitted once (a batch of one image compiles once for all)."""
-  return jax.jit(lambda xs, ys: run_batch(build(_mlp_logits(params, None)), xs, ys,
+  return jax.jit(lambda xs, ys: run_batch(build(_mlp_target(params, None)), xs, ys,
                                           jax.random.key(7), count_steps))
 
 
@@ -141,7 +141,7 @@ def _one_batch(build, params, x, y, count_steps=False):
 @pytest.mark.parametrize("name,build", STEPPED_ATTACKS)
 def test_refilled_slots_give_each_image_what_one_batch_of_the_set_gives_it(mlp, name, build):
   params, x, y = mlp
-  x_adv, info = _run(build, x, y, slots=3, params=params, build_logits=_mlp_logits)
+  x_adv, info = _run(build, x, y, slots=3, params=params, build_logits=_mlp_target)
   expected, expected_info = _one_batch(build, params, x, y)
   np.testing.assert_allclose(x_adv, expected, atol=1e-5, err_msg=name)
   np.testing.assert_array_equal(info["success"], expected_info["success"])

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from defenses_jax.attacks import as_target
 from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.query.square import _eta_rectangles, _meta_pseudo_gaussian, square
 
@@ -29,8 +30,8 @@ class RecordingOracle(Oracle):
   """An Oracle that also tells the host every point it answered and how many queries it
   answered per example: an account of the attack's queries kept outside the attack."""
 
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
+  def __init__(self, logits_fn, *args, **kwargs):  # A plain model's Oracle.
+    super().__init__(as_target(logits_fn), *args, **kwargs)
     self.points, self.tally = [], None
 
   def query(self, x, counts, key, active=None):
@@ -95,7 +96,7 @@ def test_l2_finds_a_reachable_boundary():
   best_drop = eps * np.linalg.norm(W_DIFF)  # Along w, unclipped at x = 0.5.
   bias = jnp.asarray([0.5 * best_drop, 1.05 * best_drop], jnp.float32)
   x = jnp.full((2,) + SHAPE, 0.5, jnp.float32)
-  oracle = Oracle(shifted(bias), "scores", 3000)
+  oracle = Oracle(as_target(shifted(bias)), "scores", 3000)
   _, info = run(oracle, x, jnp.zeros(2, jnp.int32), eps=eps, norm="l2", max_queries=3000)
   np.testing.assert_array_equal(info["success"], [True, False])
   assert float(info["l2"][0]) <= eps * (1 + 1e-5)
@@ -114,7 +115,7 @@ def test_targeted_and_the_oracle_budget_stops_an_example():
 
 def test_bad_input_is_refused_before_compute():
   x, y = jnp.zeros((2,) + SHAPE), jnp.zeros(2, jnp.int32)
-  oracle = Oracle(linear_logits, "scores", 10)
+  oracle = Oracle(as_target(linear_logits), "scores", 10)
   with pytest.raises(ValueError, match="eps > 0"):
     square(oracle, x, y, jax.random.key(0), eps=0.0)
   with pytest.raises(ValueError, match="images"):

@@ -102,7 +102,8 @@ def test_every_call_site_uses_the_merged_deployed_classifier(tmp_path):
   from defenses_jax import data as data_lib
   from defenses_jax.evaluation import evaluate
   from defenses_jax.evaluation.monitor import RobustnessMonitor
-  from defenses_jax.evaluation.threat_models import logits_builder
+  from defenses_jax.attacks import call_logits
+  from defenses_jax.evaluation.threat_models import TargetBuilder
   from experiments.common import attack
 
   ones = lambda ds: data_lib.ArrayDataset(ds.images, np.ones_like(ds.labels), 4, ds.name)
@@ -131,9 +132,11 @@ def test_every_call_site_uses_the_merged_deployed_classifier(tmp_path):
   # The white-box attacker differentiates log(p_i + p_{i+k}); the gray-box one the raw logits.
   x = jnp.asarray(datasets[1].images[:2])
   p = np.exp(CONSTANT_LOGITS) / np.exp(CONSTANT_LOGITS).sum()
-  white = logits_builder("white_box", exp.model, exp.defense)(params, state.batch_stats)(x)
+  logits = lambda threat: call_logits(
+      TargetBuilder(threat, exp.model, exp.defense)(params, state.batch_stats), x, None)
+  white = logits("white_box")
   np.testing.assert_allclose(white, np.log(p[:4] + p[4:])[None].repeat(2, 0), rtol=1e-5)
-  gray = logits_builder("gray_box", exp.model, exp.defense)(params, state.batch_stats)(x)
+  gray = logits("gray_box")
   np.testing.assert_allclose(gray, CONSTANT_LOGITS[None].repeat(2, 0), rtol=1e-6)
   # The robustness monitor and the evaluation's predictor score the merged class.
   assert RobustnessMonitor(config, exp)(state) == 1.0

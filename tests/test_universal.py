@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defenses_jax.attacks import apply_perturbation, uap
+from defenses_jax.attacks import apply_perturbation, as_target, uap
 
 D = 16
 W = np.where(np.random.default_rng(0).uniform(size=D) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -27,7 +27,7 @@ def test_linf_uap_saturates_to_minus_eps_sign_w_and_fools_the_analytic_fraction(
   eps = 0.03
   reach = eps * np.abs(W).sum()  # f(x + v) = f(x) - eps ||w||_1 at v = -eps sign(w).
   assert 0 < np.mean(f < reach) < 1  # Some images are out of reach: the target is unreachable.
-  v, info = jax.jit(lambda x, k: uap(logits_fn, x, k, eps=eps, norm="linf", delta=0.0,
+  v, info = jax.jit(lambda x, k: uap(as_target(logits_fn), x, k, eps=eps, norm="linf", delta=0.0,
                                      max_passes=3))(jnp.asarray(x), jax.random.key(0))
   np.testing.assert_allclose(v, -eps * np.sign(W), atol=1e-6)
   assert float(info["fooling_rate"]) == pytest.approx(float(np.mean(f < reach)))
@@ -38,8 +38,8 @@ def test_linf_uap_saturates_to_minus_eps_sign_w_and_fools_the_analytic_fraction(
 def test_l2_uap_points_along_minus_w_inside_its_ball():
   x, _, logits_fn = _linear_problem(seed=2)
   eps = 0.1
-  v, info = uap(logits_fn, jnp.asarray(x), jax.random.key(0), eps=eps, norm="l2", delta=0.0,
-                max_passes=2)
+  v, info = uap(as_target(logits_fn), jnp.asarray(x), jax.random.key(0), eps=eps, norm="l2",
+                delta=0.0, max_passes=2)
   cosine = float(jnp.dot(v, W) / (jnp.linalg.norm(v) * np.linalg.norm(W)))
   assert cosine < -0.999
   assert float(jnp.linalg.norm(v)) <= eps * (1 + 1e-5)
@@ -50,7 +50,7 @@ def test_l2_uap_points_along_minus_w_inside_its_ball():
 def test_uap_stops_at_the_target_fooling_rate():
   x, f, logits_fn = _linear_problem(seed=3)
   eps = 1.2 * f.max() / np.abs(W).sum()  # Every image is within reach.
-  v, info = uap(logits_fn, jnp.asarray(x), jax.random.key(1), eps=float(eps), delta=0.2,
+  v, info = uap(as_target(logits_fn), jnp.asarray(x), jax.random.key(1), eps=float(eps), delta=0.2,
                 max_passes=5)
   assert int(info["passes"]) == 1
   assert float(info["fooling_rate"]) >= 0.8
@@ -69,9 +69,10 @@ def test_apply_perturbation_clips_to_the_box():
 def test_uap_refuses_a_missing_or_meaningless_radius():
   x, _, logits_fn = _linear_problem()
   with pytest.raises(TypeError):
-    uap(logits_fn, jnp.asarray(x), jax.random.key(0))  # No default radius (the reference's 10).
+    # No default radius (the reference's 10).
+    uap(as_target(logits_fn), jnp.asarray(x), jax.random.key(0))
   with pytest.raises(ValueError, match="radius"):
-    uap(logits_fn, jnp.asarray(x), jax.random.key(0), eps=0.0)
+    uap(as_target(logits_fn), jnp.asarray(x), jax.random.key(0), eps=0.0)
 
 
 # Two groups of images, each one step from its own boundary: group A is fooled by v[0] > a_i,
@@ -95,7 +96,7 @@ def _two_group_images(na=5, nb=3):
 
 def test_uap_returns_its_best_pass_when_a_later_pass_fools_fewer():
   x = _two_group_images()
-  fit = jax.jit(lambda x, k: uap(_two_group_logits, x, k, eps=0.1, norm="l2", delta=0.0,
+  fit = jax.jit(lambda x, k: uap(as_target(_two_group_logits), x, k, eps=0.1, norm="l2", delta=0.0,
                                  max_passes=6))
   informative = 0
   for seed in range(6):

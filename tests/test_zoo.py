@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from defenses_jax.attacks import as_target
 from defenses_jax.attacks.query import Oracle
 from defenses_jax.attacks.query.zoo import (coordinate_step, importance_probabilities,
                                             initial_solver_state, sample_coordinates, zoo,
@@ -28,8 +29,8 @@ def two_class(bias):
 class RecordingOracle(Oracle):
   """Counts, outside the attack, the queries the Oracle answers per example."""
 
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
+  def __init__(self, logits_fn, *args, **kwargs):  # A plain model's Oracle.
+    super().__init__(as_target(logits_fn), *args, **kwargs)
     self.tally = 0
 
   def query_many(self, xs, counts, key, active=None):
@@ -130,7 +131,7 @@ def test_finds_the_minimal_l2_distance_to_a_linear_boundary_and_honours_kappa():
   bias = 1.0
   x = jnp.full((2,) + SHAPE, 0.5, jnp.float32)
   y = jnp.zeros(2, jnp.int32)
-  oracle = Oracle(two_class(bias), "scores", 10**7)
+  oracle = Oracle(as_target(two_class(bias)), "scores", 10**7)
   for kappa in (0.0, 2.0):
     x_adv, info = jax.jit(lambda x, y, k: zoo(oracle, x, y, k, kappa=kappa, coordinates=D,
                                               binary_search_steps=6, max_iterations=300,
@@ -150,8 +151,9 @@ def test_targeted_tanh_and_reduced_space():
   x = jnp.full((2,) + SHAPE, 0.5, jnp.float32)
   clean = np.asarray(logits(x)).argmax(-1)
   targets = jnp.asarray((clean + 1) % 3, jnp.int32)
+  oracle = Oracle(as_target(logits), "scores", 10**6)
   for extra in ({"use_tanh": True}, {"reduced_size": 2}):
-    x_adv, info = jax.jit(lambda x, y, k: zoo(Oracle(logits, "scores", 10**6), x, y, k,
+    x_adv, info = jax.jit(lambda x, y, k: zoo(oracle, x, y, k,
                                               binary_search_steps=3, max_iterations=200,
                                               coordinates=8, initial_const=1.0,
                                               learning_rate=0.05, target="given",
@@ -165,8 +167,8 @@ def test_targeted_tanh_and_reduced_space():
 def test_bad_input_is_refused_before_compute():
   x, y = jnp.zeros((2,) + SHAPE), jnp.zeros(2, jnp.int32)
   with pytest.raises(ValueError, match="scores"):
-    zoo(Oracle(two_class(0.0), "labels", 10), x, y, jax.random.key(0))
-  oracle = Oracle(two_class(0.0), "scores", 10)
+    zoo(Oracle(as_target(two_class(0.0)), "labels", 10), x, y, jax.random.key(0))
+  oracle = Oracle(as_target(two_class(0.0)), "scores", 10)
   with pytest.raises(ValueError, match="solver"):
     zoo(oracle, x, y, jax.random.key(0), solver="sgd")
   with pytest.raises(ValueError, match="target"):

@@ -34,7 +34,7 @@ from jax import lax
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch, cross_entropy
 from defenses_jax.attacks.stepped import SteppedAttack, run_batch, select_examples
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 APGD_LOSSES = ("ce", "dlr")
 
@@ -99,11 +99,12 @@ def _schedule(steps: int):
   return mask, lengths
 
 
-def _loss_and_grad(logits_fn, loss_fn, y, z, key, eot_iter):
-  """The loss's gradient and value averaged over `eot_iter` draws, and the last draw's output."""
+def _loss_and_grad(outputs_fn, loss_fn, y, z, key, eot_iter):
+  """The loss's gradient and value averaged over `eot_iter` draws, and the last draw's output
+  (outputs_fn(x, key): what loss_fn reads, e.g. a target's class scores)."""
 
   def total(zz, kk):
-    logits = call_logits(logits_fn, zz, kk)
+    logits = outputs_fn(zz, kk)
     per_example = loss_fn(logits, y)
     return jnp.sum(per_example), (per_example, logits)
 
@@ -192,9 +193,9 @@ def apgd_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf", steps: 
     if loss == "dlr" and outputs.shape[-1] < 3:
       raise ValueError("the DLR loss needs at least 3 classes (z_pi1 - z_pi3).")
 
-  return apgd_runs(logits_fn, eps=eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
-                   eot_iter=eot_iter, num_runs=1, loss_of=lambda targets: _loss_fn(loss, None),
-                   check=check)
+  return apgd_runs(_scores(logits_fn), eps=eps, norm=norm, steps=steps, restarts=restarts,
+                   rho=rho, eot_iter=eot_iter, num_runs=1,
+                   loss_of=lambda targets: _loss_fn(loss, None), check=check)
 
 
 def apgd_targeted_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf",
@@ -211,10 +212,15 @@ def apgd_targeted_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf"
       raise ValueError(f"APGD-T needs 1 <= num_target_classes <= {num_classes - 1}; got "
                        f"{num_target_classes}.")
 
-  return apgd_runs(logits_fn, eps=eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
-                   eot_iter=eot_iter, num_runs=num_target_classes,
+  return apgd_runs(_scores(logits_fn), eps=eps, norm=norm, steps=steps, restarts=restarts,
+                   rho=rho, eot_iter=eot_iter, num_runs=num_target_classes,
                    loss_of=lambda targets: _loss_fn("dlr", targets), rank=ranked_targets,
                    check=check)
+
+
+def _scores(target):
+  """The target's class scores as a function of (x, key): what the APGD loop differentiates."""
+  return lambda z, k: call_logits(target, z, k)
 
 
 def ranked_targets(clean, y):
@@ -238,7 +244,7 @@ class APGDState(NamedTuple):
   x_adv: jax.Array  # The first fooling run's point, else the last run's highest-loss point.
 
 
-def apgd_runs(logits_fn: Callable, *, eps: float, norm: str, steps: int, restarts: int,
+def apgd_runs(outputs_fn: Callable, *, eps: float, norm: str, steps: int, restarts: int,
               rho: float, eot_iter: int, num_runs: int, loss_of: Callable,
               rank: Optional[Callable] = None, check: Callable = lambda outputs: None,
               fooled_fn: Callable = misclassified) -> SteppedAttack:
@@ -246,8 +252,8 @@ def apgd_runs(logits_fn: Callable, *, eps: float, norm: str, steps: int, restart
   fools the example. loss_of(targets) -> loss(outputs, y) per example (targets: (B,) the run's
   target of each example, None without `rank`); rank(clean outputs, y) -> (B, >= num_runs)
   each example's targets in order; check(the outputs' shape) raises on a model the attack
-  cannot run on. `logits_fn` may return any pytree that the loss, rank and
-  fooled_fn(outputs, y) (default: misclassified) read."""
+  cannot run on. outputs_fn(x, key) may return any pytree that the loss, rank and
+  fooled_fn(outputs, y) (default: misclassified) read (apgd: a target's class scores)."""
   norms.check_norm(norm)
   if steps < 1 or restarts < 1:
     raise ValueError(f"APGD needs steps >= 1 and restarts >= 1; got {steps}, {restarts}.")
@@ -256,9 +262,9 @@ def apgd_runs(logits_fn: Callable, *, eps: float, norm: str, steps: int, restart
   def init(x, y, example_keys, key):
     check_batch(x, y)
     batch = x.shape[0]
-    check(jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x))
+    check(jax.eval_shape(lambda z: outputs_fn(z, key), x))
     ranked = (jnp.zeros((batch, 1), jnp.int32) if rank is None
-              else rank(call_logits(logits_fn, x, key), y))
+              else rank(outputs_fn(x, key), y))
     zeros = jnp.zeros((batch,), jnp.int32)
     placeholder = _first_state(x, jnp.zeros_like(x), jnp.zeros((batch,), x.dtype),
                                jnp.zeros((batch,), bool), eps)  # Replaced at the first step.
@@ -286,7 +292,7 @@ def apgd_runs(logits_fn: Callable, *, eps: float, norm: str, steps: int, restart
                                                                       norm))
     targets = None if rank is None else jnp.take_along_axis(
         s.ranked, jnp.minimum(s.run, num_runs - 1)[:, None], 1)[:, 0]
-    grad, loss, outputs = _loss_and_grad(logits_fn, loss_of(targets), s.y, z, key, eot_iter)
+    grad, loss, outputs = _loss_and_grad(outputs_fn, loss_of(targets), s.y, z, key, eot_iter)
     now = fooled_fn(outputs, s.y)
     run_state = select_examples(starting, _first_state(z, grad, loss, now, eps),
                                 _update(s.run_state, i, z, grad, loss, now, schedule, rho))
@@ -306,7 +312,7 @@ def apgd_runs(logits_fn: Callable, *, eps: float, norm: str, steps: int, restart
     return select_examples(live, new, s)
 
   def finish(s: APGDState, key):
-    success = fooled_fn(call_logits(logits_fn, s.x_adv, key), s.y)
+    success = fooled_fn(outputs_fn(s.x_adv, key), s.y)
     return s.x_adv, {"success": success, "step_size": s.run_state["step"],
                      **norms.distances(s.x_adv, s.x)}
 

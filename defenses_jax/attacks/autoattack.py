@@ -15,7 +15,7 @@ from defenses_jax.attacks.apgd import apgd, apgd_targeted
 from defenses_jax.attacks.objectives import check_batch
 from defenses_jax.attacks.query.oracle import Oracle
 from defenses_jax.attacks.query.square import square
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 AUTOATTACK_VERSIONS = ("standard", "rand")
 

@@ -29,7 +29,7 @@ from defenses_jax.attacks.norms import distances, per_example
 from defenses_jax.attacks.objectives import check_batch, is_successful, margin
 from defenses_jax.attacks.stepped import (SteppedAttack, example_targets, run_batch,
                                           run_until_done, select_examples)
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 _NO_UPPER_BOUND = 1e10
 # arctanh(+-1) is infinite: the reference code scales by 0.999999 before the arctanh.

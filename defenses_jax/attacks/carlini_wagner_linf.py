@@ -25,7 +25,7 @@ from defenses_jax.attacks.carlini_wagner import adam_step, from_tanh_space, to_t
 from defenses_jax.attacks.norms import distances, per_example
 from defenses_jax.attacks.objectives import check_batch, is_successful, margin
 from defenses_jax.attacks.stepped import SteppedAttack, example_targets, run_batch
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 
 def cw_linf(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,

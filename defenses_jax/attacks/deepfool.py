@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch, class_logit, max_other_logit
 from defenses_jax.attacks.stepped import SteppedAttack, run_batch
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 _TINY = 1e-8
 # A success's logit margin must exceed TOLERANCE x max(1, max_j |z_j|) of the clean logits (the

@@ -1,12 +1,13 @@
 """Attacks written for a classifier guarded by a detector (papers 002, 003): they see the whole
 deployed system, not only its class scores.
 
-`DetectedSystem` is what a detector-aware attacker differentiates. Called as a logits function
-it gives the class scores with the detector folded in (`reject_as_true_class`), so every
-gradient attack works against it unchanged; the attacks here also use its parts:
-`outputs(x)` -> class logits, penultimate embedding and the detector's excess over its
-threshold (s - threshold; the input is accepted iff it is negative), and `anchors`, one typical
-training embedding per class (the detector's `anchor_embeddings`).
+Their target (target.py) is the deployed system with its detector: `target(x, key)` gives the
+class logits, the detector's score and the system's `outputs` (penultimate embedding, the
+defense's own parts). What they must evade comes as `evasion` (a target.Evasion): the threshold
+(an input is accepted iff its score is below it) and, for feature matching, one typical
+training embedding per class (the detector's `anchor_embeddings`). Every other gradient attack
+evades a detector unchanged, on the class scores with the detector folded in
+(wrappers.rejecting).
 
 - `cw_wb`: Carlini & Wagner (2017a, "Adversarial examples are not easily detected") against a
   density detector, as paper 002's white-box attack: phase 1 is CW-L2 on the classifier; phase 2
@@ -24,8 +25,6 @@ training embedding per class (the detector's `anchor_embeddings`).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -33,44 +32,20 @@ from jax import lax
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.carlini_wagner import cw_l2_search
 from defenses_jax.attacks.objectives import check_batch, margin
-from defenses_jax.attacks.wrappers import reject_as_true_class
+from defenses_jax.attacks.target import Evasion, Target
 
 
-class DetectedSystem:
-  """The deployed classifier and its fitted detector at a fixed threshold, for one batch of
-  labels (the folded logits are label-aware). `outputs_fn(x)` -> {'class_logits',
-  'embedding', 'detector_score'}; `weight` converts detector units into logit units for the
-  folded logits."""
-
-  def __init__(self, outputs_fn: Callable, threshold, labels, anchors_fn: Callable,
-               weight: float = 1.0):
-    self._outputs_fn, self.threshold, self.labels = outputs_fn, threshold, labels
-    self._anchors_fn, self.weight = anchors_fn, weight
-
-  def outputs(self, x) -> dict:
-    out = dict(self._outputs_fn(x))
-    out["excess"] = out.pop("detector_score") - self.threshold
-    return out
-
-  def __call__(self, x):
-    if x.shape[0] != self.labels.shape[0]:
-      raise ValueError(f"the detector-aware target knows the labels of a batch of "
-                       f"{self.labels.shape[0]}; it was called on {x.shape[0]} inputs.")
-    out = self.outputs(x)
-    return reject_as_true_class(out["class_logits"], out["excess"], 0.0, self.labels,
-                                self.weight)
-
-  @property
-  def anchors(self):
-    return self._anchors_fn()
-
-
-def _require_system(system, attack: str) -> DetectedSystem:
-  if not isinstance(system, DetectedSystem):
-    raise ValueError(f"{attack} attacks a classifier *and* its detector: it needs a "
-                     "DetectedSystem (in a config: detector_aware=True with a detector in "
-                     f"eval.detection), not {type(system).__name__}.")
-  return system
+def system_outputs(system: Target, x, key, evasion: Evasion) -> dict:
+  """What the attacks here read of the deployed system on x: everything it computed
+  (`class_logits`, `embedding`, the defense's parts) and `excess`, the detector's score over
+  the attacker's threshold (the input is accepted iff it is negative)."""
+  out = system(x, key)
+  if out.detector_score is None or out.outputs is None:
+    raise ValueError("this attack evades a detector: its target must be a deployed system with "
+                     "a detector (in a config: detector_aware=True with a detector in "
+                     "eval.detection).")
+  return {**out.outputs, "class_logits": out.class_logits,
+          "excess": out.detector_score - evasion.threshold}
 
 
 def evades(out: dict, y, kappa: float = 0.0):
@@ -88,7 +63,7 @@ def cw_wb_violation(out: dict, y, kappa: float = 0.0):
   return jnp.maximum(kappa - m, 0.0) + jnp.maximum(out["excess"], 0.0), evades(out, y, kappa)
 
 
-def cw_wb(system: DetectedSystem, x, y, key, *, kappa: float = 0.0,
+def cw_wb(system: Target, x, y, key, *, evasion: Evasion, kappa: float = 0.0,
           phase1_iterations: int = 5000, phase1_binary_steps: int = 3,
           phase2_iterations: int = 10000, phase2_binary_steps: int = 3,
           phase1_learning_rate: float = 0.1, phase2_learning_rate: float = 1e-2,
@@ -97,12 +72,12 @@ def cw_wb(system: DetectedSystem, x, y, key, *, kappa: float = 0.0,
   steps, kappa 0; learning rates and c0 = 1 from the reference's two phases). Returns (x_adv,
   info): success = misclassified and accepted on a fresh forward pass; failures come back as
   x; `phase1_success`: phase 1 alone fooled the classifier."""
-  system = _require_system(system, "cw_wb")
   check_batch(x, y)
   key1, key2 = jax.random.split(key)
+  outputs = lambda z, k: system_outputs(system, z, k, evasion)
 
-  def classifier_violation(x_new, _):
-    m = margin(system.outputs(x_new)["class_logits"], y)
+  def classifier_violation(x_new, k):
+    m = margin(outputs(x_new, k)["class_logits"], y)
     return jnp.maximum(kappa - m, 0.0), (m > 0) & (m >= kappa)
 
   start, _, _ = cw_l2_search(classifier_violation, x, key1,
@@ -111,45 +86,45 @@ def cw_wb(system: DetectedSystem, x, y, key, *, kappa: float = 0.0,
                              learning_rate=phase1_learning_rate, initial_const=initial_const,
                              abort_early=abort_early)
 
-  best_x, const, lower = cw_l2_search(lambda z, _: cw_wb_violation(system.outputs(z), y, kappa),
+  best_x, const, lower = cw_l2_search(lambda z, k: cw_wb_violation(outputs(z, k), y, kappa),
                                       x, key2,
                                       binary_search_steps=phase2_binary_steps,
                                       max_iterations=phase2_iterations,
                                       learning_rate=phase2_learning_rate,
                                       initial_const=initial_const, abort_early=abort_early,
                                       start=start)
-  success = evades(system.outputs(best_x), y, kappa)
+  success = evades(outputs(best_x, key), y, kappa)
   x_adv = jnp.where(norms.per_example(success, x), best_x, x)
-  phase1 = margin(system.outputs(start)["class_logits"], y) > 0
+  phase1 = margin(outputs(start, key)["class_logits"], y) > 0
   return x_adv, {"success": success, "phase1_success": phase1, **norms.distances(x_adv, x),
                  "const": const, "const_lower": lower}
 
 
-def feature_matching(system: DetectedSystem, x, y, key, *, eps: float, steps: int = 100,
-                     step_size: float = 0.0, num_targets: int = 3,
+def feature_matching(system: Target, x, y, key, *, evasion: Evasion, eps: float,
+                     steps: int = 100, step_size: float = 0.0, num_targets: int = 3,
                      random_start: bool = True):
   """L-inf PGD on -||h(x') - anchor_t||^2 for the clean input's `num_targets` most likely
   wrong classes t in turn (step_size 0: 2.5 eps / steps, as Tramèr et al.). Each example keeps
   the first target's final iterate that is misclassified and accepted (else the last target's
   iterate). Returns (x_adv, info) with success re-checked on a fresh forward pass and the
   target that succeeded (-1: none)."""
-  system = _require_system(system, "feature_matching")
   check_batch(x, y)
+  outputs = lambda z: system_outputs(system, z, key, evasion)  # A deterministic system.
   if steps < 1 or not 1 <= num_targets:
     raise ValueError(f"feature_matching needs steps >= 1 and num_targets >= 1; got {steps}, "
                      f"{num_targets}.")
   step = step_size or 2.5 * eps / steps
-  clean_logits = system.outputs(x)["class_logits"]
+  clean_logits = outputs(x)["class_logits"]
   num_classes = clean_logits.shape[-1]
   if num_targets > num_classes - 1:
     raise ValueError(f"num_targets {num_targets} exceeds the {num_classes - 1} wrong classes.")
   ranked = jnp.argsort(-jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf,
                                   clean_logits), axis=-1)
-  anchors = system.anchors
+  anchors = evasion.anchors()
   batch = x.shape[0]
 
   def distance(z, t):
-    embedding = system.outputs(z)["embedding"].reshape(batch, -1)
+    embedding = outputs(z)["embedding"].reshape(batch, -1)
     return jnp.sum(jnp.square(embedding - anchors[t]), axis=-1)
 
   grad_fn = jax.grad(lambda z, t: jnp.sum(distance(z, t)))
@@ -163,12 +138,12 @@ def feature_matching(system: DetectedSystem, x, y, key, *, eps: float, steps: in
                                                     "linf"), x, eps, "linf")
     x_t = lax.fori_loop(0, steps, lambda _, z: norms.project(
         z - step * jnp.sign(grad_fn(z, t)), x, eps, "linf"), x0)
-    ok = evades(system.outputs(x_t), y) & ~found
+    ok = evades(outputs(x_t), y) & ~found
     best_x = jnp.where(norms.per_example(ok | ~found, x), x_t, best_x)
     return (best_x, found | ok, jnp.where(ok, t, target_found)), None
 
   init = norms.varying_like((x, jnp.zeros((batch,), bool), jnp.full((batch,), -1)), x)
   (best_x, _, target_found), _ = lax.scan(one_target, init, jnp.arange(num_targets))
-  success = evades(system.outputs(best_x), y)
+  success = evades(outputs(best_x), y)
   return best_x, {"success": success, "target": jnp.where(success, target_found, -1),
                   **norms.distances(best_x, x)}

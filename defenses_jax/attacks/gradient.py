@@ -15,7 +15,7 @@ from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import attack_loss, is_successful, resolve_targets
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 
 # Folded into the attack's key for the final forward pass (which only a randomised defense
@@ -49,7 +49,7 @@ def fgsm(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
   """Fast Gradient (Sign) Method: one step of size eps along the steepest-ascent direction.
   Returns (x_adv, info): per-example success (fresh forward pass), l2, linf."""
   norms.check_norm(norm)
-  t = resolve_targets(logits_fn, x, y, target, targets)
+  t = resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets)
   _, _, grad = _loss_and_grad(logits_fn, x, y, t, loss, key)
   x_adv = norms.project(x + eps * norms.steepest_ascent(grad, norm), x, eps, norm)
   return _report(logits_fn, x_adv, x, y, t, key)
@@ -68,7 +68,7 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
   norms.check_norm(norm)
   if steps < 0 or restarts < 1:
     raise ValueError(f"PGD needs steps >= 0 and restarts >= 1; got {steps}, {restarts}.")
-  t = resolve_targets(logits_fn, x, y, target, targets)
+  t = resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets)
 
   def one_restart(carry, restart_key):
     best_x, best_loss, best_success = carry

@@ -38,7 +38,7 @@ from jax import lax
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch
 from defenses_jax.attacks.stepped import SteppedAttack, example_targets, run_batch
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 JSMA_TARGETS = ("random", "least_likely", "given")
 

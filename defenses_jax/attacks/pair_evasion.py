@@ -1,10 +1,11 @@
 """Attacks on paper 003's collaborative defense as a whole: the deployed classifier Z* and the
 pair detector, which accepts an input classified as c iff argmax Z' = Classmap[c].
 
-Both read the DetectedSystem's outputs (detector_evasion.DetectedSystem): `class_logits` Z*,
+Both read the deployed system's outputs (detector_evasion.system_outputs): `class_logits` Z*,
 `accept_margin` (B, K), margin(Z', Classmap[c]) for each candidate class c, and `excess` (the
-detector's score over the attacker's threshold; accepted iff negative). With the pair
-detector's fixed threshold 0, "accepted if classified as t" is accept_margin[:, t] > 0.
+detector's score over the attacker's threshold, `evasion.threshold`; accepted iff negative).
+With the pair detector's fixed threshold 0, "accepted if classified as t" is
+accept_margin[:, t] > 0.
 
 - `cw_pair`: the paper's nearly-white-box attack (section 3.3.2, equation 10): Carlini-Wagner L2
   on eta1 L(Z*, t) + eta2 L(Z', Classmap[t]), L the CW hinge max(kappa - margin, 0). Targeted
@@ -26,15 +27,16 @@ import jax.numpy as jnp
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.apgd import apgd_runs, ranked_targets
 from defenses_jax.attacks.carlini_wagner import cw_l2_search
-from defenses_jax.attacks.detector_evasion import DetectedSystem, _require_system, evades
+from defenses_jax.attacks.detector_evasion import evades, system_outputs
 from defenses_jax.attacks.objectives import check_batch, margin, random_targets
 from defenses_jax.attacks.stepped import run_batch
+from defenses_jax.attacks.target import Evasion, Target
 
 PAIR_TARGETS = ("none", "random")
 
 
-def _pair_outputs(system: DetectedSystem, z, bpda: bool = False) -> dict:
-  out = system.outputs(z)
+def _pair_outputs(system: Target, z, key, evasion: Evasion, bpda: bool = False) -> dict:
+  out = system_outputs(system, z, key, evasion)
   if "accept_margin" not in out:
     raise ValueError("pair attacks read the defense's `accept_margin` output; only the "
                      "collaborative defense (paper 003) with the pair detector has it.")
@@ -47,7 +49,7 @@ def _pair_outputs(system: DetectedSystem, z, bpda: bool = False) -> dict:
     out["class_logits"] = surrogate + jax.lax.stop_gradient(value - surrogate)
   # Accepted if classified as c: the detector's excess if the class were c, negated. With the
   # pair detector (score -accept_margin of the deployed class) excess = -accept_margin - thr.
-  out["accept_if"] = out["accept_margin"] + system.threshold
+  out["accept_if"] = out["accept_margin"] + evasion.threshold
   return out
 
 
@@ -75,45 +77,43 @@ def pair_violation(out: dict, y, targets, kappa: float, eta1: float, eta2: float
   return jnp.min(terms, axis=-1), evades(out, y, kappa)
 
 
-def cw_pair(system: DetectedSystem, x, y, key, *, kappa: float = 0.0, target: str = "none",
-            eta1: float = 1.0, eta2: float = 1.0, binary_search_steps: int = 9,
-            max_iterations: int = 1000, learning_rate: float = 1e-2,
-            initial_const: float = 1e-3, abort_early: bool = True):
+def cw_pair(system: Target, x, y, key, *, evasion: Evasion, kappa: float = 0.0,
+            target: str = "none", eta1: float = 1.0, eta2: float = 1.0,
+            binary_search_steps: int = 9, max_iterations: int = 1000,
+            learning_rate: float = 1e-2, initial_const: float = 1e-3, abort_early: bool = True):
   """Equation 10's CW-L2 (see the module docstring); the paper gives no eta1 / eta2 (ours: 1,
   1). Returns (x_adv, info): success on a fresh forward pass, `target` (-1 untargeted);
   failures come back as x."""
-  system = _require_system(system, "cw_pair")
   check_batch(x, y)
   if target not in PAIR_TARGETS:
     raise ValueError(f"cw_pair's target is one of {PAIR_TARGETS}; got {target!r}.")
   if not (eta1 >= 0 and eta2 >= 0 and eta1 + eta2 > 0):
     raise ValueError(f"cw_pair needs eta1, eta2 >= 0, not both 0; got {eta1}, {eta2}.")
   search_key, target_key = jax.random.split(key)
-  num_classes = jax.eval_shape(lambda z: system.outputs(z)["class_logits"], x).shape[-1]
+  num_classes = jax.eval_shape(lambda z: system(z, key).class_logits, x).shape[-1]
   targets = random_targets(target_key, y, num_classes) if target == "random" else None
 
-  def violation(z, _):
-    return pair_violation(_pair_outputs(system, z), y, targets, kappa, eta1, eta2)
+  def violation(z, k):
+    return pair_violation(_pair_outputs(system, z, k, evasion), y, targets, kappa, eta1, eta2)
 
   best_x, const, lower = cw_l2_search(violation, x, search_key,
                                       binary_search_steps=binary_search_steps,
                                       max_iterations=max_iterations,
                                       learning_rate=learning_rate, initial_const=initial_const,
                                       abort_early=abort_early)
-  _, success = violation(best_x, None)
+  _, success = violation(best_x, key)
   x_adv = jnp.where(norms.per_example(success, x), best_x, x)
   return x_adv, {"success": success, **norms.distances(x_adv, x), "const": const,
                  "const_lower": lower,
                  "target": jnp.full(y.shape, -1) if targets is None else targets}
 
 
-def pair_apgd(system: DetectedSystem, x, y, key, *, eps: float, norm: str = "linf",
+def pair_apgd(system: Target, x, y, key, *, evasion: Evasion, eps: float, norm: str = "linf",
               steps: int = 100, num_targets: int = 3, restarts: int = 1,
               margin_cap: float = 1.0, bpda: bool = False, rho: float = 0.75):
   """APGD towards each of the `num_targets` classes with the highest clean Z* other than y, on
   min(margin(Z*, t), cap) + min(accept margin of t, cap); an example keeps the first target
   that makes it misclassified and accepted (module docstring). Returns (x_adv, info)."""
-  system = _require_system(system, "pair_apgd")
   if not margin_cap > 0:
     raise ValueError(f"pair_apgd's margin_cap must be positive; got {margin_cap}.")
 
@@ -127,8 +127,8 @@ def pair_apgd(system: DetectedSystem, x, y, key, *, eps: float, norm: str = "lin
     return lambda out, yy: (jnp.minimum(margin(out["class_logits"], yy, t), margin_cap)
                             + jnp.minimum(_at(out["accept_if"], t), margin_cap))
 
-  attack = apgd_runs(lambda z: _pair_outputs(system, z, bpda), eps=eps, norm=norm, steps=steps,
-                     restarts=restarts, rho=rho, eot_iter=1, num_runs=num_targets,
+  attack = apgd_runs(lambda z, k: _pair_outputs(system, z, k, evasion, bpda), eps=eps, norm=norm,
+                     steps=steps, restarts=restarts, rho=rho, eot_iter=1, num_runs=num_targets,
                      loss_of=loss_of, check=check,
                      rank=lambda out, yy: ranked_targets(out["class_logits"], yy),
                      fooled_fn=lambda out, yy: evades(out, yy))

@@ -1,12 +1,13 @@
 """Every attack by name, with what it needs from the model (its access) and what sets its length.
 
-Access kinds:
-- gradient: `attack(logits_fn, x, y, key, **params) -> (x_adv, info)` differentiates logits_fn;
-- scores / labels: query attacks, which only see an `Oracle` (query/oracle.py) answering with
-  scores or labels, count their queries and cannot differentiate it;
-- gradient attacks with `needs_detector` take a detector_evasion.DetectedSystem (the
-  classifier with its detector) in place of logits_fn;
-- universal: `fn(logits_fn, x, key, **params) -> (v, info)` fits one perturbation on a set of
+Access kinds (every attack's model is an attack target, `target(x, key) -> Deployed`:
+target.py):
+- gradient: `attack(target, x, y, key, **params) -> (x_adv, info)` differentiates the target;
+- scores / labels: query attacks, which only see an `Oracle` (query/oracle.py) of the target
+  answering with scores or labels, count their queries and cannot differentiate it;
+- gradient attacks with `needs_detector` read the target's detector score and outputs too, and
+  take what they must evade as `evasion=` (a target.Evasion);
+- universal: `fn(target, x, key, **params) -> (v, info)` fits one perturbation on a set of
   (training) images; `apply(v, x)` adds it to any input.
 
 `budget_param` names the parameter that sets how long an iterative attack runs (for the "more
@@ -43,6 +44,7 @@ from defenses_jax.attacks.query.random_search import random_search
 from defenses_jax.attacks.query.square import LOSSES as SQUARE_LOSSES
 from defenses_jax.attacks.query.square import square
 from defenses_jax.attacks.query.zoo import SOLVERS, zoo, zoo_query_budget
+from defenses_jax.attacks.target import Target
 from defenses_jax.attacks.universal import apply_perturbation, uap
 from defenses_jax.registry import Registry
 
@@ -57,10 +59,10 @@ class AttackInfo:
   budget_param: Optional[str] = None
   apply: Optional[Callable] = None  # Universal attacks: (v, x) -> the perturbed input.
   query_budget: Optional[Callable[..., int]] = None  # Query attacks: params -> Oracle budget.
-  # Attacks on a classifier *and* its detector (detector_evasion.py): their first argument is a
-  # DetectedSystem, so they run only detector-aware.
+  # Attacks on a classifier *and* its detector (detector_evasion.py): they take `evasion=` (the
+  # detector's threshold, as the attacker knows it) and run only detector-aware.
   needs_detector: bool = False
-  # Early-stopping attacks: (logits_fn, **params) -> attacks.stepped.SteppedAttack (a query
+  # Early-stopping attacks: (target, **params) -> attacks.stepped.SteppedAttack (a query
   # attack: (oracle, **params)), so that the slot runner (evaluation/slot_runner.py) refills an
   # example's place once it finishes.
   stepped: Optional[Callable] = None
@@ -105,10 +107,10 @@ class AttackInfo:
       raise ValueError("only query attacks have an Oracle budget.")
     return int(self.query_budget(**params)) if self.query_budget else self.budget(params)
 
-  def oracle(self, logits_fn: Callable, params: dict, independent_examples: bool) -> Oracle:
-    """What a query attack with these parameters gets of the model: an Oracle of its access
-    kind and budget."""
-    return Oracle(logits_fn, self.access, self.oracle_budget(params),
+  def oracle(self, target: Target, params: dict, independent_examples: bool) -> Oracle:
+    """What a query attack with these parameters gets of the target: an Oracle of its access
+    kind and budget (independent_examples: see Oracle)."""
+    return Oracle(target, self.access, self.oracle_budget(params),
                   independent_examples=independent_examples)
 
   def norm_of(self, params: dict) -> str:

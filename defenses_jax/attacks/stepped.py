@@ -26,7 +26,7 @@ from jax import lax
 
 from defenses_jax.attacks.norms import varying_like
 from defenses_jax.attacks.objectives import random_targets, resolve_targets
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.deepfool import deepfool
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 
 
 def apply_perturbation(v, x):

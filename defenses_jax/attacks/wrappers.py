@@ -3,9 +3,8 @@ and a detector folded into the class scores, for attacks that must evade a detec
 
 BPDA (Athalye et al. 2018): keep a non-differentiable (or gradient-masking) operation on the
 forward pass, but differentiate a smooth approximation of it on the backward pass.
-EOT: for a randomised defense, attack the expectation over its randomness. A randomised logits
-function is marked `stochastic` and takes (x, key); every attack draws a fresh key for it at
-each step (see `call_logits`).
+EOT: for a randomised defense, attack the expectation over its randomness. Both wrap an
+attack target (target.py) into another: every attack takes them unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from defenses_jax.attacks.objectives import class_logit, max_other_logit
+from defenses_jax.attacks.target import Deployed, Evasion, Target
 
 BACKWARD_APPROXIMATIONS: dict[str, Callable] = {
     "identity": lambda x: x,  # BPDA-I: the op is treated as the identity on the way back.
@@ -49,26 +49,16 @@ def bpda(forward: Callable, backward="identity") -> Callable:
   return op
 
 
-def stochastic(fn: Callable) -> Callable:
-  """Marks fn(x, key) -> logits as randomised, so attacks pass it a fresh key every call."""
-  fn.stochastic = True
-  return fn
-
-
-def call_logits(logits_fn: Callable, x, key):
-  return logits_fn(x, key) if getattr(logits_fn, "stochastic", False) else logits_fn(x)
-
-
 # Draws evaluated at once by eot: more (paper 004's 500 draws of a 13-step attack inside the
 # defense) run in sequential chunks, each rematerialised on the backward pass, so memory stays
 # that of EOT_CHUNK draws.
 EOT_CHUNK = 32
 
 
-def eot(random_logits_fn: Callable, num_samples: int, chunk: int = EOT_CHUNK) -> Callable:
-  """Expectation over transformation: a stochastic logits function whose output is the mean
-  log-probability over `num_samples` draws of the defense's randomness (vmapped in chunks of
-  `chunk` draws, not looped in Python).
+def eot(target: Target, num_samples: int, chunk: int = EOT_CHUNK) -> Target:
+  """Expectation over transformation: a target whose class scores are the mean log-probability
+  of `target`'s over `num_samples` draws of its randomness, one key each split from the call's
+  (vmapped in chunks of `chunk` draws, not looped in Python).
 
   The output's entry y, E[log p_y], has exactly the EOT gradient of the loss -log p_y. The
   attacks' cross-entropy re-normalises its input (softmax of the averaged log-probabilities),
@@ -80,14 +70,14 @@ def eot(random_logits_fn: Callable, num_samples: int, chunk: int = EOT_CHUNK) ->
 
   def averaged(x, key):
     keys = jax.random.split(key, num_samples)
-    one_draw = lambda k: jax.nn.log_softmax(random_logits_fn(x, k))
+    one_draw = lambda k: jax.nn.log_softmax(target(x, k).class_logits)
     if num_samples <= chunk:
       log_probs = jax.vmap(one_draw)(keys)
     else:
       log_probs = jax.lax.map(jax.checkpoint(one_draw), keys, batch_size=chunk)
-    return jnp.mean(log_probs, axis=0)
+    return Deployed(jnp.mean(log_probs, axis=0))
 
-  return stochastic(averaged)
+  return averaged
 
 
 def reject_as_true_class(class_logits, detector_score, threshold, labels, weight: float = 1.0):
@@ -109,3 +99,19 @@ def reject_as_true_class(class_logits, detector_score, threshold, labels, weight
   true_class = jnp.maximum(class_logit(class_logits, labels), reject)
   return jnp.where(jax.nn.one_hot(labels, class_logits.shape[-1], dtype=bool),
                    true_class[:, None], class_logits)
+
+
+def rejecting(system: Target, evasion: Evasion, labels: jax.Array) -> Target:
+  """The target of an attacker who must both fool `system` (a deployed system with a detector)
+  and evade its detector: class scores with the detector folded in (reject_as_true_class, at
+  the attacker's threshold and weight). Label-aware: only for the batch of `labels`."""
+
+  def folded(x, key):
+    if x.shape[0] != labels.shape[0]:
+      raise ValueError(f"the detector-aware target knows the labels of a batch of "
+                       f"{labels.shape[0]}; it was called on {x.shape[0]} inputs.")
+    out = system(x, key)
+    return Deployed(reject_as_true_class(out.class_logits, out.detector_score,
+                                         evasion.threshold, labels, evasion.weight))
+
+  return folded

@@ -4,7 +4,7 @@ point of its Delta-ball, f_a trained on g(x) only (equation 1).
 
 f_b is its own experiment (`transform_experiment`: any trained member of the same workdir, e.g.
 a standard or adversarially trained small VGG), restored from its checkpoint when this
-experiment is built (`bind_trained`) and never trained further: its weights are constants of
+experiment is built (`resolve`) and never trained further: its weights are constants of
 the compiled steps, so no gradient can reach them. Its checkpoint step is recorded in this
 experiment's config (`transform_step`), so f_a's checkpoints are refused once f_b is retrained.
 An untrained f_b (the paper's Table 1, first column) is `transform_model` initialised from
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from defenses_jax import parallel
-from defenses_jax.attacks.wrappers import stochastic
 from defenses_jax.defenses.attack_transform import (VARIANTS, TransformSettings,
                                                     attack_transform, bpda_sign,
                                                     equation_5_clip)
@@ -63,8 +62,7 @@ class AdvTransform(Defense):
   metric_images: int = 100
   metric_samples: int = 5000
   name: str = "adv_transform"
-  attack_surfaces = tuple(SURFACES)
-  # f_b in inference mode, attached by bind_trained (not part of the defense's identity).
+  # f_b in inference mode, attached by resolve (not part of the defense's identity).
   frozen: Any = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
@@ -91,16 +89,11 @@ class AdvTransform(Defense):
   def randomised(self) -> bool:
     return self.random_start
 
-  @classmethod
-  def derive_options(cls, options: dict, load_trained: Callable, num_classes: int,
-                     batch_size: int) -> dict:
-    if not options.get("transform_experiment") or options.get("transform_step", -1) >= 0:
-      return options
-    cls(num_classes=num_classes, **options)  # Validates before f_b loads.
-    fb = load_trained(options["transform_experiment"])
-    return {**options, "transform_step": int(fb.state.step)}
-
-  def bind_trained(self, load_trained: Callable, image_shape: tuple) -> "AdvTransform":
+  def resolve(self, load_trained: Callable, image_shape: tuple, batch_size: int
+              ) -> "AdvTransform":
+    """With f_b attached: the untrained `transform_model` initialised from transform_seed, or
+    the trained `transform_experiment` restored, its checkpoint step recorded (transform_step)
+    or, once recorded, required (f_a was trained on that f_b)."""
     if self.transform_model:
       from defenses_jax.models import create_model  # Models import nothing from defenses.
       model = create_model(self.transform_model, self.num_classes,
@@ -117,7 +110,7 @@ class AdvTransform(Defense):
     if fb.exp.train_ds.image_shape != tuple(image_shape):
       raise ValueError(f"f_b {self.transform_experiment!r} takes images "
                        f"{fb.exp.train_ds.image_shape}, this experiment {tuple(image_shape)}.")
-    return dataclasses.replace(self, frozen=fb.network())
+    return dataclasses.replace(self, transform_step=int(fb.state.step), frozen=fb.network())
 
   def evaluation_metrics(self, net, images, key) -> dict:
     n = min(self.metric_images, len(images))
@@ -143,7 +136,7 @@ class AdvTransform(Defense):
   def fb_logits(self, x: jax.Array) -> jax.Array:
     if self.frozen is None:
       raise ValueError("adv_transform: f_b is not attached; build the experiment through "
-                       "experiment.Experiment, which restores it (bind_trained).")
+                       "experiment.Experiment, which restores it (resolve).")
     return self.frozen(x)
 
   def transform(self, x: jax.Array, key: Optional[jax.Array] = None, **ops) -> jax.Array:
@@ -160,25 +153,17 @@ class AdvTransform(Defense):
       return self.transform(x, key, sign_op=sign_op)
     return self.transform(x, key, sign_op=sign_op, offset_op=equation_5_clip(self.delta))
 
-  def surface_target(self, surface: str, net: Callable) -> Callable:
-    logits = lambda z, key=None: self.class_logits(net(self.surface_transform(surface, z, key)))
-    return stochastic(logits) if self.randomised else logits
+  def attack_surfaces(self) -> dict:
+    return {surface: functools.partial(self._surface_logits, surface) for surface in SURFACES}
+
+  def _surface_logits(self, surface: str, net: Callable, x: jax.Array, key: jax.Array):
+    return self.class_logits(net(self.surface_transform(surface, x, key)))
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     images = jax.lax.stop_gradient(self.transform(batch["image"], key))
     return unit_weighted(images, batch["label"]), defense_state
 
-  def deployed(self, net: Callable, x: jax.Array, key: Optional[jax.Array] = None) -> Deployed:
-    if getattr(net, "detector", None) is not None:
-      outputs = self.deployed_outputs(net, x, key)
-      return Deployed(outputs["class_logits"], outputs["detector_score"])
-    return Deployed(self.class_logits(net(self.transform(x, key))))
-
-  def deployed_outputs(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None
-                       ) -> dict:
-    transformed = self.transform(x, key)
-    outputs = net.outputs(transformed)
-    outputs.update(class_logits=self.class_logits(outputs["logits"]), transformed=transformed)
-    if net.detector is not None:
-      outputs["detector_score"] = net.detector.score(net.detector_state, outputs, transformed)
-    return outputs
+  def deployed(self, net: Network, x: jax.Array, key: Optional[jax.Array] = None,
+               detector=None) -> Deployed:
+    """f_a(g(x)): the base classifier (and detector) on the transformed input."""
+    return super().deployed(net, self.transform(x, key), detector=detector)

@@ -15,10 +15,10 @@ from defenses_jax.defenses.base import Defense, unit_weighted
 
 
 def adversarial_examples(attack: str, attack_params: dict, logits_fn, batch, key) -> jax.Array:
-  """Adversarial examples of the batch under `attack`, with gradients stopped: they are data, not
-  a function of the parameters being trained."""
-  x_adv, _ = attacks.get_attack(attack)(logits_fn, batch["image"], batch["label"], key,
-                                        **attack_params)
+  """Adversarial examples of the batch under `attack` on logits_fn(x) -> logits, with gradients
+  stopped: they are data, not a function of the parameters being trained."""
+  x_adv, _ = attacks.get_attack(attack)(attacks.as_target(logits_fn), batch["image"],
+                                        batch["label"], key, **attack_params)
   return jax.lax.stop_gradient(x_adv)
 
 

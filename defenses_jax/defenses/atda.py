@@ -67,7 +67,8 @@ class ATDA(Defense):
 
   def training_batch(self, batch, key, logits_fn, defense_state):
     x, y = batch["image"], batch["label"]
-    x_adv = lax.stop_gradient(attacks.fgsm(logits_fn, x, y, key, eps=self.eps)[0])
+    x_adv = lax.stop_gradient(attacks.fgsm(attacks.as_target(logits_fn), x, y, key,
+                                           eps=self.eps)[0])
     return {"image": jnp.concatenate([x, x_adv]), "label": jnp.concatenate([y, y]),
             "weight": jnp.ones((2 * y.shape[0],), jnp.float32),
             "centers": defense_state["centers"]}, defense_state

@@ -43,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses_jax import artifact_cache, parallel
+from defenses_jax import parallel
 from defenses_jax.attacks.gradient import fgsm
+from defenses_jax.attacks.target import as_target
 from defenses_jax.defenses.adversarial_training import adversarial_examples
 from defenses_jax.defenses.base import Defense, Network
 from defenses_jax.defenses.pdm import cross_entropy
@@ -86,7 +87,7 @@ def fgs_confusion(logits_fn: Callable, images: np.ndarray, labels: np.ndarray,
 
   @functools.partial(jax.jit, compiler_options=parallel.COMPILER_OPTIONS)  # As the runners.
   def predictions(x, y):
-    x_adv, _ = fgsm(logits_fn, x, y, key, eps=epsilon)
+    x_adv, _ = fgsm(as_target(logits_fn), x, y, key, eps=epsilon)
     return jax.nn.softmax(logits_fn(x_adv))
 
   counts = np.zeros((num_classes, num_classes))
@@ -194,23 +195,20 @@ class Collaborative(Defense):
     if self.lock_hidden < 1 or self.classmap_examples < 0:
       raise ValueError("collaborative needs lock_hidden >= 1 and classmap_examples >= 0.")
 
-  # Options derived from another trained experiment (see experiment.Experiment).
-  @classmethod
-  def derive_options(cls, options: dict, load_trained: Callable, num_classes: int,
-                     batch_size: int) -> dict:
-    if options.get("classmap") or not options.get("classmap_oracle"):
-      return options
-    defense = cls(num_classes=num_classes, **options)  # Validates before the oracle loads.
-    oracle = load_trained(defense.classmap_oracle)
-    classmap = oracle_classmap(oracle, defense, batch_size)
-    return {**options, "classmap": list(classmap)}  # A list: as config.json stores it.
+  def resolve(self, load_trained: Callable, image_shape: tuple, batch_size: int
+              ) -> "Collaborative":
+    """With the Classmap derived from the trained `classmap_oracle`, when it is not given."""
+    if self.classmap:
+      return self
+    oracle = load_trained(self.classmap_oracle)
+    return dataclasses.replace(self, classmap=oracle_classmap(oracle, self, batch_size))
 
   @property
   def robust_labels(self) -> jax.Array:
     if not self.classmap:
       raise ValueError("collaborative: the Classmap has not been derived (classmap is empty); "
                        "build the experiment through experiment.Experiment, which derives it "
-                       f"from classmap_oracle {self.classmap_oracle!r}.")
+                       f"from classmap_oracle {self.classmap_oracle!r} (resolve).")
     return jnp.asarray(self.classmap, jnp.int32)
 
   def wrap_model(self, model: nn.Module) -> nn.Module:
@@ -255,25 +253,20 @@ class Collaborative(Defense):
   def robust_bound(self) -> float:
     return math.log(self.num_classes) if self.robust_adv_bound < 0 else self.robust_adv_bound
 
-  def deployed_outputs(self, net: Network, x, key=None) -> dict:
+  def deployed_outputs(self, net: Network, x) -> dict:
     """Adds to the network's outputs: `base_logits` Z, `robust_logits` Z', `lock` g(Z'), the
     deployed `class_logits` Z*, and `accept_margin` (B, K): margin(Z', Classmap[c]) for each
     candidate class c (what the pair detector and pair-aware attacks read)."""
-    del key
     outputs = net.outputs(x)
     z, z_robust, lock = self.split(outputs["logits"])
     outputs.update(base_logits=z, robust_logits=z_robust, lock=lock, class_logits=z * lock,
                    accept_margin=pair_accept_margins(z_robust, self.robust_labels))
-    if net.detector is not None:
-      outputs["detector_score"] = net.detector.score(net.detector_state, outputs, x)
     return outputs
 
-  def attack_target(self, threat_model: str, net: Callable, surface: str = "") -> Callable:
+  def attack_surfaces(self) -> dict:
     # Gray-box (paper 003 section 2.2: the oracle's parameters, not the defense): the base
     # classifier's own logits Z, without Z' and the lock unit.
-    if threat_model == "gray_box" and not surface:
-      return lambda z: self.split(net(z))[0]
-    return super().attack_target(threat_model, net, surface)
+    return {"gray_box": lambda net, x, key: self.split(net(x))[0]}
 
 
 def robust_objective(robust_clean: jax.Array, robust_adv: jax.Array, robust_labels: jax.Array,
@@ -285,18 +278,23 @@ def robust_objective(robust_clean: jax.Array, robust_adv: jax.Array, robust_labe
 
 
 def oracle_classmap(oracle, defense: Collaborative, batch_size: int) -> tuple:
-  """The Classmap of `defense`'s settings from the trained oracle (a TrainedExperiment), cached
-  beside the oracle's checkpoint and reused only when verified (artifact_cache.py: checksum,
-  the settings, step, model and images that produced it, a map of every class to a class)."""
-  from defenses_jax.checkpoint import step_artifact_path  # Light; avoids a cycle at import.
+  """The Classmap of `defense`'s settings from the trained oracle (a TrainedExperiment): the
+  FGS confusion of its deployed classifier on its training images, kept by the oracle's
+  `cached` (beside its checkpoint, reused only when verified: the settings, step, model and
+  images that produced it, a map of every class to a class)."""
   settings = {"epsilon": defense.classmap_epsilon, "reading": defense.classmap_reading,
               "examples": defense.classmap_examples}
-  path = step_artifact_path(oracle.exp.exp_dir, "classmaps", "classmap", settings,
-                            int(oracle.state.step))
   ds = oracle.exp.train_ds
   n = defense.classmap_examples or len(ds)
-  identity = {**settings, "step": int(oracle.state.step), "model": oracle.fingerprint,
-              "data": ds.take(n).fingerprint}
+
+  def compute():
+    net = oracle.network()
+    deployed = lambda z: oracle.exp.defense.deployed(net, z).class_logits
+    counts, probs = fgs_confusion(deployed, ds.images[:n], ds.labels[:n], ds.num_classes,
+                                  defense.classmap_epsilon, batch_size)
+    classmap = classmap_from_counts(counts, probs, defense.classmap_reading)
+    return ({"classmap": np.asarray(classmap, np.int32), "counts": counts},
+            {"fgs_accuracy": float(np.trace(counts) / counts.sum())})
 
   def contract(arrays, info):
     classmap = arrays.get("classmap")
@@ -305,15 +303,6 @@ def oracle_classmap(oracle, defense: Collaborative, batch_size: int) -> tuple:
       return f"it is not a map of {ds.num_classes} classes to classes"
     return None
 
-  cached = artifact_cache.load(path, identity, contract)
-  if cached is not None:
-    return tuple(int(c) for c in cached.arrays["classmap"])
-  net = oracle.network()
-  deployed = lambda z: oracle.exp.defense.deployed(net, z).class_logits
-  counts, probs = fgs_confusion(deployed, ds.images[:n], ds.labels[:n], ds.num_classes,
-                                defense.classmap_epsilon, batch_size)
-  classmap = classmap_from_counts(counts, probs, defense.classmap_reading)
-  if jax.process_index() == 0:
-    artifact_cache.save(path, {"classmap": np.asarray(classmap, np.int32), "counts": counts},
-                        identity, {"fgs_accuracy": float(np.trace(counts) / counts.sum())})
-  return classmap
+  arrays = oracle.cached("classmaps", "classmap", settings, compute, contract,
+                         data=ds.take(n).fingerprint)
+  return tuple(int(c) for c in arrays["classmap"])

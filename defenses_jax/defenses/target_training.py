@@ -60,5 +60,5 @@ class TargetTraining(Defense):
   def class_logits(self, logits: jax.Array) -> jax.Array:
     return merged_class_logits(logits, self.num_classes)
 
-  def adaptive_logits(self, logits: jax.Array) -> jax.Array:
-    return summed_pair_logits(logits, self.num_classes)
+  def attack_surfaces(self) -> dict:
+    return {"adaptive": lambda net, x, key: summed_pair_logits(net(x), self.num_classes)}

@@ -9,6 +9,7 @@ data-parallel evaluation and can be differentiated by a detector-aware attack.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Optional
 
 import jax
@@ -32,6 +33,11 @@ class Detector:
     """(B,) scores, higher meaning more likely adversarial. `outputs` holds the network's
     `logits` and `embedding` and the deployed classifier's `class_logits`."""
     raise NotImplementedError(f"{type(self).__name__} must define score")
+
+  def scorer(self, state: dict) -> Callable[[dict, jax.Array], jax.Array]:
+    """score with this fitted state, (outputs, x) -> scores: the `detector` a deployed system
+    (Defense.deployed) is built with."""
+    return functools.partial(self.score, state)
 
   def check_state(self, state: dict) -> Optional[str]:
     """A problem with a (cached) fitted state, as a sentence, or None. Default: every array

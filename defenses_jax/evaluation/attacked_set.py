@@ -18,7 +18,7 @@ from defenses_jax.evaluation.detection import DetectionEvaluator
 from defenses_jax.evaluation.runner import (make_attack_runner, make_predictor, noise_like,
                                             run_over_dataset)
 from defenses_jax.evaluation.slot_runner import make_slot_runner
-from defenses_jax.evaluation.threat_models import AttackSpec, DetectorTarget, logits_builder
+from defenses_jax.evaluation.threat_models import AttackSpec, DetectorTarget, TargetBuilder
 from defenses_jax.evaluation.universal import UniversalPerturbation, fitted_perturbation
 from defenses_jax.experiment import TrainedExperiment
 
@@ -92,8 +92,8 @@ class AttackedSet:
       evade = DetectorTarget(detection.detector, attacker_threshold(detection, spec),
                              spec.detector_weight)
       detector_state = detection.state
-    build = logits_builder(threat, crafted_on.exp.model, crafted_on.exp.defense,
-                           spec.eot_samples, evade, spec.surface)
+    build = TargetBuilder(threat, crafted_on.exp.model, crafted_on.exp.defense,
+                          spec.eot_samples, evade, spec.surface)
     if spec.info.stepped is not None and evade is None and self.slot_refill:
       return self._slot_refill(spec, build, crafted_on, progress)
     runner = make_attack_runner(spec, build, self.mesh)
@@ -116,10 +116,10 @@ class AttackedSet:
     slots = max(1, self.batch_size // self.mesh.shape["data"])
     info = spec.info
 
-    def build_attack(logits_fn):
-      if info.queries:  # Seen only through an Oracle; networks treat examples independently.
-        logits_fn = info.oracle(logits_fn, spec.params, independent_examples=True)
-      return info.stepped(logits_fn, **spec.params)
+    def build_attack(target):
+      if info.queries:  # Seen only through an Oracle.
+        target = info.oracle(target, spec.params, build.independent_examples)
+      return info.stepped(target, **spec.params)
 
     runner = make_slot_runner(build_attack, build, self.mesh, slots)
     s = crafted_on.state

@@ -41,8 +41,8 @@ def make_scorer(model, defense, detector: Detector, mesh):
 
   def per_device(params, batch_stats, detector_state, x, key):
     key = jax.random.fold_in(key, jax.lax.axis_index(parallel.DATA_AXIS))
-    net = Network(model, variables(params, batch_stats), detector, detector_state)
-    return defense.deployed(net, x, key).detector_score
+    net = Network(model, variables(params, batch_stats))
+    return defense.deployed(net, x, key, detector.scorer(detector_state)).detector_score
 
   return parallel.data_parallel(per_device, mesh, in_specs=(
       parallel.REPLICATED, parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,

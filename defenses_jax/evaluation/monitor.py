@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from defenses_jax.evaluation.runner import adversarial_correct, make_attack_runner, make_predictor
-from defenses_jax.evaluation.threat_models import logits_builder, parse_attack_specs
+from defenses_jax.evaluation.threat_models import TargetBuilder, parse_attack_specs
 
 
 class RobustnessMonitor:
@@ -30,8 +30,8 @@ class RobustnessMonitor:
     self.batch_size = min(config.eval.batch_size, -(-len(self.ds) // exp.mesh.shape["data"]) *
                           exp.mesh.shape["data"])
     self.mesh = exp.mesh
-    self.runner = make_attack_runner(spec, logits_builder(spec.threat_model, exp.model,
-                                                          exp.defense, spec.eot_samples),
+    self.runner = make_attack_runner(spec, TargetBuilder(spec.threat_model, exp.model,
+                                                         exp.defense, spec.eot_samples),
                                      exp.mesh)
     self.predictor = make_predictor(exp.model, exp.defense, exp.mesh)
     self.key = jax.random.key(config.seed + 2)

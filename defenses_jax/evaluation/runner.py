@@ -17,13 +17,14 @@ from defenses_jax.defenses.base import Network
 from defenses_jax.experiment import variables
 
 
-def make_attack_runner(spec, build_logits: Callable, mesh) -> Callable:
+def make_attack_runner(spec, build: Callable, mesh) -> Callable:
   """jit(shard_map(...)): (params, batch_stats, x, y, key[, detector_state]) -> (x_adv,
   queries), each device attacking its shard of the batch with its own random stream (`spec`: a
-  threat_models.AttackSpec; `build_logits` from threat_models.logits_builder, given the shard's
-  labels and the detector state for a detector-aware target). A query attack gets the target
-  only through an Oracle (its access kind, its budget) and `queries` are those it used per
-  example; -1 for other attacks."""
+  threat_models.AttackSpec; `build`: the threat_models.TargetBuilder of its target, given the
+  shard's labels and the detector state for a detector-aware target). A query attack gets the
+  target only through an Oracle (its access kind, its budget) and `queries` are those it used
+  per example; -1 for other attacks. An attack that reads the detector itself gets the system
+  unfolded and what it must evade (`evasion=`)."""
   fn, params, info = spec.fn, spec.params, spec.info
   if info.universal:
     raise ValueError(f"{spec.attack} is a universal attack: fit it with "
@@ -31,12 +32,14 @@ def make_attack_runner(spec, build_logits: Callable, mesh) -> Callable:
 
   def per_device(model_params, batch_stats, x, y, key, detector_state):
     key = jax.random.fold_in(key, lax.axis_index(parallel.DATA_AXIS))
-    target = build_logits(model_params, batch_stats, y, detector_state)
-    if info.queries:
-      # Evaluation targets are networks, which treat examples independently, except the
-      # detector-aware target (it pairs each row with its label: queries must keep the batch).
-      target = info.oracle(target, params, independent_examples=not spec.detector_aware)
-    x_adv, report = fn(target, x, y, key, **params)
+    if info.needs_detector:
+      x_adv, report = fn(build.system(model_params, batch_stats, detector_state), x, y, key,
+                         evasion=build.evade.evasion(detector_state), **params)
+    else:
+      target = build(model_params, batch_stats, y, detector_state)
+      if info.queries:
+        target = info.oracle(target, params, independent_examples=build.independent_examples)
+      x_adv, report = fn(target, x, y, key, **params)
     return x_adv, report.get("queries", jnp.full(x.shape[:1], -1, jnp.int32))
 
   run = parallel.data_parallel(

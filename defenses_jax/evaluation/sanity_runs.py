@@ -10,11 +10,11 @@ import inspect
 import jax.numpy as jnp
 import numpy as np
 
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import call_logits
 from defenses_jax.evaluation import sanity
 from defenses_jax.evaluation.attacked_set import AttackedSet
 from defenses_jax.evaluation.results import SanityCheck
-from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
+from defenses_jax.evaluation.threat_models import AttackSpec, TargetBuilder
 from defenses_jax.progress import progress_bar
 
 
@@ -65,7 +65,7 @@ def run_checks(ev: AttackedSet, specs, results: dict, per_attack_correct: dict,
 
 def _gradients(ev: AttackedSet, sub: AttackedSet) -> SanityCheck:
   s, exp = ev.trained.state, ev.trained.exp
-  white_box = logits_builder("white_box", exp.model, exp.defense)(s.params, s.batch_stats)
+  white_box = TargetBuilder("white_box", exp.model, exp.defense)(s.params, s.batch_stats)
   return sanity.gradients_are_informative(
       lambda z: call_logits(white_box, z, ev.key), jnp.asarray(sub.ds.images),
       jnp.asarray(sub.ds.labels))

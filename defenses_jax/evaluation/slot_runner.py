@@ -46,11 +46,11 @@ class _Slots(NamedTuple):
   info: Any  # Per-example info, (n_local,) per field.
 
 
-def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots: int,
+def make_slot_runner(build_attack: Callable, build_target: Callable, mesh, slots: int,
                      chunk_steps: int = 50) -> Callable:
   """run(params, batch_stats, images, labels, key, progress=None) -> (x_adv, info) for a whole
-  (host numpy) test set; `build_attack(logits_fn) -> SteppedAttack`; `build_logits(params,
-  batch_stats)` -> the attacked logits function (threat_models.logits_builder); `slots` per
+  (host numpy) test set; `build_attack(target) -> SteppedAttack`; `build_target(params,
+  batch_stats)` -> the attack target (a threat_models.TargetBuilder); `slots` per
   device. info also holds "steps": the attack steps each device ran, and "image_steps": the
   steps each image took (what it costs alone). Per-image inputs come only as `images` and
   `labels`: an attack built with a fixed array (e.g. `targets=`) is for run_batch, not here."""
@@ -64,7 +64,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
     return examples, jax.random.fold_in(calls, device)
 
   def start(params, batch_stats, images, labels, key):
-    attack = build_attack(build_logits(params, batch_stats))
+    attack = build_attack(build_target(params, batch_stats))
     examples_key, calls_key = keys(key)
     n_local = images.shape[0]
     index = jnp.minimum(jnp.arange(slots), n_local - 1)
@@ -81,7 +81,7 @@ def make_slot_runner(build_attack: Callable, build_logits: Callable, mesh, slots
     return jax.tree.map(lambda v: match_varying(v, images), carry)
 
   def advance(params, batch_stats, carry, images, labels, key):
-    attack = build_attack(build_logits(params, batch_stats))
+    attack = build_attack(build_target(params, batch_stats))
     examples_key, calls_key = keys(key)
     step_key, init_key, finish_key = jax.random.split(calls_key, 3)
     n_local = images.shape[0]

@@ -3,7 +3,7 @@
 Threat models (papers 002 appendix D, 003 section 2.2):
 - white_box: the attacker differentiates the defense as deployed (`defense.deployed`);
 - gray_box: the attacker has the underlying network but not the defense (its raw logits);
-- adaptive: an attack built for this defense (`defense.adaptive_logits`, where it defines one);
+- adaptive: an attack built for this defense (its 'adaptive' `attack_surfaces`, if it has one);
 (each defense says what its attacker differentiates: `defense.attack_target`)
 - transfer: examples are crafted white-box on a *source* experiment (a substitute, e.g. the
   unsecured classifier or a distilled proxy) and then fed to the defense.
@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from defenses_jax import attacks as attacks_lib
 from defenses_jax import config_schema
 from defenses_jax.config import ATTACK_ENTRY
-from defenses_jax.defenses.base import Network
+from defenses_jax.defenses.base import Network, white_box_surfaces
 from defenses_jax.errors import ConfigError
 from defenses_jax.experiment import variables
 
@@ -91,7 +91,7 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
       raise ConfigError(f"eval.attacks.{key}: fit_examples (training images a universal "
                        "perturbation is fitted on) is only for a universal attack.")
     threat = fields["threat_model"]
-    if threat == "adaptive" and not defense.has_adaptive_attack:
+    if threat == "adaptive" and "adaptive" not in defense.attack_surfaces():
       raise ConfigError(f"eval.attacks.{key}: defense {defense.name!r} defines no adaptive attack.")
     source = fields["source_experiment"]
     if (threat == "transfer") != bool(source):
@@ -126,10 +126,10 @@ def parse_attack_specs(attacks_config, defense, has_detector: bool = False) -> l
     surface = fields["surface"]
     # A transfer attack's surface is the source's (crafted there as a white-box attack); a
     # source without it fails when its target is built.
-    if surface and ((threat == "white_box" and surface not in defense.attack_surfaces)
+    if surface and ((threat == "white_box" and surface not in white_box_surfaces(defense))
                     or threat not in ("white_box", "transfer") or detector_aware or universal):
       raise ConfigError(f"eval.attacks.{key}: surface {surface!r} must be one of defense "
-                       f"{defense.name!r}'s attack surfaces {list(defense.attack_surfaces)}, "
+                       f"{defense.name!r}'s attack surfaces {white_box_surfaces(defense)}, "
                        "for a white-box (or transfer) attack that is neither detector-aware "
                        "nor universal.")
     overridden = _overridden(fields["label_params"], params)
@@ -162,40 +162,53 @@ class DetectorTarget(NamedTuple):
   threshold: float
   weight: float = 1.0
 
+  def evasion(self, detector_state) -> attacks_lib.Evasion:
+    """What the attacker knows of it, with the detector's fitted state."""
+    return attacks_lib.Evasion(self.threshold, self.weight,
+                               lambda: self.detector.anchor_embeddings(detector_state))
 
-def logits_builder(threat_model: str, model, defense, eot_samples: int = 1,
-                   evade: Optional[DetectorTarget] = None, surface: str = "") -> Callable:
-  """(params, batch_stats[, labels, detector_state]) -> the logits function the attacker
-  differentiates (transfer: the white-box target of the source it is crafted on), averaged
-  over `eot_samples` draws of a randomised defense. With `evade`, the white-box target with the
-  detector folded in; it is label-aware, so it needs the attacked batch's labels."""
 
-  def build(params, batch_stats, labels=None, detector_state=None):
-    if evade is None:
-      target = defense.attack_target(threat_model, Network(model, variables(params, batch_stats)),
-                                     surface)
+@dataclasses.dataclass(frozen=True)
+class TargetBuilder:
+  """The attack target an attacker under `threat_model` differentiates or queries (transfer: the
+  white-box target of the source it is crafted on), built from the trained parameters inside
+  the compiled attack: `build(params, batch_stats[, labels, detector_state])`, averaged over
+  `eot_samples` draws of a randomised defense. With `evade`, the deployed system with its
+  detector folded into the class scores (wrappers.rejecting: label-aware, so it needs the
+  attacked batch's labels); `system` gives it unfolded, for the attacks that read the detector
+  themselves (with `evade.evasion`)."""
+  threat_model: str
+  model: Any
+  defense: Any
+  eot_samples: int = 1
+  evade: Optional[DetectorTarget] = None
+  surface: str = ""
+
+  @property
+  def independent_examples(self) -> bool:
+    """The target is deterministic and treats the rows of its batch apart (see query.Oracle):
+    neither randomised (a randomised defense's deployed system or surfaces, or EOT) nor
+    detector-aware (label-aware)."""
+    randomised = self.eot_samples > 1 or (self.defense.randomised
+                                          and self.threat_model in ("white_box", "transfer"))
+    return self.evade is None and not randomised
+
+  def _network(self, params, batch_stats) -> Network:
+    return Network(self.model, variables(params, batch_stats))
+
+  def system(self, params, batch_stats, detector_state) -> attacks_lib.Target:
+    """The deployed system with the fitted detector (`evade`), as it is."""
+    return self.defense.attack_target(self.threat_model, self._network(params, batch_stats),
+                                      self.surface, self.evade.detector.scorer(detector_state))
+
+  def __call__(self, params, batch_stats, labels=None, detector_state=None
+               ) -> attacks_lib.Target:
+    if self.evade is None:
+      target = self.defense.attack_target(self.threat_model,
+                                          self._network(params, batch_stats), self.surface)
     else:
-      net = Network(model, variables(params, batch_stats), evade.detector, detector_state)
-      target = _detector_aware_target(defense, net, labels, evade)
-    return attacks_lib.eot(target, eot_samples) if eot_samples > 1 else target
-
-  return build
-
-
-def _detector_aware_target(defense, net: Network, labels, evade: DetectorTarget) -> Callable:
-  if labels is None:
-    raise ValueError("a detector-aware attack target needs the attacked batch's labels.")
-  if not defense.randomised:  # The whole system, for attacks that use its parts.
-    return attacks_lib.DetectedSystem(
-        lambda z: defense.deployed_outputs(net, z), evade.threshold, labels,
-        lambda: evade.detector.anchor_embeddings(net.detector_state), evade.weight)
-
-  def target(z, key=None):
-    if z.shape[0] != labels.shape[0]:
-      raise ValueError(f"the detector-aware target knows the labels of a batch of "
-                       f"{labels.shape[0]}; it was called on {z.shape[0]} inputs.")
-    out = defense.deployed(net, z, key)
-    return attacks_lib.reject_as_true_class(out.class_logits, out.detector_score,
-                                            evade.threshold, labels, evade.weight)
-
-  return attacks_lib.stochastic(target)
+      if labels is None:
+        raise ValueError("a detector-aware attack target needs the attacked batch's labels.")
+      target = attacks_lib.rejecting(self.system(params, batch_stats, detector_state),
+                                     self.evade.evasion(detector_state), labels)
+    return attacks_lib.eot(target, self.eot_samples) if self.eot_samples > 1 else target

@@ -16,7 +16,7 @@ import numpy as np
 
 from defenses_jax import artifact_cache, parallel
 from defenses_jax.checkpoint import step_artifact_path
-from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
+from defenses_jax.evaluation.threat_models import AttackSpec, TargetBuilder
 
 
 class UniversalPerturbation(NamedTuple):
@@ -62,7 +62,7 @@ def fitted_perturbation(spec: AttackSpec, crafted_on, threat_model: str, seed: i
   if cached is not None:
     v, info = cached.arrays["v"], cached.info
   else:
-    build = logits_builder(threat_model, exp.model, exp.defense, spec.eot_samples)
+    build = TargetBuilder(threat_model, exp.model, exp.defense, spec.eot_samples)
     fit = jax.jit(lambda params, batch_stats, x, key: spec.fn(build(params, batch_stats), x, key,
                                                               **spec.params),
                   compiler_options=parallel.COMPILER_OPTIONS)

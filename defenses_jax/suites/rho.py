@@ -17,13 +17,16 @@ from jax import lax
 from defenses_jax import parallel
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import cross_entropy
+from defenses_jax.attacks.target import call_logits
 from defenses_jax.evaluation.runner import (adversarial_correct, make_attack_runner,
                                             make_predictor, run_over_dataset)
-from defenses_jax.evaluation.threat_models import AttackSpec, logits_builder
+from defenses_jax.evaluation.threat_models import AttackSpec, TargetBuilder
 
 
-def bim_trajectory_correct(logits_fn, x, y, eps: float, n1: int, n2: int) -> jax.Array:
-  """(n2 + 1, B): whether each BIM(n1, n2) iterate x_0 = x, ..., x_{n2} is classified as y."""
+def bim_trajectory_correct(target, x, y, key, eps: float, n1: int, n2: int) -> jax.Array:
+  """(n2 + 1, B): whether each BIM(n1, n2) iterate x_0 = x, ..., x_{n2} on the attack target is
+  classified as y (`key`: one draw of a randomised target's randomness, for every iterate)."""
+  logits_fn = lambda z: call_logits(target, z, key)
 
   def step(xi, _):
     def loss(z):
@@ -40,7 +43,7 @@ def bim_trajectory_correct(logits_fn, x, y, eps: float, n1: int, n2: int) -> jax
 
 def _error_rate(trained, spec: AttackSpec, ds, batch_size: int, key) -> float:
   exp = trained.exp
-  runner = make_attack_runner(spec, logits_builder("white_box", exp.model, exp.defense), exp.mesh)
+  runner = make_attack_runner(spec, TargetBuilder("white_box", exp.model, exp.defense), exp.mesh)
   predictor = make_predictor(exp.model, exp.defense, exp.mesh)
   return 1.0 - float(np.mean(adversarial_correct(runner, predictor, trained.state, ds,
                                                  batch_size, exp.mesh, key)))
@@ -63,8 +66,8 @@ def rho_vs_iteration(trained, eps: float, n1: int, n2: int, num_examples: int,
   ds = exp.test_ds.take(num_examples)
 
   def per_device(params, batch_stats, x, y):
-    deployed = logits_builder("white_box", exp.model, exp.defense)(params, batch_stats)
-    return bim_trajectory_correct(deployed, x, y, eps, n1, n2).T  # (B, n2 + 1)
+    deployed = TargetBuilder("white_box", exp.model, exp.defense)(params, batch_stats)
+    return bim_trajectory_correct(deployed, x, y, jax.random.key(0), eps, n1, n2).T
 
   fn = parallel.data_parallel(per_device, exp.mesh, in_specs=(parallel.REPLICATED,) * 2 + (
       parallel.SHARDED,) * 2, out_specs=parallel.SHARDED)

@@ -1,6 +1,6 @@
 """The Oracle: all a query (black-box) attack may see of the model under attack.
 
-A query attack gets an Oracle instead of a logits function. The Oracle answers with the
+A query attack gets an Oracle instead of the attack target (target.py). The Oracle answers with the
 deployed classifier's class scores (`access='scores'`) or only its predicted labels
 (`access='labels'`), counts every query per example, refuses to answer an example that has
 spent its budget, and cannot be differentiated: taking a gradient through it fails when the
@@ -9,7 +9,7 @@ white-box one.
 
 The Oracle is pure: the per-example counts are an array the attack carries through its loop.
 
-    oracle = Oracle(deployed_scores, access="scores", budget=10_000)
+    oracle = Oracle(target, access="scores", budget=10_000)
     counts = oracle.initial_counts(batch_size)
     scores, counts, answered = oracle.query(x, counts, key)             # one query per example
     scores, counts, answered = oracle.query_many(candidates, counts, key)  # (B, Q, ...): Q each
@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from defenses_jax.attacks.wrappers import call_logits
+from defenses_jax.attacks.target import Target, call_logits
 
 ACCESS = ("scores", "labels")
 
@@ -57,22 +57,22 @@ def _refuse(primals, tangents):
 
 
 class Oracle:
-  """Answers queries on `logits_fn` (the deployed classifier's class scores; a `stochastic`
-  function of (x, key) for a randomised defense, then every query draws a fresh key)."""
+  """Answers queries on the class scores of `target` (an attack target: a randomised one draws
+  from the key of each query)."""
 
-  def __init__(self, logits_fn: Callable, access: str, budget: int,
+  def __init__(self, target: Target, access: str, budget: int,
                independent_examples: bool = False):
-    """independent_examples: logits_fn treats the rows of its batch independently (as every
-    network does; not a function that pairs rows with per-example constants), so the Q
-    queries of each example may run as one flat batch of B * Q rows: on CPU about 3x faster
-    than vmapping the model over the queries (XLA batches convolutions with pooling badly)."""
+    """independent_examples: the target is deterministic and treats the rows of its batch
+    independently (as every network does; not a randomised target, nor one that pairs rows
+    with per-example constants), so the Q queries of each example may run as one flat batch of
+    B * Q rows: on CPU about 3x faster than vmapping the model over the queries (XLA batches
+    convolutions with pooling badly). Otherwise each query gets its own key."""
     if access not in ACCESS:
       raise ValueError(f"unknown oracle access {access!r}; choose one of {ACCESS}.")
     if budget < 1:
       raise ValueError(f"the query budget must be >= 1; got {budget}.")
-    self._logits_fn, self.access, self.budget = logits_fn, access, int(budget)
+    self._logits_fn, self.access, self.budget = target, access, int(budget)
     self.independent_examples = bool(independent_examples)
-    self._flat = independent_examples and not getattr(logits_fn, "stochastic", False)
 
   def initial_counts(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size,), jnp.int32)
@@ -107,7 +107,7 @@ class Oracle:
   def _answer_many(self, xs, key):
     """Answers to xs (R, Q, ...): one flat batch of R * Q rows where examples are independent,
     else the model vmapped over Q with a fresh key per query (a randomised defense draws anew)."""
-    if self._flat:
+    if self.independent_examples:
       flat = self._answer(xs.reshape((-1,) + xs.shape[2:]), key)
       return flat.reshape(xs.shape[:2] + flat.shape[1:])
     keys = jax.random.split(key, xs.shape[1])
