@@ -84,3 +84,15 @@ def table_row(label: str, paper: dict, **cells: str) -> dict:
   """One row: a cell per column key ('<member>:<result key>', '' for no entry, 'not run') and
   the paper's numbers by column key (a column absent: the paper has no number there)."""
   return {"label": label, "cells": dict(cells), "paper": dict(paper)}
+
+
+def detector_finding(defense: str, member: str, claim: float, claim_source: str,
+                     protocol_attack: str, adaptive_attacks) -> dict:
+  """A finding (defenses_jax/suites/findings.py) for a detector-guarded defense: the share of
+  adversarial examples the deployed system stops, under the paper's attack and under the
+  detector-aware attacks and the per-example worst case over every bounded attack."""
+  stopped = lambda key: f"{member}:{key}:misclassified_and_accepted"
+  return {"defense": defense, "member": member, "quantity": "adversarial examples stopped",
+          "claim": claim, "claim_source": claim_source, "protocol": stopped(protocol_attack),
+          "strongest": tuple(stopped(key) for key in adaptive_attacks)
+          + (f"{member}:worst_case_bounded_misclassified_and_accepted",)}

@@ -2,7 +2,7 @@
 Tables 1-4, the Davies-Bouldin indices of Figure 2 and the adaptive table beyond the paper
 (cell syntax: defenses_jax/suites/runner.py)."""
 
-from experiments.common import table, table_row
+from experiments.common import detector_finding, table, table_row
 
 VARIANTS = ("ce", "rce", "siamese_rvl", "pdm")
 DETECTED = ("ce", "rce", "pdm")  # The three models of Tables 2-4 (the paper's "Baseline" is CE).
@@ -132,12 +132,7 @@ def paper_002_findings(dataset: str, name) -> tuple:
   BIM-0.1 (Table 2, an AUC, compared as the share of adversarial examples the deployed system
   stops) under the paper's gray-box BIM and under the adaptive attacks that account for the
   detector."""
-  pdm = name("pdm")
-  adaptive = tuple(f"{pdm}:{key}:misclassified_and_accepted"
-                   for key in ("apgd_detector", "apgd_t_detector", "feature_matching"))
-  return ({"defense": "PDM (detector)", "member": pdm,
-           "quantity": "adversarial examples stopped",
-           "claim": PAPER[dataset]["table_2"]["bim_01"]["pdm"],
-           "claim_source": f"Table 2, detection AUC under gray-box BIM-0.1, {dataset}",
-           "protocol": f"{pdm}:bim_01:misclassified_and_accepted",
-           "strongest": adaptive + (f"{pdm}:worst_case_bounded_misclassified_and_accepted",)},)
+  return (detector_finding(
+      "PDM (detector)", name("pdm"), PAPER[dataset]["table_2"]["bim_01"]["pdm"],
+      f"Table 2, detection AUC under gray-box BIM-0.1, {dataset}", "bim_01",
+      ("apgd_detector", "apgd_t_detector", "feature_matching")),)

@@ -2,7 +2,7 @@
 columns, and the suite's Tables 3-5, section 4.5's benign numbers and the adaptive table beyond
 the paper (cell syntax: defenses_jax/suites/runner.py)."""
 
-from experiments.common import table, table_row
+from experiments.common import detector_finding, table, table_row
 
 ATTACKS = ("fgs", "igs", "deepfool", "cw")
 TITLES = {"fgs": "FGS", "igs": "IGS", "deepfool": "DeepFool", "cw": "C&W L2 (kappa 40)"}
@@ -175,12 +175,8 @@ def paper_003_findings(dataset: str, collab: str) -> tuple:
   """The README's findings (defenses_jax/suites/findings.py): the defended model's gray-box
   accuracy under IGS (Table 3; its examples are stopped when classified correctly or flagged),
   under the paper's gray-box IGS and under the attacks that account for the pair detector."""
-  adaptive = tuple(f"{collab}:{key}:misclassified_and_accepted"
-                   for key in ("pair_apgd", "pair_apgd_bpda", "apgd_t_detector",
-                               "square_detector", "z_head_apgd"))
-  return ({"defense": "Collaborative multi-task (pair detector)", "member": collab,
-           "quantity": "adversarial examples stopped",
-           "claim": PAPER[dataset]["table_3"]["gray_box_defended"]["igs"],
-           "claim_source": f"Table 3, gray-box IGS, defended, {dataset}",
-           "protocol": f"{collab}:{GRAY_BOX_DEFENDED['igs']}:misclassified_and_accepted",
-           "strongest": adaptive + (f"{collab}:worst_case_bounded_misclassified_and_accepted",)},)
+  return (detector_finding(
+      "Collaborative multi-task (pair detector)", collab,
+      PAPER[dataset]["table_3"]["gray_box_defended"]["igs"],
+      f"Table 3, gray-box IGS, defended, {dataset}", GRAY_BOX_DEFENDED["igs"],
+      ("pair_apgd", "pair_apgd_bpda", "apgd_t_detector", "square_detector", "z_head_apgd")),)
