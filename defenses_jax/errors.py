@@ -18,3 +18,9 @@ class ConfigError(UserError, ValueError):
 class DataError(UserError, ValueError):
   """A dataset or batch that cannot be used as given (raised by data.py, which re-exports it
   as data.DataError, and by the loaders it dispatches to, e.g. mnist_wheel.py)."""
+
+
+class EvaluationInputError(UserError, ValueError):
+  """What robustness.evaluate was given and cannot use: images outside [0, 1], labels that do
+  not fit the model, an eps out of range, a model called the wrong way, a detector without
+  its threshold."""

@@ -33,6 +33,18 @@ def progress_bar(total: int, initial: int = 0, enabled: bool = True, description
               disable=not enabled or jax.process_index() != 0, file=sys.stderr)
 
 
+
+def call_each(calls, description: str, enabled: bool = True, unit: str = "check") -> list:
+  """[call() for call in calls], with a progress bar over them."""
+  bar = progress_bar(len(calls), enabled=enabled, unit=unit, description=description)
+  results = []
+  for call in calls:
+    results.append(call())
+    bar.update(1)
+  bar.close()
+  return results
+
+
 class TrainingDiverged(UserError, ValueError):
   """Training diverged: the loss became NaN or infinite, stayed far above where it started, or
   the trained model is no better than chance."""

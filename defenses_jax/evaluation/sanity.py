@@ -110,3 +110,35 @@ def gradients_are_informative(logits_fn: Callable, x, y,
                  f"{zero_fraction:.1%} of examples have an all-zero input gradient, "
                  f"{nan_fraction:.1%} a non-finite one" + ("" if ok else ": gradient masking"),
                  zero_fraction=zero_fraction, nan_fraction=nan_fraction)
+
+
+def more_restarts_do_not_help(attack_name: str, robust_accuracy: float, restarts: int,
+                              restarted_robust_accuracy: float,
+                              num_examples=None) -> SanityCheck:
+  """Rerun the attack from `restarts` random starts. If robust accuracy falls by more than
+  noise, one start does not find the worst case and the reported number overestimates the
+  model: report the attack with restarts."""
+  ok = restarted_robust_accuracy >= robust_accuracy - tolerance(num_examples)
+  return _record("more_restarts", ok,
+                 f"{attack_name}: robust accuracy {robust_accuracy:.4f} from one start, "
+                 f"{restarted_robust_accuracy:.4f} from {restarts}" + (
+                     "" if ok else ": restarts find more, so one start underestimates the "
+                     "attack; run it with restarts"),
+                 attack=attack_name, robust_accuracy=robust_accuracy, restarts=restarts,
+                 restarted_robust_accuracy=restarted_robust_accuracy)
+
+
+def black_box_not_stronger(black_box_name: str, broken_after_white_box: int,
+                           num_examples: int, white_box_name: str) -> SanityCheck:
+  """A score-only (black-box) attack run after the gradient attacks must find (almost) nothing
+  they missed: when it does, the gradients the white-box attacks followed are masked or
+  obfuscated, and their numbers overstate robustness."""
+  share = broken_after_white_box / max(num_examples, 1)
+  ok = share <= tolerance(num_examples)
+  return _record("black_box_not_stronger", ok,
+                 f"{black_box_name} broke {broken_after_white_box} of {num_examples} images "
+                 f"({share:.2%}) that {white_box_name} left robust" + (
+                     "" if ok else ": a black-box attack beats the gradient attacks, so the "
+                     "gradients are masked"),
+                 attack=black_box_name, white_box_attack=white_box_name,
+                 broken_after_white_box=broken_after_white_box, share=share)

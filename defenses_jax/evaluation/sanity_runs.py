@@ -15,7 +15,7 @@ from defenses_jax.evaluation import sanity
 from defenses_jax.evaluation.attacked_set import AttackedSet
 from defenses_jax.evaluation.results import SanityCheck
 from defenses_jax.evaluation.threat_models import AttackSpec, TargetBuilder
-from defenses_jax.progress import progress_bar
+from defenses_jax.progress import call_each
 
 
 def run_checks(ev: AttackedSet, specs, results: dict, per_attack_correct: dict,
@@ -53,14 +53,8 @@ def run_checks(ev: AttackedSet, specs, results: dict, per_attack_correct: dict,
         checks.append(lambda spec=spec, other=other: sanity.transfer_not_stronger(
             spec.label, results[spec.key].system_robust_accuracy, other.label,
             results[other.key].system_robust_accuracy))
-  bar = progress_bar(len(checks), enabled=show_progress, unit="check",
-                     description=f"{ev.trained.exp.config.experiment_name}: sanity checks")
-  records = []
-  for check in checks:
-    records.append(check())
-    bar.update(1)
-  bar.close()
-  return records
+  return call_each(checks, f"{ev.trained.exp.config.experiment_name}: sanity checks",
+                   enabled=show_progress)
 
 
 def _gradients(ev: AttackedSet, sub: AttackedSet) -> SanityCheck:
