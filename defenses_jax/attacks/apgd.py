@@ -160,29 +160,29 @@ def _update(s, i, z1, grad, loss, now_fooled, schedule, rho):
       reduced_last=jnp.where(at_checkpoint, halve, s["reduced_last"]))
 
 
-def apgd(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf", steps: int = 100,
+def apgd(system: Callable, x, y, key, *, eps: float, norm: str = "linf", steps: int = 100,
          restarts: int = 1, loss: str = "ce", rho: float = 0.75, eot_iter: int = 1):
   """APGD-CE (loss='ce') or APGD-DLR (loss='dlr'), untargeted. Returns (x_adv, info) with info =
   {success, step_size (each example's final step size, in its last run), l2, linf}. Restarts
   run from fresh random starts; the first that fools an example ends its attack."""
-  attack = apgd_stepped(logits_fn, eps=eps, norm=norm, steps=steps, restarts=restarts,
+  attack = apgd_stepped(system, eps=eps, norm=norm, steps=steps, restarts=restarts,
                         loss=loss, rho=rho, eot_iter=eot_iter)
   return run_batch(attack, x, y, key)
 
 
-def apgd_targeted(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
+def apgd_targeted(system: Callable, x, y, key, *, eps: float, norm: str = "linf",
                   steps: int = 100, num_target_classes: int = 9, restarts: int = 1,
                   rho: float = 0.75, eot_iter: int = 1):
   """APGD-T: targeted DLR towards each of the `num_target_classes` highest other classes of the
   clean logits in turn (AutoAttack: 9), `restarts` each; success is misclassification. Returns
   (x_adv, info) as apgd."""
-  attack = apgd_targeted_stepped(logits_fn, eps=eps, norm=norm, steps=steps,
+  attack = apgd_targeted_stepped(system, eps=eps, norm=norm, steps=steps,
                                  num_target_classes=num_target_classes, restarts=restarts,
                                  rho=rho, eot_iter=eot_iter)
   return run_batch(attack, x, y, key)
 
 
-def apgd_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf", steps: int = 100,
+def apgd_stepped(system: Callable, *, eps: float, norm: str = "linf", steps: int = 100,
                  restarts: int = 1, loss: str = "ce", rho: float = 0.75,
                  eot_iter: int = 1) -> SteppedAttack:
   """APGD-CE / APGD-DLR (parameters: apgd) as a SteppedAttack."""
@@ -193,12 +193,12 @@ def apgd_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf", steps: 
     if loss == "dlr" and outputs.shape[-1] < 3:
       raise ValueError("the DLR loss needs at least 3 classes (z_pi1 - z_pi3).")
 
-  return apgd_runs(_scores(logits_fn), eps=eps, norm=norm, steps=steps, restarts=restarts,
+  return apgd_runs(_scores(system), eps=eps, norm=norm, steps=steps, restarts=restarts,
                    rho=rho, eot_iter=eot_iter, num_runs=1,
                    loss_of=lambda targets: _loss_fn(loss, None), check=check)
 
 
-def apgd_targeted_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf",
+def apgd_targeted_stepped(system: Callable, *, eps: float, norm: str = "linf",
                           steps: int = 100, num_target_classes: int = 9, restarts: int = 1,
                           rho: float = 0.75, eot_iter: int = 1) -> SteppedAttack:
   """APGD-T (parameters: apgd_targeted) as a SteppedAttack: each example's targets are its
@@ -212,7 +212,7 @@ def apgd_targeted_stepped(logits_fn: Callable, *, eps: float, norm: str = "linf"
       raise ValueError(f"APGD-T needs 1 <= num_target_classes <= {num_classes - 1}; got "
                        f"{num_target_classes}.")
 
-  return apgd_runs(_scores(logits_fn), eps=eps, norm=norm, steps=steps, restarts=restarts,
+  return apgd_runs(_scores(system), eps=eps, norm=norm, steps=steps, restarts=restarts,
                    rho=rho, eot_iter=eot_iter, num_runs=num_target_classes,
                    loss_of=lambda targets: _loss_fn("dlr", targets), rank=ranked_targets,
                    check=check)

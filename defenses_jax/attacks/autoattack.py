@@ -20,7 +20,7 @@ from defenses_jax.attacks.target import call_logits
 AUTOATTACK_VERSIONS = ("standard", "rand")
 
 
-def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
+def autoattack(system: Callable, x, y, key, *, eps: float, norm: str = "linf",
                version: str = "standard", steps: int = 100, num_target_classes: int = 9,
                eot_iter: int = 20, square_queries: int = 5000):
   """An AutoAttack-style worst case over the members this library has, each run after the
@@ -42,13 +42,13 @@ def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf"
   if version not in AUTOATTACK_VERSIONS:
     raise ValueError(f"unknown AutoAttack version {version!r}; choose one of "
                      f"{AUTOATTACK_VERSIONS}.")
-  num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
+  num_classes = jax.eval_shape(lambda z: call_logits(system, z, key), x).shape[-1]
   # Each member: (key, still robust (B,)) -> (x_adv, info).
   if version == "standard":
-    members = [lambda k, _: apgd(logits_fn, x, y, k, eps=eps, norm=norm, steps=steps)]
+    members = [lambda k, _: apgd(system, x, y, k, eps=eps, norm=norm, steps=steps)]
     if num_classes >= 4:
       members.append(lambda k, _: apgd_targeted(
-          logits_fn, x, y, k, eps=eps, norm=norm, steps=steps,
+          system, x, y, k, eps=eps, norm=norm, steps=steps,
           num_target_classes=min(num_target_classes, num_classes - 1)))
     if square_queries > 0:
       if x.ndim != 4:
@@ -56,10 +56,10 @@ def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf"
                          f"inputs (shape {x.shape}) pass square_queries=0.")
       # Square pays queries only for the points still robust (the others are masked out).
       members.append(lambda k, robust: square(
-          Oracle(logits_fn, "scores", square_queries), x, y, k, eps=eps, norm=norm,
+          Oracle(system, "scores", square_queries), x, y, k, eps=eps, norm=norm,
           max_queries=square_queries, attack_mask=robust))
   else:
-    members = [lambda k, _, loss=loss: apgd(logits_fn, x, y, k, eps=eps, norm=norm,
+    members = [lambda k, _, loss=loss: apgd(system, x, y, k, eps=eps, norm=norm,
                                             steps=steps, loss=loss, eot_iter=eot_iter)
                for loss in ("ce", "dlr")]
   keys = member_keys(key, len(members))
@@ -76,7 +76,7 @@ def autoattack(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf"
 
     x_adv, broken_by, queries = lax.cond(jnp.all(broken_by >= 0), lambda state: state, run,
                                          (x_adv, broken_by, queries))
-  success = jnp.argmax(call_logits(logits_fn, x_adv, keys[-1]), -1) != y
+  success = jnp.argmax(call_logits(system, x_adv, keys[-1]), -1) != y
   return x_adv, {"success": success, "broken_by": broken_by, "square_queries": queries,
                  **norms.distances(x_adv, x)}
 

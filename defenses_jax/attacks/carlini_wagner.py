@@ -57,21 +57,21 @@ def adam_step(w, m, v, grad, count, learning_rate, active):
   return jnp.where(a, w - update, w), jnp.where(a, m_new, m), jnp.where(a, v_new, v)
 
 
-def cw_l2(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
+def cw_l2(system: Callable, x, y, key, *, kappa: float = 0.0,
           binary_search_steps: int = 9, max_iterations: int = 1000,
           learning_rate: float = 1e-2, initial_const: float = 1e-3, abort_early: bool = True,
           target: str = "none", targets: Optional[jax.Array] = None):
   """Returns (x_adv, info) with per-example info: success (re-checked on a fresh forward pass),
   l2, linf, and the binary search's final bracket [const_lower, const] (const: the smallest
   constant that succeeded, or the last one tried if none did)."""
-  attack = cw_l2_stepped(logits_fn, kappa=kappa, binary_search_steps=binary_search_steps,
+  attack = cw_l2_stepped(system, kappa=kappa, binary_search_steps=binary_search_steps,
                          max_iterations=max_iterations, learning_rate=learning_rate,
                          initial_const=initial_const, abort_early=abort_early, target=target,
                          targets=targets)
   return run_batch(attack, x, y, key)
 
 
-def cw_l2_stepped(logits_fn: Callable, *, kappa: float = 0.0, binary_search_steps: int = 9,
+def cw_l2_stepped(system: Callable, *, kappa: float = 0.0, binary_search_steps: int = 9,
                   max_iterations: int = 1000, learning_rate: float = 1e-2,
                   initial_const: float = 1e-3, abort_early: bool = True, target: str = "none",
                   targets: Optional[jax.Array] = None) -> SteppedAttack:
@@ -80,7 +80,7 @@ def cw_l2_stepped(logits_fn: Callable, *, kappa: float = 0.0, binary_search_step
 
   def violation(x_new, aux, step_key):
     y, t = aux
-    logits = call_logits(logits_fn, x_new, step_key)
+    logits = call_logits(system, x_new, step_key)
     # The reference code's f6: max(Z_y - max_{j != y} Z_j + kappa, 0) = max(kappa - margin, 0).
     return jnp.maximum(kappa - margin(logits, y, t), 0.0), is_successful(logits, y, t, kappa)
 
@@ -90,7 +90,7 @@ def cw_l2_stepped(logits_fn: Callable, *, kappa: float = 0.0, binary_search_step
 
   def init(x, y, example_keys, key):
     check_batch(x, y, targets)
-    t = example_targets(logits_fn, x, y, target, targets, example_keys, key)
+    t = example_targets(system, x, y, target, targets, example_keys, key)
     return search.start(x, (y, t))
 
   def finish(state, key):
@@ -98,7 +98,7 @@ def cw_l2_stepped(logits_fn: Callable, *, kappa: float = 0.0, binary_search_step
     best_x, const, lower = search.result(state)
     # Re-check on a fresh forward pass; a candidate that no longer succeeds (it can only differ
     # by float noise) is replaced by the clean input, so failures are always returned as x.
-    success = is_successful(call_logits(logits_fn, best_x, key), y, t, kappa)
+    success = is_successful(call_logits(system, best_x, key), y, t, kappa)
     x_adv = jnp.where(per_example(success, state.x), best_x, state.x)
     return x_adv, {"success": success, **distances(x_adv, state.x), "const": const,
                    "const_lower": lower}

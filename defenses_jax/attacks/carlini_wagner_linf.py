@@ -28,7 +28,7 @@ from defenses_jax.attacks.stepped import SteppedAttack, example_targets, run_bat
 from defenses_jax.attacks.target import call_logits
 
 
-def cw_linf(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
+def cw_linf(system: Callable, x, y, key, *, kappa: float = 0.0,
             max_iterations: int = 1000, learning_rate: float = 5e-3,
             initial_const: float = 1e-5, largest_const: float = 20.0,
             const_factor: float = 2.0, decrease_factor: float = 0.9,
@@ -36,7 +36,7 @@ def cw_linf(logits_fn: Callable, x, y, key, *, kappa: float = 0.0,
             targets: Optional[jax.Array] = None):
   """Returns (x_adv, info) with per-example success (fresh forward pass), l2, linf, the
   final tau and const, and whether the example's search finished within the iteration budget."""
-  attack = cw_linf_stepped(logits_fn, kappa=kappa, max_iterations=max_iterations,
+  attack = cw_linf_stepped(system, kappa=kappa, max_iterations=max_iterations,
                            learning_rate=learning_rate, initial_const=initial_const,
                            largest_const=largest_const, const_factor=const_factor,
                            decrease_factor=decrease_factor,
@@ -64,7 +64,7 @@ class CWLinfState(NamedTuple):
   found: jax.Array
 
 
-def cw_linf_stepped(logits_fn: Callable, *, kappa: float = 0.0, max_iterations: int = 1000,
+def cw_linf_stepped(system: Callable, *, kappa: float = 0.0, max_iterations: int = 1000,
                     learning_rate: float = 5e-3, initial_const: float = 1e-5,
                     largest_const: float = 20.0, const_factor: float = 2.0,
                     decrease_factor: float = 0.9, max_total_iterations: int = 20000,
@@ -75,7 +75,7 @@ def cw_linf_stepped(logits_fn: Callable, *, kappa: float = 0.0, max_iterations: 
 
   def init(x, y, example_keys, key):
     check_batch(x, y, targets)
-    t = example_targets(logits_fn, x, y, target, targets, example_keys, key)
+    t = example_targets(system, x, y, target, targets, example_keys, key)
     batch = x.shape[0]
     w = to_tanh_space(x)
     zeros = jnp.zeros_like(x)
@@ -93,7 +93,7 @@ def cw_linf_stepped(logits_fn: Callable, *, kappa: float = 0.0, max_iterations: 
 
     def objective(modifier):
       x_new = from_tanh_space(modifier + s.start)
-      logits = call_logits(logits_fn, x_new, key)
+      logits = call_logits(system, x_new, key)
       shortfall = jnp.maximum(kappa - margin(logits, s.y, s.t), 0.0)
       excess = jnp.sum(jnp.maximum(jnp.abs(x_new - s.x_clean) - per_example(s.tau, s.x), 0.0)
                        .reshape(batch, -1), axis=-1)
@@ -125,7 +125,7 @@ def cw_linf_stepped(logits_fn: Callable, *, kappa: float = 0.0, max_iterations: 
                       best=jnp.where(sb, x_new, s.best), found=s.found | success)
 
   def finish(s: CWLinfState, key):
-    success = is_successful(call_logits(logits_fn, s.best, key), s.y, s.t, kappa)
+    success = is_successful(call_logits(system, s.best, key), s.y, s.t, kappa)
     x_adv = jnp.where(per_example(success, s.x), s.best, s.x)
     return x_adv, {"success": success, **distances(x_adv, s.x), "tau": s.tau, "const": s.const,
                    "finished": s.finished}

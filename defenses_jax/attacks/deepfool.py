@@ -41,7 +41,7 @@ TOLERANCE = 1e-4
 _STEP_MARGIN = 1e-4
 
 
-def deepfool(logits_fn: Callable, x, y, key, *, norm: str = "l2", overshoot: float = 0.02,
+def deepfool(system: Callable, x, y, key, *, norm: str = "l2", overshoot: float = 0.02,
              max_iter: int = 50, candidates: int = 10, box_aware: bool = True,
              tolerance: float = TOLERANCE):
   """Returns (x_adv, info) with info = {success, iterations, l2, linf} per example.
@@ -50,7 +50,7 @@ def deepfool(logits_fn: Callable, x, y, key, *, norm: str = "l2", overshoot: flo
   misclassifies is returned unchanged). It is accepted for the common attack signature.
   Parameters: see deepfool_stepped.
   """
-  attack = deepfool_stepped(logits_fn, norm=norm, overshoot=overshoot, max_iter=max_iter,
+  attack = deepfool_stepped(system, norm=norm, overshoot=overshoot, max_iter=max_iter,
                             candidates=candidates, box_aware=box_aware, tolerance=tolerance)
   return run_batch(attack, x, y, key)
 
@@ -76,7 +76,7 @@ def fooling_margin(logits, classes):
   return max_other_logit(logits, classes) - class_logit(logits, classes)
 
 
-def deepfool_stepped(logits_fn: Callable, *, norm: str = "l2", overshoot: float = 0.02,
+def deepfool_stepped(system: Callable, *, norm: str = "l2", overshoot: float = 0.02,
                      max_iter: int = 50, candidates: int = 10,
                      box_aware: bool = True, tolerance: float = TOLERANCE) -> SteppedAttack:
   """DeepFool as a SteppedAttack.
@@ -96,7 +96,7 @@ def deepfool_stepped(logits_fn: Callable, *, norm: str = "l2", overshoot: float 
   def init(x, y, example_keys, key):
     del example_keys  # DeepFool draws nothing per example.
     check_batch(x, y)
-    clean_logits = call_logits(logits_fn, x, key)
+    clean_logits = call_logits(system, x, key)
     k = min(candidates, clean_logits.shape[-1])
     if k < 2:
       raise ValueError(f"DeepFool needs at least 2 candidate classes; got {k}.")
@@ -109,7 +109,7 @@ def deepfool_stepped(logits_fn: Callable, *, norm: str = "l2", overshoot: float 
   def step(s: DeepFoolState, key) -> DeepFoolState:
     x, xi, classes = s.x, s.xi, s.classes
     batch, k = classes.shape
-    logits, vjp = jax.vjp(lambda z: call_logits(logits_fn, z, key), xi)
+    logits, vjp = jax.vjp(lambda z: call_logits(system, z, key), xi)
     num_classes = logits.shape[-1]
     cotangents = norms.match_varying(  # (k, B, K), typed like the logits (see varying_like).
         jax.nn.one_hot(classes.T, num_classes, dtype=logits.dtype), logits)
@@ -156,7 +156,7 @@ def deepfool_stepped(logits_fn: Callable, *, norm: str = "l2", overshoot: float 
     return ~s.active | (s.steps >= max_iter)
 
   def finish(s: DeepFoolState, key):
-    margin = fooling_margin(call_logits(logits_fn, s.xi, key), s.classes[:, 0])
+    margin = fooling_margin(call_logits(system, s.xi, key), s.classes[:, 0])
     success = margin > s.threshold
     # Stopped at max_iter within the threshold of the boundary (either side): whether such a
     # point is adversarial depends on the batch shape that scores it, so x comes back instead.

@@ -23,15 +23,15 @@ from defenses_jax.attacks.target import call_logits
 _CHECK_STREAM = 0x5EED
 
 
-def _report(logits_fn, x_adv, x, y, targets, key):
+def _report(system, x_adv, x, y, targets, key):
   """The per-example info every attack returns: success on a fresh forward pass, distances."""
-  logits = call_logits(logits_fn, x_adv, jax.random.fold_in(key, _CHECK_STREAM))
+  logits = call_logits(system, x_adv, jax.random.fold_in(key, _CHECK_STREAM))
   return x_adv, {"success": is_successful(logits, y, targets), **norms.distances(x_adv, x)}
 
 
-def _loss_and_grad(logits_fn, x, labels, targets, loss, key):
+def _loss_and_grad(system, x, labels, targets, loss, key):
   def total(z):
-    logits = call_logits(logits_fn, z, key)
+    logits = call_logits(system, z, key)
     per_example = attack_loss(logits, labels, targets, loss)
     return jnp.sum(per_example), (per_example, logits)
 
@@ -44,18 +44,18 @@ def _is_better(success, loss, best_success, best_loss):
   return (success & ~best_success) | ((success == best_success) & (loss > best_loss))
 
 
-def fgsm(logits_fn: Callable, x, y, key, *, eps: float, norm: str = "linf",
+def fgsm(system: Callable, x, y, key, *, eps: float, norm: str = "linf",
          loss: str = "ce", target: str = "none", targets: Optional[jax.Array] = None):
   """Fast Gradient (Sign) Method: one step of size eps along the steepest-ascent direction.
   Returns (x_adv, info): per-example success (fresh forward pass), l2, linf."""
   norms.check_norm(norm)
-  t = resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets)
-  _, _, grad = _loss_and_grad(logits_fn, x, y, t, loss, key)
+  t = resolve_targets(lambda z: call_logits(system, z, key), x, y, target, targets)
+  _, _, grad = _loss_and_grad(system, x, y, t, loss, key)
   x_adv = norms.project(x + eps * norms.steepest_ascent(grad, norm), x, eps, norm)
-  return _report(logits_fn, x_adv, x, y, t, key)
+  return _report(system, x_adv, x, y, t, key)
 
 
-def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: int,
+def pgd(system: Callable, x, y, key, *, eps: float, step_size: float, steps: int,
         norm: str = "linf", random_start: bool = True, restarts: int = 1, loss: str = "ce",
         target: str = "none", targets: Optional[jax.Array] = None):
   """Projected gradient ascent on the attack loss.
@@ -68,7 +68,7 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
   norms.check_norm(norm)
   if steps < 0 or restarts < 1:
     raise ValueError(f"PGD needs steps >= 0 and restarts >= 1; got {steps}, {restarts}.")
-  t = resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets)
+  t = resolve_targets(lambda z: call_logits(system, z, key), x, y, target, targets)
 
   def one_restart(carry, restart_key):
     best_x, best_loss, best_success = carry
@@ -85,7 +85,7 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
 
     def step(k, state):
       xk, best = state
-      loss_k, logits_k, grad = _loss_and_grad(logits_fn, xk, y, t, loss,
+      loss_k, logits_k, grad = _loss_and_grad(system, xk, y, t, loss,
                                               jax.random.fold_in(step_key, k))
       best = keep_best(k, xk, loss_k, logits_k, best)
       x_next = norms.project(xk + step_size * norms.steepest_ascent(grad, norm), x, eps, norm)
@@ -93,29 +93,29 @@ def pgd(logits_fn: Callable, x, y, key, *, eps: float, step_size: float, steps: 
 
     x_last, best = lax.fori_loop(0, steps, step, (x0, (best_x, best_loss, best_success)))
     last_key = jax.random.fold_in(step_key, steps)
-    logits_last = call_logits(logits_fn, x_last, last_key)
+    logits_last = call_logits(system, x_last, last_key)
     best = keep_best(steps, x_last, attack_loss(logits_last, y, t, loss), logits_last, best)
     return best, None
 
   init = (x, jnp.full(x.shape[:1], -jnp.inf), jnp.zeros(x.shape[:1], bool))
   (best_x, _, _), _ = lax.scan(one_restart, norms.varying_like(init, x),
                                jax.random.split(key, restarts))
-  return _report(logits_fn, best_x, x, y, t, key)
+  return _report(system, best_x, x, y, t, key)
 
 
-def bim(logits_fn, x, y, key, *, eps: float, n1: int, n2: int, **kwargs):
+def bim(system, x, y, key, *, eps: float, n1: int, n2: int, **kwargs):
   """BIM(n1, n2) (Kurakin et al.): steps of eps/n1, n2 iterations, starting at x."""
-  return pgd(logits_fn, x, y, key, eps=eps, step_size=eps / n1, steps=n2, random_start=False,
+  return pgd(system, x, y, key, eps=eps, step_size=eps / n1, steps=n2, random_start=False,
              **kwargs)
 
 
-def madry(logits_fn, x, y, key, *, eps: float, n1: int, n2: int, **kwargs):
+def madry(system, x, y, key, *, eps: float, n1: int, n2: int, **kwargs):
   """Madry(n1, n2): BIM(n1, n2) from a uniformly random start in the ball."""
-  return pgd(logits_fn, x, y, key, eps=eps, step_size=eps / n1, steps=n2, random_start=True,
+  return pgd(system, x, y, key, eps=eps, step_size=eps / n1, steps=n2, random_start=True,
              **kwargs)
 
 
-def ll_pgd(logits_fn, x, y, key, *, eps: float, step_size: float, steps: int, **kwargs):
+def ll_pgd(system, x, y, key, *, eps: float, step_size: float, steps: int, **kwargs):
   """Least-likely-class PGD: targeted at argmin of the clean logits (paper 004's g(x))."""
-  return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps,
+  return pgd(system, x, y, key, eps=eps, step_size=step_size, steps=steps,
              target="least_likely", **kwargs)

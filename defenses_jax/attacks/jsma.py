@@ -71,7 +71,7 @@ def best_pair(alpha, beta, increase: bool, chunk_size: int = 256):
   return score, p, q
 
 
-def jsma(logits_fn: Callable, x, y, key, *, theta: float = 1.0, gamma: float = 1.0,
+def jsma(system: Callable, x, y, key, *, theta: float = 1.0, gamma: float = 1.0,
          target: Optional[str] = None, targets: Optional[jax.Array] = None,
          chunk_size: int = 256):
   """Returns (x_adv, info) with info = {success (classified as the target), targets,
@@ -80,7 +80,7 @@ def jsma(logits_fn: Callable, x, y, key, *, theta: float = 1.0, gamma: float = 1
   by default 'given' when `targets` are passed, else 'random'.
   gamma: the largest fraction of features changed; theta: the change per feature (> 0
   increases, < 0 decreases)."""
-  attack = jsma_stepped(logits_fn, theta=theta, gamma=gamma, target=target, targets=targets,
+  attack = jsma_stepped(system, theta=theta, gamma=gamma, target=target, targets=targets,
                         chunk_size=chunk_size)
   return run_batch(attack, x, y, key)
 
@@ -96,7 +96,7 @@ class JSMAState(NamedTuple):
   iterations: jax.Array  # Steps that changed a pair.
 
 
-def jsma_stepped(logits_fn: Callable, *, theta: float = 1.0, gamma: float = 1.0,
+def jsma_stepped(system: Callable, *, theta: float = 1.0, gamma: float = 1.0,
                  target: Optional[str] = None, targets: Optional[jax.Array] = None,
                  chunk_size: int = 256) -> SteppedAttack:
   """JSMA as a SteppedAttack (parameters: see jsma). A random target is drawn from each
@@ -117,7 +117,7 @@ def jsma_stepped(logits_fn: Callable, *, theta: float = 1.0, gamma: float = 1.0,
   def init(x, y, example_keys, key):
     check_batch(x, y, targets)
     batch, n = x.shape[0], x[0].size
-    t = example_targets(logits_fn, x, y, target, targets, example_keys, key)
+    t = example_targets(system, x, y, target, targets, example_keys, key)
     flat_x = x.reshape(batch, n)
     return JSMAState(x=x, t=t, z=flat_x, domain=flat_x < 1.0 if increase else flat_x > 0.0,
                      active=jnp.ones((batch,), bool), steps=jnp.zeros((batch,), jnp.int32),
@@ -133,7 +133,7 @@ def jsma_stepped(logits_fn: Callable, *, theta: float = 1.0, gamma: float = 1.0,
     batch, n = s.z.shape
     live = ~done(s)
     log_probs, vjp = jax.vjp(
-        lambda v: jax.nn.log_softmax(call_logits(logits_fn, v, key)), s.z.reshape(s.x.shape))
+        lambda v: jax.nn.log_softmax(call_logits(system, v, key)), s.z.reshape(s.x.shape))
     (grad,) = vjp(norms.match_varying(jax.nn.one_hot(s.t, log_probs.shape[-1],
                                                      dtype=log_probs.dtype), log_probs))
     alpha = grad.reshape(batch, n)  # dlog F_t/dx: dF_t/dx over F_t (see the module docstring).
@@ -155,7 +155,7 @@ def jsma_stepped(logits_fn: Callable, *, theta: float = 1.0, gamma: float = 1.0,
 
   def finish(s: JSMAState, key):
     x_adv = s.z.reshape(s.x.shape)
-    success = jnp.argmax(call_logits(logits_fn, x_adv, key), -1) == s.t
+    success = jnp.argmax(call_logits(system, x_adv, key), -1) == s.t
     return x_adv, {"success": success, "targets": s.t, "iterations": s.iterations,
                    **norms.distances(x_adv, s.x)}
 

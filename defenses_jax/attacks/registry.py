@@ -78,9 +78,10 @@ class AttackInfo:
     if self.queries and self.query_budget is None and self.budget_param is None:
       raise ValueError("a query attack needs a budget parameter or a query_budget function.")
     if self.stepped is not None:  # The evaluation validates a config against fn's parameters.
-      params = lambda f, skip: set(inspect.signature(f).parameters) - skip
-      model = {"logits_fn", "oracle"}
-      if params(self.fn, model | {"x", "y", "key"}) != params(self.stepped, model):
+      # Both take the attacked model (a target or an oracle) first; some also take `target`, the
+      # targeting mode, so the model is skipped by position, not by name.
+      params = lambda f, skip: set(list(inspect.signature(f).parameters)[1:]) - skip
+      if params(self.fn, {"x", "y", "key"}) != params(self.stepped, set()):
         raise ValueError(f"{self.fn.__name__} and its stepped form take different parameters.")
 
   def check_params(self, params: dict) -> list[str]:
@@ -93,7 +94,7 @@ class AttackInfo:
 
   @property
   def queries(self) -> bool:
-    """A query attack: its first argument is an Oracle, not a logits function."""
+    """A query attack: its first argument is an Oracle of the target, not the target."""
     return self.access in ("scores", "labels")
 
   def budget(self, params: dict) -> int:

@@ -42,14 +42,14 @@ class SteppedAttack:
   finish: Callable[[Any, jax.Array], tuple]
 
 
-def example_targets(logits_fn, x, y, target: str, targets, keys, key):
+def example_targets(system, x, y, target: str, targets, keys, key):
   """The targets of a stepped attack's fresh examples, as objectives.resolve_targets, except that
   a random target is drawn from each example's own key (`keys`): it does not depend on which images
   share the batch (or the slots)."""
   if target == "random":
-    num_classes = jax.eval_shape(lambda z: call_logits(logits_fn, z, key), x).shape[-1]
+    num_classes = jax.eval_shape(lambda z: call_logits(system, z, key), x).shape[-1]
     return jax.vmap(lambda k, label: random_targets(k, label, num_classes))(keys, y)
-  return resolve_targets(lambda z: call_logits(logits_fn, z, key), x, y, target, targets, key)
+  return resolve_targets(lambda z: call_logits(system, z, key), x, y, target, targets, key)
 
 
 def example_keys(key, index):

@@ -1,5 +1,5 @@
 """Universal attacks: one perturbation v fitted on a set of (training) images, then added to any
-input. `fit(logits_fn, x, key, **params) -> (v, info)`; `apply_perturbation(v, x)`.
+input. `fit(system, x, key, **params) -> (v, info)`; `apply_perturbation(v, x)`.
 
 UAP (Moosavi-Dezfooli et al. 2017), after the authors' code (LTS4/universal, universal_pert.py):
 passes over the shuffled crafting set; for each image the current v does not fool yet, DeepFool
@@ -50,7 +50,7 @@ def project_perturbation(v, eps, norm: str):
   return v * jnp.minimum(1.0, eps / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-12))
 
 
-def _predictions(logits_fn: Callable, x, key, batch_size: int):
+def _predictions(system: Callable, x, key, batch_size: int):
   """argmax logits over x in batches of `batch_size` (the last padded), as one compiled loop."""
   n = x.shape[0]
   batch_size = min(batch_size, n)
@@ -58,11 +58,11 @@ def _predictions(logits_fn: Callable, x, key, batch_size: int):
   chunks = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
   chunks = chunks.reshape((padded // batch_size, batch_size) + x.shape[1:])
   keys = jax.random.split(key, chunks.shape[0])
-  preds = lax.map(lambda c: jnp.argmax(call_logits(logits_fn, c[0], c[1]), -1), (chunks, keys))
+  preds = lax.map(lambda c: jnp.argmax(call_logits(system, c[0], c[1]), -1), (chunks, keys))
   return preds.reshape(-1)[:n]
 
 
-def uap(logits_fn: Callable, x, key, *, eps: float, norm: str = "linf", delta: float = 0.2,
+def uap(system: Callable, x, key, *, eps: float, norm: str = "linf", delta: float = 0.2,
         max_passes: int = 10, overshoot: float = 0.02, max_iter_df: int = 10,
         candidates: int = 10, batch_size: int = 256):
   """Fits a universal perturbation on the crafting images x (B, ...). Returns (v, info), v shaped
@@ -81,17 +81,17 @@ def uap(logits_fn: Callable, x, key, *, eps: float, norm: str = "linf", delta: f
     raise ValueError(f"UAP needs max_passes >= 1; got {max_passes}.")
   n = x.shape[0]
   clean_key, fit_key = jax.random.split(key)
-  clean = _predictions(logits_fn, x, clean_key, batch_size)
+  clean = _predictions(system, x, clean_key, batch_size)
   no_label = jnp.zeros((1,), jnp.int32)  # DeepFool moves away from the prediction; y unused.
 
   def visit(pass_key, v, i):
     """One image of a pass: a DeepFool step from x_i + v if v does not fool it yet."""
     check_key, df_key = jax.random.split(jax.random.fold_in(pass_key, i))
     xv = apply_perturbation(v, x[i][None])
-    not_fooled = jnp.argmax(call_logits(logits_fn, xv, check_key), -1)[0] == clean[i]
+    not_fooled = jnp.argmax(call_logits(system, xv, check_key), -1)[0] == clean[i]
 
     def step(v):
-      x_df, report = deepfool(logits_fn, xv, no_label, df_key, norm="l2", overshoot=overshoot,
+      x_df, report = deepfool(system, xv, no_label, df_key, norm="l2", overshoot=overshoot,
                               max_iter=max_iter_df, candidates=candidates)
       moved = project_perturbation(v + (x_df - xv)[0], eps, norm)
       return jnp.where(report["success"][0], moved, v)
@@ -103,7 +103,7 @@ def uap(logits_fn: Callable, x, key, *, eps: float, norm: str = "linf", delta: f
     order_key, visit_key, measure_key = jax.random.split(jax.random.fold_in(fit_key, p), 3)
     order = jax.random.permutation(order_key, n)
     v, _ = lax.scan(lambda v, i: visit(visit_key, v, i), v, order)
-    fooled = _predictions(logits_fn, apply_perturbation(v, x), measure_key, batch_size) != clean
+    fooled = _predictions(system, apply_perturbation(v, x), measure_key, batch_size) != clean
     rates = rates.at[p].set(jnp.mean(fooled.astype(jnp.float32)))
     better = (p == 0) | (rates[p] > rates[best_pass])  # Ties keep the earlier v.
     return (p + 1, v, rates, jnp.where(better, v, best_v), jnp.where(better, p, best_pass))

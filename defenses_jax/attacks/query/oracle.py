@@ -71,14 +71,14 @@ class Oracle:
       raise ValueError(f"unknown oracle access {access!r}; choose one of {ACCESS}.")
     if budget < 1:
       raise ValueError(f"the query budget must be >= 1; got {budget}.")
-    self._logits_fn, self.access, self.budget = target, access, int(budget)
+    self._target, self.access, self.budget = target, access, int(budget)
     self.independent_examples = bool(independent_examples)
 
   def initial_counts(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size,), jnp.int32)
 
   def _answer(self, x, key):
-    scores = call_logits(self._logits_fn, _no_gradient(x), key)
+    scores = call_logits(self._target, _no_gradient(x), key)
     return scores if self.access == "scores" else jnp.argmax(scores, axis=-1)
 
   def query(self, x: jax.Array, counts: jax.Array, key: jax.Array,
