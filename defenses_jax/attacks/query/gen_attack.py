@@ -63,7 +63,7 @@ from jax import lax
 
 from defenses_jax.attacks import norms
 from defenses_jax.attacks.objectives import check_batch
-from defenses_jax.attacks.query.oracle import check_query_targets
+from defenses_jax.attacks.query.oracle import Oracle, check_query_targets
 
 
 # The plateau rule of the reference's adaptive scaling.
@@ -187,9 +187,10 @@ def gen_attack_query_budget(**params) -> int:
 def _check(oracle, x, y, eps, population, mutation_rate, alpha, temperature, max_steps, target,
            targets):
   check_batch(x, y, targets)
-  if getattr(oracle, "access", None) != "scores":
+  if not isinstance(oracle, Oracle) or oracle.access != "scores":
+    got = f"access {oracle.access!r}" if isinstance(oracle, Oracle) else repr(oracle)
     raise ValueError("GenAttack needs an Oracle with access='scores' (its fitness is computed "
-                     f"from the class probabilities); got {getattr(oracle, 'access', oracle)!r}.")
+                     f"from the class probabilities); got {got}.")
   if eps is None:
     raise ValueError("GenAttack needs an L-inf radius eps > 0; none was given.")
   if not float(eps) > 0:

@@ -178,7 +178,7 @@ def hop_skip_jump_stepped(oracle, *, norm: str = "l2", steps: int = 40, gamma: f
   schedule_list = gradient_evals(max(steps, 1), init_evals, max_evals)
   schedule = np.asarray(schedule_list, np.int32)
   # Rows of different examples may share an Oracle call only if the model treats rows apart.
-  compact = bool(getattr(oracle, "independent_examples", False))
+  compact = oracle.independent_examples
   draw_unit = unit_size(chunk)
 
   def geometry(x):
