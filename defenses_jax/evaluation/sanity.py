@@ -138,7 +138,7 @@ def black_box_not_stronger(black_box_name: str, broken_after_white_box: int,
   return _record("black_box_not_stronger", ok,
                  f"{black_box_name} broke {broken_after_white_box} of {num_examples} images "
                  f"({share:.2%}) that {white_box_name} left robust" + (
-                     "" if ok else ": a black-box attack beats the gradient attacks, so the "
-                     "gradients are masked"),
+                     "" if ok else ": a black-box attack beats the gradient attacks, a sign "
+                     "of masked gradients or of gradient attacks too weak for this model"),
                  attack=black_box_name, white_box_attack=white_box_name,
                  broken_after_white_box=broken_after_white_box, share=share)
