@@ -5,8 +5,8 @@
 
 --model=MODULE:FUNCTION names an importable function (the current directory is on the path)
 that takes no arguments and returns either model_fn, x -> logits, or a dict with `model_fn`
-and any of `randomised`, `detector_score`, `detector_threshold`, `surrogate_fn` (what
-robustness.evaluate takes). --data is an .npz with `images` (N, ...) in [0, 1] and `labels`
+and any of `randomised`, `detector_score`, `detector_threshold`, `detector_weight`,
+`surrogate_fn` (what robustness.evaluate takes). --data is an .npz with `images` (N, ...) in [0, 1] and `labels`
 (N,). Prints the markdown report; --out also writes report.json, report.md and the broken
 images' adversarial examples (adversarial.npz) there.
 """
@@ -35,7 +35,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "Images per compiled attack bat
 _RANDOMISED = flags.DEFINE_bool("randomised", None,
                                 "The model takes (x, key); overrides the model's dict.")
 _OUT = flags.DEFINE_string("out", "", "Directory for report.json, report.md, adversarial.npz.")
-_OPTIONS = ("model_fn", "randomised", "detector_score", "detector_threshold", "surrogate_fn")
+_OPTIONS = ("model_fn", "randomised", "detector_score", "detector_threshold", "detector_weight",
+            "surrogate_fn")
 
 
 class _Refused(UserError):

@@ -209,12 +209,18 @@ def test_same_seed_same_report_and_the_writers_round_trip(tmp_path):
     (dict(labels="out_of_range"), r"must lie in \[0, 10\)"),
     (dict(detector_score=lambda z: jnp.zeros(len(z))), "threshold"),
     (dict(preset="fast"), "unknown preset"),
+    (dict(norm="l2", eps=4.0), "covers the whole"),
+    (dict(images="channels_first"), "channels-first"),
+    (dict(key=0), "jax.random.key"),
+    (dict(detector_score=lambda z: jnp.zeros(len(z)), detector_threshold=0.5,
+          detector_weight=-1.0), "detector_weight"),
 ])
 def test_bad_input_is_refused_before_any_attack_runs(change, message):
   w, x, y = linear_problem(num=8)
   args = dict(images=x, labels=y, eps=0.05, norm="linf", key=jax.random.key(0),
               preset=SMALL, show_progress=False)
   replace = {"scaled": x * 255, "float": y.astype(np.float32),
+             "channels_first": np.transpose(x, (0, 3, 1, 2)),
              "out_of_range": np.where(np.arange(len(y)) == 0, 10, y).astype(np.int32)}
   args.update({k: replace.get(v, v) if isinstance(v, str) else v for k, v in change.items()})
   with pytest.raises(EvaluationInputError, match=message):
@@ -284,3 +290,92 @@ def test_the_battery_follows_what_the_system_declares():
   rows = build_rows(guarded, robustness.PRESETS["standard"], 0.1, "linf", 10, (28, 28, 1))
   assert [r.detector_aware for r in rows] == [True, True, True, False]
   assert [r.cascade for r in rows] == [True, True, True, False]
+
+
+def test_a_noisy_randomised_model_is_broken_at_least_where_the_exact_attack_breaks_it():
+  """Logit noise of the size of the margins: the exact attack on the noise-free linear model
+  (each other class's corner of the ball), judged by the system's majority decision, breaks
+  some images; the EOT battery must break at least those (up to the decision's noise)."""
+  from defenses_jax.robustness.system import System
+  w, x, y = linear_problem(num=64)
+  eps = 0.05
+
+  def noisy(z, key):
+    logits = z.reshape(len(z), -1) @ w
+    return logits + 0.5 * jax.random.normal(key, logits.shape)
+
+  flat, broken = x.reshape(len(x), -1), np.zeros(len(x), bool)
+  for j in range(w.shape[1]):
+    corner = np.clip(flat - eps * np.sign((w[:, y] - w[:, [j]]).T), 0, 1)
+    through, _ = System(noisy, True).decide(jnp.asarray(corner.reshape(x.shape)), jnp.asarray(y),
+                                            jax.random.key(7), 25)
+    broken |= np.asarray(through) & (y != j)
+  report = robustness.evaluate(noisy, x, y, eps=eps, key=jax.random.key(0), randomised=True,
+                               preset=SMALL, show_progress=False)
+  assert 0.05 < broken.mean() < 0.5
+  assert report.robust_accuracy <= 1 - broken.mean() + 0.05
+
+
+def test_a_refused_clean_image_is_not_robust_and_a_tie_at_the_threshold_is_flagged():
+  """Four of 40 clean images have their three other-class pixels at 0.35, which puts the
+  detector's total at 1.75: refused, so not robust (Tramer 2022), though nothing gets through
+  at eps 0.15 (that takes eps > 0.175 on them, 0.2 on the others). Then a detector whose
+  score saturates at its threshold (every flagged input scores exactly the threshold): the
+  attack must not take a tie for a success."""
+  x, y, logits, score = guarded_problem()
+  for i in range(4):
+    x[i, 0, [c for c in range(4) if c != y[i]], 0] += 0.05
+  report = robustness.evaluate(logits, x, y, eps=0.15, key=jax.random.key(0),
+                               detector_score=score, detector_threshold=1.7, preset=SMALL,
+                               show_progress=False)
+  assert report.clean_flagged_rate == 0.1 and report.misclassified_and_accepted == 0.0
+  assert report.robust_accuracy == 0.9
+  assert report.per_example["refused_clean"] == [True] * 4 + [False] * 36
+
+  x, y, logits, score = guarded_problem()
+  saturated = lambda z: jnp.clip(10 * (score(z) - 1.6), 0.0, 1.0)  # 1.0 iff total >= 1.7.
+  report = robustness.evaluate(logits, x, y, eps=0.25, key=jax.random.key(0),
+                               detector_score=saturated, detector_threshold=1.0, preset=SMALL,
+                               show_progress=False)
+  assert report.robust_accuracy == 0.0 and report.misclassified_and_accepted == 1.0
+  assert np.all(np.asarray(saturated(report.adversarial)) < 1.0)
+  # Taking a tie for a success, APGD-CE stopped at a flagged point and left APGD-T an image.
+  assert report.row("APGD-CE").broken == len(x)
+
+
+def test_a_binary_classifier_gets_its_analytic_answer():
+  w, x, y = linear_problem(num=48, num_classes=2)
+  report = robustness.evaluate(lambda z: z.reshape(len(z), -1) @ w, x, y, eps=0.08,
+                               key=jax.random.key(0), preset=SMALL, show_progress=False)
+  assert [r.name for r in report.rows] == ["APGD-CE", "Square"]
+  np.testing.assert_array_equal(report.per_example["robust"],
+                                analytic_robust(w, x, y, 0.08, "linf"))
+
+
+def test_noise_and_transfer_beating_a_blind_battery_are_flagged():
+  """The quantised model without Square: APGD is blind, so random noise and APGD on the
+  un-quantised surrogate both do better than the battery, and no black-box attack ran."""
+  w, x, y = linear_problem(num=48)
+  linear = lambda z: z.reshape(len(z), -1) @ w
+  quantised = lambda z: linear(jnp.round(z * 8) / 8)
+  y = np.asarray(quantised(jnp.asarray(x)).argmax(-1), np.int32)
+  report = robustness.evaluate(quantised, x, y, eps=0.2, key=jax.random.key(0),
+                               preset=dataclasses.replace(SMALL, square_queries=0),
+                               surrogate_fn=linear, show_progress=False)
+  status = {c.check: c.status for c in report.sanity}
+  assert status["noise_weaker"] == "warn" and status["transfer_not_stronger"] == "warn"
+  assert status["black_box_not_stronger"] == "warn"
+
+
+def test_non_finite_logits_count_as_misclassified():
+  """NaN logits on some images, labelled 0, where argmax of NaNs happens to answer."""
+  w, x, y = linear_problem(num=32)
+  nan_on_bright = lambda z: jnp.where(z[:, :1, :1, 0].reshape(-1, 1) > 0.6, jnp.nan,
+                                      z.reshape(len(z), -1) @ w)
+  bright = x[:, 0, 0, 0] > 0.6
+  y = np.where(bright, 0, y).astype(np.int32)
+  report = robustness.evaluate(nan_on_bright, x, y, eps=1e-4, key=jax.random.key(0),
+                               preset=SMALL, show_progress=False)
+  assert 0 < bright.sum() < len(x)
+  assert report.clean_accuracy == pytest.approx(1 - bright.mean())
+  assert not np.any(np.array(report.per_example["robust"])[bright])

@@ -1,8 +1,9 @@
 """The sanity checks of Carlini et al. 2019 (evaluation/sanity.py) run beside `evaluate`, on its
 first `preset.sanity_examples` images: input gradients, an unbounded attack that must reach
 (nearly) 100%, APGD-CE rerun longer and from more starts, random noise of the attack's size, a
-black-box attack that must not find what the gradient attacks missed, and, given a surrogate
-model, transfer that must not beat white-box. A 'warn' means the evaluation is in doubt."""
+black-box attack that must not find what the gradient attacks missed (a warning when none
+could run), every attack's examples valid, and, given a surrogate model, transfer that must not
+beat white-box. A 'warn' means the evaluation is in doubt."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses_jax.attacks import wrappers
 from defenses_jax.attacks.apgd import apgd
 from defenses_jax.attacks.gradient import pgd
 from defenses_jax.attacks.target import as_target, call_logits
 from defenses_jax.evaluation import sanity
-from defenses_jax.evaluation.results import PASS, SanityCheck
+from defenses_jax.evaluation.results import PASS, WARN, SanityCheck
 from defenses_jax.evaluation.runner import noise_like
 from defenses_jax.progress import call_each
 from defenses_jax.robustness.batches import in_batches
@@ -53,10 +53,9 @@ class _Subset:
     """APGD-CE as the battery runs it (its restarts unless given), on `target_of(labels)`."""
     system, preset = self.system, self.preset
     restarts = restarts or preset.apgd_restarts
-    target_of = target_of or system.attacked
-    eot_iter = preset.eot_draws if system.randomised else 1
+    target_of = target_of or (lambda y: system.attacked(y, draws=preset.eot_draws))
     return lambda x, y, k: apgd(target_of(y), x, y, k, eps=self.eps, norm=self.norm,
-                                steps=steps, restarts=restarts, loss="ce", eot_iter=eot_iter)[0]
+                                steps=steps, restarts=restarts, loss="ce")[0]
 
 
 def run_checks(system: System, preset: Preset, x, y, clean_broken, robust, rows, eps, norm,
@@ -81,9 +80,7 @@ def run_checks(system: System, preset: Preset, x, y, clean_broken, robust, rows,
                 "worst case over the battery", float(np.mean(robust[:sub.n])),
                 sub.robust_accuracy(lambda xb, yb, k: noise_like(k, xb, eps, norm), keys[3]),
                 num_examples=sub.n)]
-  black_box = _black_box(rows, len(x))
-  if black_box is not None:
-    checks.append(lambda: black_box)
+  checks += [lambda: _black_box(rows, len(x)), lambda: _valid_examples(rows)]
   if surrogate_fn is not None:
     checks.append(lambda: sanity.transfer_not_stronger(
         "APGD-CE from the surrogate", sub.robust_accuracy(
@@ -104,11 +101,8 @@ def _unbounded(sub: _Subset, key) -> SanityCheck:
   system, preset = sub.system, sub.preset
 
   def attack(x, y, k):
-    target = system.attacked(y)
-    if system.randomised:
-      target = wrappers.eot(target, preset.eot_draws)
-    return pgd(target, x, y, k, eps=1.0, step_size=0.05, steps=preset.unbounded_steps,
-               random_start=False, loss="margin")[0]
+    return pgd(system.attacked(y, draws=preset.eot_draws), x, y, k, eps=1.0, step_size=0.05,
+               steps=preset.unbounded_steps, random_start=False, loss="margin")[0]
 
   broken = sub.broken_by(attack, key)
   attacked = ~sub.clean_broken
@@ -137,12 +131,26 @@ def _more_restarts(sub: _Subset, base_accuracy: Callable, key) -> SanityCheck:
                                           num_examples=sub.n)
 
 
-def _black_box(rows, num_examples: int) -> Optional[SanityCheck]:
-  """What the cascade's score-only rows broke after its gradient rows (None: no such row)."""
+def _black_box(rows, num_examples: int) -> SanityCheck:
+  """What the cascade's score-only rows got through after its gradient rows."""
   white_box = [r.name for r in rows if r.cascade and r.access == "gradient"]
   black_box = [r for r in rows if r.cascade and r.access == "scores"]
-  if not black_box or not white_box:
-    return None
+  if not black_box:
+    return SanityCheck("black_box_not_stronger", WARN,
+                       "no score-only attack ran (Square needs images (N, H, W, C) and "
+                       "square_queries > 0), so nothing checks the gradient attacks against "
+                       "masked gradients", numbers={"skipped": True})
   return sanity.black_box_not_stronger(" and ".join(r.name for r in black_box),
                                        sum(r.broken for r in black_box), num_examples,
                                        ", ".join(white_box))
+
+
+def _valid_examples(rows) -> SanityCheck:
+  """Every attack's examples in the box and the ball and finite (those that are not were not
+  counted: a NaN gradient gives NaN points, which would otherwise count as misclassified)."""
+  bad = {r.name: r.invalid for r in rows if r.invalid}
+  detail = ("every example in the [0, 1] box and the eps ball, and finite" if not bad else
+            "examples outside the box or the ball, or not finite, not counted: " + ", ".join(
+                f"{name} {count}" for name, count in bad.items()) + " (a non-finite gradient "
+            "of the model?); the attack did not run as intended on those images")
+  return SanityCheck("valid_examples", WARN if bad else PASS, detail, numbers={"invalid": bad})

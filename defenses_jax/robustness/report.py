@@ -1,9 +1,11 @@
 """What `evaluate` returns: a typed report, with JSON and markdown writers.
 
 Robust accuracy is over all the evaluated images: an image counts as robust when neither it nor
-any attack's example of it is broken (misclassified; for a detector-guarded system,
-misclassified and accepted by the detector). For a guarded system, 1 - robust accuracy is the
-share of images the attacker gets through misclassified and accepted.
+any attack's example of it gets through: is misclassified and, for a detector-guarded system,
+accepted by the detector. A guarded system must also accept the clean image (Tramer 2022: a
+refused clean input is an error too), so its robust accuracy is at most its clean accuracy on
+accepted images; `misclassified_and_accepted` is the attacker's side alone, the share of images
+for which some input (clean or adversarial) got through.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class RowResult:
   robust_accuracy_alone: Optional[float]  # This row's own, where it attacked every image.
   seconds: float
   mean_queries: Optional[float] = None  # Score queries per attacked image (query attacks).
+  # Examples not counted because they left the box or the ball or were not finite.
+  invalid: int = 0
 
 
 @dataclasses.dataclass
@@ -51,6 +55,7 @@ class Report:
   # while robust), its worst-case example's L-inf and L2 distance from the image.
   per_example: dict
   clean_flagged_rate: Optional[float] = None  # Guarded: clean images the detector refuses.
+  misclassified_and_accepted: Optional[float] = None  # Guarded (see the module docstring).
   detector_weight: Optional[float] = None
   adversarial: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
 
@@ -78,12 +83,13 @@ class Report:
 
   def to_markdown(self) -> str:
     guarded = self.clean_flagged_rate is not None
-    metric = "not misclassified-and-accepted" if guarded else "robust accuracy"
+    through = (f"; misclassified and accepted {self.misclassified_and_accepted:.2%}"
+               if guarded else "")
     lines = [f"# Robustness of a {self.model} model: {self.norm} eps {self.eps:g}, preset "
              f"`{self.preset}`", "",
              f"{self.num_examples} images; clean accuracy {self.clean_accuracy:.2%}"
              + (f", clean images flagged {self.clean_flagged_rate:.2%}" if guarded else "")
-             + f"; **worst-case {metric} {self.robust_accuracy:.2%}**; "
+             + f"; **worst-case robust accuracy {self.robust_accuracy:.2%}**{through}; "
              f"{self.seconds:.0f} s.", "",
              "| Attack | Settings | Attacked | Broken | Robust after | Alone | Queries | s |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -92,7 +98,8 @@ class Report:
       queries = "" if r.mean_queries is None else f"{r.mean_queries:.0f}"
       lines.append(f"| {r.name} | {r.description} | {r.attacked} | {r.broken} | "
                    f"{r.robust_accuracy_after:.2%} | {alone} | {queries} | {r.seconds:.1f} |")
-    lines += ["", "Rows run in order, each on the images no earlier row broke; a row with an "
+    lines += ["", "Rows run in order, each on the images no earlier row got through (Broken: "
+              "misclassified" + (" and accepted" if guarded else "") + "); a row with an "
               "'Alone' value attacked every image.", "", "## Sanity checks "
               "(Carlini et al. 2019)", ""]
     for check in self.sanity:

@@ -22,6 +22,9 @@ from defenses_jax.attacks.target import Deployed, Evasion, Target, as_target
 from defenses_jax.errors import EvaluationInputError
 
 NORMS = ("linf", "l2")
+# How far below the threshold the attacker aims, relative to max(1, |threshold|): a few float32
+# steps, so that a score at the threshold is on the flagged side for the attack as well.
+TIE_MARGIN = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +58,36 @@ class System:
     return lambda x, key: Deployed(call(self.model_fn, x, key),
                                    call(self.detector_score, x, key))
 
-  def attacked(self, labels, weight_factor: float = 1.0) -> Target:
+  def attacked(self, labels, weight_factor: float = 1.0, draws: int = 1) -> Target:
     """What an attacker who knows the whole system attacks on the batch of `labels`: the
     deployed system, with a detector folded into the class scores so that every attack aims at
-    "misclassified and accepted" (wrappers.rejecting)."""
-    if not self.guarded:
-      return self.deployed()
-    evasion = Evasion(self.detector_threshold, self.detector_weight * weight_factor)
-    return wrappers.rejecting(self.deployed(), evasion, labels)
+    "misclassified and accepted" (wrappers.rejecting), and a randomised one averaged over
+    `draws` draws of its randomness (wrappers.eot): an attack that stopped at the first draw
+    that misclassifies would stop on a lucky draw the system's majority decision overrules.
+
+    The attacker's threshold sits just below the system's, so that a score exactly at the
+    threshold (flagged) counts as flagged for the attack too: folded at the threshold itself,
+    the true class would tie with the best other class and argmax could call it fooled."""
+    target = self.deployed()
+    if self.guarded:
+      threshold = self.detector_threshold
+      evasion = Evasion(threshold - TIE_MARGIN * max(1.0, abs(threshold)),
+                        self.detector_weight * weight_factor)
+      target = wrappers.rejecting(target, evasion, labels)
+    if self.randomised and draws > 1:
+      target = wrappers.eot(target, draws)
+    return target
 
   def decide(self, x, y, key, draws: int = 1):
-    """Per example: (broken, flagged). Broken: misclassified and, guarded, accepted. A
-    randomised system is judged by the majority of `draws` draws (a tie counts as broken)."""
+    """Per example: (through, flagged). Through: misclassified and, guarded, accepted; class
+    scores that are not finite count as misclassified (a model that answers NaN has not
+    classified). A randomised system is judged by the majority of `draws` draws (a tie counts
+    against it)."""
 
     def one_draw(k):
       out = self.deployed()(x, k)
-      wrong = jnp.argmax(out.class_logits, -1) != y
+      logits = out.class_logits
+      wrong = (jnp.argmax(logits, -1) != y) | ~jnp.all(jnp.isfinite(logits), -1)
       if not self.guarded:
         return wrong, jnp.zeros_like(wrong)
       flagged = out.detector_score >= self.detector_threshold
@@ -78,8 +95,8 @@ class System:
 
     if not self.randomised:
       return one_draw(key)
-    broken, flagged = jax.vmap(one_draw)(jax.random.split(key, draws))
-    return 2 * jnp.sum(broken, 0) >= draws, 2 * jnp.sum(flagged, 0) >= draws
+    through, flagged = jax.vmap(one_draw)(jax.random.split(key, draws))
+    return 2 * jnp.sum(through, 0) >= draws, 2 * jnp.sum(flagged, 0) >= draws
 
 
 def balanced_weight(system: System, x, y, key) -> float:
@@ -99,12 +116,12 @@ def balanced_weight(system: System, x, y, key) -> float:
 def check_inputs(system: System, images, labels, eps: float, norm: str, key) -> int:
   """Every input `evaluate` takes, checked before any attack runs; returns the number of
   classes. Each failure (EvaluationInputError) names what is wrong and what is expected."""
-  _check_threat_model(eps, norm)
   images, labels = np.asarray(images), np.asarray(labels)
   _check_arrays(images, labels)
-  if key is None or jnp.asarray(key).dtype == np.dtype(object):
+  _check_threat_model(eps, norm, images[0].size)
+  if not _is_key(key):
     raise EvaluationInputError("pass key=jax.random.key(seed): the attacks' random starts "
-                               "draw from it.")
+                               f"draw from it (got {type(key).__name__}).")
   threshold = system.detector_threshold
   if system.guarded and (threshold is None or not np.isfinite(threshold)):
     raise EvaluationInputError(
@@ -119,15 +136,39 @@ def check_inputs(system: System, images, labels, eps: float, norm: str, key) -> 
   return num_classes
 
 
-def _check_threat_model(eps, norm: str) -> None:
+def _is_key(key) -> bool:
+  """A typed key (jax.random.key) or a raw one (jax.random.PRNGKey: uint32 (2,))."""
+  if not isinstance(key, (jax.Array, np.ndarray)):
+    return False
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key.shape == ()
+  return key.dtype == np.uint32 and key.shape == (2,)
+
+
+def real_scalar(value) -> Optional[float]:
+  """`value` as a float if it is one real number (Python, NumPy or a JAX scalar), else None."""
+  if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
+    return None
+  try:
+    array = np.asarray(value)
+  except TypeError:
+    return None
+  if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+    return None
+  return float(array)
+
+
+def _check_threat_model(eps, norm: str, dimension: int) -> None:
   if norm not in NORMS:
     raise EvaluationInputError(f"unknown norm {norm!r}; choose one of {NORMS}.")
-  if not (isinstance(eps, (int, float, np.floating)) and np.isfinite(eps) and eps > 0):
+  value = real_scalar(eps)
+  if value is None or not np.isfinite(value) or value <= 0:
     raise EvaluationInputError(f"eps must be a finite number > 0; got {eps!r}.")
-  if norm == "linf" and eps >= 1:
+  whole_box = 1.0 if norm == "linf" else float(np.sqrt(dimension))
+  if value >= whole_box:
     raise EvaluationInputError(
-        f"an L-inf eps of {eps} covers the whole [0, 1] box: every input can be turned into "
-        "any other; pass eps < 1.")
+        f"an {norm} eps of {value:g} covers the whole [0, 1] box (from {whole_box:g} on): every "
+        f"input can be turned into any other; pass eps < {whole_box:g}.")
 
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
@@ -141,6 +182,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
     raise EvaluationInputError(
         "images must be finite and in [0, 1] (the attacks clip to that box); got values in "
         f"[{np.nanmin(images):.4g}, {np.nanmax(images):.4g}].")
+  if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+    raise EvaluationInputError(
+        f"images of shape {images.shape} look channels-first (N, C, H, W); pass them as "
+        "(N, H, W, C), with a model_fn that takes that layout (Square perturbs (H, W) "
+        "windows of every channel).")
   if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
     raise EvaluationInputError(
         f"labels must be integer classes, one per image ({len(images)},); got shape "
