@@ -6,9 +6,9 @@
 --model=MODULE:FUNCTION names an importable function (the current directory is on the path)
 that takes no arguments and returns either model_fn, x -> logits, or a dict with `model_fn`
 and any of `randomised`, `detector_score`, `detector_threshold`, `detector_weight`,
-`surrogate_fn` (what robustness.evaluate takes). --data is an .npz with `images` (N, ...) in [0, 1] and `labels`
-(N,). Prints the markdown report; --out also writes report.json, report.md and the broken
-images' adversarial examples (adversarial.npz) there.
+`surrogate_fn` (what robustness.evaluate takes). --data is an .npz with `images` (N, ...) in
+[0, 1] and `labels` (N,). Prints the markdown report; --out also writes report.json, report.md
+and the broken images' adversarial examples (adversarial.npz) there.
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ APGD-T (targeted DLR) and Square. A randomised system is attacked through EOT: t
 attacks see its class scores averaged over `eot_draws` fresh draws at every step (the mean
 log-probability, wrappers.eot), Square's Oracle answers each query with the mean over
 `decision_draws` fresh draws; so an attack judges its own success on an average, not on one
-lucky draw that the system's majority decision would overrule. A detector-guarded system is attacked as a whole: its detector is
-folded into the class scores as a reject logit merged into the true class
-(wrappers.reject_as_true_class), so every member, APGD-T included, aims at "misclassified and
-accepted"; AutoAttack itself would count a rejected input as robust and attack the classifier
-alone. That detector-unaware attack is run too, as a reference row, to show what it would
-have reported.
+lucky draw that the system's majority decision would overrule. A detector-guarded system is
+attacked as a whole: its detector is folded into the class scores as a reject logit merged into
+the true class (wrappers.reject_as_true_class), so every member, APGD-T included, aims at
+"misclassified and accepted"; AutoAttack itself would count a rejected input as robust and
+attack the classifier alone. That detector-unaware attack is run too, as a reference row, to
+show what it would have reported.
 
 Rows run in order as AutoAttack's do, each on the examples no earlier row got through
 ("cascade"), except reference rows, which attack every example whose clean input did not
