@@ -65,7 +65,9 @@ def evaluate(model_fn: Callable, images, labels, *, eps: float, key, norm: str =
   decide = jax.jit(lambda xb, yb, k: system.decide(xb, yb, k, preset.decision_draws))
 
   state = _State.start(*_decide_all(decide, x, y, decide_key, batch_size), x)
-  clean_correct = _clean_correct(system, x, y, decide_key, batch_size, preset)
+  # Without a detector the system's decision on the clean images is the classifier's.
+  clean_correct = (_clean_correct(system, x, y, decide_key, batch_size, preset)
+                   if system.guarded else ~state.clean_through)
   results = []
   for index, row in enumerate(build_rows(system, preset, eps, norm, num_classes, x.shape[1:])):
     results.append(_run_row(row, x, y, state, decide, jax.random.fold_in(attack_key, index),
