@@ -477,6 +477,8 @@ _CORE = (
 # Imported after Mutation exists: the papers' mutations live in their own file.
 from mutations_papers import PAPER_MUTATIONS  # noqa: E402
 from mutations_reliability import RELIABILITY_MUTATIONS  # noqa: E402
+from mutations_performance import PERFORMANCE_MUTATIONS  # noqa: E402
 from mutations_robustness import ROBUSTNESS_MUTATIONS  # noqa: E402
 
-MUTATIONS = _CORE + PAPER_MUTATIONS + RELIABILITY_MUTATIONS + ROBUSTNESS_MUTATIONS
+MUTATIONS = (_CORE + PAPER_MUTATIONS + RELIABILITY_MUTATIONS + ROBUSTNESS_MUTATIONS
+             + PERFORMANCE_MUTATIONS)

@@ -76,3 +76,77 @@ def test_other_convolutions_fall_back_to_lax():
     np.testing.assert_allclose(ours.apply(params, x), plain.apply(params, x), atol=1e-6)
     g = [jax.grad(lambda z: jnp.sum(m.apply(params, z) ** 2))(x) for m in (plain, ours)]
     np.testing.assert_allclose(g[1], g[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("images_per_chunk", [2, 3])
+def test_the_weight_gradient_added_up_over_chunks_is_the_whole_batchs(case, images_per_chunk,
+                                                                       monkeypatch):
+  """7 images, chunks of up to 2 (7 chunks of 1 image: 1 divides 7) or 3 (2 chunks in the scan,
+  1 image left over): every image counts once, whatever the strides and padding."""
+  features, kernel, strides, padding, size = case
+  x = jax.random.uniform(jax.random.key(0), (7, size, size, 5))
+  plain, ours = (make(features, kernel, strides, padding=padding)
+                 for make in (nn.Conv, conv_lib.Conv))
+  params = plain.init(jax.random.key(1), x)
+  out = plain.apply(params, x)
+  per_image = (x.size + out.size) // 7
+  monkeypatch.setattr(conv_lib, "_WEIGHT_GRADIENT_CHUNK_FLOATS", per_image * images_per_chunk)
+  loss = lambda m: lambda p: jnp.sum(jnp.tanh(m.apply(p, x)) ** 2)
+  want = jax.grad(loss(plain))(params)["params"]["kernel"]
+  got = jax.jit(jax.grad(loss(ours)))(params)["params"]["kernel"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bfloat16_weight_gradient_is_added_up_in_float32(monkeypatch):
+  """64 chunks of one image each: added in bfloat16 the sum drifts by many bfloat16 steps;
+  added in float32 it is the float32 gradient of the same bfloat16 values, rounded once."""
+  x = jax.random.uniform(jax.random.key(0), (64, 6, 6, 4)).astype(jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 8)).astype(jnp.bfloat16)
+  g = jax.random.uniform(jax.random.key(2), (64, 4, 4, 8)).astype(jnp.bfloat16)
+  monkeypatch.setattr(conv_lib, "_WEIGHT_GRADIENT_CHUNK_FLOATS", 1)
+  ours = lambda k: conv_lib._eigen_friendly_conv(x, k, (1, 1), "VALID", None)
+  got = jax.vjp(ours, w)[1](g)[0].astype(jnp.float32)
+  exact = lambda k: lax.conv_general_dilated(x.astype(jnp.float32), k, (1, 1), "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  want = jax.vjp(exact, w.astype(jnp.float32))[1](g.astype(jnp.float32))[0]
+  # One bfloat16 rounding of the exact sum: relative error at most 2^-8.
+  np.testing.assert_array_less(np.abs(got - want), np.abs(want) * 2.0**-8 + 1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the layout is XLA CPU's")
+def test_inside_a_loop_the_weight_gradient_keeps_the_standard_layouts(monkeypatch):
+  """Training steps in a fori_loop, the weight gradient in chunks (a scan inside that loop):
+  every convolution XLA compiles has Eigen's (batch, rows, columns, features) input and
+  (rows, columns, in, out) kernel labels."""
+  monkeypatch.setattr(conv_lib, "_WEIGHT_GRADIENT_CHUNK_FLOATS", 2 * (9 * 9 * 5 + 7 * 7 * 8))
+  x = jax.random.uniform(jax.random.key(0), (6, 9, 9, 5))
+  model = conv_lib.Conv(8, (3, 3), padding="VALID")
+  params = model.init(jax.random.key(1), x)
+  step = lambda p: jax.tree.map(lambda a, b: a - 1e-2 * b, p, jax.grad(
+      lambda q: jnp.sum(model.apply(q, x) ** 2))(p))
+  hlo = jax.jit(lambda p: lax.fori_loop(0, 3, lambda i, q: step(q), p)).lower(
+      params).compile().as_text()
+  labels = re.findall(r"convolution\(.*?dim_labels=(\S+?)[,}\s]", hlo)
+  assert len(labels) >= 2 and set(labels) == {"b01f_01io->b01f"}, labels
+
+
+def test_inside_shard_map_the_weight_gradient_is_summed_over_devices_as_autodiff_does(
+    monkeypatch):
+  """Parameters the same on every device, images split over the data axis: the kernel's
+  gradient comes back with the parameters' type (summed over devices, as jax.grad of nn.Conv
+  gives it), through the chunks' scan."""
+  from jax.sharding import Mesh, PartitionSpec
+  monkeypatch.setattr(conv_lib, "_WEIGHT_GRADIENT_CHUNK_FLOATS", 2 * (9 * 9 * 5 + 7 * 7 * 8))
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  x = jax.random.uniform(jax.random.key(0), (6 * len(jax.devices()), 9, 9, 5))
+  plain, ours = (make(8, (3, 3), padding="VALID") for make in (nn.Conv, conv_lib.Conv))
+  params = plain.init(jax.random.key(1), x)
+
+  def grads(module):
+    local = lambda p, z: jax.grad(lambda q: jnp.sum(jnp.tanh(module.apply(q, z)) ** 2))(p)
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),
+                                                             PartitionSpec("data")),
+                                 out_specs=PartitionSpec()))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               grads(ours), grads(plain))

@@ -54,11 +54,14 @@ def _batch(exp, ds, n=16):
 
 
 def _compute_dtypes(hlo: str) -> set:
-  """Element types of every convolution and matmul result in lowered StableHLO text."""
+  """Element types of every convolution's and matmul's operands in lowered StableHLO text (a
+  weight gradient added up over chunks asks for a float32 result of bfloat16 operands)."""
   lines = [line for line in hlo.splitlines()
            if "stablehlo.convolution" in line or "stablehlo.dot_general" in line]
   assert lines, "no convolution or matmul found: the parsing below would prove nothing"
-  return {re.search(r"-> tensor<[0-9x]*(\w+)>", line).group(1) for line in lines}
+  operands = [re.search(r": \((tensor<.*?>), (tensor<.*?>)\) ->", line) for line in lines]
+  assert all(operands), "an operand type the parsing below does not read"
+  return {re.match(r"tensor<[0-9x]*(\w+)>", t).group(1) for m in operands for t in m.groups()}
 
 
 def _float_dtypes(tree) -> set:

@@ -12,6 +12,7 @@ from typing import Callable
 import flax.linen as nn
 
 from defenses_jax.models.conv import Conv
+from defenses_jax.models.pooling import max_pool
 
 # PyTorch-style running-average momentum: the statistics settle within a few hundred steps,
 # which matters for the short cpu-scale runs.
@@ -34,7 +35,7 @@ class TargetTrainingMnistCNN(nn.Module):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)
     x = norm()(nn.relu(Conv(32, (3, 3), padding="VALID")(x)))
     x = norm()(nn.relu(Conv(64, (3, 3), padding="VALID")(x)))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = max_pool(x, (2, 2), strides=(2, 2))
     x = nn.Dropout(0.25, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     embedding = nn.relu(nn.Dense(128)(x))
@@ -54,7 +55,7 @@ class TargetTrainingCifarCNN(nn.Module):
       for _ in range(2):
         x = nn.elu(Conv(features, (3, 3), padding="SAME")(x))
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
       x = nn.Dropout(drop, deterministic=not train)(x)
     embedding = x.reshape((x.shape[0], -1))
     return _outputs(nn.Dense(self.num_outputs)(embedding), embedding, return_embedding)
@@ -71,8 +72,8 @@ class LeNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
     del train  # No train-time behaviour.
-    x = nn.max_pool(self.activation(Conv(6, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
-    x = nn.max_pool(self.activation(Conv(16, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
+    x = max_pool(self.activation(Conv(6, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
+    x = max_pool(self.activation(Conv(16, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = self.activation(nn.Dense(120)(x))
     embedding = self.activation(nn.Dense(84)(x))
@@ -99,7 +100,7 @@ class PlainCNN(nn.Module):
     for stage in self.conv_stages:
       for features in stage:
         x = nn.relu(Conv(features, (3, 3), padding="SAME")(x))
-      x = drop(nn.max_pool(x, (2, 2), strides=(2, 2)))
+      x = drop(max_pool(x, (2, 2), strides=(2, 2)))
     x = x.reshape((x.shape[0], -1))
     embedding = x
     for i, width in enumerate(self.dense):

@@ -6,6 +6,7 @@ import flax.linen as nn
 
 from defenses_jax.models.cnn import BN_MOMENTUM, _outputs
 from defenses_jax.models.conv import Conv
+from defenses_jax.models.pooling import max_pool
 
 # 'M' is a 2x2 max-pool; integers are 3x3 conv + BatchNorm + ReLU with that many filters.
 SMALL_VGG_LAYERS = (64, "M", 128, "M", 64, 64, "M", 128, 128, "M")
@@ -28,7 +29,7 @@ class SmallVGG(nn.Module):
     scaled = lambda units: max(1, round(units * self.width))
     for layer in SMALL_VGG_LAYERS:
       if layer == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), strides=(2, 2))
       else:
         x = Conv(scaled(layer), (3, 3), padding="SAME", use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x))
