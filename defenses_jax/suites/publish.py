@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import textwrap
 
 import ml_collections
 
@@ -165,15 +166,19 @@ def _draw(suites: list, path: str) -> None:
   from defenses_jax.evaluation.report import pyplot  # noqa: PLC0415 (matplotlib on demand)
   plt = pyplot()
   entries = [f for _, t in suites for f in t.get("findings", [])]
-  labels = [f"{f['defense']}\n({f['member']})" for f in entries]
+  # Long defense names wrapped so that neighbouring labels do not overlap.
+  labels = ["\n".join(textwrap.wrap(f["defense"], 16) + [f"({f['member']})"]) for f in entries]
   claimed = [f["claim"] for f in entries]
   measured = [(f["strongest"] or {}).get("value") or 0.0 for f in entries]
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(entries)), 3.6))
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.45 * len(entries)), 4.2))
   xs = range(len(entries))
-  ax.bar([x - 0.2 for x in xs], claimed, 0.4, label="paper's claim")
-  ax.bar([x + 0.2 for x in xs], measured, 0.4, label="ours, strongest attack")
-  ax.set_xticks(list(xs), labels, fontsize=7)
-  ax.set_ylim(0, 1)
+  for offset, values, name in ((-0.2, claimed, "paper's claim"),
+                               (0.2, measured, "ours, strongest attack")):
+    bars = ax.bar([x + offset for x in xs], values, 0.4, label=name)
+    # The value over each bar: a measured 0% is otherwise no bar at all.
+    ax.bar_label(bars, [f"{100 * v:.0f}%" for v in values], fontsize=6, padding=1)
+  ax.set_xticks(list(xs), labels, fontsize=6)
+  ax.set_ylim(0, 1.08)
   ax.set_ylabel("robust accuracy / stopped")
   ax.legend(fontsize=8)
   fig.tight_layout()
