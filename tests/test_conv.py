@@ -20,6 +20,8 @@ CASES = [  # (features, kernel, strides, padding, input size): every form the mo
     (8, (3, 3), (2, 2), "SAME", 9),  # ResNet's strided block, odd input.
     (8, (1, 1), (2, 2), "SAME", 8),  # ResNet's projection shortcut (flax's default padding).
     (4, (3, 3), (1, 1), ((2, 0), (1, 1)), 6),  # Explicit, asymmetric padding.
+    (4, (3, 2), (2, 3), ((1, -1), (2, 0)), 9),  # Oblong kernel and strides, negative padding.
+    (4, (2, 2), (3, 3), "VALID", 8),  # Strides larger than the kernel.
 ]
 
 
@@ -32,7 +34,12 @@ def _pair(features, kernel, strides, padding, size):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_values_and_gradients_are_those_of_the_plain_convolution(case):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_values_and_gradients_are_those_of_the_plain_convolution(case, chunked, monkeypatch):
+  """chunked: one image per weight-gradient chunk, so the second derivatives go through the
+  scan."""
+  if chunked:
+    monkeypatch.setattr(conv_lib, "_WEIGHT_GRADIENT_CHUNK_FLOATS", 1)
   x, params, (plain, ours) = _pair(*case)
   # A loss with curvature, so that second derivatives depend on the input.
   loss = lambda m: lambda p, z: jnp.sum(jnp.tanh(m.apply(p, z)) ** 2)
@@ -40,7 +47,8 @@ def test_values_and_gradients_are_those_of_the_plain_convolution(case):
   for argnum in (0, 1):
     want = jax.grad(loss(plain), argnum)(params, x)
     got = jax.grad(loss(ours), argnum)(params, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got,
+                 want)
   # Reverse over reverse (a gradient penalty's derivative): the backward pass is differentiable.
   penalty = lambda m: lambda p, z: jnp.sum(jax.grad(loss(m), 1)(p, z) ** 2)
   want, got = (jax.grad(penalty(m))(params, x) for m in (plain, ours))

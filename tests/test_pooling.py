@@ -52,7 +52,8 @@ def test_a_gradient_penalty_through_the_pool_is_max_pools():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
 
 
-@pytest.mark.parametrize("kwargs", [{"strides": (1, 1)}, {"strides": (2, 2), "padding": "SAME"}])
+@pytest.mark.parametrize("kwargs", [{"strides": (1, 1)}, {"strides": (2, 2), "padding": "SAME"},
+                                    {}])  # flax's default stride is 1, not the window.
 def test_other_pools_fall_back_to_flax(kwargs):
   x = _tied_input((2, 9, 9, 3))
   plain = lambda z: nn.max_pool(z, (2, 2), **kwargs)

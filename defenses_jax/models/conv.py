@@ -85,17 +85,20 @@ def _as_cotangent_of(w, gradient, x):
 def _weight_gradient(x, g, kernel_shape, strides, padding, precision):
   """d(sum(g * conv(x, w)))/dw for a chunk of images, as a convolution in standard layouts:
   the input (channels, height, width, images) against the output gradient (height, width,
-  images, features) dilated by the strides, cropped to the kernel's size."""
-  height, width = kernel_shape[:2]
+  images, features) dilated by the strides."""
+  kernel_size = kernel_shape[:2]
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x.shape[1:3], (height, width), strides, padding)
+    padding = lax.padtype_to_pads(x.shape[1:3], kernel_size, strides, padding)
+  # With strides, the last window may stop short of the padded input's end: the rows and
+  # columns no kernel tap reaches are cut from the high padding, so that the output is the
+  # kernel's size and nothing is computed for them.
+  padding = [(low, high - (size + low + high - k) % s) for (low, high), size, k, s
+             in zip(padding, x.shape[1:3], kernel_size, strides)]
   gradient = lax.conv_general_dilated(
       jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), padding,
       rhs_dilation=strides, dimension_numbers=_NHWC, precision=precision,
       preferred_element_type=_accumulation_dtype(g.dtype))
-  # With strides, the last window may not reach the padded input's end: the output can exceed
-  # the kernel by up to stride - 1 rows and columns, which no kernel tap sees.
-  return jnp.transpose(gradient[:, :height, :width], (1, 2, 0, 3))
+  return jnp.transpose(gradient, (1, 2, 0, 3))
 
 
 def _accumulation_dtype(dtype):

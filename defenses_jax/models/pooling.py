@@ -10,7 +10,9 @@ For the pools these models use (windows that tile the image: strides equal to th
 'VALID' padding) `max_pool` reshapes the image into its windows and takes the maximum; its
 backward pass sends each window's output gradient to the window's first maximum in row-major
 order, the element select-and-scatter picks, with one comparison per window position. Values
-and gradients are nn.max_pool's exactly, ties included (tests/test_pooling.py); like the
+and gradients are nn.max_pool's exactly for finite inputs, ties included
+(tests/test_pooling.py). A window holding a NaN pools to NaN as flax's does, but its gradient
+(meaningless then) goes nowhere, where select-and-scatter hands it to one element. Like the
 convolution (models/conv.py) it gives up forward-mode differentiation. Other pools and other
 backends use nn.max_pool unchanged.
 """
@@ -26,7 +28,8 @@ import jax.numpy as jnp
 
 def max_pool(x, window_shape, strides=None, padding="VALID"):
   """nn.max_pool's signature and results; see the module docstring."""
-  window_shape, strides = tuple(window_shape), tuple(strides or window_shape)
+  window_shape = tuple(window_shape)
+  strides = tuple(strides) if strides else (1,) * len(window_shape)  # flax's default.
   tiling = (strides == window_shape and padding == "VALID" and x.ndim == 4
             and len(window_shape) == 2 and jax.default_backend() == "cpu")
   if not tiling:
