@@ -1,5 +1,6 @@
 """Mutations in the fast kernels (models/conv.py's weight gradient, models/pooling.py's max
-pool): each is a bug that would keep the speed and change a training step's numbers."""
+pool, models/batch_norm.py's gradient, models/dropout.py's masks): each is a bug that would
+keep the speed and change a training step's numbers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from mutations import Mutation
 
 _CONV, _POOL = "defenses_jax/models/conv.py", "defenses_jax/models/pooling.py"
 _CONV_TESTS, _POOL_TESTS = ("tests/test_conv.py",), ("tests/test_pooling.py",)
+_NORM, _DROP = "defenses_jax/models/batch_norm.py", "defenses_jax/models/dropout.py"
+_NORM_TESTS, _DROP_TESTS = ("tests/test_batch_norm.py",), ("tests/test_dropout.py",)
 
 PERFORMANCE_MUTATIONS = (
     Mutation("weight_gradient_drops_the_last_images", _CONV, "  if rest:", "  if False:",
@@ -22,7 +25,7 @@ PERFORMANCE_MUTATIONS = (
              "padding = [(low - (size + low + high - k) % s, high)", _CONV_TESTS,
              "a strided convolution's gradient shifted by the rows no tap sees"),
     Mutation("weight_gradient_not_summed_over_devices", _CONV,
-             "_as_cotangent_of(w, weight_gradient.astype(w.dtype), x)",
+             "sum_like_autodiff(w, weight_gradient.astype(w.dtype), x)",
              "weight_gradient.astype(w.dtype)", _CONV_TESTS,
              "inside shard_map a replicated kernel gets a per-device gradient"),
     Mutation("pool_gradient_to_the_last_maximum", _POOL,
@@ -38,4 +41,31 @@ PERFORMANCE_MUTATIONS = (
     Mutation("pool_windows_from_the_far_edge", _POOL, "x[:, :rows * a, :columns * b]",
              "x[:, -rows * a:, -columns * b:]", _POOL_TESTS,
              "an odd-sized image pooled from the wrong corner"),
+    Mutation("batch_norm_gradient_forgets_the_mean", _NORM, "(g - bias_gradient / m - centred",
+             "(g - centred", _NORM_TESTS, "dx without the batch mean's share of the gradient"),
+    Mutation("batch_norm_statistics_cotangents_dropped", _NORM,
+             "dx = dx + mean_bar / m + centred * (2 * var_bar / m)", "dx = dx", _NORM_TESTS,
+             "a loss on the returned statistics sends nothing back to the input"),
+    Mutation("batch_norm_scale_gradient_not_summed_over_devices", _NORM,
+             "sum_like_autodiff(scale, scale_gradient.astype(scale.dtype), x)",
+             "scale_gradient.astype(scale.dtype)", _NORM_TESTS,
+             "inside shard_map the scale gets a per-device gradient"),
+    Mutation("batch_norm_running_variance_momentum_swapped", _NORM,
+             "self.momentum * ra_var.value + (1 - self.momentum) * var",
+             "(1 - self.momentum) * ra_var.value + self.momentum * var", _NORM_TESTS,
+             "the running variance follows the last batch instead of the average"),
+    Mutation("batch_norm_statistics_in_bfloat16", _NORM,
+             "x = x.astype(jnp.promote_types(x.dtype, jnp.float32))", "x = x", _NORM_TESTS,
+             "a bfloat16 model's batch statistics rounded to 8 bits"),
+    Mutation("batch_norm_fast_path_never_taken", _NORM, "and not self.is_initializing())",
+             "and False)", _NORM_TESTS, "the speed-up silently gone"),
+    Mutation("dropout_keeps_the_threshold_value", _DROP, "values >= threshold",
+             "values > threshold", _DROP_TESTS, "the keep probability is off by 1/256"),
+    Mutation("dropout_scales_by_the_nominal_rate", _DROP,
+             "inputs / jnp.asarray(keep_probability, inputs.dtype)",
+             "inputs / jnp.asarray(1 - self.rate, inputs.dtype)", _DROP_TESTS,
+             "a 16-bit rate's kept values scaled by the wrong probability: biased mean"),
+    Mutation("dropout_16_bits_for_every_rate", _DROP,
+             "bits = 8 if float(rate * 256).is_integer() else 16", "bits = 16", _DROP_TESTS,
+             "masks from a different stream than the one documented"),
 )

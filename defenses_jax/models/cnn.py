@@ -11,7 +11,9 @@ from typing import Callable
 
 import flax.linen as nn
 
+from defenses_jax.models.batch_norm import BatchNorm
 from defenses_jax.models.conv import Conv
+from defenses_jax.models.dropout import Dropout
 from defenses_jax.models.pooling import max_pool
 
 # PyTorch-style running-average momentum: the statistics settle within a few hundred steps,
@@ -32,14 +34,14 @@ class TargetTrainingMnistCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)
+    norm = lambda: BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)
     x = norm()(nn.relu(Conv(32, (3, 3), padding="VALID")(x)))
     x = norm()(nn.relu(Conv(64, (3, 3), padding="VALID")(x)))
     x = max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.Dropout(0.25, deterministic=not train)(x)
+    x = Dropout(0.25, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     embedding = nn.relu(nn.Dense(128)(x))
-    x = nn.Dropout(0.5, deterministic=not train)(embedding)
+    x = Dropout(0.5, deterministic=not train)(embedding)
     return _outputs(nn.Dense(self.num_outputs)(x), embedding, return_embedding)
 
 
@@ -54,9 +56,9 @@ class TargetTrainingCifarCNN(nn.Module):
     for features, drop in ((32, 0.2), (64, 0.3), (128, 0.4)):
       for _ in range(2):
         x = nn.elu(Conv(features, (3, 3), padding="SAME")(x))
-        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x)
+        x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x)
       x = max_pool(x, (2, 2), strides=(2, 2))
-      x = nn.Dropout(drop, deterministic=not train)(x)
+      x = Dropout(drop, deterministic=not train)(x)
     embedding = x.reshape((x.shape[0], -1))
     return _outputs(nn.Dense(self.num_outputs)(embedding), embedding, return_embedding)
 
@@ -96,7 +98,7 @@ class PlainCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
-    drop = lambda z: nn.Dropout(self.dropout, deterministic=not train)(z) if self.dropout else z
+    drop = lambda z: Dropout(self.dropout, deterministic=not train)(z) if self.dropout else z
     for stage in self.conv_stages:
       for features in stage:
         x = nn.relu(Conv(features, (3, 3), padding="SAME")(x))

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from defenses_jax.models.replicated_gradient import sum_like_autodiff
+
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 # The kernel stored (height, width, out, in): the input gradient's kernel is then (.., in, out)
@@ -69,17 +71,7 @@ def _backward(strides, padding, precision, residuals, g):
   _, input_vjp = jax.vjp(lambda z: _conv(z, swapped, strides, padding, precision,
                                          _NHWC_SWAPPED), x)
   weight_gradient = _chunked_weight_gradient(x, g, w.shape, strides, padding, precision)
-  return input_vjp(g)[0], _as_cotangent_of(w, weight_gradient.astype(w.dtype), x)
-
-
-def _as_cotangent_of(w, gradient, x):
-  """Inside shard_map a kernel that is the same on every device, used on images that differ,
-  has a gradient that differs: autodiff sums it over those devices (the transpose of the
-  implicit broadcast to "varying"), and a custom rule must return w's type, so sum the same way:
-  pull the gradient back through w times ones that vary as x does (outside shard_map, the
-  identity)."""
-  _, back = jax.vjp(lambda k: k * jnp.ones_like(x, dtype=k.dtype, shape=k.shape), w)
-  return back(gradient)[0]
+  return input_vjp(g)[0], sum_like_autodiff(w, weight_gradient.astype(w.dtype), x)
 
 
 def _weight_gradient(x, g, kernel_shape, strides, padding, precision):

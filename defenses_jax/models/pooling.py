@@ -34,7 +34,8 @@ def max_pool(x, window_shape, strides=None, padding="VALID"):
             and len(window_shape) == 2 and jax.default_backend() == "cpu")
   if not tiling:
     return nn.max_pool(x, window_shape, strides=strides, padding=padding)
-  return _tiled_max_pool(x, window_shape)
+  with jax.named_scope("max_pool"):  # Names its ops in profiles.
+    return _tiled_max_pool(x, window_shape)
 
 
 def _windows(x, window_shape):

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from defenses_jax.models.cnn import BN_MOMENTUM, _outputs
+from defenses_jax.models.batch_norm import BatchNorm
 from defenses_jax.models.conv import Conv
 
 ACTIVATIONS = {
@@ -36,7 +37,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM)
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM)
     y = Conv(self.features, (3, 3), (self.strides, self.strides), padding="SAME",
                 use_bias=False)(x)
     y = self.activation(norm()(y))
@@ -60,7 +61,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False, return_embedding: bool = False):
     act = activation_by_name(self.activation)
     x = Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False)(x)
-    x = act(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x))
+    x = act(BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x))
     for stage, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import flax.linen as nn
 
 from defenses_jax.models.cnn import BN_MOMENTUM, _outputs
+from defenses_jax.models.batch_norm import BatchNorm
 from defenses_jax.models.conv import Conv
+from defenses_jax.models.dropout import Dropout
 from defenses_jax.models.pooling import max_pool
 
 # 'M' is a 2x2 max-pool; integers are 3x3 conv + BatchNorm + ReLU with that many filters.
@@ -32,10 +34,10 @@ class SmallVGG(nn.Module):
         x = max_pool(x, (2, 2), strides=(2, 2))
       else:
         x = Conv(scaled(layer), (3, 3), padding="SAME", use_bias=False)(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x))
+        x = nn.relu(BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x))
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(nn.Dense(scaled(512))(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     embedding = nn.relu(nn.Dense(scaled(512))(x))
     return _outputs(nn.Dense(self.num_outputs)(embedding), embedding, return_embedding)
