@@ -65,7 +65,8 @@ def _zero_images_as_failures(x_adv, x):
 
 def torch_mnist_cnn(variables):
   """The paper 000 MNIST CNN (models/cnn.py TargetTrainingMnistCNN) in PyTorch, inference mode,
-  NCHW in, logits out, with our flax weights copied in."""
+  NCHW in, logits out, with our flax weights copied in. Its dropouts act in training mode, as
+  ours do, so that training steps compare like with like."""
   import torch
   from torch import nn
 
@@ -80,13 +81,14 @@ def torch_mnist_cnn(variables):
       self.bn0, self.bn1 = nn.BatchNorm2d(32), nn.BatchNorm2d(64)
       num_outputs = params["Dense_1"]["kernel"].shape[1]
       self.dense0, self.dense1 = nn.Linear(12 * 12 * 64, 128), nn.Linear(128, num_outputs)
+      self.drop0, self.drop1 = nn.Dropout(0.25), nn.Dropout(0.5)
 
     def forward(self, x):
       x = self.bn0(torch.relu(self.conv0(x)))
       x = self.bn1(torch.relu(self.conv1(x)))
-      x = nn.functional.max_pool2d(x, 2)
+      x = self.drop0(nn.functional.max_pool2d(x, 2))
       x = x.permute(0, 2, 3, 1).reshape(len(x), -1)  # flax flattens NHWC
-      return self.dense1(torch.relu(self.dense0(x)))
+      return self.dense1(self.drop1(torch.relu(self.dense0(x))))
 
   model = TorchMnistCNN()
   with torch.no_grad():

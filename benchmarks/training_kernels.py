@@ -9,9 +9,10 @@ Rows (synthetic data and random weights: the cost does not depend on them), each
 - for the CNN's second convolution, ours at every chunk size from 1 to 128 images (what
   `_WEIGHT_GRADIENT_CHUNK_FLOATS` was chosen from);
 - the gradient of the CNN's 2x2 max pool: nn.max_pool (select-and-scatter) against ours;
+- training-mode BatchNorm of the CNN's second layer, forward and gradient, and its 0.25 dropout:
+  flax's against models/batch_norm.py's and models/dropout.py's;
 - a clean training step (SGD with momentum, BatchNorm batch statistics, dropout) and PGD-20 in
-  one compiled loop on the CNN: flax's nn.Conv and nn.max_pool, the library's convolution with
-  flax's pool, and the library's both.
+  one compiled loop on the CNN, from flax's kernels only to the library's four, one at a time.
 
   python -m benchmarks.training_kernels --output=benchmarks/results/training_kernels_cpu.json
 """
@@ -119,26 +120,70 @@ def _pool_rows(n, rng):
   return rows
 
 
+def _batch_norm_rows(n, rng):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from defenses_jax.models import batch_norm
+  x = jnp.asarray(rng.normal(size=(n, 24, 24, 64)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(n, 24, 24, 64)), jnp.float32)
+  rows = {}
+  for name, cls in (("flax nn.BatchNorm", nn.BatchNorm),
+                    ("models.batch_norm.BatchNorm", batch_norm.BatchNorm)):
+    module = cls(use_running_average=False, momentum=0.99)
+    variables = module.init(jax.random.key(0), x)
+    apply = lambda p, z, m=module, v=variables: m.apply(
+        {"params": p, "batch_stats": v["batch_stats"]}, z, mutable=["batch_stats"])
+    both = jax.jit(lambda p, z, t, a=apply: jax.vjp(a, p, z, has_aux=True)[1](t))
+    rows[name] = {"forward_ms": _ms(jax.jit(apply), variables["params"], x),
+                  "forward_and_gradient_ms": _ms(both, variables["params"], x, g)}
+    print(f"BatchNorm (training mode) of {n}x24x24x64, {name}: forward "
+          f"{rows[name]['forward_ms']:.1f} ms, forward and gradient "
+          f"{rows[name]['forward_and_gradient_ms']:.1f} ms", flush=True)
+  return rows
+
+
+def _dropout_rows(n, rng):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from defenses_jax.models import dropout
+  x = jnp.asarray(rng.normal(size=(n, 12, 12, 64)), jnp.float32)
+  rows = {}
+  for name, cls in (("flax nn.Dropout", nn.Dropout), ("models.dropout.Dropout", dropout.Dropout)):
+    module = cls(0.25, deterministic=False)
+    apply = jax.jit(lambda z, k, m=module: m.apply({}, z, rngs={"dropout": k}))
+    rows[name] = {"forward_ms": _ms(apply, x, jax.random.key(0))}
+    print(f"dropout 0.25 of {n}x12x12x64, {name}: {rows[name]['forward_ms']:.1f} ms", flush=True)
+  return rows
+
+
 def _step_rows(n, rng):
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import optax
 
-  from defenses_jax.models import cnn
+  from defenses_jax.models import batch_norm, cnn, dropout, pooling
   from defenses_jax.models import conv as conv_lib
-  from defenses_jax.models import pooling
   x = jnp.asarray(rng.uniform(size=(n, 28, 28, 1)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, n))
   tx = optax.sgd(0.01, momentum=0.9)
   rows = {}
   flax_pool = lambda z, window, strides: nn.max_pool(z, window, strides=strides)
+  ours = (conv_lib.Conv, pooling.max_pool, batch_norm.BatchNorm, dropout.Dropout)
   try:
-    for name, conv, pool in (("flax nn.Conv, nn.max_pool", nn.Conv, flax_pool),
-                             ("models.conv.Conv, nn.max_pool", conv_lib.Conv, flax_pool),
-                             ("models.conv.Conv, models.pooling.max_pool", conv_lib.Conv,
-                              pooling.max_pool)):
-      cnn.Conv, cnn.max_pool = conv, pool  # The CNN looks them up when it is traced.
+    for name, kernels in (
+        ("flax nn.Conv, nn.max_pool, nn.BatchNorm, nn.Dropout",
+         (nn.Conv, flax_pool, nn.BatchNorm, nn.Dropout)),
+        ("models.conv.Conv, flax's others", (conv_lib.Conv, flax_pool, nn.BatchNorm, nn.Dropout)),
+        ("models' Conv and max_pool, flax's others", ours[:2] + (nn.BatchNorm, nn.Dropout)),
+        ("models' Conv, max_pool, BatchNorm, flax's Dropout", ours[:3] + (nn.Dropout,)),
+        ("models' Conv, max_pool, BatchNorm, Dropout", ours)):
+      # The CNN looks them up when it is traced.
+      cnn.Conv, cnn.max_pool, cnn.BatchNorm, cnn.Dropout = kernels
       model = cnn.TargetTrainingMnistCNN(num_outputs=10)
       variables = model.init(jax.random.key(1), x)
 
@@ -167,7 +212,7 @@ def _step_rows(n, rng):
       print(f"paper 000 CNN, {name}: clean step {step_ms:.1f} ms, PGD-20 "
             f"{rows[name]['pgd20_img_per_s']:.0f} img/s", flush=True)
   finally:
-    cnn.Conv, cnn.max_pool = conv_lib.Conv, pooling.max_pool
+    cnn.Conv, cnn.max_pool, cnn.BatchNorm, cnn.Dropout = ours
   return rows
 
 
@@ -183,9 +228,12 @@ def main(argv):
   write_results(_OUTPUT.value, results, complete=False)
   results["chunk_sweep_mnist_cnn_conv_2"] = _chunk_sweep(n, rng)
   results["max_pool"] = _pool_rows(n, rng)
+  results["batch_norm"] = _batch_norm_rows(n, rng)
+  results["dropout"] = _dropout_rows(n, rng)
   write_results(_OUTPUT.value, results, complete=False)
   results["mnist_cnn_step"] = _step_rows(n, rng)
-  base, _, ours = results["mnist_cnn_step"].values()
+  steps = list(results["mnist_cnn_step"].values())
+  base, ours = steps[0], steps[-1]
   results["speedup_clean_step"] = base["clean_step_ms"] / ours["clean_step_ms"]
   results["speedup_pgd20"] = ours["pgd20_img_per_s"] / base["pgd20_img_per_s"]
   print(f"clean step {results['speedup_clean_step']:.2f}x, PGD-20 "

