@@ -80,6 +80,20 @@ def test_cotangents_of_the_returned_statistics_reach_the_input():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_a_variance_clipped_at_zero_cuts_its_gradient_as_flaxs_does():
+  """A channel far from 0 with almost no spread: E[x²] - mean² rounds below 0 and is clipped,
+  and autodiff of the clip sends nothing back along the variance; neither must the rule."""
+  x = 1000.0 + 1e-3 * jax.random.normal(jax.random.key(0), (8, 3, 3, 4))
+  g = jax.random.normal(jax.random.key(1), x.shape)
+  want = _train_apply(nn.BatchNorm, x, g)
+  got = _train_apply(batch_norm.BatchNorm, x, g)
+  assert (np.asarray(batch_norm._statistics(x)[1]) < 0).any()  # The case is reached.
+  # Input gradients reach about 1,000 here and the sums are ill-conditioned (float32 rounding
+  # of x near 1000): 1 in absolute terms still separates the cut gradient (off by about 9).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1.0),
+               got[2], want[2])
+
+
 def test_variables_are_flaxs_so_checkpoints_load():
   x = _input(SHAPES[0])
   ours = batch_norm.BatchNorm(use_running_average=True).init(jax.random.key(0), x)

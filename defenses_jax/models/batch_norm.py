@@ -62,11 +62,12 @@ class BatchNorm(nn.BatchNorm):
 
 
 def _statistics(x):
-  """Per-feature mean and variance in at least float32 (flax's fast variance, clipped at 0)."""
+  """Per-feature mean and E[x²] - mean², in at least float32 (flax's fast variance); the
+  variance is that clipped at 0."""
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   axes = tuple(range(x.ndim - 1))
   mean, mean_square = x.mean(axes), (x * x).mean(axes)
-  return mean, jnp.maximum(0.0, mean_square - mean * mean)
+  return mean, mean_square - mean * mean
 
 
 def _normalize(x, mean, var, scale, bias, epsilon):
@@ -78,19 +79,26 @@ def _normalize(x, mean, var, scale, bias, epsilon):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _normalize_with_batch_statistics(x, scale, bias, epsilon):
-  mean, var = _statistics(x)
+  mean, unclipped = _statistics(x)
+  var = jnp.maximum(0.0, unclipped)
   return _normalize(x, mean, var, scale, bias, epsilon), mean, var
 
 
 def _forward(x, scale, bias, epsilon):
-  mean, var = _statistics(x)
-  return (_normalize(x, mean, var, scale, bias, epsilon), mean, var), (x, mean, var, scale,
-                                                                       bias)
+  mean, unclipped = _statistics(x)
+  var = jnp.maximum(0.0, unclipped)
+  return (_normalize(x, mean, var, scale, bias, epsilon), mean, var), (x, mean, unclipped,
+                                                                       scale, bias)
 
 
 def _backward(epsilon, residuals, cotangents):
-  x, mean, var, scale, bias = residuals
+  x, mean, unclipped, scale, bias = residuals
   g, mean_bar, var_bar = cotangents
+  var = jnp.maximum(0.0, unclipped)
+  # Where rounding made E[x²] - mean² negative (a channel far from 0 with almost no spread) the
+  # clip cuts the variance's dependence on x, as autodiff of flax's jnp.maximum does (half of
+  # it at exactly 0).
+  live = jnp.where(unclipped > 0, 1.0, jnp.where(unclipped == 0, 0.5, 0.0)).astype(mean.dtype)
   wide = mean.dtype
   axes = tuple(range(x.ndim - 1))
   m = x.size // x.shape[-1]
@@ -101,8 +109,9 @@ def _backward(epsilon, residuals, cotangents):
   bias_gradient, centred_sum = g.sum(axes), (g * centred).sum(axes)
   scale_gradient = centred_sum * inverse_std
   gain = scale.astype(wide) * inverse_std
-  dx = gain * (g - bias_gradient / m - centred * (inverse_std * inverse_std * centred_sum / m))
-  dx = dx + mean_bar / m + centred * (2 * var_bar / m)
+  dx = gain * (g - bias_gradient / m
+                - centred * (live * inverse_std * inverse_std * centred_sum / m))
+  dx = dx + mean_bar / m + centred * (2 * live * var_bar / m)
   return (dx.astype(x.dtype),
           sum_like_autodiff(scale, scale_gradient.astype(scale.dtype), x),
           sum_like_autodiff(bias, bias_gradient.astype(bias.dtype), x))

@@ -8,10 +8,13 @@ far fewer than 32 bits: each 32-bit word is split into four 8-bit values when th
 multiple of 1/256 (0.25 and 0.5, every rate this project's models use), else into two 16-bit
 values. A value is dropped when it is below round(rate * 2^bits), so the probability of keeping
 is exactly 1 - that / 2^bits: the nominal one for 8-bit rates, within 2^-17 of it otherwise.
-Kept values are divided by that exact probability, so the expected output is the input.
+Kept values are divided by that probability, so the expected output is the input (in bfloat16
+the divisor is rounded, as flax's 1 / (1 - rate) is).
 
 `Dropout` has nn.Dropout's fields, call and rng collection ('dropout'); only the random stream
-differs (same seed, same masks; a different mask from flax's for the same key).
+differs (same seed, same masks; a different mask from flax's for the same key, so a training
+run resumed across the change to this module mixes the two streams: the suites' provenance.json
+records each part's commit).
 """
 
 from __future__ import annotations
