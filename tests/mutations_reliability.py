@@ -129,6 +129,8 @@ RELIABILITY_MUTATIONS = (
              "        with run.stage(f\"evaluate {member.experiment_name}\"):\n"
              "          evaluation.evaluate(member, workdir, datasets)",
              "        evaluation.evaluate(member, workdir, datasets)", (_PUBLISH,)),
+    Mutation("provenance_interrupted_stage_unmarked", "defenses_jax/suites/provenance.py",
+             "      entry[\"interrupted\"] = True\n", "", (_T + "test_provenance.py",)),
     Mutation("findings_strongest_is_highest", "defenses_jax/suites/findings.py",
              "strongest = min(known,", "strongest = max(known,", (_FINDINGS,)),
     Mutation("findings_stopped_not_inverted", "defenses_jax/suites/findings.py",

@@ -7,7 +7,7 @@ A record, one per run:
   {"command": "python launch.py ...", "mode": "train", "commit": "<sha>" or None,
    "uncommitted_changes": bool or None, "started": "<UTC ISO time>", "finished": ...,
    "machine": {"platform", "cpu_count", "devices"}, "versions": {"python", "jax", ...},
-   "stages": [{"stage": "train <member>", "seconds": float}, ...]}
+   "stages": [{"stage": "train <member>", "seconds": float[, "interrupted": true]}, ...]}
 """
 
 from __future__ import annotations
@@ -80,10 +80,17 @@ class RunRecorder:
 
   @contextlib.contextmanager
   def stage(self, name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    self.record["stages"].append({"stage": name,
-                                  "seconds": round(time.perf_counter() - start, 1)})
+    """Times the stage; one stopped by an exception (a SIGTERM'd training included) is kept
+    with "interrupted": true, so that a suite run in parts accounts for all its wall time."""
+    start, entry = time.perf_counter(), {"stage": name}
+    try:
+      yield
+    except BaseException:
+      entry["interrupted"] = True
+      raise
+    finally:
+      entry["seconds"] = round(time.perf_counter() - start, 1)
+      self.record["stages"].append(entry)
 
   def save(self, completed: bool) -> None:
     if jax.process_index() != 0:

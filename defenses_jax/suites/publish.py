@@ -52,7 +52,9 @@ def provenance_header(suite_name: str, runs: list[dict]) -> str:
     if run["uncommitted_changes"]:
       commit += " with uncommitted changes"
     versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v)
-    stages = "; ".join(f"{s['stage']} {s['seconds']:,.0f} s" for s in run["stages"]) or "none"
+    stages = "; ".join(f"{s['stage']} {s['seconds']:,.0f} s"
+                       + (" (interrupted)" if s.get("interrupted") else "")
+                       for s in run["stages"]) or "none"
     total = sum(s["seconds"] for s in run["stages"])
     ended = run["finished"] or "interrupted"
     lines += [f"{i}. `{run['command']}` (mode {run['mode']}), commit {commit}, "
