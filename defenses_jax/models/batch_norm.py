@@ -79,12 +79,11 @@ def _normalize(x, mean, var, scale, bias, epsilon):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _normalize_with_batch_statistics(x, scale, bias, epsilon):
-  mean, unclipped = _statistics(x)
-  var = jnp.maximum(0.0, unclipped)
-  return _normalize(x, mean, var, scale, bias, epsilon), mean, var
+  return _forward(x, scale, bias, epsilon)[0]
 
 
 def _forward(x, scale, bias, epsilon):
+  """((y, mean, var), residuals): the primal outputs and what the backward pass needs."""
   mean, unclipped = _statistics(x)
   var = jnp.maximum(0.0, unclipped)
   return (_normalize(x, mean, var, scale, bias, epsilon), mean, var), (x, mean, unclipped,
