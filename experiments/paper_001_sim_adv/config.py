@@ -19,12 +19,13 @@ state seconds per step times the number of steps, measured in the same run on th
 mnist60k budget (estimated 2 h 55 min on 2 idle cores). Seconds per step at batch 128, timed for
 a few steps beside paper 000's CNN (0.28 s idle) and scaled to it: vanilla 0.038, Free-Adv 0.022
 per replay, ATDA 0.091, SIM-Adv 0.11, BIM(10,30)- and Madry(10,30)-Adv 0.51. 20 epochs of 468
-steps (one SIM(10,20) cycle; the paper: 60): vanilla 360 s, Free-Adv 210 (2 epochs x 10
-replays), ATDA 850, SIM-Adv at both rates 2 x 1,030; BIM- and Madry-Adv, 20 at that rate would
-take 2 x 4,800 s, train 8 (2 x 1,910 s): 2 h 2 min of training in all. Adam at 1e-3 as at cpu
-scale (3x fewer updates than the paper's 60 epochs; 7.5x for BIM- and Madry-Adv). Evaluation as
-at cpu scale on the same 1,000 test images (there about 45 min with AutoAttack), the figures on
-1,000 (full scale's) about 3 min, clean and BIM accuracy after each of the 98 epochs about 6.
+steps (one SIM(10,20) cycle; full scale: 60; the paper gives no epochs): vanilla 360 s, Free-Adv
+210 (2 epochs x 10 replays), ATDA 850, SIM-Adv at both rates 2 x 1,030; BIM- and Madry-Adv, 20
+at that rate would take 2 x 4,800 s, train 8 (2 x 1,910 s): 2 h 2 min of training in all. Adam
+at 1e-3 as at cpu scale (3x fewer updates than the full scale's 60 epochs; 7.5x for BIM- and
+Madry-Adv). Evaluation as at cpu scale on the same 1,000 test images (there about 45 min with
+AutoAttack), the figures on 1,000 (full scale's) about 3 min, clean and BIM accuracy after each
+of the 98 epochs about 6.
 """
 
 import ml_collections
@@ -162,15 +163,17 @@ def mnist60k_notes(members: dict, name) -> dict:
   bim = epochs("bim_adv")
   rate = lambda scale: f"{main_rate(scale):.0e}".replace("e-0", "e-")
   trained = (f"LeNet trained {epochs('sim_adv')} epochs of "
-             f"{steps_per_epoch(members[name('sim_adv')])} steps (the paper: 60), BIM- and "
+             f"{steps_per_epoch(members[name('sim_adv')])} steps (the paper gives none; full "
+             "scale: 60), BIM- and "
              f"Madry-Adv {bim}, Free-Adv {epochs('free_adv')} with m = {FREE_REPLAYS} replays, "
              f"with Adam at {rate(MNIST60K)} (the paper: {rate('full')})")
   attacked = f"the first {images:,} test images (full scale: all 10,000)"
   return {
       "table_3": f"mnist60k scale: {trained}; attacks on {attacked}; AutoAttack-style with 3 "
                  "targets and 1,000 Square queries (AutoAttack: 9, 5,000).",
-      "table_4": f"mnist60k scale: {epochs('sim_adv')} epochs (the paper: 60); {attacked}.",
+      "table_4": f"mnist60k scale: {epochs('sim_adv')} epochs (the paper gives none; full "
+                 f"scale: 60); {attacked}.",
       "table_5": f"mnist60k scale: BIM-Adv trained {bim} epochs, the others "
-                 f"{epochs('sim_adv')} (the paper: 60 each): at equal epochs BIM-Adv's time "
+                 f"{epochs('sim_adv')} (full scale: 60 each): at equal epochs BIM-Adv's time "
                  f"would be {epochs('sim_adv') / bim:g}x ours and each ratio "
                  f"{bim / epochs('sim_adv'):g}x ours."}

@@ -227,14 +227,16 @@ def mnist60k_notes(members: dict, name, proxy) -> dict:
              "the paper's.")
   attacked = f"attacks on the first {images} test images (full scale: 1,000)"
   cw_wb = (f"CW-wb {wb['phase1_iterations']} / {wb['phase2_iterations']} iterations, "
-           f"{wb['phase1_binary_steps']} / {wb['phase2_binary_steps']} binary steps (the paper: "
-           "5,000 / 10,000, 3 / 3)")
+           f"{wb['phase1_binary_steps']} / {wb['phase2_binary_steps']} binary steps, learning "
+           f"rates {wb['phase1_learning_rate']:g} / {wb['phase2_learning_rate']:g} (the paper: "
+           "5,000 / 10,000, 3 / 3; the reference's rates 0.1 / 0.01)")
   proxies = (f"the proxies ResNet-8 trained {members[proxy('pdm')].train.epochs} epochs "
              "(the paper: ResNet-32)")
   return {key: f"mnist60k scale: {text}" for key, text in {
       "table_1": trained,
       "table_2": f"{attacked}; C&W-hc {hc.binary_search_steps} x {hc.max_iterations} "
-                 f"iterations (the paper: 9 x 1,000). {trained}",
+                 f"iterations at learning rate {hc.learning_rate:g} (the paper: 9 x 1,000; "
+                 f"Carlini's rate 0.01). {trained}",
       "table_3": f"{attacked}; {cw_wb}. {trained}",
       "table_4": f"{attacked}; {cw_wb}; {proxies}. {trained}",
       "figure_2_dbi": trained,
