@@ -8,6 +8,7 @@ caught. This is not part of the pytest run (it runs the tests of every mutation 
 
     .venv/bin/python tests/mutation_check.py                 # all mutations, 2 at a time
     .venv/bin/python tests/mutation_check.py --only pgd,eot  # names containing these
+    .venv/bin/python tests/mutation_check.py --shard 1/3     # every third, from the first
     .venv/bin/python tests/mutation_check.py --list
 
 First the selected tests run on the unmutated copy: they must pass, or the score would mean
@@ -79,16 +80,32 @@ def _run_one(m: Mutation, scratch: str, timeout: int) -> dict:
           "detail": tail.splitlines()[-1] if tail else ""}
 
 
+def select(mutations: list, only: str = "", shard: str = "") -> list:
+  """The mutations whose names contain a comma-separated part of `only` (all when empty), then
+  of those shard "K/N" (1 <= K <= N): the K-th of every N, so that N runs in turn, e.g. on
+  machines that do not stay up for the whole check, cover each mutation exactly once."""
+  chosen = [m for m in mutations if not only or any(part in m.name for part in only.split(","))]
+  if not shard:
+    return chosen
+  try:
+    k, n = (int(v) for v in shard.split("/"))
+  except ValueError:
+    k = n = 0
+  if not 1 <= k <= n:
+    raise SystemExit(f"--shard takes K/N with 1 <= K <= N; got {shard!r}.")
+  return chosen[k - 1::n]
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--only", default="", help="comma-separated parts of mutation names")
   parser.add_argument("--jobs", type=int, default=2)
   parser.add_argument("--timeout", type=int, default=1200, help="seconds per mutation")
   parser.add_argument("--json", default="", help="also write the results here")
+  parser.add_argument("--shard", default="", help="K/N: the K-th of every N selected")
   parser.add_argument("--list", action="store_true")
   args = parser.parse_args()
-  chosen = [m for m in MUTATIONS
-            if not args.only or any(part in m.name for part in args.only.split(","))]
+  chosen = select(MUTATIONS, args.only, args.shard)
   if args.list or not chosen:
     for m in MUTATIONS:
       print(f"{m.name:45s} {m.path}  ->  {' '.join(m.tests)}")
