@@ -29,7 +29,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IGNORED = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.pyc")
+IGNORED = shutil.ignore_patterns(".git", ".venv*", "runs", "__pycache__", ".pytest_cache", "*.pyc")
 
 
 from mutations import MUTATIONS, Mutation  # noqa: E402  (beside this script)
@@ -52,13 +52,15 @@ def _apply(root: str, m: Mutation) -> str:
   return text
 
 
-def _pytest(root: str, tests: tuple, timeout: int) -> tuple[str, float, str]:
-  """('passed' | 'failed' | 'timeout', seconds, last output lines)."""
+def _pytest(root: str, tests: tuple, timeout: int, workers: int = 1) -> tuple[str, float, str]:
+  """('passed' | 'failed' | 'timeout', seconds, last output lines); workers > 1 spreads the
+  test files over that many pytest-xdist workers."""
+  spread = ("-n", str(workers), "--dist", "loadfile") if workers > 1 else ()
   start = time.time()
   env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
   try:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                           *tests], cwd=root, env=env, capture_output=True, text=True,
+                           *spread, *tests], cwd=root, env=env, capture_output=True, text=True,
                           timeout=timeout)
   except subprocess.TimeoutExpired:
     return "timeout", time.time() - start, ""
@@ -115,7 +117,8 @@ def main() -> int:
     _copy_repo(baseline_root)
     tests = tuple(sorted({t for m in chosen for t in m.tests}))
     print(f"baseline: {' '.join(tests)} on the unmutated copy ...", flush=True)
-    outcome, seconds, tail = _pytest(baseline_root, tests, args.timeout * 2)
+    # The baseline runs alone, so it may use every job's core.
+    outcome, seconds, tail = _pytest(baseline_root, tests, args.timeout * 2, args.jobs)
     if outcome != "passed":
       print(f"the unmutated tests do not pass ({outcome}, {seconds:.0f} s):\n{tail}")
       return 2
