@@ -138,4 +138,9 @@ RELIABILITY_MUTATIONS = (
     Mutation("verdict_broken_reads_agrees", "defenses_jax/suites/findings.py",
              "  if strongest >= claim - within:", "  if strongest >= claim - 2 * within:",
              (_FINDINGS,)),
+    # A detection number over a handful of fooled images, compared with the paper unmarked.
+    Mutation("few_successful_uncounted", "defenses_jax/suites/cells.py",
+             "    cell[\"num_successful\"] = result.detection.num_successful", "    pass",
+             (_T + "test_reliability.py::"
+              "test_a_detection_number_over_few_successful_examples_shows_its_count",)),
 )

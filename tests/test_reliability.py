@@ -25,7 +25,7 @@ from defenses_jax.checkpoint import (CheckpointMismatchError, ExperimentLockedEr
 from defenses_jax.evaluation import evaluate
 from defenses_jax.evaluation.threat_models import parse_attack_specs
 from defenses_jax.defenses import create_defense
-from defenses_jax.evaluation.results import AttackResult, EvalSummary
+from defenses_jax.evaluation.results import AttackDetection, AttackResult, EvalSummary
 from defenses_jax.suites import cells, tables
 from experiments.common import attack
 
@@ -190,3 +190,24 @@ def test_an_overridden_attack_param_shows_in_the_label_and_is_not_compared_with_
   assert cell["status"] == cells.OTHER_SETTINGS
   assert tables._ours(cell) == "50.0% (other settings)"  # No "(differs)" against 20.0%.
   np.testing.assert_equal(cell["ours"], 0.5)
+
+
+@pytest.mark.parametrize("num_successful, shown", [
+    (2, "0.974 (n=2)"),  # An AUC over 2 fooled images: counted, not compared with 0.994.
+    (0, "- (n=0)"),  # No fooled image: no AUC at all.
+    (20, "0.974"),  # Enough to compare: within 5% of 0.994, so no "(differs)" either.
+])
+def test_a_detection_number_over_few_successful_examples_shows_its_count(num_successful,
+                                                                         shown):
+  auc = 0.974 if num_successful else None
+  detection = AttackDetection(num_successful=num_successful, flagged_rate=0.0,
+                              flagged_precision=None, misclassified_and_accepted=0.0, auc=auc)
+  summary = EvalSummary("m", 10, "d", 100, 100, 1.0, 1.0, {"cw": AttackResult(
+      "CW", "cw_l2", "white_box", {}, robust_accuracy=0.98, attack_success_rate=0.02,
+      num_examples=100, mean_l2=1.0, median_l2=1.0, mean_linf=0.1, median_linf=0.1,
+      detection=detection)})
+  cell = cells.value(cells.parse("m:cw:auc"), 0.994, {"m": summary}, {})
+  assert tables._ours(cell, "number") == shown
+  # Robust accuracy is over every attacked image: no count beside it.
+  accuracy = cells.value(cells.parse("m:cw"), 0.5, {"m": summary}, {})
+  assert tables._ours(accuracy) == "98.0% (differs)"

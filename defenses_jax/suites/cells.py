@@ -37,6 +37,9 @@ ATTACK_METRICS = {
     "mean_l2_per_pixel": (None, "mean_l2_per_pixel"),
     "attack_success_rate": (None, "attack_success_rate"),
 }
+# Detection metrics measured over the attack's successful adversarial examples only: their cells
+# carry how many there were, so a number resting on a handful says so (tables.FEW_SUCCESSFUL).
+OVER_SUCCESSFUL = ("auc", "detection_rate", "precision", "recall")
 # The detector's numbers of a member (fields of results.DetectionSummary).
 DETECTION_KEYS = ("worst_case_misclassified_and_accepted", "held_out_false_positive_rate",
                   "worst_case_bounded_misclassified_and_accepted", "davies_bouldin_index")
@@ -140,6 +143,8 @@ def value(ref: CellRef, paper: Optional[float], results: dict, training: dict) -
   if result.overridden_params:  # Not the settings the paper's number was measured with.
     return {**cell, "ours": ours, "status": OTHER_SETTINGS,
             "overridden_params": result.overridden_params}
+  if ref.metric in OVER_SUCCESSFUL and result.detection is not None:
+    cell["num_successful"] = result.detection.num_successful
   warnings = summary.warnings_for(result.label)
   return {**cell, "ours": ours, "status": "warn" if warnings else "ok", "warnings": warnings,
           "attack_success_rate": result.attack_success_rate, "median_l2": result.median_l2,

@@ -9,6 +9,9 @@ from defenses_jax.evaluation import report
 from defenses_jax.suites import cells
 
 UNTRUSTED = report.UNTRUSTED  # A sanity check failed for this cell's evaluation.
+# A detection metric over fewer successful adversarial examples than this (e.g. an AUC over the
+# 2 images a weak attack fooled) is shown with its count and not compared with the paper.
+FEW_SUCCESSFUL = 20
 
 
 def fill_tables(tables_config, results: dict, training: Optional[dict] = None) -> list[dict]:
@@ -43,11 +46,14 @@ def _ours(cell: dict, kind: str = "pct") -> str:
     return cells.NOT_RUN
   if cell["status"] == "missing":
     return "missing"
+  mark = f" {UNTRUSTED}" if cell["status"] == "warn" else ""
+  few = cell.get("num_successful")
+  if few is not None and few < FEW_SUCCESSFUL:  # n=0: no successful example, no number.
+    return _format(cell["ours"], kind) + f" (n={few})" + mark
   if cell["ours"] is None:
     return "-"
   if cell["status"] == cells.OTHER_SETTINGS:
     return _format(cell["ours"], kind) + f" {cells.OTHER_SETTINGS}"
-  mark = f" {UNTRUSTED}" if cell["status"] == "warn" else ""
   differs = ""
   if kind == "pct":
     differs = report.differs_marker(cell["ours"], cell["paper"])
@@ -72,7 +78,9 @@ def markdown(description: str, tables: list[dict], results: dict) -> str:
   lines += ["", "Each cell: ours, then the paper's. \"(differs)\": more than 5 points apart "
             "(numbers that are not percentages: more than 5% apart). "
             f"\"{UNTRUSTED}\": a sanity check (Carlini et al. 2019) failed for this evaluation; "
-            "see the member's results/eval.md.", ""]
+            "see the member's results/eval.md. \"(n=K)\": a detection number over only the K "
+            f"(fewer than {FEW_SUCCESSFUL}) adversarial examples that fooled the classifier, too "
+            "few to compare with the paper.", ""]
   for t in tables:
     lines += [f"## {t['title']}", ""]
     if t["note"]:
