@@ -83,6 +83,17 @@ def test_a_detector_finding_counts_the_examples_it_stops():
   assert out["strongest"]["label"] == "CW, detector-aware"
   assert out["verdict"] == ("broken by CW, detector-aware; the paper's protocol gives its "
                             "claim")
+  # The detector's per-example worst case, when lowest, is named in words, not as its cell.
+  summary.detection = results.DetectionSummary(
+      detector="kde", options={}, target_false_positive_rate=0.05, fixed_threshold=False,
+      threshold=1.0, held_out_examples=10, held_out_false_positive_rate=0.05,
+      attacked_clean_false_positive_rate=0.05, worst_case_misclassified_and_accepted=1.0,
+      worst_case_bounded_misclassified_and_accepted=0.98, davies_bouldin_index=0.5)
+  finding["strongest"] += ("pdm:worst_case_bounded_misclassified_and_accepted",)
+  (out,) = findings.compute((finding,), {"pdm": summary})
+  assert out["strongest"]["value"] == pytest.approx(0.02)
+  assert out["verdict"] == ("broken by the per-example worst case over every bounded attack; "
+                            "the paper's protocol gives its claim")
 
 
 def test_a_missing_result_leaves_the_finding_unmeasured():

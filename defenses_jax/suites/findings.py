@@ -59,6 +59,13 @@ def _ours(text: str, quantity: str, results: dict) -> dict:
           "label": _label(text, results)}
 
 
+# The detector's per-example worst cases, named as the README's findings table shows them.
+DETECTION_LABELS = {
+    "worst_case_bounded_misclassified_and_accepted":
+        "the per-example worst case over every bounded attack",
+    "worst_case_misclassified_and_accepted": "the per-example worst case over every attack"}
+
+
 def _label(text: str, results: dict) -> str:
   """The attack's own label (as in eval.md), or the cell text where there is none."""
   ref = cells.parse(text)
@@ -67,7 +74,7 @@ def _label(text: str, results: dict) -> str:
     return summary.attacks[ref.key].label
   if ref.kind == "worst_case":
     return f"worst case of {ref.key}"
-  return text
+  return DETECTION_LABELS.get(ref.key, text) if ref.kind == "detection" else text
 
 
 def verdict(claim: float, protocol: Optional[float], strongest: Optional[float],
