@@ -129,6 +129,9 @@ RELIABILITY_MUTATIONS = (
              "        with run.stage(f\"evaluate {member.experiment_name}\"):\n"
              "          evaluation.evaluate(member, workdir, datasets)",
              "        evaluation.evaluate(member, workdir, datasets)", (_PUBLISH,)),
+    Mutation("provenance_published_counted_as_code", "defenses_jax/suites/provenance.py",
+             "PUBLISHED_PATHS = (\"results\", \"README.md\")", "PUBLISHED_PATHS = ()",
+             (_T + "test_provenance.py",)),
     Mutation("provenance_interrupted_stage_unmarked", "defenses_jax/suites/provenance.py",
              "      entry[\"interrupted\"] = True\n", "", (_T + "test_provenance.py",)),
     Mutation("findings_strongest_is_highest", "defenses_jax/suites/findings.py",

@@ -3,6 +3,7 @@ and the published header says so."""
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -29,3 +30,23 @@ def test_an_interrupted_stage_is_recorded_with_its_time(tmp_path):
   header = publish.provenance_header("suite", [first, second])
   assert "train b 0 s (interrupted)" in header and "train a 0 s;" not in header
   assert "train a 0 s (interrupted)" not in header
+
+
+def test_uncommitted_code_is_recorded_but_published_results_are_not_code(tmp_path):
+  """A report run after a publish (README and results/ rewritten, code committed) runs the
+  committed code; an edited source file does not."""
+  git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], check=True,
+                                     capture_output=True)
+  git("init", "-q")
+  for name in ("code.py", "README.md", "results/suite/tables.md"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text("before\n")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+  assert provenance.code_identity(str(tmp_path))["uncommitted_changes"] is False
+  (tmp_path / "README.md").write_text("findings\n")
+  (tmp_path / "results/suite/tables.md").write_text("published\n")
+  identity = provenance.code_identity(str(tmp_path))
+  assert identity["uncommitted_changes"] is False and len(identity["commit"]) == 40
+  (tmp_path / "code.py").write_text("after\n")
+  assert provenance.code_identity(str(tmp_path))["uncommitted_changes"] is True

@@ -28,6 +28,8 @@ from defenses_jax import files
 
 FILENAME = "provenance.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
+# Written by launch.py --mode=publish, not code: their changes leave a run's code committed.
+PUBLISHED_PATHS = ("results", "README.md")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -35,20 +37,24 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(*args: str, repository: str = REPOSITORY) -> Optional[str]:
   """git's output in the package's repository, None where there is none (an installed wheel)."""
   try:
-    out = subprocess.run(["git", "-C", REPOSITORY, *args], capture_output=True, text=True,
+    out = subprocess.run(["git", "-C", repository, *args], capture_output=True, text=True,
                          timeout=30, check=True)
   except (OSError, subprocess.SubprocessError):
     return None
   return out.stdout.strip()
 
 
-def code_identity() -> dict:
-  """The commit the package runs from and whether its tracked files differ from it."""
-  commit = _git("rev-parse", "HEAD")
-  status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+def code_identity(repository: str = REPOSITORY) -> dict:
+  """The commit the package runs from and whether its tracked files differ from it, leaving out
+  what `--mode=publish` writes (results/, the README's findings): a report run after a publish
+  runs the committed code, and is recorded so."""
+  commit = _git("rev-parse", "HEAD", repository=repository)
+  status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                *(f":(exclude){path}" for path in PUBLISHED_PATHS),
+                repository=repository) if commit else None
   return {"commit": commit, "uncommitted_changes": None if status is None else bool(status)}
 
 
