@@ -17,8 +17,8 @@ cpu scale trains with Adam 1e-3 for 20 epochs (see _train_settings: RCE under SG
 converge in a cpu budget). PDM (RCE + Siamese + RVL) underfits there (about 80% clean accuracy,
 86% with three times the epochs): the clusters of some classes merge (most test 5s are
 predicted as 3). On the full MNIST the same loss and optimiser reach 99.4% (mnist60k below), so
-the 4,000 training images are part of the cause. RCE's loss spans only log K - log(K-1) (0.105 nats for
-K = 10), so its gradient is small beside the Siamese and RVL terms that Algorithm 1 adds
+the 4,000 training images are part of the cause. RCE's loss spans only log K - log(K-1) (0.105
+nats for K = 10), so its gradient is small beside the Siamese and RVL terms that Algorithm 1 adds
 unweighted; the CE + Siamese + RVL and RCE-alone models train to 97%. We keep the paper's
 unweighted sum rather than reweighting it to rescue accuracy, so cpu-scale detection numbers
 are those of this model. Settings the paper does not give, and ours: Q (same-class partner
